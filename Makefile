@@ -1,0 +1,61 @@
+# Switchboard — every target sets up what it needs; set-up is pinned and idempotent.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+NPM_STAMP := runtimes/node_modules/.stamp-$(shell cat runtimes/package.json runtimes/package-lock.json | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) $(NPM_STAMP) ## Create .venv, install pinned Python deps, Deno (PyPI) and Pyodide (npm)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	chmod +x $$($(BIN)/python -c 'import deno; print(deno.find_deno_bin())')
+	rm -f $(VENV)/.stamp-* && touch $@
+
+$(NPM_STAMP): runtimes/package.json runtimes/package-lock.json
+	cd runtimes && npm ci --no-audit --no-fund --loglevel=error
+	rm -f runtimes/node_modules/.stamp-* && touch $@
+
+proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (generated code lives in gateway/_proto)
+	$(BIN)/python tools/gen_proto.py
+
+test: setup ## Run lint, type checks, policy tests and the test suite
+	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/mypy
+	$(BIN)/switchboard policy test
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+demo: setup ## Start the demo backends and the gateway, run the example agent, stop everything
+	$(BIN)/switchboard demo
+
+serve: setup ## Run the gateway on the embedded defaults (127.0.0.1:50051)
+	$(BIN)/switchboard serve
+
+lint: setup ## ruff + mypy --strict
+	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/mypy
+
+bench: setup ## Run the benchmarks and print their tables (see docs/benchmarks.md)
+	$(BIN)/switchboard bench
+
+soak: setup ## Several minutes of mixed load; fails on errors, RSS growth or leaked Deno processes
+	$(BIN)/python bench/soak.py
+
+lock: ## Re-resolve the Python dependency pins into requirements.lock
+	rm -rf /tmp/sb-lock && $(PY) -m venv /tmp/sb-lock && /tmp/sb-lock/bin/pip install -q -e '.[dev]'
+	( echo '# Pinned dependency set for the venv (make setup). Regenerate with: make lock'; /tmp/sb-lock/bin/pip freeze --exclude-editable | grep -v '^-e' ) > requirements.lock
+
+clean: ## Remove the venv, node_modules and caches
+	rm -rf $(VENV) runtimes/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help setup proto test demo serve lint bench soak lock clean

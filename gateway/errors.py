@@ -1,0 +1,174 @@
+"""One error hierarchy with stable string codes.
+
+Every failure the gateway reports carries a ``code`` that clients and dashboards can rely on,
+an optional ``field`` path naming the offending input, and ``details``. The mapping to gRPC
+status codes lives in exactly one place: :func:`grpc_status_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import grpc
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigError",
+    "DuplicateInFlight",
+    "GatewayError",
+    "InvalidRequest",
+    "OutputInvalid",
+    "PolicyDenied",
+    "PolicyError",
+    "ResourceExhausted",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxMemory",
+    "SandboxTimeout",
+    "SchemaInvalid",
+    "Unauthenticated",
+    "UnknownOperation",
+    "grpc_status_for",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a caller."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(
+        self, message: str, *, field: str = "", details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field:
+            out["field"] = self.field
+        if self.details:
+            out["details"] = self.details
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class ConfigError(GatewayError):
+    """The configuration file is invalid; ``field`` names the bad key."""
+
+    code = "config_invalid"
+
+
+class Unauthenticated(GatewayError):
+    code = "unauthenticated"
+
+
+class InvalidRequest(GatewayError):
+    """The request itself is malformed (missing action, bad request_id, oversized, ...)."""
+
+    code = "invalid_request"
+
+
+class UnknownOperation(GatewayError):
+    code = "unknown_operation"
+
+
+class SchemaInvalid(GatewayError):
+    """Arguments violate the operation's JSON Schema; nothing reached the backend."""
+
+    code = "schema_invalid"
+
+
+class PolicyDenied(GatewayError):
+    code = "policy_denied"
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reasons = list(reasons or [])
+        self.details.setdefault("reasons", self.reasons)
+
+
+class PolicyError(GatewayError):
+    """The policy could not decide (engine error, undefined or malformed decision): deny."""
+
+    code = "policy_error"
+
+
+class DuplicateInFlight(GatewayError):
+    """The same request_id is being executed right now; the duplicate is not run."""
+
+    code = "duplicate_in_flight"
+
+
+class BackendUnavailable(GatewayError):
+    """The backend could not be reached (down, timed out, circuit open)."""
+
+    code = "backend_unavailable"
+
+
+class BackendError(GatewayError):
+    """The backend answered with an error status; details carry its status and message."""
+
+    code = "backend_error"
+
+
+class OutputInvalid(GatewayError):
+    """A result did not match the declared output schema."""
+
+    code = "output_invalid"
+
+
+class ResourceExhausted(GatewayError):
+    """A budget ran out: host calls, request size, concurrency."""
+
+    code = "resource_exhausted"
+
+
+class SandboxError(GatewayError):
+    """The sandbox infrastructure failed (not the user's code: that comes back as data)."""
+
+    code = "sandbox_error"
+
+
+class SandboxTimeout(SandboxError):
+    code = "sandbox_timeout"
+
+
+class SandboxMemory(SandboxError):
+    code = "sandbox_memory"
+
+
+class SandboxCrashed(SandboxError):
+    code = "sandbox_crashed"
+
+
+_STATUS: dict[str, grpc.StatusCode] = {
+    ConfigError.code: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated.code: grpc.StatusCode.UNAUTHENTICATED,
+    InvalidRequest.code: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownOperation.code: grpc.StatusCode.NOT_FOUND,
+    SchemaInvalid.code: grpc.StatusCode.INVALID_ARGUMENT,
+    PolicyDenied.code: grpc.StatusCode.PERMISSION_DENIED,
+    PolicyError.code: grpc.StatusCode.PERMISSION_DENIED,
+    DuplicateInFlight.code: grpc.StatusCode.ABORTED,
+    BackendUnavailable.code: grpc.StatusCode.UNAVAILABLE,
+    BackendError.code: grpc.StatusCode.FAILED_PRECONDITION,
+    OutputInvalid.code: grpc.StatusCode.DATA_LOSS,
+    ResourceExhausted.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    SandboxError.code: grpc.StatusCode.INTERNAL,
+    SandboxTimeout.code: grpc.StatusCode.DEADLINE_EXCEEDED,
+    SandboxMemory.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    SandboxCrashed.code: grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_status_for(error: BaseException) -> grpc.StatusCode:
+    """The single mapping from gateway errors to gRPC status codes."""
+    if isinstance(error, GatewayError):
+        return _STATUS.get(error.code, grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode.INTERNAL

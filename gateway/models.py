@@ -1,0 +1,88 @@
+"""Plain data shared by the pipeline stages: who is calling, what the policy decided, what an
+operation is. Kept free of I/O so every stage can import it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Decision", "Limits", "Operation", "Parameter", "Principal", "Route"]
+
+Route = Literal["tool", "code", "deny"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    tenant: str
+    roles: tuple[str, ...] = ()
+
+    def to_input(self) -> dict[str, Any]:
+        return {"id": self.id, "tenant": self.tenant, "roles": list(self.roles)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_ms: int = 5000
+    memory_mb: int = 256
+    max_host_calls: int = 50
+    max_output_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    reasons: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    obligations: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
+    decision_id: str = ""
+    policy_revision: str = ""
+    # Set when the decision is a fail-closed deny caused by a policy problem, not by a rule.
+    error_code: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.route != "deny"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One argument of an operation and where it goes in the HTTP request."""
+
+    name: str
+    location: Literal["path", "query", "header", "body"]
+    required: bool = False
+    wire_name: str = ""  # the name on the wire when it differs (headers, body properties)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One callable backend operation, as the catalog knows it."""
+
+    name: str  # "<backend>.<snake_case operationId>"
+    backend: str
+    operation_id: str
+    summary: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    method: str = "GET"
+    path: str = "/"
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+    parameters: tuple[Parameter, ...] = ()
+    # The JSON body is the single argument ``body`` instead of flattened properties.
+    body_as_argument: bool = False
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    def to_input(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "tags": list(self.tags),
+            "method": self.method,
+            "path": self.path,
+        }
