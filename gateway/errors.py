@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DuplicateInFlight",
     "GatewayError",
+    "IdempotencyConflict",
     "InvalidRequest",
     "OutputInvalid",
     "PolicyDenied",
@@ -105,6 +106,12 @@ class DuplicateInFlight(GatewayError):
     code = "duplicate_in_flight"
 
 
+class IdempotencyConflict(GatewayError):
+    """A request_id was reused with a different action or arguments."""
+
+    code = "idempotency_conflict"
+
+
 class BackendUnavailable(GatewayError):
     """The backend could not be reached (down, timed out, circuit open)."""
 
@@ -156,6 +163,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     PolicyDenied.code: grpc.StatusCode.PERMISSION_DENIED,
     PolicyError.code: grpc.StatusCode.PERMISSION_DENIED,
     DuplicateInFlight.code: grpc.StatusCode.ABORTED,
+    IdempotencyConflict.code: grpc.StatusCode.ALREADY_EXISTS,
     BackendUnavailable.code: grpc.StatusCode.UNAVAILABLE,
     BackendError.code: grpc.StatusCode.FAILED_PRECONDITION,
     OutputInvalid.code: grpc.StatusCode.DATA_LOSS,

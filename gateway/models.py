@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Decision", "Limits", "Operation", "Parameter", "Principal", "Route"]
+__all__ = ["BackendSettings", "Decision", "Limits", "Operation", "Parameter", "Principal", "Route"]
 
 Route = Literal["tool", "code", "deny"]
 
@@ -86,3 +86,24 @@ class Operation:
             "method": self.method,
             "path": self.path,
         }
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """One backend from the config: where its operations are described and how to reach it.
+
+    Exactly one of ``openapi`` (a file path or http(s) URL of an OpenAPI 3.0/3.1 document) or
+    ``app`` (a Python entry point ``module:attr`` naming an ASGI app, whose ``openapi()`` gives
+    the spec and which is called in-process unless ``base_url`` is set) is given.
+    """
+
+    name: str
+    openapi: str | None = None
+    app: str | None = None
+    base_url: str | None = None
+    timeout_ms: int = 5000
+    retries: int = 2
+    # Extra tags per operation short name, e.g. {"create_transfer": ["compliance"]}.
+    tags: dict[str, list[str]] = field(default_factory=dict)
+    # Static headers sent to the backend (credentials: never logged, never traced).
+    headers: dict[str, str] = field(default_factory=dict)
