@@ -1,0 +1,125 @@
+"""The policy layer's public shapes: settings, the engine protocol and decision parsing.
+
+Kept separate from the engines so the pipeline can type against :class:`PolicyEngine` without
+importing regorus or aiohttp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from gateway.errors import PolicyError
+from gateway.models import Decision, Limits
+
+__all__ = [
+    "ENTRYPOINT",
+    "ENTRYPOINT_PACKAGE",
+    "ENTRYPOINT_RULE",
+    "FAIL_CLOSED_MASK",
+    "PolicyEngine",
+    "PolicySettings",
+    "default_policy_dir",
+    "parse_decision",
+]
+
+ENTRYPOINT_PACKAGE = "switchboard.routing"
+ENTRYPOINT_RULE = "decision"
+ENTRYPOINT = f"data.{ENTRYPOINT_PACKAGE}.{ENTRYPOINT_RULE}"
+
+# When the policy could not decide, nothing tells us what is sensitive: redact all arguments.
+FAIL_CLOSED_MASK: tuple[str, ...] = ("action.arguments",)
+
+_ROUTES = ("tool", "code", "deny")
+_LIMIT_FIELDS = ("timeout_ms", "memory_mb", "max_host_calls", "max_output_bytes")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How the gateway finds and evaluates its routing policy."""
+
+    engine: Literal["embedded", "opa"] = "embedded"
+    path: Path | None = None  # policies dir; default: the repo's policies/ (or env override)
+    opa_url: str = "http://127.0.0.1:8181"
+    timeout_ms: int = 500
+    reload: bool = True
+    reload_interval_s: float = 0.5
+
+
+def default_policy_dir(path: Path | None = None) -> Path:
+    """The explicit path, else ``$SWITCHBOARD_POLICY_DIR``, else the repository's ``policies/``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("SWITCHBOARD_POLICY_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "policies"
+
+
+@runtime_checkable
+class PolicyEngine(Protocol):
+    """What the pipeline calls for every action and every host call from code."""
+
+    @property
+    def revision(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def decide(self, input: dict[str, Any]) -> Decision: ...
+
+
+def _str_list(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"decision.{field} must be a list of strings", field=field)
+    return tuple(value)
+
+
+def _limits(value: Any) -> Limits:
+    if value is None:
+        return Limits()
+    if not isinstance(value, dict):
+        raise PolicyError("decision.limits must be an object", field="limits")
+    kwargs: dict[str, int] = {}
+    for name in _LIMIT_FIELDS:
+        if name not in value:
+            continue
+        v = value[name]
+        # bool is an int in Python; a policy returning true for a limit is a bug, not a limit.
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise PolicyError(
+                f"decision.limits.{name} must be a non-negative integer", field=f"limits.{name}"
+            )
+        kwargs[name] = v
+    return Limits(**kwargs)
+
+
+def parse_decision(result: Any, *, kind: str = "") -> Decision:
+    """Turn the policy's JSON result into a :class:`Decision`; raise PolicyError if malformed.
+
+    Undefined (``None``) is an error too: the caller turns every error into a fail-closed deny.
+    """
+    if result is None:
+        raise PolicyError(f"{ENTRYPOINT} is undefined for this input")
+    if not isinstance(result, dict):
+        raise PolicyError(f"{ENTRYPOINT} must be an object, got {type(result).__name__}")
+    route = result.get("route")
+    if route not in _ROUTES:
+        raise PolicyError(f"decision.route must be one of {_ROUTES}, got {route!r}", field="route")
+    if route == "tool" and kind in ("code", "host_call"):
+        raise PolicyError(f"decision.route 'tool' is not valid for a {kind} action", field="route")
+    reasons = _str_list(result.get("reasons"), "reasons")
+    return Decision(
+        route=route,
+        reasons=reasons,
+        limits=_limits(result.get("limits")),
+        obligations=_str_list(result.get("obligations"), "obligations"),
+        mask=_str_list(result.get("mask"), "mask"),
+    )

@@ -1,0 +1,70 @@
+"""What every engine does around an evaluation: ids, fail-closed denies, span, decision log."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from gateway.models import Decision
+
+from .base import FAIL_CLOSED_MASK
+from .inputs import redact
+
+__all__ = ["fail_closed", "finish", "tracer"]
+
+_log = structlog.get_logger("switchboard.policy")
+tracer = trace.get_tracer("switchboard.policy")
+
+
+def fail_closed(reason: str) -> Decision:
+    """The deny returned whenever the policy could not decide."""
+    return Decision(
+        route="deny",
+        reasons=(reason,),
+        mask=FAIL_CLOSED_MASK,
+        error_code="policy_error",
+    )
+
+
+def finish(
+    decision: Decision,
+    *,
+    input: dict[str, Any],
+    revision: str,
+    engine: str,
+    latency_ms: float,
+    span: trace.Span | None = None,
+) -> Decision:
+    """Stamp id + revision, record span attributes and write the ``policy.decision`` log."""
+    decision = replace(decision, decision_id=uuid.uuid4().hex, policy_revision=revision)
+    if span is not None and span.is_recording():
+        span.set_attribute("switchboard.decision_id", decision.decision_id)
+        span.set_attribute("switchboard.route", decision.route)
+        span.set_attribute("switchboard.policy_revision", revision)
+        if decision.error_code:
+            span.set_attribute("switchboard.error_code", decision.error_code)
+    mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
+    event = _log.warning if decision.error_code else _log.info
+    event(
+        "policy.decision",
+        decision_id=decision.decision_id,
+        engine=engine,
+        policy_revision=revision,
+        latency_ms=round(latency_ms, 3),
+        route=decision.route,
+        reasons=list(decision.reasons),
+        error_code=decision.error_code or None,
+        input=redact(input, mask),
+        result={
+            "route": decision.route,
+            "reasons": list(decision.reasons),
+            "limits": vars(decision.limits),
+            "obligations": list(decision.obligations),
+            "mask": list(decision.mask),
+        },
+    )
+    return decision

@@ -1,0 +1,166 @@
+"""The embedded engine: regorus in-process, with hot reload.
+
+regorus Engines are thread-affine and hold the GIL (~0.2 ms per decision), so decisions are
+evaluated inline on the calling thread. Each thread gets its own Engine per revision (built on
+first use, ~2 ms); the serving :class:`Bundle` is swapped atomically by the reload watcher,
+so in-flight calls finish on the revision they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import regorus
+import structlog
+
+from gateway.errors import PolicyError
+from gateway.models import Decision
+
+from .base import ENTRYPOINT, PolicySettings, default_policy_dir, parse_decision
+from .bundle import Bundle, clean_error, load_bundle, probe, snapshot
+from .decisionlog import fail_closed, finish, tracer
+
+__all__ = ["EmbeddedPolicyEngine", "Evaluator"]
+
+_log = structlog.get_logger("switchboard.policy")
+
+
+class Evaluator:
+    """Synchronous evaluation of one bundle, with one regorus Engine per thread."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self._local = threading.local()
+        # Compile + probe on the creating thread: a bad policy fails here, not per decision.
+        engine = bundle.build_engine()
+        probe(engine)
+        self._local.engine = engine
+
+    @property
+    def revision(self) -> str:
+        return self.bundle.revision
+
+    def _engine(self) -> regorus.Engine:
+        engine: regorus.Engine | None = getattr(self._local, "engine", None)
+        if engine is None:
+            engine = self.bundle.build_engine()
+            self._local.engine = engine
+        return engine
+
+    def evaluate(self, input: dict[str, Any]) -> Any:
+        """The raw JSON value of the entrypoint (None when undefined); PolicyError on failure."""
+        try:
+            payload = json.dumps(input)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"policy input is not JSON: {exc}") from exc
+        engine = self._engine()
+        try:
+            engine.set_input_json(payload)
+            raw = engine.eval_rule_as_json(ENTRYPOINT)
+        except Exception as exc:
+            raise PolicyError(f"policy evaluation failed: {clean_error(exc)}") from exc
+        except BaseException as exc:  # pyo3 PanicException derives from BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+                raise
+            raise PolicyError(f"policy engine panicked: {clean_error(exc)}") from exc
+        return json.loads(raw) if raw else None
+
+    def decide(self, input: dict[str, Any]) -> Decision:
+        """Evaluate and parse; never raises for policy problems (fail-closed deny instead)."""
+        try:
+            kind = str(input.get("action", {}).get("kind", ""))
+            return parse_decision(self.evaluate(input), kind=kind)
+        except PolicyError as exc:
+            return fail_closed(exc.message)
+
+
+class EmbeddedPolicyEngine:
+    """:class:`PolicyEngine` over regorus, reloading the policy directory when it changes."""
+
+    engine_name = "embedded"
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+        self.root: Path = default_policy_dir(settings.path)
+        self._evaluator: Evaluator | None = None
+        self._snapshot: tuple[tuple[str, int, int], ...] = ()
+        self._watcher: asyncio.Task[None] | None = None
+        self.last_reload_error: str | None = None
+
+    @property
+    def revision(self) -> str:
+        return self._evaluator.revision if self._evaluator else ""
+
+    async def start(self) -> None:
+        """Load the policy (raises PolicyError if the first load fails) and start watching."""
+        self._snapshot = snapshot(self.root)
+        self._evaluator = Evaluator(load_bundle(self.root))
+        _log.info("policy.loaded", revision=self.revision, root=str(self.root))
+        if self.settings.reload and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="policy-reload")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    def reload_now(self) -> bool:
+        """Reload if the files changed; True when a new revision is serving.
+
+        A bundle that fails to load, compile or probe is rejected and logged; the previous
+        revision keeps serving.
+        """
+        current = snapshot(self.root)
+        if current == self._snapshot:
+            return False
+        self._snapshot = current
+        try:
+            bundle = load_bundle(self.root)
+            if self._evaluator is not None and bundle.revision == self._evaluator.revision:
+                return False
+            evaluator = Evaluator(bundle)
+        except PolicyError as exc:
+            self.last_reload_error = exc.message
+            _log.error("policy.reload_rejected", error=exc.message, serving=self.revision)
+            return False
+        previous = self.revision
+        self._evaluator = evaluator  # atomic swap; in-flight decisions hold the old evaluator
+        self.last_reload_error = None
+        _log.info("policy.reloaded", revision=self.revision, previous=previous)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                self.reload_now()
+            except Exception as exc:  # never let the watcher die
+                _log.error("policy.reload_failed", error=str(exc))
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        with tracer.start_as_current_span("policy.decide") as span:
+            start = time.perf_counter()
+            evaluator = self._evaluator
+            if evaluator is None:
+                decision = fail_closed("policy engine is not started")
+                revision = ""
+            else:
+                decision = evaluator.decide(input)
+                revision = evaluator.revision
+            latency_ms = (time.perf_counter() - start) * 1000
+            return finish(
+                decision,
+                input=input,
+                revision=revision,
+                engine=self.engine_name,
+                latency_ms=latency_ms,
+                span=span,
+            )

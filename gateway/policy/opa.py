@@ -1,0 +1,121 @@
+"""The ``opa`` engine: decisions from a real OPA server (e.g. the Helm chart's sidecar).
+
+Uses OPA's REST Data API through ``opa-python-client`` (``POST /v1/data/switchboard/routing/
+decision`` with ``{"input": ...}``). No retries: a decision that cannot be had within
+``timeout_ms`` is a fail-closed deny, never a stall. OPA owns reloading (bundles); the
+revision is the bundle revision OPA reports with ``?provenance=true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from opa_client import AsyncOpaClient
+
+from gateway.errors import ConfigError, PolicyError
+from gateway.models import Decision
+
+from .base import ENTRYPOINT_PACKAGE, ENTRYPOINT_RULE, PolicySettings, parse_decision
+from .decisionlog import fail_closed, finish, tracer
+
+__all__ = ["OpaPolicyEngine"]
+
+
+def _revision_from(provenance: Any, fallback: str) -> str:
+    if not isinstance(provenance, dict):
+        return fallback
+    bundles = provenance.get("bundles")
+    if isinstance(bundles, dict) and bundles:
+        revs = [
+            f"{name}@{b.get('revision', '')}" if len(bundles) > 1 else str(b.get("revision", ""))
+            for name, b in sorted(bundles.items())
+            if isinstance(b, dict)
+        ]
+        joined = ",".join(r for r in revs if r)
+        if joined:
+            return f"opa:{joined}"
+    rev = provenance.get("revision")
+    return f"opa:{rev}" if isinstance(rev, str) and rev else fallback
+
+
+class OpaPolicyEngine:
+    """:class:`PolicyEngine` over an OPA server's REST API."""
+
+    engine_name = "opa"
+
+    def __init__(self, settings: PolicySettings) -> None:
+        parts = urlsplit(settings.opa_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"invalid OPA URL {settings.opa_url!r}", field="policy.opa_url")
+        self.settings = settings
+        self._timeout_s = max(settings.timeout_ms, 1) / 1000
+        self._client = AsyncOpaClient(
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            ssl=parts.scheme == "https",
+            retries=0,
+            timeout=self._timeout_s,
+        )
+        self._fallback_revision = f"opa:{parts.hostname}:{parts.port or ''}"
+        self._revision = self._fallback_revision
+        self._started = False
+
+    @property
+    def revision(self) -> str:
+        return self._revision
+
+    async def start(self) -> None:
+        """Open the HTTP session (in the running loop). OPA being down is not fatal here:
+        every decision fails closed until it answers."""
+        if not self._started:
+            await self._client.__aenter__()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self._client.__aexit__(None, None, None)
+            self._started = False
+
+    async def _query(self, input: dict[str, Any]) -> Any:
+        try:
+            response = await asyncio.wait_for(
+                self._client.query_rule(
+                    input, ENTRYPOINT_PACKAGE, ENTRYPOINT_RULE, query_params={"provenance": True}
+                ),
+                self._timeout_s,
+            )
+        except TimeoutError as exc:
+            raise PolicyError(f"OPA did not answer within {self.settings.timeout_ms} ms") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise PolicyError(f"OPA answered HTTP {exc.status}: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError, ValueError, TypeError) as exc:
+            raise PolicyError(f"OPA unreachable: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(response, dict):
+            raise PolicyError("OPA answered with a non-object body")
+        self._revision = _revision_from(response.get("provenance"), self._fallback_revision)
+        # OPA omits "result" when the rule is undefined: parse_decision turns None into a deny.
+        return response.get("result")
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        with tracer.start_as_current_span("policy.decide") as span:
+            start = time.perf_counter()
+            if not self._started:
+                decision = fail_closed("policy engine is not started")
+            else:
+                try:
+                    kind = str(input.get("action", {}).get("kind", ""))
+                    decision = parse_decision(await self._query(input), kind=kind)
+                except PolicyError as exc:
+                    decision = fail_closed(exc.message)
+            return finish(
+                decision,
+                input=input,
+                revision=self._revision,
+                engine=self.engine_name,
+                latency_ms=(time.perf_counter() - start) * 1000,
+                span=span,
+            )
