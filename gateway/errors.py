@@ -19,6 +19,7 @@ __all__ = [
     "GatewayError",
     "IdempotencyConflict",
     "InvalidRequest",
+    "OutcomeUnknown",
     "OutputInvalid",
     "PolicyDenied",
     "PolicyError",
@@ -112,6 +113,13 @@ class IdempotencyConflict(GatewayError):
     code = "idempotency_conflict"
 
 
+class OutcomeUnknown(GatewayError):
+    """An earlier attempt with this request_id may have taken effect and its outcome cannot be
+    established; the gateway will not risk a second effect. Needs reconciliation."""
+
+    code = "outcome_unknown"
+
+
 class BackendUnavailable(GatewayError):
     """The backend could not be reached (down, timed out, circuit open)."""
 
@@ -164,6 +172,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     PolicyError.code: grpc.StatusCode.PERMISSION_DENIED,
     DuplicateInFlight.code: grpc.StatusCode.ABORTED,
     IdempotencyConflict.code: grpc.StatusCode.ALREADY_EXISTS,
+    OutcomeUnknown.code: grpc.StatusCode.FAILED_PRECONDITION,
     BackendUnavailable.code: grpc.StatusCode.UNAVAILABLE,
     BackendError.code: grpc.StatusCode.FAILED_PRECONDITION,
     OutputInvalid.code: grpc.StatusCode.DATA_LOSS,
