@@ -1,0 +1,51 @@
+"""The audit trail: OpenTelemetry traces, a hash-chained local file, OTLP export, structlog.
+
+The only package that imports ``opentelemetry.sdk``; the rest of the gateway uses the
+``opentelemetry.trace`` API with the tracer of the :class:`Telemetry` it is handed.
+"""
+
+from __future__ import annotations
+
+from gateway.audit.chain import GENESIS, AuditLog, ChainReport, verify_chain
+from gateway.audit.cli import cli_audit_show, cli_audit_verify, read_trace, render_trace
+from gateway.audit.logs import configure_logging
+from gateway.audit.redact import (
+    REDACTED,
+    digest,
+    json_attr,
+    redact,
+    register_secret,
+    safe_url,
+    scrub_text,
+)
+from gateway.audit.telemetry import (
+    AuditSettings,
+    Telemetry,
+    extract_trace_context,
+    inject_trace_context,
+    setup_telemetry,
+)
+
+__all__ = [
+    "GENESIS",
+    "REDACTED",
+    "AuditLog",
+    "AuditSettings",
+    "ChainReport",
+    "Telemetry",
+    "cli_audit_show",
+    "cli_audit_verify",
+    "configure_logging",
+    "digest",
+    "extract_trace_context",
+    "inject_trace_context",
+    "json_attr",
+    "read_trace",
+    "redact",
+    "register_secret",
+    "render_trace",
+    "safe_url",
+    "scrub_text",
+    "setup_telemetry",
+    "verify_chain",
+]

@@ -1,0 +1,201 @@
+"""``switchboard audit show|verify``: read the local audit file back for an auditor.
+
+``show`` renders one trace as an indented span tree with offsets, durations, status and the
+attributes that answer who / what / why allowed / what happened. ``verify`` walks the hash
+chain. Both print and return an exit code; the lead's ``gateway/cli.py`` calls them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.audit import attributes as A
+from gateway.audit.chain import iter_records, verify_chain
+
+__all__ = ["cli_audit_show", "cli_audit_verify", "normalize_trace_id", "read_trace", "render_trace"]
+
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_FIRST = [
+    A.PRINCIPAL_ID, A.TENANT, A.ROLES, A.TRANSPORT, A.REQUEST_ID, A.SESSION_ID, A.ACTION_KIND,
+    A.OPERATION, A.GEN_AI_TOOL_NAME, A.ROUTE, A.REASONS, A.DECISION_ID, A.PARENT_DECISION_ID,
+    A.POLICY_REVISION, A.OUTCOME, A.ERROR_TYPE, A.ERROR_FIELD, A.REPLAYED, A.HOST_CALLS,
+    A.HTTP_REQUEST_METHOD, A.URL_FULL, A.HTTP_RESPONSE_STATUS_CODE, A.RPC_GRPC_STATUS_CODE,
+]  # fmt: skip
+_MAX_VALUE = 160
+
+
+def normalize_trace_id(value: str) -> str:
+    """32 lowercase hex digits from a trace id or a whole ``traceparent``; "" if neither."""
+    text = value.strip().lower()
+    m = _TRACEPARENT.match(text)
+    if m:
+        return m.group(1)
+    return text if _TRACE_ID.match(text) else ""
+
+
+def _root_of(rec: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    while rec.get("parent_span_id") in by_id and rec["span_id"] not in seen:
+        seen.add(rec["span_id"])
+        rec = by_id[rec["parent_span_id"]]
+    return rec
+
+
+def _tenant_of(tree: list[dict[str, Any]], root: dict[str, Any]) -> str | None:
+    root_tenant = root.get("attributes", {}).get(A.TENANT)
+    if root_tenant is not None:
+        return str(root_tenant)
+    found = {str(r["attributes"][A.TENANT]) for r in tree if A.TENANT in r.get("attributes", {})}
+    return found.pop() if len(found) == 1 else None
+
+
+def read_trace(file: Path, trace_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
+    """The records of one trace (sorted by start), optionally only the calls of ``tenant``.
+
+    A trace id can be shared by several calls (the agent propagates its own trace), so the
+    tenant filter works per local call tree: a tree is visible when its root span (or, if the
+    root has none, all its spans) carry ``switchboard.tenant == tenant``; unattributed trees
+    (e.g. unauthenticated calls) are visible only without a filter.
+    """
+    tid = normalize_trace_id(trace_id)
+    if not tid or not Path(file).exists():
+        return []
+    spans = [
+        rec for _n, rec, _raw in iter_records(Path(file)) if rec and rec.get("trace_id") == tid
+    ]
+    spans.sort(key=lambda r: (r.get("start_ns", 0), r.get("seq", 0)))
+    if tenant is None:
+        return spans
+    by_id = {r["span_id"]: r for r in spans}
+    trees: dict[str, list[dict[str, Any]]] = {}
+    for rec in spans:
+        trees.setdefault(_root_of(rec, by_id)["span_id"], []).append(rec)
+    visible = {rid for rid, tree in trees.items() if _tenant_of(tree, by_id[rid]) == tenant}
+    return [r for r in spans if _root_of(r, by_id)["span_id"] in visible]
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms / 1000:.3f} s" if ms >= 1000 else f"{ms:.3f} ms"
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, list):
+        text = "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
+
+
+def _detail_lines(rec: dict[str, Any]) -> list[str]:
+    attrs: dict[str, Any] = rec.get("attributes", {})
+    keys = [k for k in _FIRST if k in attrs] + sorted(k for k in attrs if k not in _FIRST)
+    lines = [f"{k.removeprefix('switchboard.')}: {_fmt_value(attrs[k])}" for k in keys]
+    status = rec.get("status", {})
+    if status.get("message"):
+        lines.append(f"status message: {_fmt_value(status['message'])}")
+    for ev in rec.get("events", []):
+        ea = ev.get("attributes", {})
+        summary = ea.get("exception.type", "")
+        if ea.get("exception.message"):
+            summary += f": {ea['exception.message']}"
+        lines.append(f"event {ev.get('name')}" + (f": {_fmt_value(summary)}" if summary else ""))
+    return lines
+
+
+def render_trace(spans: list[dict[str, Any]]) -> str:
+    """An indented tree: name, kind, offset from the trace start, duration, status, details."""
+    if not spans:
+        return ""
+    by_id = {r["span_id"]: r for r in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for rec in spans:
+        parent = rec.get("parent_span_id")
+        children.setdefault(parent if parent in by_id else None, []).append(rec)
+    t0 = min(r["start_ns"] for r in spans)
+    t1 = max(r["end_ns"] for r in spans)
+    service = spans[0].get("resource", {}).get("service.name", "")
+    started = datetime.fromtimestamp(t0 / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+    out = [
+        f"trace {spans[0]['trace_id']}  {len(spans)} spans  {started}  "
+        f"{_fmt_ms((t1 - t0) / 1e6)}" + (f"  service {service}" if service else "")
+    ]
+
+    def walk(rec: dict[str, Any], lead: str, connector: str, cont: str) -> None:
+        kind = rec.get("kind", "INTERNAL")
+        head = (
+            f"{lead}{connector}{rec['name']}"
+            + (f" [{kind}]" if kind != "INTERNAL" else "")
+            + f"  +{_fmt_ms((rec['start_ns'] - t0) / 1e6)}"
+            + f"  {_fmt_ms(rec.get('duration_ms', 0.0))}"
+            + f"  {rec.get('status', {}).get('code', 'UNSET')}"
+        )
+        out.append(head)
+        kids = children.get(rec["span_id"], [])
+        bar = "│ " if kids else "  "
+        out.extend(f"{lead}{cont}{bar}  {line}" for line in _detail_lines(rec))
+        for i, kid in enumerate(kids):
+            last = i == len(kids) - 1
+            walk(kid, lead + cont, "└─ " if last else "├─ ", "   " if last else "│  ")
+
+    for root in children.get(None, []):
+        walk(root, "", "", "")
+    return "\n".join(out)
+
+
+def cli_audit_show(
+    trace_id: str, file: Path, tenant: str | None = None, *, out: TextIO | None = None
+) -> int:
+    """Print the call(s) of ``trace_id`` as a span tree; 1 if unknown (or another tenant's)."""
+    stdout = out or sys.stdout
+    if not normalize_trace_id(trace_id):
+        print(f"error: {trace_id!r} is not a trace id (32 hex digits)", file=stdout)
+        return 1
+    if not Path(file).exists():
+        print(f"error: audit file {file} does not exist", file=stdout)
+        return 1
+    spans = read_trace(file, trace_id, tenant)
+    if not spans:
+        scope = f" for tenant {tenant!r}" if tenant is not None else ""
+        print(f"error: no audit records for trace {trace_id}{scope} in {file}", file=stdout)
+        return 1
+    print(render_trace(spans), file=stdout)
+    return 0
+
+
+def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
+    """Check the hash chain; print the first broken line. 0 intact, 1 broken or missing."""
+    stdout = out or sys.stdout
+    if not Path(file).exists():
+        print(f"error: audit file {file} does not exist", file=stdout)
+        return 1
+    report = verify_chain(Path(file))
+    if report.ok:
+        print(
+            f"OK: {file}: {report.records} records, hash chain intact; "
+            f"last seq {report.last_seq} hash {report.last_hash}",
+            file=stdout,
+        )
+        return 0
+    print(
+        f"BROKEN: {file} line {report.line}: {report.reason}\n"
+        f"  {report.records} records verified before it (last good seq {report.last_seq})",
+        file=stdout,
+    )
+    return 1
+
+
+def trace_ids(file: Path) -> Iterable[str]:
+    """Distinct trace ids in file order (for tooling and tests)."""
+    seen: dict[str, None] = {}
+    for _n, rec, _raw in iter_records(Path(file)):
+        if rec and isinstance(rec.get("trace_id"), str):
+            seen.setdefault(rec["trace_id"], None)
+    return list(seen)

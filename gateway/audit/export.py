@@ -1,0 +1,172 @@
+"""Span exporters: the hash-chained audit file, and a guard around the OTLP exporter.
+
+Both scrub credentials (see :mod:`gateway.audit.redact`) before anything leaves the process.
+The file exporter runs under a ``SimpleSpanProcessor`` (synchronous, in end order); the OTLP
+exporter runs under a ``BatchSpanProcessor`` behind :class:`GuardedExporter`, which can abort
+a slow export so shutdown stays bounded when the collector is unreachable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
+
+from gateway.audit.chain import AuditLog
+from gateway.audit.redact import scrub_text, scrub_value
+
+__all__ = ["GuardedExporter", "JsonlSpanExporter", "scrub_span", "span_to_record"]
+
+_log = structlog.get_logger("switchboard.audit")
+
+
+def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        v = scrub_value(key, value)
+        out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _hex(value: int, width: int) -> str:
+    return format(value, f"0{width}x")
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
+
+
+def span_to_record(span: ReadableSpan) -> dict[str, Any]:
+    """The audit-file record of one finished span (before chaining), credentials scrubbed."""
+    ctx = span.get_span_context()
+    assert ctx is not None
+    parent = span.parent
+    start = span.start_time or 0
+    end = span.end_time or start
+    rec: dict[str, Any] = {
+        "v": 1,
+        "time": _iso(start),
+        "trace_id": _hex(ctx.trace_id, 32),
+        "span_id": _hex(ctx.span_id, 16),
+        "parent_span_id": _hex(parent.span_id, 16) if parent is not None else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "start_ns": start,
+        "end_ns": end,
+        "duration_ms": round((end - start) / 1e6, 3),
+        "status": {
+            "code": span.status.status_code.name,
+            "message": scrub_text(span.status.description or ""),
+        },
+        "attributes": _attrs(span.attributes),
+        "resource": _attrs(span.resource.attributes),
+    }
+    if parent is not None and parent.is_remote:
+        rec["parent_remote"] = True
+    if span.events:
+        rec["events"] = [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": _attrs(e.attributes)}
+            for e in span.events
+        ]
+    if span.links:
+        rec["links"] = [
+            {
+                "trace_id": _hex(link.context.trace_id, 32),
+                "span_id": _hex(link.context.span_id, 16),
+                "attributes": _attrs(link.attributes),
+            }
+            for link in span.links
+        ]
+    return rec
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Writes each span to the :class:`AuditLog`; never raises into the caller."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        self.last_error: str = ""
+        self.failures = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = SpanExportResult.SUCCESS
+        for span in spans:
+            try:
+                self.log.append(span_to_record(span))
+            except (OSError, ValueError, TypeError) as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                _log.error("audit_write_failed", error=self.last_error, span=span.name)
+                result = SpanExportResult.FAILURE
+        return result
+
+    def shutdown(self) -> None:
+        self.log.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        try:
+            self.log.flush()
+        except OSError:
+            return False
+        return True
+
+
+def scrub_span(span: ReadableSpan) -> ReadableSpan:
+    """The span itself if it carries no credential, else a scrubbed copy."""
+    attrs = dict(span.attributes or {})
+    clean = _attrs(attrs)
+    events = [(e, _attrs(e.attributes)) for e in span.events]
+    message = span.status.description or ""
+    clean_message = scrub_text(message)
+    same = (
+        clean == {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+        and all(c == dict(e.attributes or {}) for e, c in events)
+        and clean_message == message
+    )
+    if same:
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes=clean,
+        events=[Event(e.name, c, e.timestamp) for e, c in events],
+        links=span.links,
+        kind=span.kind,
+        status=Status(span.status.status_code, clean_message or None),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class GuardedExporter(SpanExporter):
+    """Scrubs spans and lets :meth:`abort` cut a hanging export (collector unreachable)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self._aborted = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._aborted.is_set():
+            return SpanExportResult.FAILURE
+        return self.inner.export([scrub_span(s) for s in spans])
+
+    def abort(self) -> None:
+        """Stop retrying and close the channel; queued spans are dropped."""
+        if not self._aborted.is_set():
+            self._aborted.set()
+            self.inner.shutdown()
+
+    def shutdown(self) -> None:
+        self.abort()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)

@@ -1,0 +1,104 @@
+"""structlog set-up: one JSON object per line (console rendering on a TTY), bound to the trace.
+
+Every event gets an ISO UTC timestamp, the level, whatever the caller bound with
+``structlog.contextvars`` (the pipeline binds request_id/principal per call) and, when a span
+is active, its ``trace_id``/``span_id``. Credentials are scrubbed from every value. Standard
+``logging`` records (grpc, OpenTelemetry, uvicorn) are rendered the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from gateway.audit.redact import scrub_text, scrub_value
+
+__all__ = ["add_trace_context", "configure_logging", "scrub_event"]
+
+_HANDLER_FLAG = "_switchboard_handler"
+
+
+def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    """Add the active span's ids unless the caller bound them already."""
+    if "trace_id" not in event:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            event["trace_id"] = format(ctx.trace_id, "032x")
+            event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
+
+
+def scrub_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    """Replace credential values (by key, ``Bearer`` pattern, registered secret)."""
+    for key, value in event.items():
+        event[key] = (
+            scrub_text(value)
+            if key == "event" and isinstance(value, str)
+            else (scrub_value(key, value))
+        )
+    return event
+
+
+def _shared() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        add_trace_context,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def configure_logging(
+    fmt: str = "auto", level: str = "INFO", *, stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again (replaces).
+
+    ``fmt``: ``"json"``, ``"console"``, or ``"auto"`` (console when ``stream`` is a TTY).
+    ``stream`` defaults to stderr.
+    """
+    out = stream if stream is not None else sys.stderr
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+    if fmt not in ("json", "console"):
+        raise ValueError(f"log format must be auto, json or console, not {fmt!r}")
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    renderer: Processor
+    tail: list[Processor]
+    if fmt == "json":
+        tail = [structlog.processors.dict_tracebacks, scrub_event]
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        tail = [scrub_event]
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    shared = _shared()
+    structlog.configure(
+        processors=[*shared, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+        )
+    )
+    setattr(handler, _HANDLER_FLAG, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)

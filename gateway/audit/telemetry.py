@@ -1,0 +1,202 @@
+"""Telemetry set-up: a TracerProvider per gateway instance, its exporters, trace context.
+
+Not the global provider: tests (and embedders) run several gateways in one process, and each
+must write its own audit file. The sampler is ``ALWAYS_ON`` on purpose — a client-supplied
+``traceparent`` with the sampled flag off must not switch off the audit trail.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.audit.chain import AuditLog, FsyncPolicy
+from gateway.audit.export import GuardedExporter, JsonlSpanExporter
+from gateway.errors import ConfigError
+
+__all__ = [
+    "AuditSettings",
+    "Telemetry",
+    "extract_trace_context",
+    "inject_trace_context",
+    "setup_telemetry",
+]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_SCOPE = "switchboard"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Where the audit trail goes. The local file needs no collector and is on by default."""
+
+    file: Path | None = Path("state/audit.jsonl")
+    otlp_endpoint: str | None = None
+    otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otlp_headers: dict[str, str] = field(default_factory=dict)
+    service_name: str = "switchboard"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # Additions beyond the core contract (all optional):
+    fsync: FsyncPolicy = "interval"  # see gateway.audit.chain
+    fsync_interval_s: float = 1.0
+    otlp_timeout_s: float = 10.0  # per export attempt incl. retries
+    otlp_schedule_delay_ms: int = 1000
+
+
+def _otlp_exporter(settings: AuditSettings) -> SpanExporter:
+    endpoint = settings.otlp_endpoint or ""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"otlp endpoint must be an http(s) URL, got {endpoint!r}", field="audit.otlp_endpoint"
+        )
+    headers = dict(settings.otlp_headers)
+    if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter(
+            endpoint=endpoint,
+            insecure=parts.scheme == "http",
+            headers=headers,
+            timeout=settings.otlp_timeout_s,
+        )
+    if settings.otlp_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        if parts.path in ("", "/"):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        return HttpExporter(endpoint=endpoint, headers=headers, timeout=settings.otlp_timeout_s)
+    raise ConfigError(
+        f"unknown otlp protocol {settings.otlp_protocol!r}", field="audit.otlp_protocol"
+    )
+
+
+class Telemetry:
+    """Owns the provider and exporters of one gateway; hand ``tracer`` to everything else."""
+
+    def __init__(
+        self,
+        provider: TracerProvider,
+        file_exporter: JsonlSpanExporter | None,
+        otlp: GuardedExporter | None,
+        otlp_processor: BatchSpanProcessor | None,
+    ) -> None:
+        self._provider = provider
+        self._file = file_exporter
+        self._otlp = otlp
+        self._otlp_processor = otlp_processor
+        self._closed = False
+        self.tracer: trace.Tracer = provider.get_tracer(_SCOPE)
+
+    @property
+    def audit_file(self) -> Path | None:
+        return self._file.log.path if self._file is not None else None
+
+    @property
+    def audit_error(self) -> str:
+        """Last audit-file write error ("" when healthy): wire it to the health check."""
+        return self._file.last_error if self._file is not None else ""
+
+    def force_flush(self, timeout_ms: int = 5000) -> bool:
+        """fsync the audit file and push queued spans to the collector, within ``timeout_ms``."""
+        ok = self._file.force_flush() if self._file is not None else True
+        proc = self._otlp_processor
+        if proc is None:
+            return ok
+        done: list[bool] = []
+        worker = threading.Thread(
+            target=lambda: done.append(proc.force_flush(timeout_ms)),
+            name="otlp-flush",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout_ms / 1000)
+        return ok and bool(done) and done[0]
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        """Close the audit file and give the collector ``timeout_ms`` for queued spans."""
+        if self._closed:
+            return
+        self._closed = True
+        timer: threading.Timer | None = None
+        if self._otlp is not None:
+            timer = threading.Timer(timeout_ms / 1000, self._otlp.abort)
+            timer.daemon = True
+            timer.start()
+        try:
+            self._provider.shutdown()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def setup_telemetry(settings: AuditSettings) -> Telemetry:
+    """Build the provider: audit file (synchronous, chained) and optional OTLP (batched)."""
+    provider = TracerProvider(
+        sampler=ALWAYS_ON, resource=Resource.create({SERVICE_NAME: settings.service_name})
+    )
+    file_exporter: JsonlSpanExporter | None = None
+    if settings.file is not None:
+        log = AuditLog(settings.file, settings.fsync, settings.fsync_interval_s)
+        file_exporter = JsonlSpanExporter(log)
+        provider.add_span_processor(SimpleSpanProcessor(file_exporter))
+    guarded: GuardedExporter | None = None
+    batch: BatchSpanProcessor | None = None
+    if settings.otlp_endpoint:
+        try:
+            guarded = GuardedExporter(_otlp_exporter(settings))
+        except ConfigError:
+            if file_exporter is not None:
+                file_exporter.shutdown()
+            raise
+        batch = BatchSpanProcessor(
+            guarded,
+            schedule_delay_millis=settings.otlp_schedule_delay_ms,
+            export_timeout_millis=settings.otlp_timeout_s * 1000,
+        )
+        provider.add_span_processor(batch)
+    return Telemetry(provider, file_exporter, guarded, batch)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def extract_trace_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
+    """The W3C ``traceparent``/``tracestate`` from gRPC metadata as a parent context.
+
+    Starts from an empty context (not the current one), so a malformed or missing header
+    yields a new root trace rather than whatever happened to be active.
+    """
+    carrier: dict[str, str] = {}
+    for key, value in metadata or ():
+        k = key.lower()
+        if k in ("traceparent", "tracestate") and k not in carrier:
+            carrier[k] = _text(value)
+    return _PROPAGATOR.extract(carrier, context=Context())
+
+
+def inject_trace_context(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
+    """Add ``traceparent``/``tracestate`` of the current (or given) span to outgoing headers."""
+    _PROPAGATOR.inject(headers, context=context)
+    return headers
