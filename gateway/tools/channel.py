@@ -1,0 +1,312 @@
+"""The dedicated-tool channel: validate → claim the request_id → call → record → check.
+
+Exactly-once argument (details in docs/tools.md): the intent is durable before any byte goes
+to the backend; every attempt that may have reached the backend is counted on the record; a
+record with such an attempt and no outcome is never blindly re-sent — the backend either
+deduplicates by the forwarded key (declared idempotency-aware), or a reconciler asks it whether
+the key already took effect, or the caller gets ``outcome_unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gateway import errors
+from gateway.errors import (
+    BackendError,
+    BackendUnavailable,
+    DuplicateInFlight,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidRequest,
+    OutcomeUnknown,
+)
+from gateway.models import Operation, Principal
+from gateway.tools.client import NOT_APPLIED_STATUS, BackendClient, may_have_applied
+from gateway.tools.idempotency import (
+    IdempotencyRecord,
+    IdempotencySettings,
+    IdempotencyStore,
+    new_owner_id,
+)
+from gateway.tools.validation import check_output, validate_arguments
+
+__all__ = ["Reconciler", "ToolChannel", "ToolOutcome", "fingerprint", "idempotency_key"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    result: Any
+    replayed: bool  # True when this is the recorded outcome of an earlier call
+    error: dict[str, Any] | None = None  # a recorded failure (only from ToolChannel.recorded)
+
+
+@dataclass(frozen=True)
+class Reconciler:
+    """How to ask a backend whether an attempt with a given ``Idempotency-Key`` took effect.
+
+    ``operation`` is a read-only lookup (e.g. ``ledger.list_transfers``); the key is passed in
+    ``key_argument`` (a server-side filter; ``None`` to list without one) and the items of the
+    answer are matched on ``match_field``. The matching item becomes the recorded result.
+    """
+
+    operation: Operation
+    key_argument: str | None = "idempotency_key"
+    match_field: str = "idempotency_key"
+
+    async def lookup(self, client: BackendClient, key: str) -> tuple[bool, Any]:
+        args = {self.key_argument: key} if self.key_argument else {}
+        answer = await client.call(self.operation, args)
+        for item in _items(answer):
+            if isinstance(item, Mapping) and item.get(self.match_field) == key:
+                return True, item
+        return False, None
+
+
+def _items(answer: Any) -> list[Any]:
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, Mapping):
+        for name in ("items", "data", "results", "transfers"):
+            if isinstance(answer.get(name), list):
+                return list(answer[name])
+        return [answer]
+    return []
+
+
+def _canonical(value: Any) -> Any:
+    """JSON numbers arrive as doubles over gRPC (Struct): 100.0 and 100 must fingerprint alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fingerprint(op: Operation, arguments: Mapping[str, Any]) -> str:
+    text = json.dumps([op.name, _canonical(arguments)], sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def idempotency_key(principal: Principal, request_id: str) -> str:
+    """Store key and forwarded ``Idempotency-Key``: scoped to tenant + principal, opaque."""
+    text = json.dumps([principal.tenant, principal.id, request_id], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_final(error: GatewayError) -> bool:
+    """Is this backend failure a definitive outcome that a retry must see again?"""
+    if isinstance(error, BackendError):
+        status = int(error.details.get("status", 0))
+        return 200 <= status < 300 or (400 <= status < 500 and status not in NOT_APPLIED_STATUS)
+    return False
+
+
+def _rebuild(recorded: Mapping[str, Any]) -> GatewayError:
+    cls = next((c for name in errors.__all__
+                if isinstance(c := getattr(errors, name), type) and issubclass(c, GatewayError)
+                and c.code == recorded.get("code")), GatewayError)
+    details = dict(recorded.get("details") or {})
+    details["replayed"] = True
+    return cls(str(recorded.get("message", "")), field=str(recorded.get("field", "")),
+               details=details)
+
+
+class ToolChannel:
+    """Runs dedicated tool calls with at-most-once effects per (tenant, principal, request_id)."""
+
+    def __init__(
+        self,
+        client: BackendClient,
+        store: IdempotencyStore,
+        *,
+        settings: IdempotencySettings | None = None,
+        reconcilers: Mapping[str, Reconciler] | None = None,
+        settle_s: float | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings or IdempotencySettings()
+        self.reconcilers = dict(reconcilers or {})
+        self._settle_s = settle_s
+        self.owner = new_owner_id()
+        self._done: dict[str, asyncio.Event] = {}
+
+    async def execute(
+        self,
+        op: Operation,
+        arguments: Mapping[str, Any],
+        *,
+        request_id: str,
+        principal: Principal,
+        strict: bool,
+        timeout_ms: int | None = None,
+    ) -> ToolOutcome:
+        if not request_id:
+            raise InvalidRequest("request_id: required for tool calls (it is the idempotency "
+                                 "key)", field="request_id")
+        validate_arguments(op, arguments, strict=strict)
+        args = dict(arguments)
+        key, fp = idempotency_key(principal, request_id), fingerprint(op, args)
+        deadline = asyncio.get_running_loop().time() + self.settings.wait_s
+        record = await self._claim(op, key, fp, request_id, deadline)
+        if record.state == "done":
+            return self._replay(op, record)
+        done = self._done.setdefault(key, asyncio.Event())
+        heartbeat = asyncio.create_task(self._heartbeat(key))
+        try:
+            if record.attempts > 0:
+                found = await self._resolve(op, key, record, deadline)
+                if found is not None:
+                    return found
+            return await self._attempt(op, args, key, timeout_ms)
+        finally:
+            heartbeat.cancel()
+            done.set()
+            if self._done.get(key) is done:
+                del self._done[key]
+
+    async def recorded(self, principal: Principal, request_id: str) -> ToolOutcome | None:
+        """The recorded outcome of a request, if it has one (for audit and operators)."""
+        rec = await self.store.get(idempotency_key(principal, request_id))
+        if rec is None or rec.state != "done" or rec.outcome is None:
+            return None
+        return ToolOutcome(rec.outcome.get("result"), True, rec.outcome.get("error"))
+
+    # -- steps --
+
+    async def _claim(self, op: Operation, key: str, fp: str, request_id: str,
+                     deadline: float) -> IdempotencyRecord:
+        loop, poll = asyncio.get_running_loop(), 0.01
+        while True:
+            res = await self.store.begin(key, fp, op.name, owner=self.owner,
+                                         lease_s=self.settings.lease_s, ttl_s=self.settings.ttl_s)
+            rec = res.record
+            if rec.fingerprint != fp:
+                raise IdempotencyConflict(
+                    f"request_id {request_id!r} was already used for a different call "
+                    f"({rec.operation} with other arguments); use a new request_id",
+                    field="request_id", details={"operation": rec.operation})
+            if res.claimed or rec.state == "done":
+                return rec
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DuplicateInFlight(
+                    f"request_id {request_id!r} is being executed by another call; retry with "
+                    "the same request_id to get its outcome", field="request_id",
+                    details={"operation": rec.operation,
+                             "retry_after_s": round(max(0.0, rec.lease_until - time.time()), 3)})
+            event = self._done.get(key)
+            wait = min(remaining, poll)
+            if event is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), wait)
+            else:
+                await asyncio.sleep(wait)
+            poll = min(poll * 2, 0.2)
+
+    def _replay(self, op: Operation, rec: IdempotencyRecord) -> ToolOutcome:
+        outcome = rec.outcome or {}
+        if outcome.get("error") is not None:
+            raise _rebuild(outcome["error"])
+        check_output(op, outcome.get("result"))
+        return ToolOutcome(outcome.get("result"), replayed=True)
+
+    def _settle_for(self, op: Operation) -> float:
+        if self._settle_s is not None:
+            return self._settle_s
+        settings = self.client.settings.get(op.backend)
+        return (settings.timeout_ms / 1000.0 if settings else 5.0) + 1.0
+
+    async def _resolve(self, op: Operation, key: str, rec: IdempotencyRecord,
+                       deadline: float) -> ToolOutcome | None:
+        """An earlier attempt may have taken effect: find out before sending again.
+
+        Returns the earlier attempt's outcome, or None when sending (again) cannot duplicate.
+        """
+        if self.client.honours_idempotency_key(op.backend):
+            return None  # the backend deduplicates by the same forwarded key
+        reconciler = self.reconcilers.get(op.name)
+        if reconciler is None:
+            await self._abandon(key, retract=False)
+            raise OutcomeUnknown(
+                f"an earlier attempt of this request ({op.name}) may have taken effect and "
+                f"{op.backend} offers no way to check; it will not be sent again",
+                field="request_id", details={"operation": op.name, "attempts": rec.attempts})
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                found, item = await reconciler.lookup(self.client, key)
+            except BaseException:
+                await self._abandon(key, retract=False)
+                raise
+            if found:
+                log.info("idempotency_reconciled", operation=op.name, backend=op.backend)
+                await self.store.complete(key, self.owner, {"result": item}, self.settings.ttl_s)
+                check_output(op, item)
+                return ToolOutcome(item, replayed=True)
+            settled_in = (rec.last_sent_at or 0.0) + self._settle_for(op) - time.time()
+            if settled_in <= 0:
+                return None  # not applied, and the earlier attempt can no longer land
+            if loop.time() + settled_in > deadline:
+                await self._abandon(key, retract=False, hold_s=settled_in)
+                raise DuplicateInFlight(
+                    f"an earlier attempt of this request ({op.name}) may still be in progress "
+                    "at the backend; retry with the same request_id", field="request_id",
+                    details={"operation": op.name, "retry_after_s": round(settled_in, 3)})
+            await asyncio.sleep(settled_in)
+
+    async def _attempt(self, op: Operation, args: dict[str, Any], key: str,
+                       timeout_ms: int | None) -> ToolOutcome:
+        if not await self.store.mark_sent(key, self.owner):
+            raise DuplicateInFlight(f"lost the claim on this request ({op.name}); retry",
+                                    field="request_id", details={"operation": op.name})
+        try:
+            result = await self.client.call(op, args, idempotency_key=key, timeout_ms=timeout_ms)
+        except (BackendError, BackendUnavailable) as exc:
+            if _is_final(exc):
+                await self._finish(key, {"error": exc.to_dict()})
+                raise
+            applied = may_have_applied(exc)
+            await self._abandon(key, retract=not applied)
+            if applied:
+                exc.details["outcome"] = "unknown"
+            raise
+        except BaseException:
+            await self._abandon(key, retract=False)  # cancelled mid-call: outcome unknown
+            raise
+        await self._finish(key, {"result": result})
+        check_output(op, result)
+        return ToolOutcome(result, replayed=False)
+
+    async def _finish(self, key: str, outcome: dict[str, Any]) -> None:
+        stored = await asyncio.shield(
+            self.store.complete(key, self.owner, outcome, self.settings.ttl_s))
+        if not stored:
+            log.warning("idempotency_claim_lost", key=key[:12])
+
+    async def _abandon(self, key: str, *, retract: bool, hold_s: float = 0.0) -> None:
+        await asyncio.shield(
+            self.store.abandon(key, self.owner, retract_attempt=retract, hold_s=hold_s))
+
+    async def _heartbeat(self, key: str) -> None:
+        interval = max(0.05, self.settings.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not await self.store.heartbeat(key, self.owner, self.settings.lease_s):
+                log.warning("idempotency_lease_lost", key=key[:12])
+                return

@@ -1,0 +1,317 @@
+"""HTTP calls to backends: request building, timeouts, safe retries, a circuit breaker.
+
+Retry rule (the one that keeps effects exactly-once): an attempt that certainly never reached
+the backend (connect refused/timed out, pool exhausted) may always be retried. An attempt that
+may have reached it (read timeout, dropped connection, 502/503/504, 429) is retried only when
+repeating it cannot duplicate an effect: the method is safe (GET/HEAD/OPTIONS), or an
+``Idempotency-Key`` is forwarded to a backend declared to honour it. Forwarding a key to a
+backend that merely records it (the demo ledger) is not enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib
+import json
+import random
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from gateway.errors import BackendError, BackendUnavailable, ConfigError
+from gateway.models import BackendSettings, Operation
+from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
+
+__all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
+
+log = structlog.get_logger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+# Statuses that say "I did not act on this request": retrying cannot duplicate an effect.
+NOT_APPLIED_STATUS = frozenset({408, 425, 429, 503})
+_BODY_LIMIT = 2048
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; ``Retry-After`` honoured up to a cap."""
+
+    base_delay_s: float = 0.1
+    max_delay_s: float = 2.0
+    max_retry_after_s: float = 10.0
+
+    def backoff(self, retry_index: int) -> float:
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**retry_index))
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """Could the failed call have taken effect at the backend? (Conservative: unknown → True.)"""
+    details = getattr(error, "details", None)
+    if isinstance(details, Mapping) and "may_have_applied" in details:
+        return bool(details["may_have_applied"])
+    return True
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def build_request_parts(
+    op: Operation, arguments: Mapping[str, Any]
+) -> tuple[str, list[tuple[str, str]], dict[str, str], Any]:
+    """(path, query, headers, json_body) for ``op`` from ``arguments`` via ``op.parameters``."""
+    path = op.path
+    query: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
+    body: Any = None
+    for param in op.parameters:
+        if param.name not in arguments:
+            continue
+        value = arguments[param.name]
+        wire = param.wire_name or param.name
+        if param.location == "path":
+            path = path.replace("{" + wire + "}", quote(_scalar(value), safe=""))
+        elif param.location == "query":
+            if value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            query.extend((wire, _scalar(v)) for v in values)
+        elif param.location == "header":
+            if value is not None:
+                headers[wire] = _scalar(value)
+        elif op.body_as_argument:
+            body = value
+        else:
+            if body is None:
+                body = {}
+            body[wire] = value
+    return path, query, headers, body
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(data, Mapping):
+        for key in ("detail", "message", "error", "title"):
+            value = data.get(key)
+            if isinstance(value, Mapping) and "message" in value:
+                return str(value["message"])
+            if value:
+                return value if isinstance(value, str) else json.dumps(value)[:300]
+    return json.dumps(data)[:200]
+
+
+def _load_app(entry_point: str) -> Any:
+    module_name, _, attr = entry_point.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in (attr or "app").split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"backend app {entry_point!r} cannot be imported: {exc}",
+                          field="backends.app") from exc
+    return target() if callable(target) and not hasattr(target, "openapi") else target
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, reason: str, applied: bool, retry_after: float | None = None,
+                 response: httpx.Response | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.applied = applied
+        self.retry_after = retry_after
+        self.response = response
+
+
+class BackendClient:
+    """One pooled ``httpx.AsyncClient`` and one circuit breaker per backend."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, BackendSettings],
+        *,
+        transport_for: Callable[[BackendSettings], httpx.AsyncBaseTransport | None] | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+        idempotency_aware: Collection[str] = (),
+    ) -> None:
+        self.settings = dict(backends)
+        self.retry = retry or RetryPolicy()
+        self._aware = frozenset(idempotency_aware) | {
+            name for name, s in backends.items() if getattr(s, "idempotency_keys", False)
+        }
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        for name, settings in self.settings.items():
+            transport = transport_for(settings) if transport_for else None
+            base_url = settings.base_url
+            if transport is None and not base_url and settings.app:
+                transport = httpx.ASGITransport(app=_load_app(settings.app))
+            if not base_url:
+                if transport is None:
+                    raise ConfigError(f"backend {name!r} has neither base_url nor app",
+                                      field=f"backends.{name}.base_url")
+                base_url = f"http://{name}.internal"
+            self._clients[name] = httpx.AsyncClient(
+                base_url=base_url, transport=transport, headers=settings.headers,
+                follow_redirects=False, trust_env=False,
+            )
+            self._breakers[name] = CircuitBreaker(breaker or BreakerPolicy())
+
+    def honours_idempotency_key(self, backend: str) -> bool:
+        """Does this backend deduplicate by ``Idempotency-Key`` (declared in the config)?"""
+        return backend in self._aware
+
+    def breaker(self, backend: str) -> CircuitBreaker:
+        return self._breakers[backend]
+
+    async def call(
+        self,
+        op: Operation,
+        arguments: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> Any:
+        """Call ``op`` and return its parsed JSON result (``None`` for an empty body)."""
+        settings = self.settings.get(op.backend)
+        if settings is None:
+            raise BackendUnavailable(f"unknown backend {op.backend!r} for {op.name}",
+                                     details={"backend": op.backend, "attempts": 0,
+                                              "reason": "unknown_backend",
+                                              "may_have_applied": False})
+        client, breaker = self._clients[op.backend], self._breakers[op.backend]
+        timeout_s = (timeout_ms or settings.timeout_ms) / 1000.0
+        method = op.method.upper()
+        path, query, headers, body = build_request_parts(op, arguments)
+        headers.update(settings.headers)  # configured credentials win over agent arguments
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        repeat_safe = method in SAFE_METHODS or (
+            idempotency_key is not None and self.honours_idempotency_key(op.backend))
+        max_attempts = 1 + max(0, settings.retries)
+        applied = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if not breaker.allow():
+                raise BackendUnavailable(
+                    f"{op.backend} is unavailable (circuit open after repeated failures)",
+                    details={"backend": op.backend, "attempts": attempt - 1,
+                             "reason": "circuit_open", "may_have_applied": applied,
+                             "retry_after_s": round(breaker.retry_after_s(), 3)})
+            try:
+                return await self._attempt(client, breaker, op, method, path, query, headers,
+                                           body, timeout_s, attempt)
+            except _AttemptFailed as failure:
+                applied = applied or failure.applied
+                can_repeat = not failure.applied or repeat_safe
+                too_long = (failure.retry_after is not None
+                            and failure.retry_after > self.retry.max_retry_after_s)
+                if attempt >= max_attempts or not can_repeat or too_long:
+                    raise self._final_error(op, failure, attempt, applied) from None
+                delay = (failure.retry_after if failure.retry_after is not None
+                         else self.retry.backoff(attempt - 1))
+                log.info("backend_retry", backend=op.backend, operation=op.name,
+                         attempt=attempt, reason=failure.reason, delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, breaker: CircuitBreaker, op: Operation, method: str,
+        path: str, query: list[tuple[str, str]], headers: dict[str, str], body: Any,
+        timeout_s: float, attempt: int,
+    ) -> Any:
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await client.request(
+                    method, path, params=tuple(query), headers=headers,
+                    json=body if body is not None else None,
+                    timeout=httpx.Timeout(timeout_s))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            breaker.record_failure()
+            raise _AttemptFailed(f"connect_failed: {type(exc).__name__}", applied=False) from exc
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            breaker.record_failure()
+            raise _AttemptFailed("timeout", applied=True) from exc
+        except httpx.TransportError as exc:
+            breaker.record_failure()
+            raise _AttemptFailed(f"transport_error: {type(exc).__name__}", applied=True) from exc
+        except BaseException:
+            breaker.release_probe()  # cancelled: no verdict on the backend's health
+            raise
+        status = response.status_code
+        if status >= 500:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        if status in RETRY_STATUS:
+            raise _AttemptFailed(f"status_{status}", applied=status not in NOT_APPLIED_STATUS,
+                                 retry_after=_retry_after(response), response=response)
+        if status >= 400:
+            raise self._status_error(op, response, attempts=attempt, applied=status >= 500
+                                     and status not in NOT_APPLIED_STATUS)
+        if status == 204 or not response.content.strip():
+            return None
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise BackendError(
+                f"{op.backend} answered {status} to {op.name} with a body that is not JSON "
+                f"(content-type {response.headers.get('content-type', 'none')!r})",
+                details={"backend": op.backend, "status": status,
+                         "body": response.text[:_BODY_LIMIT], "may_have_applied": True,
+                         "reason": "invalid_body", "attempts": attempt}) from None
+
+    def _status_error(self, op: Operation, response: httpx.Response, *, attempts: int,
+                      applied: bool) -> BackendError:
+        details: dict[str, Any] = {
+            "backend": op.backend, "status": response.status_code,
+            "body": response.text[:_BODY_LIMIT], "may_have_applied": applied,
+            "attempts": attempts,
+        }
+        return BackendError(
+            f"{op.backend} answered {response.status_code} {response.reason_phrase} to "
+            f"{op.name}: {_error_message(response)}", details=details)
+
+    def _final_error(self, op: Operation, failure: _AttemptFailed, attempts: int,
+                     applied: bool) -> BackendError | BackendUnavailable:
+        if failure.response is not None:
+            err = self._status_error(op, failure.response, attempts=attempts, applied=applied)
+            if failure.retry_after is not None:
+                err.details["retry_after_s"] = round(failure.retry_after, 3)
+            return err
+        what = "timed out" if failure.reason == "timeout" else f"unreachable ({failure.reason})"
+        return BackendUnavailable(
+            f"{op.backend} {what} calling {op.name} after {attempts} attempt(s)",
+            details={"backend": op.backend, "attempts": attempts,
+                     "reason": failure.reason.split(":")[0], "may_have_applied": applied})
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()))
