@@ -1,0 +1,148 @@
+"""Python-facing views of an operation: the SDK function signature and its docstring.
+
+The sandbox SDK and ``help(...)`` show these to a model, so they favour plain Python types
+(``str``, ``int``, ``list[str]``, ``X | None``) over JSON Schema detail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.models import Operation
+
+__all__ = ["py_type", "python_signature", "sdk_doc"]
+
+_SIMPLE = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
+           "null": "None", "object": "dict"}
+
+
+def _union(parts: list[str]) -> str:
+    seen: list[str] = []
+    for part in parts:
+        for p in part.split(" | "):
+            if p not in seen:
+                seen.append(p)
+    if "Any" in seen:
+        return "Any"
+    if "None" in seen:  # None last, as people write it
+        seen = [p for p in seen if p != "None"] + ["None"]
+    return " | ".join(seen) if seen else "Any"
+
+
+def py_type(schema: Any) -> str:
+    """A Python annotation for a JSON Schema (best effort, never raises)."""
+    if not isinstance(schema, dict) or not schema:
+        return "Any"
+    if "$ref" in schema:
+        return "dict"
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return _union([py_type(s) for s in schema[key]])
+    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+        return py_type(schema["allOf"][0]) if "type" not in schema else py_type(
+            {k: v for k, v in schema.items() if k != "allOf"})
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return _union([py_type({**schema, "type": k}) for k in kind])
+    if kind == "array":
+        items = schema.get("items")
+        return f"list[{py_type(items)}]" if isinstance(items, dict) and items else "list"
+    if isinstance(kind, str):
+        return _SIMPLE.get(kind, "Any")
+    if "properties" in schema:
+        return "dict"
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return _union([_SIMPLE.get(_json_type(v), "Any") for v in schema["enum"]])
+    return "Any"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string" if isinstance(value, str) else "object"
+
+
+def _ordered_args(op: Operation) -> list[tuple[str, dict[str, Any], bool]]:
+    props = op.input_schema.get("properties") or {}
+    required = set(op.input_schema.get("required") or [])
+    args = [(name, schema if isinstance(schema, dict) else {}, name in required)
+            for name, schema in props.items()]
+    return [a for a in args if a[2]] + [a for a in args if not a[2]]
+
+
+def _return_type(op: Operation) -> str:
+    if op.output_schema is None:
+        return "Any"
+    kind = py_type(op.output_schema)
+    return "dict" if kind.startswith("dict") else kind
+
+
+def python_signature(op: Operation) -> str:
+    """``create_transfer(from_account: str, ..., memo: str | None = None) -> dict``."""
+    parts = []
+    for name, schema, required in _ordered_args(op):
+        kind = py_type(schema)
+        if required:
+            parts.append(f"{name}: {kind}")
+        elif "default" in schema:
+            parts.append(f"{name}: {kind} = {schema['default']!r}")
+        else:
+            parts.append(f"{name}: {_union([kind, 'None'])} = None")
+    return f"{op.short_name}({', '.join(parts)}) -> {_return_type(op)}"
+
+
+def _constraints(schema: dict[str, Any]) -> str:
+    bits = []
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        shown = ", ".join(repr(v) for v in enum[:12])
+        bits.append(f"one of {shown}{', ...' if len(enum) > 12 else ''}")
+    for key, label in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                       ("exclusiveMaximum", "<"), ("minLength", "min length"),
+                       ("maxLength", "max length"), ("pattern", "pattern"),
+                       ("format", "format"), ("minItems", "min items"),
+                       ("maxItems", "max items")):
+        if key in schema:
+            bits.append(f"{label} {schema[key]}")
+    if "default" in schema:
+        bits.append(f"default {schema['default']!r}")
+    return "; ".join(bits)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def sdk_doc(op: Operation, *, max_description: int = 1500) -> str:
+    """The docstring of the SDK function: what it does, its arguments, what it returns."""
+    lines = [op.summary or op.short_name]
+    description = op.description.strip()
+    if description and description != op.summary:
+        if len(description) > max_description:
+            description = description[: max_description - 3].rstrip() + "..."
+        lines += ["", description]
+    args = _ordered_args(op)
+    if args:
+        lines += ["", "Args:"]
+        for name, schema, required in args:
+            kind = py_type(schema) + ("" if required else ", optional")
+            text = _one_line(str(schema.get("description") or schema.get("title") or ""))
+            extra = _constraints(schema)
+            detail = ". ".join(p for p in (text.rstrip("."), extra) if p)
+            lines.append(f"    {name} ({kind}): {detail}".rstrip(": ") if detail
+                         else f"    {name} ({kind})")
+    lines += ["", "Returns:", f"    {_return_type(op)}"
+              + (f": {_one_line(str(op.output_schema.get('title')))}"
+                 if op.output_schema and op.output_schema.get("title") else "")]
+    footer = f"{op.name} ({op.method} {op.path})"
+    if op.tags:
+        footer += f"; tags: {', '.join(op.tags)}"
+    lines += ["", footer]
+    return "\n".join(lines)
