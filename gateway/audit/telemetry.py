@@ -98,11 +98,13 @@ class Telemetry:
         self,
         provider: TracerProvider,
         file_exporter: JsonlSpanExporter | None,
+        file_processor: SimpleSpanProcessor | None,
         otlp: GuardedExporter | None,
         otlp_processor: BatchSpanProcessor | None,
     ) -> None:
         self._provider = provider
         self._file = file_exporter
+        self._file_processor = file_processor
         self._otlp = otlp
         self._otlp_processor = otlp_processor
         self._closed = False
@@ -134,32 +136,39 @@ class Telemetry:
         return ok and bool(done) and done[0]
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
-        """Close the audit file and give the collector ``timeout_ms`` for queued spans."""
+        """Close the audit file, then give the collector ``timeout_ms`` for queued spans.
+
+        Bounded even when the collector hangs: after the deadline the OTLP export is aborted
+        (gRPC calls are cancelled; an HTTP request in flight is left to its own timeout on a
+        daemon thread) and whatever is still queued is dropped — it is in the file already.
+        """
         if self._closed:
             return
         self._closed = True
-        timer: threading.Timer | None = None
-        if self._otlp is not None:
-            timer = threading.Timer(timeout_ms / 1000, self._otlp.abort)
-            timer.daemon = True
-            timer.start()
-        try:
-            self._provider.shutdown()
-        finally:
-            if timer is not None:
-                timer.cancel()
+        if self._file_processor is not None:
+            self._file_processor.shutdown()
+        worker = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_ms / 1000)
+        if worker.is_alive() and self._otlp is not None:
+            self._otlp.abort()
+            worker.join(0.5)
 
 
 def setup_telemetry(settings: AuditSettings) -> Telemetry:
     """Build the provider: audit file (synchronous, chained) and optional OTLP (batched)."""
     provider = TracerProvider(
-        sampler=ALWAYS_ON, resource=Resource.create({SERVICE_NAME: settings.service_name})
+        sampler=ALWAYS_ON,
+        resource=Resource.create({SERVICE_NAME: settings.service_name}),
+        shutdown_on_exit=False,  # Telemetry.shutdown owns it (and bounds it)
     )
     file_exporter: JsonlSpanExporter | None = None
+    file_processor: SimpleSpanProcessor | None = None
     if settings.file is not None:
         log = AuditLog(settings.file, settings.fsync, settings.fsync_interval_s)
         file_exporter = JsonlSpanExporter(log)
-        provider.add_span_processor(SimpleSpanProcessor(file_exporter))
+        file_processor = SimpleSpanProcessor(file_exporter)
+        provider.add_span_processor(file_processor)
     guarded: GuardedExporter | None = None
     batch: BatchSpanProcessor | None = None
     if settings.otlp_endpoint:
@@ -175,7 +184,7 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
             export_timeout_millis=settings.otlp_timeout_s * 1000,
         )
         provider.add_span_processor(batch)
-    return Telemetry(provider, file_exporter, guarded, batch)
+    return Telemetry(provider, file_exporter, file_processor, guarded, batch)
 
 
 def _text(value: str | bytes) -> str:
