@@ -1,0 +1,239 @@
+"""The hash-chained audit file: chaining, tamper detection, restarts, crashes, concurrency."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import GENESIS, AuditLog, AuditSettings, setup_telemetry, verify_chain
+from gateway.audit.chain import record_hash
+from gateway.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, n: int, **kw: object) -> None:
+    log = AuditLog(path, **kw)  # type: ignore[arg-type]
+    for i in range(n):
+        log.append({"name": f"span-{i}", "attributes": {"i": i}})
+    log.close()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_records_are_chained(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 5)
+    recs = [json.loads(line) for line in _lines(path)]
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
+    assert recs[0]["prev_hash"] == GENESIS
+    for prev, rec in itertools.pairwise(recs):
+        assert rec["prev_hash"] == prev["hash"]
+    assert all(record_hash(r) == r["hash"] for r in recs)
+    report = verify_chain(path)
+    assert report.ok and report.records == 5 and report.last_hash == recs[-1]["hash"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("victim", "expect"),
+    [(0, "seq 1 deleted"), (2, "seq 3 deleted"), (3, "seq 4 deleted")],
+)
+def test_deleted_line_is_detected(tmp_path: Path, victim: int, expect: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 6)
+    lines = _lines(path)
+    del lines[victim]
+    path.write_text("".join(lines))
+    report = verify_chain(path)
+    assert not report.ok
+    assert report.line == victim + 1
+    assert expect in report.reason
+
+
+def test_deleted_range_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 8)
+    lines = _lines(path)
+    del lines[2:5]
+    path.write_text("".join(lines))
+    report = verify_chain(path)
+    assert (report.ok, report.line) == (False, 3)
+    assert "seq 3..5 deleted" in report.reason
+
+
+def test_edited_line_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 5)
+    lines = _lines(path)
+    rec = json.loads(lines[2])
+    rec["attributes"]["i"] = 999  # still valid JSON, still has its old hash
+    lines[2] = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
+    path.write_text("".join(lines))
+    report = verify_chain(path)
+    assert (report.ok, report.line, report.records) == (False, 3, 2)
+    assert "edited" in report.reason
+
+
+def test_edit_with_recomputed_hash_breaks_the_next_link(tmp_path: Path) -> None:
+    """An editor who also recomputes the line's hash is caught by the following record."""
+    path = tmp_path / "audit.jsonl"
+    _write(path, 5)
+    lines = _lines(path)
+    rec = json.loads(lines[1])
+    rec["attributes"]["i"] = 999
+    rec["hash"] = record_hash(rec)
+    lines[1] = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
+    path.write_text("".join(lines))
+    report = verify_chain(path)
+    assert (report.ok, report.line) == (False, 3)
+
+
+def test_reordered_lines_are_detected(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 6)
+    lines = _lines(path)
+    lines[2], lines[3] = lines[3], lines[2]
+    path.write_text("".join(lines))
+    report = verify_chain(path)
+    assert (report.ok, report.line) == (False, 3)
+    assert "reordered" in report.reason
+
+
+def test_garbage_line_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 3)
+    with path.open("a") as fh:
+        fh.write("not json\n")
+    report = verify_chain(path)
+    assert (report.ok, report.line, report.records) == (False, 4, 3)
+
+
+def test_chain_continues_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, 3)
+    _write(path, 2)
+    recs = [json.loads(line) for line in _lines(path)]
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
+    assert recs[3]["prev_hash"] == recs[2]["hash"]
+    assert verify_chain(path).ok
+
+
+def test_restart_after_torn_write(tmp_path: Path) -> None:
+    """A crash mid-line: the fragment is isolated, new records chain from the last good one,
+    and verify reports the torn record (a lost record is an audit event)."""
+    path = tmp_path / "audit.jsonl"
+    _write(path, 3)
+    with path.open("a") as fh:
+        fh.write('{"name":"half')
+    _write(path, 2)
+    lines = _lines(path)
+    assert lines[3] == '{"name":"half\n'
+    assert json.loads(lines[4])["prev_hash"] == json.loads(lines[2])["hash"]
+    report = verify_chain(path)
+    assert (report.ok, report.line) == (False, 4)
+    assert "torn" in report.reason
+
+
+def test_restart_with_long_records(tmp_path: Path) -> None:
+    """The tail reader crosses its 64 KiB chunk boundary."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(3):
+        log.append({"blob": "x" * 100_000, "i": i})
+    log.close()
+    _write(path, 1)
+    assert verify_chain(path).ok and verify_chain(path).records == 4
+
+
+def test_second_writer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = AuditLog(path)
+    try:
+        with pytest.raises(ConfigError) as err:
+            setup_telemetry(AuditSettings(file=path))
+        assert err.value.field == "audit.file"
+    finally:
+        first.close()
+    AuditLog(path).close()  # released on close
+
+
+def test_concurrent_appends_keep_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync="never")
+    barrier = threading.Barrier(8)
+
+    def worker(t: int) -> None:
+        barrier.wait()
+        for i in range(200):
+            log.append({"thread": t, "i": i})
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log.close()
+    report = verify_chain(path)
+    assert report.ok and report.records == 1600
+
+
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_fsync_policies(tmp_path: Path, policy: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync=policy, fsync_interval_s=0.01)  # type: ignore[arg-type]
+    log.append({"a": 1})
+    log.append({"a": 2}, sync=True)
+    log.flush()
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        log.append({"a": 3})
+    assert verify_chain(path).records == 2
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from gateway.audit import AuditSettings, setup_telemetry
+tel = setup_telemetry(AuditSettings(file=Path(sys.argv[1]), fsync="never"))
+for i in range(40):
+    with tel.tracer.start_as_current_span("switchboard.v1.Gateway/Execute"):
+        with tel.tracer.start_as_current_span("policy.decide"):
+            pass
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_records_survive_sigkill(tmp_path: Path) -> None:
+    """Written synchronously before the span ends: a killed gateway loses nothing it reported."""
+    path = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    report = verify_chain(path)
+    assert report.ok and report.records == 80
+    _write(path, 1)  # the lock died with the process; the chain continues
+    assert verify_chain(path).records == 81
