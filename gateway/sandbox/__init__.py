@@ -1,0 +1,28 @@
+"""The code channel: Python run in Pyodide inside locked-down Deno processes, with an SDK bridge.
+
+See docs/sandbox.md for the security model. Public API: :class:`SandboxPool` and the data
+types it takes and returns.
+"""
+
+from gateway.sandbox.pool import SandboxPool, default_runtime_dir
+from gateway.sandbox.types import (
+    EventCallback,
+    HostCall,
+    RunRequest,
+    RunResult,
+    SandboxEvent,
+    SandboxSettings,
+    SdkFunction,
+)
+
+__all__ = [
+    "EventCallback",
+    "HostCall",
+    "RunRequest",
+    "RunResult",
+    "SandboxEvent",
+    "SandboxPool",
+    "SandboxSettings",
+    "SdkFunction",
+    "default_runtime_dir",
+]

@@ -1,0 +1,278 @@
+"""One sandbox Deno process: its command line (the permission boundary), its socket, its frames.
+
+The host listens on a Unix socket in a private 0700 directory and accepts exactly one
+connection, from the child's own pid (SO_PEERCRED). Frames are 4-byte big-endian length + JSON.
+The process's stdout and stderr are drained and never parsed as protocol: sandboxed code can
+write to them. stdin is /dev/null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import SandboxCrashed, SandboxError, SandboxMemory
+from gateway.sandbox.types import SandboxSettings
+
+__all__ = ["MAX_FRAME", "DenoProcess", "deno_command"]
+
+MAX_FRAME = 16 * 1024 * 1024
+_OOM_MARKERS = ("out of memory", "heap limit", "allocation failed")
+
+
+def deno_command(
+    deno: str, runtime_dir: Path, sock: Path, settings: SandboxSettings
+) -> list[str]:
+    """The narrowest command line that works: read Pyodide's assets and our own three files,
+    talk on one Unix socket, nothing else (no env, write, run, ffi, sys, remote imports)."""
+    assets = runtime_dir / "node_modules" / "pyodide"
+    reads = [assets, runtime_dir / "worker.ts", runtime_dir / "sandbox_runner.py", sock]
+    cfg = {"socket": str(sock), "spares": settings.spares}
+    return [
+        deno,
+        "run",
+        "--no-prompt",
+        "--no-config",
+        "--no-lock",
+        "--no-remote",
+        "--no-npm",
+        "--unstable-worker-options",
+        "--allow-read=" + ",".join(str(p) for p in reads),
+        f"--allow-write={sock}",
+        f"--allow-net=unix:{sock}",
+        "--v8-flags="
+        f"--max-old-space-size={settings.v8_heap_mb},"
+        f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}",
+        str(runtime_dir / "supervisor.ts"),
+        json.dumps(cfg),
+    ]
+
+
+class DenoProcess:
+    """A supervisor process and its channel. Runs register a queue to receive their frames."""
+
+    def __init__(self, index: int, argv: Sequence[str], sock: Path, deno_dir: Path) -> None:
+        self.index = index
+        self._argv = list(argv)
+        self._sock = sock
+        self._deno_dir = deno_dir
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.Server | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._stderr_tail: deque[bytes] = deque(maxlen=32)
+        self.ready = False
+        self.dead = False
+        self.death: SandboxError | None = None
+        self.start_ms = 0
+        self.active = 0
+        self.exited = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def start(self, timeout_s: float) -> None:
+        """Spawn, accept the child's connection, wait for its snapshot and first spare."""
+        loop = asyncio.get_running_loop()
+        self._connected = loop.create_future()
+        with contextlib.suppress(FileNotFoundError):
+            self._sock.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._on_connect, path=str(self._sock), limit=MAX_FRAME + 4
+        )
+        os.chmod(self._sock, 0o600)
+        env = {"DENO_DIR": str(self._deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._tasks.append(asyncio.create_task(self._drain(self._proc.stdout, False)))
+        self._tasks.append(asyncio.create_task(self._drain(self._proc.stderr, True)))
+        self._tasks.append(asyncio.create_task(self._watch_exit()))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), timeout_s)
+            hello = await asyncio.wait_for(self._read_frame(), timeout_s)
+            if hello.get("t") != "hello":
+                raise SandboxCrashed("sandbox process spoke out of turn")
+            ready = await asyncio.wait_for(self._read_frame(), timeout_s)
+            if ready.get("t") != "ready":
+                raise SandboxCrashed(f"sandbox process failed to start: {ready!r:.300}")
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            await self.kill()
+            raise SandboxCrashed(
+                f"sandbox process did not start: {type(exc).__name__}",
+                details={"stderr": self.stderr_tail()},
+            ) from None
+        except BaseException:
+            await self.kill()
+            raise
+        self.start_ms = int(ready.get("startMs", 0))
+        self.ready = True
+        self._tasks.append(asyncio.create_task(self._read_loop()))
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        peer_pid = -1
+        with contextlib.suppress(OSError):
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            peer_pid = struct.unpack("3i", creds)[0]
+        connected = self._connected
+        if (
+            connected is None
+            or connected.done()
+            or self._proc is None
+            or peer_pid != self._proc.pid
+        ):
+            writer.close()
+            return
+        self._reader, self._writer = reader, writer
+        connected.set_result(None)
+        # One connection per process, ever: stop listening and remove the path.
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            self._sock.unlink()
+
+    async def _read_frame(self) -> dict[str, Any]:
+        assert self._reader is not None
+        head = await self._reader.readexactly(4)
+        (size,) = struct.unpack(">I", head)
+        if size > MAX_FRAME:
+            raise SandboxCrashed("oversized frame from the sandbox process")
+        body = await self._reader.readexactly(size)
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            raise SandboxCrashed("unreadable frame from the sandbox process") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+            raise SandboxCrashed("malformed frame from the sandbox process")
+        return msg
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = await self._read_frame()
+                if msg["t"] in ("log", "stats", "hello", "ready"):
+                    continue
+                queue = self._queues.get(str(msg.get("id")))
+                if queue is not None:
+                    queue.put_nowait(msg)
+        except SandboxCrashed as exc:
+            await self._die(exc)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            await self._die(None)
+
+    async def _drain(self, stream: asyncio.StreamReader, keep: bool) -> None:
+        # Never parsed: the sandbox can write here. Keep a small tail of stderr for diagnosis.
+        with contextlib.suppress(Exception):
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    return
+                if keep:
+                    self._stderr_tail.append(chunk[-2048:])
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        await self._proc.wait()
+        await asyncio.sleep(0.05)  # let the drains catch the last stderr lines
+        await self._die(None)
+
+    def stderr_tail(self) -> str:
+        return b"".join(self._stderr_tail)[-4096:].decode("utf-8", "replace")
+
+    async def _die(self, cause: SandboxError | None) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.ready = False
+        tail = self.stderr_tail()
+        if cause is None:
+            if any(marker in tail.lower() for marker in _OOM_MARKERS):
+                cause = SandboxMemory("the sandbox process ran out of memory")
+            else:
+                cause = SandboxCrashed("the sandbox process exited", details={"stderr": tail})
+        self.death = cause
+        for queue in self._queues.values():
+            queue.put_nowait({"t": "_dead"})
+        await self.kill()
+        self.exited.set()
+
+    def register(self, run_id: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues[run_id] = queue
+        self.active += 1
+        if self.dead:
+            queue.put_nowait({"t": "_dead"})
+        return queue
+
+    def unregister(self, run_id: str) -> None:
+        if self._queues.pop(run_id, None) is not None:
+            self.active -= 1
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Queue a frame; never blocks (the supervisor reads promptly or gets killed)."""
+        if self.dead or self._writer is None:
+            return
+        body = json.dumps(msg, separators=(",", ":")).encode()
+        if len(body) > MAX_FRAME:
+            raise SandboxError("frame too large for the sandbox channel")
+        try:
+            self._writer.write(struct.pack(">I", len(body)) + body)
+        except (ConnectionError, RuntimeError):
+            return
+
+    async def kill(self) -> None:
+        """SIGKILL the process and release everything; idempotent."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._proc.wait(), 5)
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            self._sock.unlink()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current and not task.done():
+                task.cancel()
+
+    async def close(self) -> None:
+        self.dead = True
+        self.ready = False
+        await self.kill()
+        self.exited.set()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process (all its isolates), from /proc."""
+        pid = self.pid
+        if pid is None or self.dead:
+            return 0
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return 0
+        return 0

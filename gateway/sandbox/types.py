@@ -1,0 +1,95 @@
+"""The sandbox's public data types: what the pipeline hands in and what it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.models import Limits
+
+__all__ = [
+    "EventCallback",
+    "HostCall",
+    "RunRequest",
+    "RunResult",
+    "SandboxEvent",
+    "SandboxSettings",
+    "SdkFunction",
+]
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How the pool is shaped. Every field has a safe default."""
+
+    workers: int = 2  # Deno processes; each holds spare isolates and session isolates
+    spares: int = 2  # fresh isolates kept ready per process, so runs never wait for a start
+    deno_path: str | None = None  # default: deno.find_deno_bin()
+    runtime_dir: Path | None = None  # default: the repo's runtimes/ (SWITCHBOARD_RUNTIME_DIR)
+    max_sessions: int = 64
+    session_idle_s: float = 300.0
+    v8_heap_mb: int = 256  # --max-old-space-size, per isolate (JS heap, not wasm)
+    wasm_max_mem_pages: int = 8192  # 64 KiB pages: hard wasm memory cap per isolate (512 MiB)
+    max_result_bytes: int = 1 << 20  # JSON of the returned value
+    start_timeout_s: float = 120.0  # process start: snapshot + first spare
+    queue_timeout_s: float = 30.0  # longest a run waits for an isolate before failing
+    kill_grace_s: float = 2.0  # past the run's deadline, the host kills an unresponsive process
+    deno_dir: Path | None = None  # default: a private temp dir per pool
+
+
+@dataclass(frozen=True)
+class SdkFunction:
+    """One backend operation as an SDK function inside the sandbox."""
+
+    operation: str  # "ledger.get_balance"
+    backend: str  # "ledger"  -> `from sdk import ledger`
+    function: str  # "get_balance" -> ledger.get_balance(account="A1")
+    signature: str  # "get_balance(account: str) -> dict"
+    doc: str  # summary/description + parameter docs, for help()
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "operation": self.operation,
+            "backend": self.backend,
+            "function": self.function,
+            "signature": self.signature,
+            "doc": self.doc,
+        }
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    source: str
+    inputs: dict[str, Any]  # bound as global `inputs`
+    limits: Limits  # from the policy decision
+    principal_key: str  # "tenant/principal_id": a realm never serves two keys
+    session_id: str | None = None  # REPL-like session (variables survive) for this principal
+    sdk: tuple[SdkFunction, ...] = ()
+    sdk_revision: str = ""  # cache key for the sdk tuple (the catalog revision)
+    output_schema: dict[str, Any] | None = None
+
+
+HostCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    kind: Literal["stdout", "stderr", "host_call"]
+    data: dict[str, Any]  # {"line": str} or {"operation", "outcome", "duration_ms"}
+
+
+EventCallback = Callable[[SandboxEvent], Awaitable[None]]
+
+
+@dataclass
+class RunResult:
+    ok: bool  # False when user code raised (error holds it)
+    result: Any  # last expression value or `result` global, JSON-safe
+    stdout: str  # capped at limits.max_output_bytes (stdout and stderr together)
+    stderr: str
+    error: dict[str, Any] | None  # {"type", "message", "traceback"} for user-code errors
+    host_calls: int
+    duration_ms: float
+    output_truncated: bool = False

@@ -1,0 +1,216 @@
+"""The Python half of a sandbox worker: runs inside Pyodide, never on the host.
+
+Loaded once into the interpreter before the memory snapshot is taken, so every worker starts with
+it already imported. Everything here is reachable by sandboxed code; it holds no secrets and
+grants nothing: SDK calls go through ``_host`` (a JS function the worker passes per run) to the
+host, which authorises each one as the run's principal and enforces the budget.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import inspect
+import json
+import keyword
+import pydoc  # noqa: F401  (imported before the snapshot so help() is fast)
+import sys
+import traceback
+import types
+from typing import Any
+
+from pyodide.code import eval_code
+from pyodide.ffi import run_sync
+
+FILENAME = "<code>"
+_MISSING = object()
+_state: dict[str, Any] = {"host": None, "rev": None, "session_ns": None}
+
+
+class SdkError(Exception):
+    """A host call was refused or failed; ``code`` is the gateway's stable error code."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def _call(operation: str, kwargs: dict[str, Any]) -> Any:
+    host = _state["host"]
+    if host is None:
+        raise SdkError("sandbox_error", "no host channel in this context")
+    try:
+        payload = json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SdkError("invalid_request", f"arguments are not JSON: {exc}") from None
+    reply = json.loads(run_sync(host(operation, payload)))
+    if reply.get("ok"):
+        return reply.get("value")
+    err = reply.get("error") or {}
+    raise SdkError(
+        str(err.get("code", "internal")), str(err.get("message", "")), err.get("details")
+    )
+
+
+def search(query: str, limit: int = 10) -> Any:
+    """Search the operations you may call: returns [{name, summary, signature}]."""
+    return _call("sdk.search", {"query": str(query), "limit": int(limit)})
+
+
+def describe(name: str) -> Any:
+    """Full description of one operation (parameters, schema, docs) by its name."""
+    return _call("sdk.describe", {"name": str(name)})
+
+
+def _ident(name: str) -> str:
+    out = "".join(c if (c.isalnum() or c == "_") else "_" for c in name) or "_"
+    if out[0].isdigit():
+        out = "_" + out
+    return out + "_" if keyword.iskeyword(out) else out
+
+
+def _signature(text: str, func: str) -> inspect.Signature:
+    """Parse (never execute) the catalog's signature text; fall back to ``(**kwargs)``."""
+    try:
+        head = text.strip()
+        if not head.startswith(func):
+            raise ValueError(head)
+        tree = ast.parse(f"def {head}:\n    pass\n", mode="exec")
+        fn = tree.body[0]
+        assert isinstance(fn, ast.FunctionDef)
+        params: list[inspect.Parameter] = []
+        a = fn.args
+        defaults: list[Any] = [None] * (len(a.args) - len(a.defaults)) + list(a.defaults)
+        for arg, default in zip(a.args, defaults, strict=True):
+            params.append(_param(arg, default, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
+            params.append(_param(arg, default, inspect.Parameter.KEYWORD_ONLY))
+        if a.kwarg is not None:
+            params.append(inspect.Parameter(a.kwarg.arg, inspect.Parameter.VAR_KEYWORD))
+        ret = ast.unparse(fn.returns) if fn.returns is not None else inspect.Signature.empty
+        return inspect.Signature(params, return_annotation=ret)
+    except Exception:
+        return inspect.Signature([inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+
+def _param(arg: ast.arg, default: ast.expr | None, kind: Any) -> inspect.Parameter:
+    ann = ast.unparse(arg.annotation) if arg.annotation is not None else inspect.Parameter.empty
+    value: Any = inspect.Parameter.empty
+    if default is not None:
+        try:
+            value = ast.literal_eval(default)
+        except ValueError:
+            value = None
+    return inspect.Parameter(arg.arg, kind, default=value, annotation=ann)
+
+
+def _make_function(spec: dict[str, Any]) -> Any:
+    operation = str(spec["operation"])
+    name = _ident(str(spec["function"]))
+    sig = _signature(str(spec.get("signature", "")), str(spec["function"]))
+
+    def sdk_function(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        for p in sig.parameters.values():
+            if p.kind is inspect.Parameter.VAR_KEYWORD and p.name in arguments:
+                arguments.update(arguments.pop(p.name))
+        return _call(operation, arguments)
+
+    sdk_function.__name__ = sdk_function.__qualname__ = name
+    sdk_function.__signature__ = sig  # type: ignore[attr-defined]
+    sdk_function.__doc__ = f"{operation}\n\n{spec.get('doc', '')}".strip()
+    sdk_function.__module__ = "sdk." + _ident(str(spec["backend"]))
+    return sdk_function
+
+
+def install_sdk(specs_json: str) -> None:
+    """(Re)build the ``sdk`` package and one module per backend from the catalog's functions."""
+    specs = json.loads(specs_json)
+    for key in [k for k in sys.modules if k == "sdk" or k.startswith("sdk.")]:
+        del sys.modules[key]
+    pkg = types.ModuleType("sdk", "Backend operations you may call. sdk.search(q) finds them.")
+    pkg.__path__ = []  # a package, so `from sdk import ledger` and `import sdk.ledger` work
+    pkg.SdkError = SdkError  # type: ignore[attr-defined]
+    pkg.search = search  # type: ignore[attr-defined]
+    pkg.describe = describe  # type: ignore[attr-defined]
+    backends: dict[str, types.ModuleType] = {}
+    for spec in specs:
+        backend = _ident(str(spec["backend"]))
+        mod = backends.get(backend)
+        if mod is None:
+            mod = types.ModuleType(f"sdk.{backend}")
+            mod.__doc__ = f"Operations of the {spec['backend']!s} backend:\n"
+            backends[backend] = mod
+        fn = _make_function(spec)
+        setattr(mod, fn.__name__, fn)
+        summary = str(spec.get("doc", "")).strip().splitlines()[:1]
+        mod.__doc__ += f"\n  {spec.get('signature', fn.__name__)}\n      {''.join(summary)}"
+    for name, mod in backends.items():
+        setattr(pkg, name, mod)
+        sys.modules[f"sdk.{name}"] = mod
+    sys.modules["sdk"] = pkg
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return {"repr": repr(value), "type": type(value).__name__}
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb if tb is not None else None)
+    text = "".join(lines)
+    if len(text) > 16384:
+        text = text[:8192] + "\n...\n" + text[-8192:]
+    out: dict[str, Any] = {
+        "type": type(exc).__name__, "message": str(exc)[:4096], "traceback": text}
+    if isinstance(exc, SdkError):
+        out["code"] = exc.code
+    return out
+
+
+def run(source: str, inputs_json: str, sdk_json: str | None, sdk_rev: str, host: Any,
+        session: bool, max_result_bytes: int) -> str:
+    """Run one program; returns a JSON string ``{ok, result, error, memory_error}``."""
+    _state["host"] = host
+    if sdk_json is not None and (sdk_rev != _state["rev"] or not sdk_rev):
+        install_sdk(sdk_json)
+        _state["rev"] = sdk_rev
+    if session:
+        if _state["session_ns"] is None:
+            _state["session_ns"] = {"__name__": "__main__", "__builtins__": builtins}
+        ns = _state["session_ns"]
+    else:
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+    ns["inputs"] = json.loads(inputs_json)
+    before = ns.get("result", _MISSING)
+    out: dict[str, Any]
+    try:
+        value = eval_code(source, ns, filename=FILENAME)
+        if value is None and ns.get("result", _MISSING) is not before:
+            value = ns.get("result")
+        out = {"ok": True, "result": _jsonable(value), "error": None}
+    except BaseException as exc:  # user code may raise anything, SystemExit included
+        out = {"ok": False, "result": None, "error": _error(exc),
+               "memory_error": isinstance(exc, MemoryError)}
+    finally:
+        _state["host"] = None
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    text = json.dumps(out, allow_nan=False)
+    if len(text) > max_result_bytes:
+        out = {"ok": False, "result": None, "error": {
+            "type": "ResultTooLarge", "traceback": "",
+            "message": f"result is {len(text)} bytes of JSON; the limit is {max_result_bytes}"}}
+        text = json.dumps(out)
+    return text

@@ -1,0 +1,191 @@
+// One sandbox interpreter: a Web Worker (its own V8 isolate) holding one Pyodide.
+//
+// Started by supervisor.ts with narrowed permissions (read: Pyodide's assets only; no net, env,
+// write, run, ffi, sys, import). Everything in this isolate is reachable by sandboxed code
+// (through pyodide_js), so nothing here is trusted: the supervisor attributes every message to
+// the worker that sent it and the host re-checks every value. This file only has to be correct
+// for honest runs.
+
+import { loadPyodide } from "./node_modules/pyodide/pyodide.mjs";
+
+// deno-lint-ignore no-explicit-any
+type Any = any;
+
+const ASSETS = new URL("./node_modules/pyodide/", import.meta.url).pathname;
+const post = (msg: Any, transfer: Transferable[] = []) => self.postMessage(msg, transfer);
+
+let py: Any = null;
+let runFn: Any = null;
+let nextCall = 1;
+const pendingCalls = new Map<number, (reply: string) => void>();
+
+// Per-run output state: a byte budget shared by stdout and stderr, lines streamed as they end.
+const out = {
+  budget: 0,
+  used: 0,
+  truncated: false,
+  partial: { stdout: "", stderr: "" } as Record<string, string>,
+  decoders: {} as Record<string, TextDecoder>,
+};
+
+function resetOutput(budget: number) {
+  out.budget = budget;
+  out.used = 0;
+  out.truncated = false;
+  out.partial = { stdout: "", stderr: "" };
+  out.decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+}
+
+function emit(stream: string, line: string) {
+  if (out.truncated) return;
+  const room = out.budget - out.used;
+  const bytes = line.length * 3 <= room ? line.length : new TextEncoder().encode(line).length;
+  if (bytes + 1 > room) {
+    out.truncated = true;
+    // Keep what fits (measured in UTF-16 units, an upper bound on bytes only for ASCII).
+    if (room > 1) post({ t: "out", stream, line: line.slice(0, room - 1), cut: true });
+    out.used = out.budget;
+    return;
+  }
+  out.used += bytes + 1;
+  post({ t: "out", stream, line });
+}
+
+function writer(stream: string) {
+  return {
+    write(buf: Uint8Array): number {
+      if (out.truncated) return buf.length;
+      let text = out.partial[stream] + out.decoders[stream].decode(buf, { stream: true });
+      let nl: number;
+      while ((nl = text.indexOf("\n")) >= 0 && !out.truncated) {
+        emit(stream, text.slice(0, nl));
+        text = text.slice(nl + 1);
+      }
+      // A line longer than the whole budget cannot fit: cut it now instead of buffering it.
+      if (text.length > out.budget) {
+        emit(stream, text);
+        text = "";
+      }
+      out.partial[stream] = out.truncated ? "" : text;
+      return buf.length;
+    },
+  };
+}
+
+function flushOutput() {
+  for (const stream of ["stdout", "stderr"]) {
+    if (out.partial[stream]) emit(stream, out.partial[stream]);
+    out.partial[stream] = "";
+  }
+}
+
+// Host calls: Python blocks on the returned promise via run_sync (JSPI).
+function hostCall(operation: string, argsJson: string): Promise<string> {
+  const call = nextCall++;
+  return new Promise((resolve) => {
+    pendingCalls.set(call, resolve);
+    post({ t: "call", call, op: String(operation), args: String(argsJson) });
+  });
+}
+
+function shareCompiledModule(mod: WebAssembly.Module | undefined) {
+  // Reuse the supervisor's compiled pyodide.asm.wasm instead of compiling it again per isolate.
+  if (!mod) return;
+  const orig = WebAssembly.instantiate;
+  // deno-lint-ignore no-explicit-any
+  (WebAssembly as any).instantiate = function (src: Any, imports: Any) {
+    if (src && typeof src.byteLength === "number" && src.byteLength > 4_000_000) {
+      return orig.call(WebAssembly, mod, imports).then((instance: Any) => ({ instance, module: mod }));
+    }
+    // deno-lint-ignore prefer-rest-params
+    return (orig as Any).apply(WebAssembly, arguments);
+  };
+}
+
+async function init(msg: Any) {
+  if (msg.mode === "snapshot") {
+    const p: Any = await loadPyodide({
+      indexURL: ASSETS,
+      jsglobals: {},
+      env: { HOME: "/home/pyodide" },
+      _makeSnapshot: true,
+      stdout: () => {},
+      stderr: () => {},
+    });
+    p.globals.set("_src", String(msg.runner));
+    p.runPython(
+      "import sys, types\n" +
+        "_m = types.ModuleType('_sandbox_runner')\n" +
+        "sys.modules['_sandbox_runner'] = _m\n" +
+        "exec(compile(_src, '_sandbox_runner.py', 'exec'), _m.__dict__)\n" +
+        "del _m, _src",
+    );
+    const snap: Uint8Array = p.makeMemorySnapshot();
+    post({ t: "snapshot", snap }, [snap.buffer]);
+    return;
+  }
+  shareCompiledModule(msg.mod);
+  py = await loadPyodide({
+    indexURL: ASSETS,
+    jsglobals: {},
+    env: { HOME: "/home/pyodide" },
+    _loadSnapshot: msg.snap,
+    stdout: () => {},
+    stderr: () => {},
+  });
+  py.setStdout(writer("stdout"));
+  py.setStderr(writer("stderr"));
+  py.setStdin({ error: true });
+  runFn = py.pyimport("_sandbox_runner").run;
+  post({ t: "ready" });
+}
+
+function heapBytes(): number {
+  try {
+    return py._module.HEAPU8.buffer.byteLength;
+  } catch {
+    return 0;
+  }
+}
+
+async function run(msg: Any) {
+  const T0 = performance.now();
+  resetOutput(Number(msg.maxOut) || 0);
+  let reply: string;
+  let fatal = false;
+  try {
+    reply = await runFn.callPromising(
+      String(msg.source),
+      String(msg.inputs),
+      msg.sdk === null ? null : String(msg.sdk),
+      String(msg.rev),
+      hostCall,
+      Boolean(msg.session),
+      Number(msg.maxResult),
+    );
+  } catch (e) {
+    // The interpreter itself failed (os._exit, a fatal wasm trap): it cannot be reused.
+    fatal = true;
+    reply = JSON.stringify({
+      ok: false,
+      result: null,
+      error: { type: "InterpreterFatal", message: String(e).slice(0, 2000), traceback: "" },
+    });
+  }
+  flushOutput();
+  post({ t: "done", reply, truncated: out.truncated, heap: heapBytes(), fatal, ms: performance.now() - T0 });
+}
+
+self.onmessage = (e: MessageEvent) => {
+  const msg = e.data;
+  if (!msg || typeof msg !== "object") return;
+  if (msg.t === "reply") {
+    const resolve = pendingCalls.get(msg.call);
+    pendingCalls.delete(msg.call);
+    if (resolve) resolve(String(msg.reply));
+  } else if (msg.t === "init") {
+    init(msg).catch((err) => post({ t: "initError", message: String(err?.stack ?? err) }));
+  } else if (msg.t === "run") {
+    run(msg);
+  }
+};
