@@ -72,7 +72,7 @@ class Backend:
         name = request.path_params["name"]
         raw = await request.body()
         seen = {
-            "name": name, "method": request.method, "path": request.url.path,
+            "name": name, "method": request.method, "path": request.scope["raw_path"].decode(),
             "query": list(request.query_params.multi_items()),
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "json": json.loads(raw) if raw else None,

@@ -219,9 +219,14 @@ class BackendClient:
         max_attempts = 1 + max(0, settings.retries)
         applied = False
         attempt = 0
+        last: _AttemptFailed | None = None
         while True:
             attempt += 1
             if not breaker.allow():
+                if last is not None:  # the circuit opened during our retries: report why
+                    err = self._final_error(op, last, attempt - 1, applied)
+                    err.details["circuit"] = "open"
+                    raise err
                 raise BackendUnavailable(
                     f"{op.backend} is unavailable (circuit open after repeated failures)",
                     details={"backend": op.backend, "attempts": attempt - 1,
@@ -231,6 +236,7 @@ class BackendClient:
                 return await self._attempt(client, breaker, op, method, path, query, headers,
                                            body, timeout_s, attempt)
             except _AttemptFailed as failure:
+                last = failure
                 applied = applied or failure.applied
                 can_repeat = not failure.applied or repeat_safe
                 too_long = (failure.retry_after is not None

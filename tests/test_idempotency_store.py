@@ -1,0 +1,169 @@
+"""The SQLite idempotency store: claims, leases, dead owners, outcomes, cross-process races."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tools_support import ROOT
+
+from gateway.errors import ConfigError
+from gateway.tools import IdempotencySettings, open_idempotency_store
+from gateway.tools.idempotency import new_owner_id, owner_alive
+from gateway.tools.sqlite_store import SQLiteIdempotencyStore
+
+ME = new_owner_id()
+OTHER = new_owner_id()  # same process, other channel: alive
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteIdempotencyStore]:
+    s = SQLiteIdempotencyStore(tmp_path / "idem.db")
+    yield s
+    await s.aclose()
+
+
+async def begin(store: SQLiteIdempotencyStore, owner: str, fp: str = "fp", key: str = "k",
+                lease_s: float = 30.0, ttl_s: float = 60.0):  # type: ignore[no-untyped-def]
+    return await store.begin(key, fp, "svc.op", owner=owner, lease_s=lease_s, ttl_s=ttl_s)
+
+
+async def test_claim_block_complete_replay(store: SQLiteIdempotencyStore) -> None:
+    first = await begin(store, ME)
+    assert first.claimed and first.record.state == "pending" and first.record.attempts == 0
+    second = await begin(store, OTHER)
+    assert not second.claimed and second.record.owner == ME
+    assert await store.mark_sent("k", ME)
+    assert not await store.complete("k", OTHER, {"result": 1}, 60)  # not the owner
+    assert await store.complete("k", ME, {"result": {"id": "T1"}}, 60)
+    done = await begin(store, OTHER)
+    assert not done.claimed and done.record.state == "done"
+    assert done.record.outcome == {"result": {"id": "T1"}} and done.record.attempts == 1
+
+
+async def test_different_fingerprint_never_claimed(store: SQLiteIdempotencyStore) -> None:
+    await begin(store, ME, lease_s=0.0)
+    other = await begin(store, OTHER, fp="different")
+    assert not other.claimed and other.record.fingerprint == "fp"
+
+
+async def test_expired_lease_taken_over_with_attempt_history(
+        store: SQLiteIdempotencyStore) -> None:
+    await begin(store, ME, lease_s=0.05)
+    await store.mark_sent("k", ME)
+    await asyncio.sleep(0.06)
+    taken = await begin(store, OTHER)
+    assert taken.claimed and taken.record.owner == OTHER and taken.record.attempts == 1
+    assert not await store.heartbeat("k", ME, 30)  # the old owner lost it
+    assert await store.heartbeat("k", OTHER, 30)
+
+
+async def test_dead_owner_taken_over_before_lease_ends(store: SQLiteIdempotencyStore) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]);"
+         "from gateway.tools.idempotency import new_owner_id; print(new_owner_id(), flush=True);"
+         "sys.stdin.read()", str(ROOT)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    owner = proc.stdout.readline().strip()
+    assert owner_alive(owner) is True
+    await begin(store, owner)
+    assert not (await begin(store, ME)).claimed  # alive and leased
+    proc.kill()
+    proc.wait()
+    assert owner_alive(owner) is False
+    assert (await begin(store, ME)).claimed
+    assert owner_alive("elsewhere|pid:[1]/123/456/ab") is None  # other machine: lease decides
+
+
+async def test_abandon_retract_deletes_or_keeps_history(store: SQLiteIdempotencyStore) -> None:
+    await begin(store, ME)
+    await store.mark_sent("k", ME)
+    await store.abandon("k", ME, retract_attempt=True)
+    assert await store.get("k") is None  # nothing can have happened: forgotten
+    await begin(store, ME)
+    await store.mark_sent("k", ME)
+    await store.abandon("k", ME, retract_attempt=False, hold_s=0.2)
+    rec = await store.get("k")
+    assert rec is not None and rec.owner == "" and rec.attempts == 1
+    assert not (await begin(store, OTHER)).claimed  # held while it settles
+    await asyncio.sleep(0.21)
+    assert (await begin(store, OTHER)).claimed
+
+
+async def test_ttl_expiry_and_purge(store: SQLiteIdempotencyStore) -> None:
+    await begin(store, ME, key="a")
+    await store.complete("a", ME, {"result": 1}, ttl_s=0.05)
+    await begin(store, ME, key="b")
+    await store.complete("b", ME, {"result": 2}, ttl_s=60)
+    await asyncio.sleep(0.06)
+    assert await store.purge() == 1
+    assert await store.get("a") is None and await store.get("b") is not None
+    await store.complete("b", ME, {"result": 3}, ttl_s=60)  # already done: no change
+    rec = await store.get("b")
+    assert rec is not None and rec.outcome == {"result": 2}
+    assert await store.forget("b") and await store.get("b") is None
+
+
+async def test_outcome_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "durable.db"
+    s = SQLiteIdempotencyStore(path)
+    await s.begin("k", "fp", "svc.op", owner=ME, lease_s=30, ttl_s=60)
+    await s.complete("k", ME, {"result": [1, 2]}, 60)
+    await s.aclose()
+    s2 = SQLiteIdempotencyStore(path)
+    try:
+        rec = await s2.get("k")
+        assert rec is not None and rec.outcome == {"result": [1, 2]}
+        mode = s2._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    finally:
+        await s2.aclose()
+
+
+RACER = """
+import asyncio, json, sys, time
+sys.path.insert(0, sys.argv[1])
+from gateway.tools.sqlite_store import SQLiteIdempotencyStore
+from gateway.tools.idempotency import new_owner_id
+async def main():
+    s = SQLiteIdempotencyStore(sys.argv[2])
+    while time.time() < float(sys.argv[3]):
+        await asyncio.sleep(0.001)
+    res = await s.begin("race", "fp", "svc.op", owner=new_owner_id(), lease_s=30, ttl_s=60)
+    print(json.dumps(res.claimed))
+asyncio.run(main())
+"""
+
+
+async def test_processes_racing_for_one_key_one_wins(tmp_path: Path) -> None:
+    path = tmp_path / "race.db"
+    SQLiteIdempotencyStore(path)._db.close()
+    start_at = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(path), str(start_at)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert sorted(claimed) == [False] * 5 + [True]
+
+
+def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_idempotency_store(IdempotencySettings(dsn="sqlite:///state/idem.db"))
+    assert isinstance(store, SQLiteIdempotencyStore)
+    assert store.path == tmp_path / "state" / "idem.db" and store.path.exists()
+    store._db.close()
+    absolute = tmp_path / "abs.db"
+    store = open_idempotency_store(IdempotencySettings(dsn=f"sqlite:///{absolute}"))
+    assert isinstance(store, SQLiteIdempotencyStore) and store.path == absolute
+    store._db.close()
+    for bad in ("sqlite://relative.db", "mysql://x/y"):
+        with pytest.raises(ConfigError) as exc:
+            open_idempotency_store(IdempotencySettings(dsn=bad))
+        assert exc.value.field == "idempotency.dsn"
