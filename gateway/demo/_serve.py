@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 import sqlite3
 import sys
@@ -117,6 +118,14 @@ def serve(app: FastAPI, host: str, port: int, *, log_level: str = "warning") -> 
     # uvicorn accepts them, so a client may connect as soon as it reads this line.
     sys.stdout.write(f"LISTENING http://{shown}:{bound}\n")
     sys.stdout.flush()
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found.
+    # This handler asks the server to stop (also when the signal lands before uvicorn has
+    # installed its own) and so turns a graceful stop into a clean exit status 0.
+    def _stop(*_: object) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
