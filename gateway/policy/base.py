@@ -75,6 +75,8 @@ class PolicyEngine(Protocol):
 def _str_list(value: Any, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
+    if isinstance(value, set | frozenset):  # a Rego set; OPA's REST API sends it as an array
+        value = sorted(value, key=str)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PolicyError(f"decision.{field} must be a list of strings", field=field)
     return tuple(value)

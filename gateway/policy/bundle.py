@@ -133,9 +133,18 @@ def new_engine(modules: tuple[tuple[str, str], ...], data: dict[str, Any]) -> re
 
 
 def probe(engine: regorus.Engine) -> None:
-    """Evaluate the entrypoint once so unsafe vars / missing rules surface at load time."""
+    """Evaluate every package once, as OPA compiles every rule up front.
+
+    regorus only reports unsafe variables, unknown functions and similar errors for rules it
+    evaluates, so a broken rule the entrypoint does not reach would otherwise be accepted.
+    """
     engine.set_input({"principal": {}, "action": {}, "operation": {}, "context": {}})
     try:
         engine.eval_rule(ENTRYPOINT)
     except Exception as exc:
         raise PolicyError(f"{ENTRYPOINT}: {clean_error(exc)}") from exc
+    for package in engine.get_packages():
+        try:
+            engine.eval_query(package)
+        except Exception as exc:
+            raise PolicyError(f"{package}: {clean_error(exc)}") from exc

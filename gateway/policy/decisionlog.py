@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import structlog
@@ -16,7 +16,6 @@ from .inputs import redact
 
 __all__ = ["fail_closed", "finish", "tracer"]
 
-_log = structlog.get_logger("switchboard.policy")
 tracer = trace.get_tracer("switchboard.policy")
 
 
@@ -48,7 +47,9 @@ def finish(
         if decision.error_code:
             span.set_attribute("switchboard.error_code", decision.error_code)
     mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
-    event = _log.warning if decision.error_code else _log.info
+    # Resolved per call so logging configured after import (gateway/audit) is honoured.
+    log = structlog.get_logger("switchboard.policy")
+    event = log.warning if decision.error_code else log.info
     event(
         "policy.decision",
         decision_id=decision.decision_id,
@@ -62,7 +63,7 @@ def finish(
         result={
             "route": decision.route,
             "reasons": list(decision.reasons),
-            "limits": vars(decision.limits),
+            "limits": asdict(decision.limits),
             "obligations": list(decision.obligations),
             "mask": list(decision.mask),
         },

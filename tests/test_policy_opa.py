@@ -1,0 +1,126 @@
+"""The ``opa`` engine against a real HTTP server on loopback implementing OPA's REST Data API.
+
+The OPA binary cannot be installed here (no wheel, npm or Debian package), so the server in
+tests/policy_support.py evaluates the same policies/ directory with regorus behind OPA's
+documented request/response shapes. These tests check the client side: the request the engine
+sends, agreement with the embedded engine, and fail-closed behaviour when OPA misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import policy_support as ps
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.policy import (
+    EmbeddedPolicyEngine,
+    OpaPolicyEngine,
+    PolicySettings,
+    create_policy_engine,
+)
+
+tool, host_call, code_run = ps.tool, ps.host_call, ps.code_run
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ps.OpaRestServer]:
+    srv = ps.OpaRestServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def opa(server: ps.OpaRestServer) -> AsyncIterator[OpaPolicyEngine]:
+    server.mode = "ok"
+    eng = create_policy_engine(PolicySettings(engine="opa", opa_url=server.url, timeout_ms=300))
+    assert isinstance(eng, OpaPolicyEngine)
+    await eng.start()
+    yield eng
+    await eng.close()
+    server.mode = "ok"
+
+
+INPUTS = [
+    ("transfer tool finance", tool(ps.FINANCE, "ledger.create_transfer", amount=1)),
+    ("transfer tool agent", tool(ps.AGENT, "ledger.create_transfer", amount=1)),
+    ("transfer from code", host_call(ps.FINANCE, "ledger.create_transfer")),
+    ("read from code", host_call(ps.AGENT, "ledger.get_balance", account="A1")),
+    ("read as tool", tool(ps.AGENT, "ledger.list_accounts")),
+    ("code run", code_run(ps.AGENT)),
+    ("unknown op", tool(ps.AGENT, "ledger.nope")),
+]
+
+
+async def test_agrees_with_embedded(opa: OpaPolicyEngine, server: ps.OpaRestServer) -> None:
+    embedded = EmbeddedPolicyEngine(PolicySettings(path=ps.POLICY_DIR, reload=False))
+    await embedded.start()
+    for label, inp in INPUTS:
+        a, b = await opa.decide(inp), await embedded.decide(inp)
+        assert (a.route, a.reasons, a.limits, a.obligations, a.mask) == (
+            b.route,
+            b.reasons,
+            b.limits,
+            b.obligations,
+            b.mask,
+        ), label
+        assert not a.error_code and a.decision_id
+    # The revision is the bundle revision OPA reports with ?provenance=true.
+    assert opa.revision == f"opa:{server.bundle.revision}" == f"opa:{embedded.revision}"
+    assert a.policy_revision == opa.revision
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("error500", "HTTP 500"),
+        ("undefined", "undefined"),
+        ("garbage", "OPA"),
+        ("not_object", "must be an object"),
+    ],
+)
+async def test_fail_closed_on_bad_answers(
+    opa: OpaPolicyEngine, server: ps.OpaRestServer, mode: str, reason: str
+) -> None:
+    server.mode = mode
+    d = await opa.decide(tool(ps.FINANCE, "ledger.create_transfer"))
+    assert d.route == "deny" and d.error_code == "policy_error"
+    assert reason in d.reasons[0], d.reasons
+
+
+async def test_slow_opa_is_bounded(opa: OpaPolicyEngine, server: ps.OpaRestServer) -> None:
+    server.mode, server.delay_s = "slow", 2.0
+    start = time.perf_counter()
+    d = await opa.decide(tool(ps.FINANCE, "ledger.create_transfer"))
+    elapsed = time.perf_counter() - start
+    assert d.route == "deny" and d.error_code == "policy_error"
+    assert "within 300 ms" in d.reasons[0]
+    assert elapsed < 1.0  # 300 ms budget, no retries
+    server.mode = "ok"
+    await asyncio.sleep(0)
+
+
+async def test_unreachable_opa_denies() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    eng = create_policy_engine(PolicySettings(engine="opa", opa_url=f"http://127.0.0.1:{port}"))
+    await eng.start()
+    try:
+        d = await eng.decide(code_run(ps.AGENT))
+        assert d.route == "deny" and d.error_code == "policy_error"
+        assert "unreachable" in d.reasons[0]
+    finally:
+        await eng.close()
+
+
+async def test_not_started_and_bad_url() -> None:
+    eng = create_policy_engine(PolicySettings(engine="opa"))
+    d = await eng.decide(code_run(ps.AGENT))
+    assert d.route == "deny" and d.error_code == "policy_error"
+    with pytest.raises(ConfigError):
+        create_policy_engine(PolicySettings(engine="opa", opa_url="ftp://x"))
