@@ -1,0 +1,260 @@
+# METADATA
+# title: Switchboard routing
+# description: |
+#   Routes every agent action to the dedicated-tool channel, the code channel or a deny.
+#   Compliance-tagged operations (payments, ACL writes) are reachable only as dedicated tools
+#   and only by roles granted for them; everything else runs through code. Unknown operations,
+#   unknown tenants and backends a tenant may not use are denied. All tags, grants, tenants,
+#   limits and masks live in data.json beside this file, not in the rules.
+# scope: package
+# organizations: [Switchboard]
+package switchboard.routing
+
+import rego.v1
+
+# ---------------------------------------------------------------------------------------------
+# Facts derived from the input and data (no decisions here).
+
+kind := object.get(input, ["action", "kind"], "")
+
+requested := object.get(input, ["action", "operation"], "")
+
+op := object.get(input, "operation", {})
+
+op_name := object.get(op, "name", "")
+
+op_backend := object.get(op, "backend", "")
+
+tenant := object.get(input, ["principal", "tenant"], "")
+
+principal_id := object.get(input, ["principal", "id"], "")
+
+roles := {r | some r in object.get(input, ["principal", "roles"], [])}
+
+# Tags from the catalog plus the ones data.json pins on operations (the policy does not trust
+# the catalog alone to tag a payment).
+tags := {t | some t in object.get(op, "tags", [])} | {t |
+	some t in object.get(data.switchboard.operation_tags, op_name, [])
+}
+
+sensitive_tags := tags & {t | some t in data.switchboard.compliance_tags}
+
+compliance if count(sensitive_tags) > 0
+
+# For each sensitive tag that has a grant: the roles that may use it.
+required_roles := {t: rs | some t in sensitive_tags; rs := data.switchboard.grants[t]}
+
+tenant_known if data.switchboard.tenants[tenant]
+
+tenant_backends := {b | some b in data.switchboard.tenants[tenant].backends}
+
+backend_allowed if op_backend in tenant_backends
+
+backend_allowed if "*" in tenant_backends
+
+has_any_role(wanted) if {
+	some r in wanted
+	r in roles
+}
+
+# Rules (not functions) so each is evaluated once per decision.
+is_tool if kind == "tool"
+
+is_code if kind == "code"
+
+is_host_call if kind == "host_call"
+
+targets_operation if is_tool
+
+targets_operation if is_host_call
+
+known_kind if targets_operation
+
+known_kind if is_code
+
+op_known if op_name != ""
+
+op_consistent if {
+	op_known
+	op_name == requested
+}
+
+channel_roles := object.get(data.switchboard.channels, kind, [])
+
+channel_ok if has_any_role(channel_roles)
+
+compliance_tool if {
+	is_tool
+	compliance
+}
+
+grants_held if {
+	count(required_roles) > 0
+	every _, rs in required_roles {
+		has_any_role(rs)
+	}
+}
+
+# Everything an operation-targeting action needs, whatever its channel.
+operation_reachable if {
+	op_consistent
+	tenant_known
+	backend_allowed
+}
+
+# ---------------------------------------------------------------------------------------------
+# Why an action is denied: every reason that applies, so the agent can fix all at once.
+
+deny contains msg if {
+	not known_kind
+	msg := sprintf("unknown action kind %q (expected tool, code or host_call)", [kind])
+}
+
+deny contains msg if {
+	not tenant_known
+	msg := sprintf("unknown tenant %q", [tenant])
+}
+
+deny contains msg if {
+	targets_operation
+	not op_known
+	msg := sprintf("unknown operation %q: not in the catalog (use search to find operations)", [requested])
+}
+
+deny contains msg if {
+	op_known
+	not op_consistent
+	msg := sprintf("action names operation %q but the catalog resolved %q", [requested, op_name])
+}
+
+deny contains msg if {
+	targets_operation
+	op_known
+	tenant_known
+	not backend_allowed
+	msg := sprintf("tenant %q may not use backend %q", [tenant, op_backend])
+}
+
+deny contains msg if {
+	is_host_call
+	compliance
+	msg := sprintf("%s is a dedicated tool: call it with tool_call, not from code", [op_name])
+}
+
+deny contains msg if {
+	compliance_tool
+	count(required_roles) == 0
+	msg := sprintf("%s is compliance-tagged (%s) but no role is granted for it", [op_name, concat(", ", sort(sensitive_tags))])
+}
+
+deny contains msg if {
+	compliance_tool
+	some tag, rs in required_roles
+	not has_any_role(rs)
+	msg := sprintf(
+		"%s requires the role %s (granted for %q operations); principal %q lacks it",
+		[op_name, concat(" or ", sort(rs)), tag, principal_id],
+	)
+}
+
+deny contains msg if {
+	known_kind
+	not compliance_tool
+	not channel_ok
+	msg := sprintf("principal %q needs the role %s for %s actions", [principal_id, concat(" or ", sort(channel_roles)), kind])
+}
+
+# ---------------------------------------------------------------------------------------------
+# Where an action may go: explicit allows only. A route is given only when nothing denies it.
+
+allow_route := "tool" if {
+	compliance_tool
+	operation_reachable
+	grants_held
+}
+
+allow_route := "tool" if {
+	is_tool
+	not compliance
+	operation_reachable
+	channel_ok
+}
+
+allow_route := "code" if {
+	is_code
+	tenant_known
+	channel_ok
+}
+
+allow_route := "code" if {
+	is_host_call
+	not compliance
+	operation_reachable
+	channel_ok
+}
+
+default route := "deny"
+
+route := allow_route if count(deny) == 0
+
+reasons := sort(deny) if count(deny) > 0
+
+reasons := ["no policy rule allows this action"] if {
+	count(deny) == 0
+	not allow_route
+}
+
+reasons := [allow_reason] if {
+	count(deny) == 0
+	allow_route
+}
+
+allow_reason := sprintf("%s: compliance-tagged (%s), allowed as a dedicated tool", [op_name, concat(", ", sort(sensitive_tags))]) if {
+	compliance_tool
+}
+
+allow_reason := sprintf("%s: allowed as a tool", [op_name]) if {
+	is_tool
+	not compliance
+}
+
+allow_reason := "code run allowed" if is_code
+
+allow_reason := sprintf("%s: allowed from code", [op_name]) if is_host_call
+
+# ---------------------------------------------------------------------------------------------
+# Limits: the defaults, raised per limit to the largest value any of the principal's roles gets.
+
+default_limits := data.switchboard.limits["default"]
+
+role_limits := [l | some r in roles; l := data.switchboard.limits.roles[r]]
+
+limits := default_limits if count(role_limits) == 0
+
+limits := {name: max([v | some l in candidates; v := l[name]]) |
+	some name, _ in default_limits
+} if {
+	count(role_limits) > 0
+	candidates := array.concat([default_limits], role_limits)
+}
+
+obligations := sort(data.switchboard.obligations.compliance_tool) if compliance_tool
+
+default obligations := []
+
+mask := sort({p | some p in data.switchboard.mask.always} | {p |
+	some t in tags
+	some p in object.get(data.switchboard.mask.tags, t, [])
+})
+
+# METADATA
+# title: Routing decision
+# description: The gateway evaluates this rule for every action and every host call from code.
+# entrypoint: true
+decision := {
+	"route": route,
+	"reasons": reasons,
+	"limits": limits,
+	"obligations": obligations,
+	"mask": mask,
+}

@@ -1,0 +1,116 @@
+"""Helpers for the Helm chart tests: render with the real Helm v4 engine (helm-python-sdk),
+split the manifests into objects, and find pods/containers in them."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import yaml
+
+__all__ = [
+    "CHART_DIR",
+    "CI_DIR",
+    "INVALID_SCENARIOS",
+    "KUBE_VERSIONS",
+    "NAMESPACE",
+    "RELEASE",
+    "REPO_ROOT",
+    "VALID_SCENARIOS",
+    "Rendered",
+    "all_containers",
+    "decode_secret",
+    "gateway_config",
+    "load_scenario",
+    "pod_specs",
+    "render",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHART_DIR = REPO_ROOT / "helm" / "switchboard"
+CI_DIR = CHART_DIR / "ci"
+RELEASE = "sb"
+NAMESPACE = "agents"
+# The chart's floor (native sidecars) and a current release.
+KUBE_VERSIONS = ("1.29", "1.33")
+
+VALID_SCENARIOS = sorted(p.name for p in CI_DIR.glob("*-values.yaml"))
+INVALID_SCENARIOS = sorted(p.name for p in CI_DIR.glob("invalid-*.yaml"))
+
+
+def load_scenario(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((CI_DIR / name).read_text())
+    return data or {}
+
+
+class Rendered:
+    """The objects of one render, addressable by kind (and name)."""
+
+    def __init__(self, manifests: dict[str, str]) -> None:
+        self.manifests = manifests
+        self.objects: list[dict[str, Any]] = []
+        self.notes = ""
+        for template, text in sorted(manifests.items()):
+            if template.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    doc.setdefault("__template__", template)
+                    self.objects.append(doc)
+
+    def k8s_objects(self) -> Iterator[dict[str, Any]]:
+        for obj in self.objects:
+            yield {k: v for k, v in obj.items() if k != "__template__"}
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind)
+                 if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+        return found[0]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.deployment["spec"]["template"]["spec"]
+        return spec
+
+    def container(self, name: str) -> dict[str, Any]:
+        for c in all_containers(self.pod):
+            if c["name"] == name:
+                return c
+        raise AssertionError(f"no container {name!r} in the gateway pod")
+
+
+def render(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> Rendered:
+    return Rendered(chart.render(values or {}, name=RELEASE, namespace=NAMESPACE))
+
+
+def pod_specs(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec the chart creates: the Deployment's template and the test pod."""
+    specs = [("Deployment", rendered.pod)]
+    specs += [(f"Pod/{p['metadata']['name']}", p["spec"]) for p in rendered.of_kind("Pod")]
+    return specs
+
+
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pod.get("initContainers", [])) + list(pod["containers"])
+
+
+def gateway_config(rendered: Rendered) -> dict[str, Any]:
+    cm = rendered.one("ConfigMap", f"{RELEASE}-switchboard")
+    config: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
+    return config
+
+
+def decode_secret(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
