@@ -210,7 +210,11 @@ def run_ledger(db: Path, *, respond_delay_ms: int = 0) -> Iterator[Ledger]:
         [sys.executable, "-m", "gateway.demo.ledger", "--host", "127.0.0.1", "--port", "0",
          "--db", str(db)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
-        yield Ledger(read_listening(proc), db, proc)
+        url = read_listening(proc)
+        import httpx
+
+        httpx.get(f"{url}/healthz", timeout=10).raise_for_status()  # creates and seeds the db
+        yield Ledger(url, db, proc)
     finally:
         proc.terminate()
         try:

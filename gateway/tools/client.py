@@ -122,7 +122,8 @@ def _error_message(response: httpx.Response) -> str:
         for key in ("detail", "message", "error", "title"):
             value = data.get(key)
             if isinstance(value, Mapping) and "message" in value:
-                return str(value["message"])
+                code = value.get("code")
+                return f"{code}: {value['message']}" if code else str(value["message"])
             if value:
                 return value if isinstance(value, str) else json.dumps(value)[:300]
     return json.dumps(data)[:200]

@@ -1,0 +1,129 @@
+"""Exactly-once against the real demo ledger (a subprocess that records but does not dedupe
+Idempotency-Key), including the acceptance test: kill the gateway between the ledger's commit
+and its response, restart, retry the same request_id, find exactly one transfer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tools_support import (
+    CREATE_TRANSFER,
+    LIST_TRANSFERS,
+    PRINCIPAL,
+    ROOT,
+    Ledger,
+    run_ledger,
+)
+
+from gateway.errors import BackendError
+from gateway.models import BackendSettings
+from gateway.tools import BackendClient, IdempotencySettings, Reconciler, ToolChannel
+from gateway.tools import idempotency_key as key_for
+from gateway.tools.sqlite_store import SQLiteIdempotencyStore
+
+DELAY_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
+    with run_ledger(tmp_path_factory.mktemp("ledger") / "ledger.db",
+                    respond_delay_ms=DELAY_MS) as running:
+        yield running
+
+
+def gateway_cmd(ledger: Ledger, store: Path, rid: str, args: dict[str, Any],
+                reconcile: bool) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "tests" / "tools_support.py"), "call",
+           "--ledger", ledger.url, "--store", str(store), "--request-id", rid,
+           "--arguments", json.dumps(args)]
+    return [*cmd, "--reconcile"] if reconcile else cmd
+
+
+def outcome(proc_out: str) -> dict[str, Any]:
+    line = next(x for x in proc_out.splitlines() if x.startswith("OUTCOME "))
+    out: dict[str, Any] = json.loads(line[len("OUTCOME "):])
+    return out
+
+
+def rows_for(ledger: Ledger, key: str) -> list[dict[str, Any]]:
+    return [r for r in ledger.transfers() if r["idempotency_key"] == key]
+
+
+@pytest.mark.parametrize("reconcile", [True, False], ids=["reconciled", "no-lookup"])
+def test_kill_after_commit_before_response_then_retry(ledger: Ledger, tmp_path: Path,
+                                                      reconcile: bool) -> None:
+    rid = f"kill-{uuid.uuid4()}"
+    key = key_for(PRINCIPAL, rid)
+    args = {"from_account": "A1", "to_account": "A2", "amount": 1.25, "currency": "USD",
+            "memo": rid[:40]}
+    store = tmp_path / "state" / "idempotency.db"
+    first = subprocess.Popen(gateway_cmd(ledger, store, rid, args, reconcile),
+                             stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not rows_for(ledger, key):  # the ledger committed the transfer...
+        assert first.poll() is None, "the gateway finished before it could be killed"
+        assert time.monotonic() < deadline, "the transfer never reached the ledger"
+        time.sleep(0.02)
+    assert first.poll() is None  # ...and is still sleeping before its response
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.stdout is not None and "OUTCOME" not in first.stdout.read()
+
+    retry = subprocess.run(gateway_cmd(ledger, store, rid, args, reconcile),
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = outcome(retry.stdout)
+    rows = rows_for(ledger, key)
+    assert len(rows) == 1  # exactly one transfer, whatever the retry reports
+    if reconcile:
+        assert out["replayed"] is True
+        assert out["result"]["id"] == rows[0]["id"] and out["result"]["amount"] == 1.25
+        again = subprocess.run(gateway_cmd(ledger, store, rid, args, reconcile),
+                               capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert outcome(again.stdout)["result"] == out["result"]
+    else:
+        assert out["error"]["code"] == "outcome_unknown"
+        assert out["error"]["field"] == "request_id"
+    assert len(rows_for(ledger, key)) == 1
+
+
+async def test_concurrent_duplicates_against_ledger_one_transfer(ledger: Ledger,
+                                                                 tmp_path: Path) -> None:
+    client = BackendClient({"ledger": BackendSettings(name="ledger", base_url=ledger.url)})
+    store = SQLiteIdempotencyStore(tmp_path / "idem.db")
+    channel = ToolChannel(client, store, settings=IdempotencySettings(wait_s=10),
+                          reconcilers={CREATE_TRANSFER.name: Reconciler(LIST_TRANSFERS)})
+    rid = f"dup-{uuid.uuid4()}"
+    args = {"from_account": "A2", "to_account": "A1", "amount": 2, "currency": "USD"}
+    try:
+        before = {r["id"] for r in ledger.transfers()}
+        outs = await asyncio.gather(*(
+            channel.execute(CREATE_TRANSFER, args, request_id=rid, principal=PRINCIPAL,
+                            strict=True) for _ in range(10)))
+        new = [r for r in ledger.transfers() if r["id"] not in before]
+        assert len(new) == 1 and new[0]["idempotency_key"] == key_for(PRINCIPAL, rid)
+        assert {o.result["id"] for o in outs} == {new[0]["id"]}
+        assert sum(not o.replayed for o in outs) == 1
+
+        # a definitive 4xx (insufficient funds) is recorded and replayed, not re-sent
+        poor = {"from_account": "A3", "to_account": "A1", "amount": 999_999, "currency": "USD"}
+        errors = []
+        for _ in range(2):
+            with pytest.raises(BackendError) as exc:
+                await channel.execute(CREATE_TRANSFER, poor, request_id=f"{rid}-poor",
+                                      principal=PRINCIPAL, strict=True)
+            errors.append(exc.value)
+        assert errors[0].details["status"] == 409 and "insufficient" in errors[0].message
+        assert errors[1].message == errors[0].message and errors[1].details["replayed"]
+    finally:
+        await client.aclose()
+        await store.aclose()
