@@ -43,6 +43,7 @@ __all__ = [
     "count_json",
     "demo_day_data",
     "encoder",
+    "main",
     "render_report",
     "run_token_bench",
     "search_quality",
@@ -65,7 +66,7 @@ MARK_END = "<!-- tokenbench:end -->"
 DEMO_CODE = """\
 from sdk import workspace
 import datetime
-today = datetime.date.today().isoformat()
+today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 events = workspace.list_events(date=today)
 def minutes(e):
     s = datetime.datetime.fromisoformat(e["start"]); f = datetime.datetime.fromisoformat(e["end"])
@@ -459,3 +460,32 @@ def run_token_bench(
     if out is not None:
         _replace_section(out, report)
     return report
+
+
+def _live_result(target: str, token: str) -> Any:
+    from gateway.client import SwitchboardClient
+
+    with SwitchboardClient(target, token, timeout=60) as sb:
+        res = sb.run_code(DEMO_CODE)
+    if not res.ok:
+        raise SystemExit(f"demo program failed on {target}: {res.error}")
+    return res.result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``switchboard bench tokens``: print the report; ``--out FILE`` also writes it there;
+    ``--live HOST:PORT`` runs the demo program on a gateway and counts its real output."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="switchboard bench tokens", description=main.__doc__)
+    parser.add_argument("--out", type=Path, help="write the report into this markdown file")
+    parser.add_argument("--spec", type=Path, default=GITHUB_SPEC, help="GitHub OpenAPI file")
+    parser.add_argument("--queries", type=Path, default=QUERY_SET, help="labelled query set")
+    parser.add_argument("--live", metavar="HOST:PORT", help="run the demo program on a gateway")
+    parser.add_argument("--token", default="dev-agent", help="bearer token for --live")
+    args = parser.parse_args(argv)
+    result = _live_result(args.live, args.token) if args.live else None
+    report = run_token_bench(args.out, spec=args.spec, queries=args.queries, code_result=result)
+    sys.stdout.write(report)
+    return 0
