@@ -138,7 +138,8 @@ async def main():
     while time.time() < float(sys.argv[3]):
         await asyncio.sleep(0.001)
     res = await s.begin("race", "fp", "svc.op", owner=new_owner_id(), lease_s=30, ttl_s=60)
-    print(json.dumps(res.claimed))
+    print(json.dumps(res.claimed), flush=True)
+    sys.stdin.read()  # stay alive (a live owner) until every racer has answered
 asyncio.run(main())
 """
 
@@ -148,8 +149,14 @@ async def test_processes_racing_for_one_key_one_wins(tmp_path: Path) -> None:
     SQLiteIdempotencyStore(path)._db.close()
     start_at = time.time() + 1.5
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(path), str(start_at)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(6)]
-    claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    claimed = []
+    for p in procs:
+        assert p.stdout is not None
+        claimed.append(json.loads(p.stdout.readline()))
+    for p in procs:
+        p.communicate(timeout=30)
     assert sorted(claimed) == [False] * 5 + [True]
 
 

@@ -119,7 +119,8 @@ async def test_4xx_not_retried(client: BackendClient, backend: Backend) -> None:
         await client.call(op("bad"), {})
     assert backend.hits["bad"] == 1
     assert exc.value.details["status"] == 409
-    assert exc.value.message == "svc answered 409 Conflict to svc.bad: insufficient_funds: A1 has 3.00"
+    assert exc.value.message == (
+        "svc answered 409 Conflict to svc.bad: insufficient_funds: A1 has 3.00")
 
 
 async def test_retry_after_honoured(client: BackendClient, backend: Backend) -> None:
