@@ -112,7 +112,8 @@ class SandboxPool:
         self._sdk_cache: dict[str, str] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("runs", "ok", "user_errors", "timeouts", "memory", "crashes", "cancelled",
-             "host_calls", "respawns", "sessions_created", "sessions_expired"), 0)
+             "host_calls", "respawns", "sessions_created", "sessions_expired",
+             "sessions_evicted"), 0)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -251,6 +252,7 @@ class SandboxPool:
                 raise ResourceExhausted("too many active sandbox sessions")
             _, old_key, old = min(idle, key=lambda t: t[0])
             self._drop_session(old_key, old)
+            self._counters["sessions_evicted"] += 1
         sess = _Session(proc=proc, sid=uuid.uuid4().hex)
         self._sessions[key] = sess
         self._counters["sessions_created"] += 1
