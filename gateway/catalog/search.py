@@ -23,26 +23,34 @@ _STOP_WORDS = (
     "when where which who will with you your all any some"
 )
 _STOP = frozenset(_STOP_WORDS.split())
-# Canonical forms, so "repository"/"repos"/"repo" and "PR"/"pull request" meet.
+# Canonical nouns, applied to queries and documents alike.
 _CANON = {
     "repository": "repo", "repositories": "repo", "repos": "repo",
     "organization": "org", "organizations": "org", "orgs": "org",
-    "pr": "pull", "prs": "pull", "mail": "email", "e-mail": "email", "emails": "email",
-    "message": "email", "messages": "email",
-    "meeting": "event", "meetings": "event", "appointment": "event",
-    "calendar": "event", "calendars": "event",
-    "money": "transfer", "pay": "transfer", "payment": "transfer", "payments": "transfer",
-    "send": "send", "sent": "send", "remove": "delete", "removes": "delete",
-    "fetch": "get", "retrieve": "get", "show": "get", "read": "get", "view": "get",
-    "add": "create", "new": "create", "make": "create", "open": "open",
-    "people": "contact", "person": "contact", "colleague": "contact", "colleagues": "contact",
-    "workflow": "workflow", "ci": "action", "actions": "action",
-    "starred": "star", "stargazer": "star", "stargazers": "star",
-    "collaborator": "collaborator", "member": "member", "members": "member",
-    "balance": "balance", "funds": "balance",
+    "pr": "pull", "prs": "pull", "mail": "email", "e-mail": "email",
+    "stargazer": "star", "starred": "star",
 }
-_FIELDS = (("name", 3), ("summary", 2), ("tags", 1), ("params", 1), ("description", 1))
-_DESCRIPTION_TOKENS = 60
+# Query-side expansions: how people phrase a task → the words APIs use (lower weight).
+_EXPAND: dict[str, tuple[str, ...]] = {
+    "add": ("create",), "new": ("create",), "make": ("create",), "publish": ("create",),
+    "file": ("create",), "submit": ("create",), "post": ("create",), "invite": ("add",),
+    "fetch": ("get",), "retrieve": ("get",), "show": ("get", "list"), "read": ("get",),
+    "view": ("get",), "detail": ("get",), "lookup": ("get",), "look": ("get",),
+    "find": ("list", "search"), "which": ("list",), "who": ("list",),
+    "edit": ("update",), "change": ("update",), "modify": ("update",), "close": ("update",),
+    "rename": ("update",), "remove": ("delete",), "destroy": ("delete",), "drop": ("delete",),
+    "approve": ("review",), "trigger": ("dispatch", "create"), "run": ("dispatch",),
+    "meeting": ("event",), "appointment": ("event",), "calendar": ("event",),
+    "money": ("transfer",), "pay": ("transfer",), "payment": ("transfer",),
+    "fund": ("balance",), "people": ("contact",), "person": ("contact",),
+    "colleague": ("contact",), "contributed": ("contributor",), "contribut": ("contributor",),
+    "profile": ("user",), "sent": ("outbox", "send"),
+}
+_EXPANSION_WEIGHT = 0.4
+# (field, weight, length normalisation b) for BM25F.
+_FIELDS = (("name", 3.0, 0.75), ("summary", 2.0, 0.75), ("tags", 1.0, 0.3),
+           ("params", 0.7, 0.5), ("description", 0.5, 0.75), ("param_text", 0.3, 0.75))
+_DESCRIPTION_TOKENS = 80
 
 
 def _stem(token: str) -> str:
@@ -54,74 +62,97 @@ def _stem(token: str) -> str:
         token = token[:-2]
     elif len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
         token = token[:-1]
-    return _CANON.get(token, token)
+    token = _CANON.get(token, token)
+    if len(token) > 5 and token.endswith("ing"):
+        token = token[:-3]
+    elif len(token) > 4 and token.endswith("ed"):
+        token = token[:-2]
+    elif len(token) > 4 and token.endswith("e"):
+        token = token[:-1]
+    return token
+
+
+def _words(text: str) -> list[str]:
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text)
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower())
+            if w not in _STOP and (len(w) > 1 or w.isdigit())]
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased, camelCase/snake_case-split, stop-word-free, lightly stemmed terms."""
-    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text)
-    out = []
-    for raw in re.findall(r"[A-Za-z0-9]+", text.lower()):
-        if raw in _STOP or (len(raw) < 2 and not raw.isdigit()):
-            continue
-        out.append(_stem(raw))
-    return out
+    return [_stem(w) for w in _words(text)]
+
+
+def _query_terms(query: str) -> dict[str, float]:
+    terms: dict[str, float] = {}
+    for word in _words(query):
+        stem = _stem(word)
+        terms[stem] = 1.0
+        for extra in _EXPAND.get(word, ()) + _EXPAND.get(stem, ()):
+            for term in tokenize(extra):
+                terms.setdefault(term, _EXPANSION_WEIGHT)
+    return terms
 
 
 def _fields(op: Operation) -> dict[str, list[str]]:
-    params = " ".join(p.name for p in op.parameters)
+    props = op.input_schema.get("properties") or {}
+    param_text = " ".join(
+        str(s.get("description", ""))[:200] for s in props.values() if isinstance(s, dict))
     return {
-        "name": tokenize(op.short_name) + tokenize(op.backend),
-        "summary": tokenize(op.summary),
+        "name": tokenize(op.short_name),
+        "summary": tokenize(op.summary) + tokenize(op.backend),
         "tags": tokenize(" ".join(op.tags)),
-        "params": tokenize(params),
+        "params": tokenize(" ".join(p.name for p in op.parameters)),
         "description": tokenize(op.description)[:_DESCRIPTION_TOKENS],
+        "param_text": tokenize(param_text)[:_DESCRIPTION_TOKENS],
     }
 
 
 class SearchIndex:
-    """An Okapi BM25 index over a fixed list of operations."""
+    """A BM25F index (per-field length normalisation) over a fixed list of operations."""
 
-    def __init__(self, operations: Sequence[Operation], *, k1: float = 1.2, b: float = 0.75):
-        self.k1, self.b = k1, b
+    def __init__(self, operations: Sequence[Operation], *, k1: float = 1.2) -> None:
+        self.k1 = k1
+        docs = [_fields(op) for op in operations]
+        n = len(docs)
+        avg = {f: (sum(len(d[f]) for d in docs) / n if n else 1.0) or 1.0 for f, _, _ in _FIELDS}
+        # term -> [(doc, pseudo term frequency)]: the field-weighted, length-normalised tf.
         self._postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self._lengths: list[float] = []
         self._name_terms: list[frozenset[str]] = []
-        for i, op in enumerate(operations):
-            fields = _fields(op)
-            weighted: Counter[str] = Counter()
-            for field, weight in _FIELDS:
-                for term in fields[field]:
-                    weighted[term] += weight
-            self._lengths.append(float(sum(weighted.values())))
-            self._name_terms.append(frozenset(fields["name"]))
-            for term, tf in weighted.items():
-                self._postings[term].append((i, float(tf)))
-        n = len(self._lengths)
-        self._avg = (sum(self._lengths) / n) if n else 1.0
+        for i, doc in enumerate(docs):
+            tf: dict[str, float] = defaultdict(float)
+            for field, weight, b in _FIELDS:
+                terms = doc[field]
+                if not terms:
+                    continue
+                norm = 1 - b + b * len(terms) / avg[field]
+                for term, count in Counter(terms).items():
+                    tf[term] += weight * count / norm
+            for term, value in tf.items():
+                self._postings[term].append((i, value))
+            self._name_terms.append(frozenset(doc["name"]))
         self._idf = {
             t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self._postings.items()
         }
 
     def search(self, query: str, limit: int = 10) -> list[tuple[int, float]]:
         """``(document index, score)`` pairs, best first, only documents matching a term."""
-        terms = list(dict.fromkeys(tokenize(query)))
+        terms = _query_terms(query)
         if not terms or limit <= 0:
             return []
         scores: dict[int, float] = defaultdict(float)
-        k1, b, avg = self.k1, self.b, self._avg
-        for term in terms:
+        k1 = self.k1
+        for term, qweight in terms.items():
             idf = self._idf.get(term)
             if idf is None:
                 continue
             for doc, tf in self._postings[term]:
-                norm = k1 * (1 - b + b * self._lengths[doc] / avg)
-                scores[doc] += idf * tf * (k1 + 1) / (tf + norm)
-        # Small bonus when every query term is in the operation's name: exact-ish name hits
-        # ("get balance" → get_balance) should win over long descriptions that mention them.
-        wanted = set(terms)
+                scores[doc] += qweight * idf * tf * (k1 + 1) / (tf + k1)
+        # Name precision: an operation whose name is mostly made of the query's words
+        # ("list pull requests" -> pulls_list) beats one whose long name merely contains them.
         for doc in scores:
-            if wanted <= self._name_terms[doc]:
-                scores[doc] *= 1.25
+            name = self._name_terms[doc]
+            if name:
+                scores[doc] *= 1 + 0.5 * len(name & terms.keys()) / len(name)
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         return [(doc, round(score, 6)) for doc, score in ranked[:limit]]
