@@ -266,3 +266,29 @@ async def test_reconciler_not_settled_within_wait_is_in_flight(rig: Rig) -> None
         await run(ch, pay())
     assert exc.value.details["retry_after_s"] > 25
     assert rig.backend.hits["pay"] == 1
+
+
+async def test_cancelled_mid_call_leaves_an_unknown_outcome(rig: Rig) -> None:
+    rig.backend.script("pay", Scripted(201, {"id": "T1"}, delay_s=0.4))
+    ch = rig.channel()
+    task = asyncio.create_task(run(ch, pay()))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rec = await rig.store.get(idempotency_key(PRINCIPAL, "req-1"))
+    assert rec is not None and rec.state == "pending" and rec.owner == "" and rec.attempts == 1
+    with pytest.raises(OutcomeUnknown):
+        await run(ch, pay())
+    await asyncio.sleep(0.3)
+    assert rig.backend.hits["pay"] == 1
+
+
+def test_discover_reconcilers_pairs_post_with_keyed_lookup() -> None:
+    from tools_support import CREATE_TRANSFER, LIST_TRANSFERS
+
+    from gateway.tools import discover_reconcilers
+
+    unrelated = op("other", "POST", "/payouts", backend="ledger")
+    found = discover_reconcilers([LIST_TRANSFERS, CREATE_TRANSFER, unrelated, lookup_op()])
+    assert found == {"ledger.create_transfer": Reconciler(LIST_TRANSFERS, "idempotency_key")}

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
-from gateway.tools.channel import Reconciler, ToolChannel, ToolOutcome, idempotency_key
+from gateway.tools.channel import (
+    Reconciler,
+    ToolChannel,
+    ToolOutcome,
+    discover_reconcilers,
+    idempotency_key,
+)
 from gateway.tools.client import BackendClient, RetryPolicy
 from gateway.tools.idempotency import (
     BeginResult,
@@ -27,6 +33,7 @@ __all__ = [
     "ToolChannel",
     "ToolOutcome",
     "check_output",
+    "discover_reconcilers",
     "idempotency_key",
     "open_idempotency_store",
     "validate_arguments",

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,14 @@ from gateway.tools.idempotency import (
 )
 from gateway.tools.validation import check_output, validate_arguments
 
-__all__ = ["Reconciler", "ToolChannel", "ToolOutcome", "fingerprint", "idempotency_key"]
+__all__ = [
+    "Reconciler",
+    "ToolChannel",
+    "ToolOutcome",
+    "discover_reconcilers",
+    "fingerprint",
+    "idempotency_key",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +79,33 @@ class Reconciler:
             if isinstance(item, Mapping) and item.get(self.match_field) == key:
                 return True, item
         return False, None
+
+
+KEY_FILTERS = frozenset({"idempotency_key", "idempotencyKey", "Idempotency-Key"})
+
+
+def discover_reconcilers(operations: Iterable[Operation]) -> dict[str, Reconciler]:
+    """Pair each unsafe operation with a lookup by idempotency key on the same resource.
+
+    The REST convention: ``POST /transfers`` is reconciled by ``GET /transfers`` when that
+    accepts an ``idempotency_key`` query filter (the demo ledger's ``list_transfers``).
+    """
+    ops = list(operations)
+    lookups: dict[tuple[str, str], tuple[Operation, str]] = {}
+    for candidate in ops:
+        if candidate.method.upper() != "GET":
+            continue
+        for param in candidate.parameters:
+            if param.location == "query" and (param.wire_name or param.name) in KEY_FILTERS:
+                lookups.setdefault((candidate.backend, candidate.path), (candidate, param.name))
+    found: dict[str, Reconciler] = {}
+    for target in ops:
+        if target.method.upper() in ("GET", "HEAD", "OPTIONS"):
+            continue
+        hit = lookups.get((target.backend, target.path))
+        if hit is not None:
+            found[target.name] = Reconciler(hit[0], key_argument=hit[1])
+    return found
 
 
 def _items(answer: Any) -> list[Any]:
@@ -174,6 +208,11 @@ class ToolChannel:
                 if found is not None:
                     return found
             return await self._attempt(op, args, key, timeout_ms)
+        except BaseException:
+            # Cancelled or failed while owning the claim: give it up, keeping any attempt
+            # history (a no-op when the step already completed or abandoned it).
+            await self._abandon(key, retract=False)
+            raise
         finally:
             heartbeat.cancel()
             done.set()
