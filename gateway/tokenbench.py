@@ -407,6 +407,13 @@ def _workflow_section(
             f"| {label} | {m['calls']} | {_fmt(m['tools'])} | {_fmt(m['results'])} | "
             f"{_fmt(m['input'])} | {_fmt(m['output'])} |"
         )
+    big = transcript_tokens(enc, cases[1][1])["tools"]
+    if big > 200_000:
+        lines += [
+            "",
+            f"With every GitHub operation as a tool, the tool list alone ({big:,} tokens) "
+            "exceeds a 200k-token context window: that agent cannot even start.",
+        ]
     classic_demo = transcript_tokens(enc, cases[0][1])
     mine = transcript_tokens(enc, cases[2][1])
     lines += [

@@ -72,11 +72,20 @@ class ScriptedGateway(pb_grpc.GatewayServicer):  # type: ignore[misc]
         if request.WhichOneof("action") == "code_run":
             inputs = json_format.MessageToDict(request.code_run.inputs)
             resp = pb.ExecuteResponse(
-                request_id=request.request_id, decision=decision, stdout="hi\n",
-                trace_id="t" * 32, host_calls=2)
+                request_id=request.request_id,
+                decision=decision,
+                stdout="hi\n",
+                trace_id="t" * 32,
+                host_calls=2,
+            )
             if request.code_run.source == "boom":
-                resp.error.CopyFrom(pb.Error(code="user_code_error", message="ZeroDivisionError",
-                                             details=_struct({"line": 1})))
+                resp.error.CopyFrom(
+                    pb.Error(
+                        code="user_code_error",
+                        message="ZeroDivisionError",
+                        details=_struct({"line": 1}),
+                    )
+                )
             else:
                 json_format.ParseDict({"echo": inputs, "n": 3, "f": 1.5}, resp.result)
             return resp
@@ -88,31 +97,43 @@ class ScriptedGateway(pb_grpc.GatewayServicer):  # type: ignore[misc]
             if left > 0:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "backend connection reset")
         if name == "ledger.create_transfer" and auth != "Bearer dev-finance":
-            body = {"code": "policy_denied", "message": "needs role finance",
-                    "details": {"reasons": ["ledger.create_transfer requires role finance"],
-                                "decision_id": "d-9"}}
+            body = {
+                "code": "policy_denied",
+                "message": "needs role finance",
+                "details": {
+                    "reasons": ["ledger.create_transfer requires role finance"],
+                    "decision_id": "d-9",
+                },
+            }
             context.set_trailing_metadata((("switchboard-error", json.dumps(body)),))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "needs role finance")
         if name == "ledger.bad_args":
-            body = {"code": "schema_invalid", "message": "amount_cents: -1 < 1",
-                    "field": "arguments.amount_cents"}
+            body = {
+                "code": "schema_invalid",
+                "message": "amount_cents: -1 < 1",
+                "field": "arguments.amount_cents",
+            }
             context.set_trailing_metadata((("switchboard-error", json.dumps(body)),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount_cents: -1 < 1")
-        resp = pb.ExecuteResponse(request_id=request.request_id,
-                                  decision=pb.Decision(route="tool", decision_id="d-2"))
-        json_format.ParseDict({"called": name,
-                               "args": json_format.MessageToDict(request.tool_call.arguments)},
-                              resp.result)
+        resp = pb.ExecuteResponse(
+            request_id=request.request_id, decision=pb.Decision(route="tool", decision_id="d-2")
+        )
+        json_format.ParseDict(
+            {"called": name, "args": json_format.MessageToDict(request.tool_call.arguments)},
+            resp.result,
+        )
         return resp
 
     def ExecuteStream(self, request: pb.ExecuteRequest, context: grpc.ServicerContext) -> Any:
         self._auth(context)
         yield pb.ExecuteEvent(stdout_line="line 1")
-        yield pb.ExecuteEvent(host_call=pb.HostCallEvent(operation="workspace.list_events",
-                                                         outcome="ok", duration_ms=0.4))
+        yield pb.ExecuteEvent(
+            host_call=pb.HostCallEvent(
+                operation="workspace.list_events", outcome="ok", duration_ms=0.4
+            )
+        )
         yield pb.ExecuteEvent(stderr_line="warn")
-        resp = pb.ExecuteResponse(request_id=request.request_id,
-                                  decision=pb.Decision(route="code"))
+        resp = pb.ExecuteResponse(request_id=request.request_id, decision=pb.Decision(route="code"))
         resp.result.string_value = "Done"
         yield pb.ExecuteEvent(response=resp)
 
@@ -120,47 +141,75 @@ class ScriptedGateway(pb_grpc.GatewayServicer):  # type: ignore[misc]
         self._auth(context)
         tools = [*meta_tools(), dedicated_tool(TRANSFER)]
         out = pb.Manifest(
-            tools=[pb.ToolDefinition(name=t.name, description=t.description,
-                                     input_schema=_struct(t.input_schema), kind=t.kind)
-                   for t in tools],
-            policy_revision="r1", catalog_revision="c1")
+            tools=[
+                pb.ToolDefinition(
+                    name=t.name,
+                    description=t.description,
+                    input_schema=_struct(t.input_schema),
+                    kind=t.kind,
+                )
+                for t in tools
+            ],
+            policy_revision="r1",
+            catalog_revision="c1",
+        )
         if request.format:
             out.formatted.extend(format_tools(tools, request.format))
         return out
 
-    def SearchOperations(self, request: pb.SearchOperationsRequest,
-                         context: grpc.ServicerContext) -> Any:
+    def SearchOperations(
+        self, request: pb.SearchOperationsRequest, context: grpc.ServicerContext
+    ) -> Any:
         self._auth(context)
-        hits = [pb.OperationSummary(name=f"svc.op{i}", summary=request.query, score=1.0 / (i + 1),
-                                    tags=["t"], route="code") for i in range(request.limit)]
+        hits = [
+            pb.OperationSummary(
+                name=f"svc.op{i}",
+                summary=request.query,
+                score=1.0 / (i + 1),
+                tags=["t"],
+                route="code",
+            )
+            for i in range(request.limit)
+        ]
         return pb.SearchOperationsResponse(operations=hits)
 
-    def DescribeOperation(self, request: pb.DescribeOperationRequest,
-                          context: grpc.ServicerContext) -> Any:
+    def DescribeOperation(
+        self, request: pb.DescribeOperationRequest, context: grpc.ServicerContext
+    ) -> Any:
         self._auth(context)
         if request.name != TRANSFER.name:
-            body = {"code": "unknown_operation", "message": f"no operation {request.name!r}",
-                    "field": "name"}
+            body = {
+                "code": "unknown_operation",
+                "message": f"no operation {request.name!r}",
+                "field": "name",
+            }
             context.set_trailing_metadata((("switchboard-error", json.dumps(body)),))
             context.abort(grpc.StatusCode.NOT_FOUND, "unknown")
         return pb.OperationDescription(
-            name=TRANSFER.name, backend="ledger", summary=TRANSFER.summary,
-            tags=list(TRANSFER.tags), method="POST", path="/transfers",
+            name=TRANSFER.name,
+            backend="ledger",
+            summary=TRANSFER.summary,
+            tags=list(TRANSFER.tags),
+            method="POST",
+            path="/transfers",
             input_schema=_struct(TRANSFER.input_schema),
             python_signature="ledger.create_transfer(*, amount_cents: int) -> dict",
-            route="tool")
+            route="tool",
+        )
 
     def Explain(self, request: pb.ExecuteRequest, context: grpc.ServicerContext) -> Any:
         self._auth(context)
         kind = request.WhichOneof("action")
-        return pb.Decision(route="tool" if kind == "tool_call" else "code", reasons=[kind],
-                           decision_id="d-3",
-                           limits=pb.Limits(timeout_ms=1000, memory_mb=64, max_host_calls=5,
-                                            max_output_bytes=100))
+        return pb.Decision(
+            route="tool" if kind == "tool_call" else "code",
+            reasons=[kind],
+            decision_id="d-3",
+            limits=pb.Limits(timeout_ms=1000, memory_mb=64, max_host_calls=5, max_output_bytes=100),
+        )
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[str, ScriptedGateway]]:
+def scripted() -> Iterator[tuple[str, ScriptedGateway]]:
     servicer = ScriptedGateway()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_GatewayServicer_to_server(servicer, server)
@@ -171,46 +220,48 @@ def gateway() -> Iterator[tuple[str, ScriptedGateway]]:
 
 
 @pytest.fixture
-def client(gateway: tuple[str, ScriptedGateway]) -> Iterator[SwitchboardClient]:
-    with SwitchboardClient(gateway[0], "dev-agent", timeout=5, backoff=0.01) as c:
+def client(scripted: tuple[str, ScriptedGateway]) -> Iterator[SwitchboardClient]:
+    with SwitchboardClient(scripted[0], "dev-agent", timeout=5, backoff=0.01) as c:
         yield c
 
 
 def test_run_code_returns_json_result_and_sends_bearer_token(
-    client: SwitchboardClient, gateway: tuple[str, ScriptedGateway]
+    client: SwitchboardClient, scripted: tuple[str, ScriptedGateway]
 ) -> None:
     res = client.run_code("1", inputs={"a": [1, 2]}, request_id="req-code-1")
     assert res.ok and res.route == "code"
     assert res.result == {"echo": {"a": [1, 2]}, "n": 3, "f": 1.5}
     assert isinstance(res.result["n"], int) and isinstance(res.result["echo"]["a"][0], int)
     assert res.stdout == "hi\n" and res.host_calls == 2 and res.trace_id == "t" * 32
-    assert ("Execute", "req-code-1", "Bearer dev-agent") in gateway[1].seen
+    assert ("Execute", "req-code-1", "Bearer dev-agent") in scripted[1].seen
     assert res.to_model() == {"ok": True, "result": res.result, "stdout": "hi\n"}
 
 
 def test_user_code_error_is_data_not_exception(client: SwitchboardClient) -> None:
     res = client.run_code("boom")
     assert not res.ok
-    assert res.error == {"code": "user_code_error", "message": "ZeroDivisionError",
-                         "details": {"line": 1}}
+    assert res.error == {
+        "code": "user_code_error",
+        "message": "ZeroDivisionError",
+        "details": {"line": 1},
+    }
 
 
 def test_request_id_generated_and_reused_across_retries(
-    client: SwitchboardClient, gateway: tuple[str, ScriptedGateway]
+    client: SwitchboardClient, scripted: tuple[str, ScriptedGateway]
 ) -> None:
-    before = len(gateway[1].seen)
+    before = len(scripted[1].seen)
     res = client.call_tool("flaky.op", {"x": 1})
-    attempts = gateway[1].seen[before:]
+    attempts = scripted[1].seen[before:]
     assert len(attempts) == 3  # two UNAVAILABLE, then success
     ids = {rid for _, rid, _ in attempts}
     assert len(ids) == 1 and len(ids.pop()) == 36  # one uuid4 for all attempts
-    assert res.ok and res.route == "tool" and res.result == {"called": "flaky.op",
-                                                            "args": {"x": 1}}
+    assert res.ok and res.route == "tool" and res.result == {"called": "flaky.op", "args": {"x": 1}}
 
 
-def test_retries_give_up_with_the_last_error(gateway: tuple[str, ScriptedGateway]) -> None:
+def test_retries_give_up_with_the_last_error(scripted: tuple[str, ScriptedGateway]) -> None:
     with (
-        SwitchboardClient(gateway[0], "dev-agent", retries=1, backoff=0.01) as c,
+        SwitchboardClient(scripted[0], "dev-agent", retries=1, backoff=0.01) as c,
         pytest.raises(SwitchboardError) as info,
     ):
         c.call_tool("flaky.op", {}, request_id="give-up-1")
@@ -233,21 +284,24 @@ def test_schema_error_carries_the_field(client: SwitchboardClient) -> None:
     assert info.value.code == "schema_invalid" and info.value.field == "arguments.amount_cents"
 
 
-def test_bad_token_is_unauthenticated(gateway: tuple[str, ScriptedGateway]) -> None:
-    with SwitchboardClient(gateway[0], "nope") as c, pytest.raises(SwitchboardError) as info:
+def test_bad_token_is_unauthenticated(scripted: tuple[str, ScriptedGateway]) -> None:
+    with SwitchboardClient(scripted[0], "nope") as c, pytest.raises(SwitchboardError) as info:
         c.search("x")
     assert info.value.code == "unauthenticated"
     assert info.value.status == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(ValueError):
-        SwitchboardClient(gateway[0], "")
+        SwitchboardClient(scripted[0], "")
 
 
 def test_stream_code_yields_events_in_order(client: SwitchboardClient) -> None:
     events = list(client.stream_code("print(1)"))
     assert [e.kind for e in events] == ["stdout", "host_call", "stderr", "result"]
     assert events[0].text == "line 1"
-    assert events[1].host_call == {"operation": "workspace.list_events", "outcome": "ok",
-                                   "duration_ms": 0.4}
+    assert events[1].host_call == {
+        "operation": "workspace.list_events",
+        "outcome": "ok",
+        "duration_ms": 0.4,
+    }
     assert events[-1].result is not None and events[-1].result.result == "Done"
 
 
@@ -270,8 +324,12 @@ def test_search_describe_explain(client: SwitchboardClient) -> None:
 
 def test_manifest_formats_and_dispatch(client: SwitchboardClient) -> None:
     m = client.manifest("openai")
-    assert [t.name for t in m.tools] == ["search_operations", "describe_operation",
-                                         "execute_code", "ledger__create_transfer"]
+    assert [t.name for t in m.tools] == [
+        "search_operations",
+        "describe_operation",
+        "execute_code",
+        "ledger__create_transfer",
+    ]
     assert m.tools[-1].operation == "ledger.create_transfer"
     assert m.formatted[0]["type"] == "function"
     assert m.policy_revision == "r1" and m.catalog_revision == "c1"
@@ -288,20 +346,22 @@ def test_manifest_formats_and_dispatch(client: SwitchboardClient) -> None:
     assert described["route"] == "tool"
 
 
-def test_finance_principal_may_transfer(gateway: tuple[str, ScriptedGateway]) -> None:
-    with SwitchboardClient(gateway[0], "dev-finance") as c:
+def test_finance_principal_may_transfer(scripted: tuple[str, ScriptedGateway]) -> None:
+    with SwitchboardClient(scripted[0], "dev-finance") as c:
         res = c.call_tool("ledger.create_transfer", {"amount_cents": 5}, request_id="tr-1")
-    assert res.ok and res.result == {"called": "ledger.create_transfer",
-                                     "args": {"amount_cents": 5}}
+    assert res.ok and res.result == {
+        "called": "ledger.create_transfer",
+        "args": {"amount_cents": 5},
+    }
 
 
-async def test_async_client_mirrors_sync(gateway: tuple[str, ScriptedGateway]) -> None:
-    async with AsyncSwitchboardClient(gateway[0], "dev-agent", backoff=0.01) as c:
+async def test_async_client_mirrors_sync(scripted: tuple[str, ScriptedGateway]) -> None:
+    async with AsyncSwitchboardClient(scripted[0], "dev-agent", backoff=0.01) as c:
         res = await c.run_code("1", inputs={"z": True})
         assert res.ok and res.result["echo"] == {"z": True}
         flaky = await c.call_tool("flaky.op", {}, request_id="async-flaky-1")
         assert flaky.ok
-        assert gateway[1].flaky_failures["async-flaky-1"] == -1  # 3 attempts, same id
+        assert scripted[1].flaky_failures["async-flaky-1"] == -1  # 3 attempts, same id
         with pytest.raises(SwitchboardError) as info:
             await c.call_tool("ledger.create_transfer", {"amount_cents": 1})
         assert info.value.code == "policy_denied"
