@@ -4,6 +4,7 @@ Rego (then `helm upgrade`) rolls the pods."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ import helm_python
 import pytest
 import yaml
 
+from gateway.policy.bundle import load_bundle
+from gateway.policy.embedded import Evaluator
 from tests.helm_support import (
     CHART_DIR,
     RELEASE,
@@ -91,8 +94,8 @@ def test_opa_is_a_native_sidecar_by_default(scenarios: dict[str, Rendered]) -> N
     assert "--ignore=.*" in opa["args"] and opa["args"][-1] == "/policies"
     assert opa["startupProbe"]["httpGet"]["path"] == "/health"
     assert [p["containerPort"] for p in opa["ports"]] == [8282]
-    mounts = {m["mountPath"]: m["name"] for m in opa["volumeMounts"]}
-    assert mounts["/policies"] == "policies"
+    assert set(_policy_tree(rendered, "opa", "/policies")) == {
+        "switchboard/data.json", "switchboard/routing.rego"}
     assert [c["name"] for c in rendered.pod["containers"]] == ["gateway"]
     config = gateway_config(rendered)
     assert config["policy"]["engine"] == "opa"
@@ -104,8 +107,8 @@ def test_embedded_engine_has_no_sidecar(scenarios: dict[str, Rendered]) -> None:
     names = [c["name"] for c in all_containers(rendered.pod)]
     assert names == ["gateway"]
     assert not [o for o in rendered.of_kind("ConfigMap") if o["metadata"]["name"].endswith("-opa")]
-    mounts = {m["mountPath"]: m["name"] for m in rendered.container("gateway")["volumeMounts"]}
-    assert mounts["/etc/switchboard/policies"] == "policies"
+    tree = _policy_tree(rendered, "gateway", "/etc/switchboard/policies")
+    assert "switchboard/routing.rego" in tree and "switchboard/data.json" in tree
     config = gateway_config(rendered)
     assert config["policy"] == {"engine": "embedded", "path": "/etc/switchboard/policies",
                                 "timeout_ms": 500}
@@ -240,10 +243,21 @@ def test_secret_carries_the_token_table(chart: helm_python.Chart) -> None:
     assert "postgresql://" not in config_text and "tok-1" not in config_text
 
 
-def _policy_tree(rendered: Rendered) -> dict[str, str]:
+def _policy_tree(rendered: Rendered, container: str = "opa",
+                 root: str = "/policies") -> dict[str, str]:
+    """The policy files a container sees: relative path -> content, from its mounts."""
     cm = rendered.one("ConfigMap", f"{FULLNAME}-policies")
     volume = next(v for v in rendered.pod["volumes"] if v["name"] == "policies")
-    return {item["path"]: cm["data"][item["key"]] for item in volume["configMap"]["items"]}
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    tree = {}
+    for m in rendered.container(container)["volumeMounts"]:
+        if m["name"] != "policies":
+            continue
+        # One file per mount (real directories, no ..data symlinks to walk through).
+        assert m["readOnly"] is True and m["subPath"] in cm["data"], m
+        assert m["mountPath"].startswith(root + "/"), m
+        tree[m["mountPath"][len(root) + 1:]] = cm["data"][m["subPath"]]
+    return tree
 
 
 def test_policies_configmap_reproduces_policies_dir(scenarios: dict[str, Rendered]) -> None:
@@ -298,3 +312,50 @@ def test_policy_files_value_adds_files(chart: helm_python.Chart) -> None:
     tree = _policy_tree(render(chart, values))
     assert tree["switchboard/extra.rego"] == "package switchboard.extra\n"
     assert "switchboard/routing.rego" in tree
+
+
+def _materialize(tree: dict[str, str], root: Path) -> Path:
+    """Lay the files out as the kubelet's per-file subPath mounts do."""
+    for rel, content in tree.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return root
+
+
+def _decide(evaluator: Evaluator, roles: list[str], kind: str, operation: str) -> str:
+    backend = operation.split(".")[0]
+    tags = ["payments"] if operation == "ledger.create_transfer" else []
+    decision = evaluator.decide({
+        "principal": {"id": "p1", "tenant": "demo", "roles": roles},
+        "action": {"kind": kind, "operation": operation},
+        "operation": {"name": operation, "backend": backend, "tags": tags,
+                      "method": "POST", "path": "/x"},
+        "context": {"time_ns": 0, "labels": {}},
+    })
+    return decision.route
+
+
+def test_embedded_engine_routes_with_the_mounted_policies(
+    scenarios: dict[str, Rendered], tmp_path: Path
+) -> None:
+    """The files exactly as the gateway container sees them load into the real embedded
+    engine (data.json under data.switchboard) and route as the policy says."""
+    tree = _policy_tree(scenarios["embedded-values.yaml"], "gateway", "/etc/switchboard/policies")
+    evaluator = Evaluator(load_bundle(_materialize(tree, tmp_path / "policies")))
+    assert _decide(evaluator, ["agent", "finance"], "tool", "ledger.create_transfer") == "tool"
+    assert _decide(evaluator, ["agent"], "tool", "ledger.create_transfer") == "deny"
+    assert _decide(evaluator, ["agent"], "host_call", "ledger.create_transfer") == "deny"
+    assert _decide(evaluator, ["agent"], "code", "") == "code"
+
+
+def test_policy_override_changes_routing(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """A Rego change shipped through the chart (policy.files) changes the decisions."""
+    data = json.loads((REPO_ROOT / "policies" / "switchboard" / "data.json").read_text())
+    data["channels"]["code"] = ["code-runner"]  # agents lose the code channel
+    rendered = render(chart, {"policy": {"engine": "embedded", "files": {
+        "switchboard/data.json": json.dumps(data)}}})
+    tree = _policy_tree(rendered, "gateway", "/etc/switchboard/policies")
+    evaluator = Evaluator(load_bundle(_materialize(tree, tmp_path / "policies")))
+    assert _decide(evaluator, ["agent"], "code", "") == "deny"
+    assert _decide(evaluator, ["code-runner"], "code", "") == "code"

@@ -91,8 +91,8 @@ app.kubernetes.io/part-of: switchboard
 {{/*
 Policy files: the chart's copy of policies/ (kept in sync by helm/sync-policies.sh) plus
 policy.files, as a dict of relative path -> content. ConfigMap keys cannot hold "/", so
-keys are the paths with "/" replaced by "__" and the volume's items put them back in place
-(OPA loads data.json under the directory's path, so the layout matters).
+keys are the paths with "/" replaced by "__" and per-file mounts put them back in place
+(OPA and the embedded engine load data.json under its directory's path: the layout matters).
 */}}
 {{- define "switchboard.policyFiles" -}}
 {{- $files := dict -}}
@@ -106,6 +106,23 @@ keys are the paths with "/" replaced by "__" and the volume's items put them bac
 {{- $_ := set $files $rel $content -}}
 {{- end -}}
 {{- toYaml $files -}}
+{{- end -}}
+
+{{/*
+One read-only subPath mount per policy file, at root/<relative path>. A directory mount of a
+ConfigMap exposes nested directories only as symlinks into ..data/, which directory walkers
+that skip symlinked dirs or dot-directories (Python's rglob, for one) never enter; per-file
+mounts give real directories. subPath mounts do not follow ConfigMap updates, which is fine:
+checksum/policies rolls the pods on every change.
+*/}}
+{{- define "switchboard.policyMounts" -}}
+{{- $root := .root -}}
+{{- range $path := keys .files | sortAlpha }}
+- name: policies
+  mountPath: {{ printf "%s/%s" $root $path }}
+  subPath: {{ include "switchboard.policyKey" $path }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "switchboard.policyKey" -}}

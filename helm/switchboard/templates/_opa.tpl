@@ -21,7 +21,7 @@ which serves /health and /metrics and nothing else.
     - --log-format=json
     - --disable-telemetry
     {{- if not .Values.opa.bundle.url }}
-    # ConfigMap volumes hold ..data/..<timestamp> directories: load each file once.
+    # Never load dot-files/directories (e.g. a ConfigMap's ..data) twice.
     - --ignore=.*
     - /policies
     {{- end }}
@@ -58,9 +58,7 @@ which serves /health and /metrics and nothing else.
       mountPath: /config/opa
       readOnly: true
     {{- if not .Values.opa.bundle.url }}
-    - name: policies
-      mountPath: /policies
-      readOnly: true
+    {{- include "switchboard.policyMounts" (dict "files" (include "switchboard.policyFiles" . | fromYaml) "root" "/policies") | nindent 4 }}
     {{- end }}
     {{- if .Values.opa.bundle.bearerTokenSecret.name }}
     - name: opa-bundle-token
