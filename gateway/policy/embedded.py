@@ -1,9 +1,14 @@
-"""The embedded engine: regorus in-process, with hot reload.
+"""The embedded engine: regorus in-process, with hot reload and a sound decision cache.
 
 regorus Engines are thread-affine and hold the GIL (~0.2 ms per decision), so decisions are
 evaluated inline on the calling thread. Each thread gets its own Engine per revision (built on
 first use, ~2 ms); the serving :class:`Bundle` is swapped atomically by the reload watcher,
 so in-flight calls finish on the revision they started with.
+
+Decisions are cached per revision, keyed on the parts of ``input`` the policy can read
+(found statically, see :mod:`.inputpaths`): for the shipped policy that is the principal, the
+action kind/operation and the catalog entry, not arguments or time. A policy that reads the
+whole input or calls a non-deterministic built-in is never cached.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from gateway.models import Decision
 from .base import ENTRYPOINT, PolicySettings, default_policy_dir, parse_decision
 from .bundle import Bundle, clean_error, load_bundle, probe, snapshot
 from .decisionlog import fail_closed, finish, tracer
+from .inputpaths import CacheKeyFn, make_key_fn
 
 __all__ = ["EmbeddedPolicyEngine", "Evaluator"]
 
@@ -33,13 +40,20 @@ _log = structlog.get_logger("switchboard.policy")
 class Evaluator:
     """Synchronous evaluation of one bundle, with one regorus Engine per thread."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, *, cache_size: int = 4096) -> None:
         self.bundle = bundle
         self._local = threading.local()
         # Compile + probe on the creating thread: a bad policy fails here, not per decision.
         engine = bundle.build_engine()
         probe(engine)
         self._local.engine = engine
+        self.cache_key: CacheKeyFn | None = (
+            make_key_fn(engine.get_ast_as_json()) if cache_size > 0 else None
+        )
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Decision] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.cache_hits = 0
 
     @property
     def revision(self) -> str:
@@ -69,11 +83,31 @@ class Evaluator:
 
     def decide(self, input: dict[str, Any]) -> Decision:
         """Evaluate and parse; never raises for policy problems (fail-closed deny instead)."""
+        key = None
+        if self.cache_key is not None:
+            try:
+                key = self.cache_key(input)
+            except (TypeError, ValueError):
+                key = None  # not JSON: evaluate (and fail) the slow way
+            if key is not None:
+                with self._cache_lock:
+                    hit = self._cache.get(key)
+                    if hit is not None:
+                        self._cache.move_to_end(key)
+                        self.cache_hits += 1
+                        return hit
         try:
-            kind = str(input.get("action", {}).get("kind", ""))
-            return parse_decision(self.evaluate(input), kind=kind)
+            action = input.get("action")
+            kind = str(action.get("kind", "")) if isinstance(action, dict) else ""
+            decision = parse_decision(self.evaluate(input), kind=kind)
         except PolicyError as exc:
-            return fail_closed(exc.message)
+            return fail_closed(exc.message)  # never cached: the next call tries again
+        if key is not None:
+            with self._cache_lock:
+                self._cache[key] = decision
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return decision
 
 
 class EmbeddedPolicyEngine:

@@ -107,7 +107,8 @@ class OpaPolicyEngine:
                 decision = fail_closed("policy engine is not started")
             else:
                 try:
-                    kind = str(input.get("action", {}).get("kind", ""))
+                    action = input.get("action")
+                    kind = str(action.get("kind", "")) if isinstance(action, dict) else ""
                     decision = parse_decision(await self._query(input), kind=kind)
                 except PolicyError as exc:
                     decision = fail_closed(exc.message)
