@@ -127,3 +127,42 @@ async def test_concurrent_duplicates_against_ledger_one_transfer(ledger: Ledger,
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def test_catalog_operations_end_to_end(ledger: Ledger, tmp_path: Path) -> None:
+    """The catalog's own operations (from the ledger's /openapi.json) work through the channel:
+    request building, strict validation, the declared output schema, reconciler discovery."""
+    from gateway.catalog import load_catalog
+    from gateway.errors import SchemaInvalid
+    from gateway.tools import discover_reconcilers
+
+    settings = BackendSettings(name="ledger", openapi=f"{ledger.url}/openapi.json",
+                               base_url=ledger.url)
+    catalog = await load_catalog([settings])
+    create = catalog.require("ledger.create_transfer")
+    found = discover_reconcilers(catalog.operations)
+    assert found["ledger.create_transfer"].operation.name == "ledger.list_transfers"
+    client = BackendClient({"ledger": settings})
+    store = SQLiteIdempotencyStore(tmp_path / "idem.db")
+    channel = ToolChannel(client, store, reconcilers=found)
+
+    async def transfer(rid: str, **args: Any) -> Any:
+        return await channel.execute(create, args, request_id=rid, principal=PRINCIPAL,
+                                     strict=True)
+
+    try:
+        with pytest.raises(SchemaInvalid) as bad:
+            await transfer("neg", from_account="A1", to_account="A2", amount=-5)
+        assert bad.value.message == "arguments.amount: -5 is less than the minimum of 0.01"
+        with pytest.raises(BackendError) as refused:
+            await transfer("fx", from_account="A1", to_account="A4", amount=1, currency="USD")
+        assert refused.value.details["status"] == 422
+        assert "currency_mismatch" in refused.value.message
+        got = await client.call(catalog.require("ledger.get_balance"), {"account": "A2"})
+        assert got["account"] == "A2"
+        out = await transfer("ok", from_account="A2", to_account="A1", amount=0.5,
+                             currency="USD")
+        assert out.result["amount"] == 0.5 and not out.replayed  # passed the output schema
+    finally:
+        await client.aclose()
+        await store.aclose()
