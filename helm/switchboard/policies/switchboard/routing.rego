@@ -15,21 +15,33 @@ import rego.v1
 # ---------------------------------------------------------------------------------------------
 # Facts derived from the input and data (no decisions here).
 
-kind := object.get(input, ["action", "kind"], "")
+# Input is read only through plain references (input.a.b), never passed whole to a function:
+# the embedded engine derives its decision-cache key from exactly these paths.
+default kind := ""
 
-requested := object.get(input, ["action", "operation"], "")
+kind := input.action.kind
 
-op := object.get(input, "operation", {})
+default requested := ""
+
+requested := input.action.operation
+
+default op := {}
+
+op := input.operation
 
 op_name := object.get(op, "name", "")
 
 op_backend := object.get(op, "backend", "")
 
-tenant := object.get(input, ["principal", "tenant"], "")
+default tenant := ""
 
-principal_id := object.get(input, ["principal", "id"], "")
+tenant := input.principal.tenant
 
-roles := {r | some r in object.get(input, ["principal", "roles"], [])}
+default principal_id := ""
+
+principal_id := input.principal.id
+
+roles := {r | some r in input.principal.roles}
 
 # Tags from the catalog plus the ones data.json pins on operations (the policy does not trust
 # the catalog alone to tag a payment).
