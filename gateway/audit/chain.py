@@ -1,6 +1,7 @@
 """The local audit file: append-only JSONL where every record carries the hash of the one before.
 
-Each line is the canonical JSON (sorted keys, no spaces) of one record. ``prev_hash`` is the
+Each line is one record: its canonical JSON (sorted keys, no spaces) with ``hash`` appended
+last. ``prev_hash`` is the
 ``hash`` of the previous line (``GENESIS`` for the first), and ``hash`` is the SHA-256 of the
 record's canonical JSON *without* its ``hash`` key, so deleting, editing or reordering a line
 breaks the chain at that point. ``seq`` counts records from 1 and survives restarts (the
@@ -137,12 +138,13 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise ValueError("audit log is closed")
-            rec = dict(record)
+            rec = {k: v for k, v in record.items() if k != "hash"}
             rec["seq"] = self._seq + 1
             rec["prev_hash"] = self._prev
-            rec.pop("hash", None)
-            rec["hash"] = record_hash(rec)
-            data = (_canonical(rec) + "\n").encode("utf-8")
+            body = _canonical(rec)
+            rec["hash"] = "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+            # The line is the hashed body with "hash" appended last (one serialization).
+            data = (body[:-1] + ',"hash":"' + rec["hash"] + '"}\n').encode("utf-8")
             view = memoryview(data)
             while view:
                 n = os.write(self._fd, view)

@@ -7,6 +7,7 @@ chain. Both print and return an exit code; the lead's ``gateway/cli.py`` calls t
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterable
@@ -17,7 +18,14 @@ from typing import Any, TextIO
 from gateway.audit import attributes as A
 from gateway.audit.chain import iter_records, verify_chain
 
-__all__ = ["cli_audit_show", "cli_audit_verify", "normalize_trace_id", "read_trace", "render_trace"]
+__all__ = [
+    "cli_audit_show",
+    "cli_audit_verify",
+    "normalize_trace_id",
+    "read_trace",
+    "render_trace",
+    "trace_ids",
+]
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -66,9 +74,18 @@ def read_trace(file: Path, trace_id: str, tenant: str | None = None) -> list[dic
     tid = normalize_trace_id(trace_id)
     if not tid or not Path(file).exists():
         return []
-    spans = [
-        rec for _n, rec, _raw in iter_records(Path(file)) if rec and rec.get("trace_id") == tid
-    ]
+    needle = f'"trace_id":"{tid}"'
+    spans: list[dict[str, Any]] = []
+    with open(file, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if needle not in line:  # cheap filter: records are canonical JSON
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("trace_id") == tid:
+                spans.append(rec)
     spans.sort(key=lambda r: (r.get("start_ns", 0), r.get("seq", 0)))
     if tenant is None:
         return spans

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
@@ -32,6 +33,21 @@ def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
         v = scrub_value(key, value)
         out[key] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+_resource_cache: tuple[Resource, dict[str, Any]] | None = None
+
+
+def _resource(resource: Resource) -> dict[str, Any]:
+    """Service name and instance (not the SDK's version noise); computed once per provider."""
+    global _resource_cache
+    cached = _resource_cache
+    if cached is not None and cached[0] is resource:
+        return dict(cached[1])
+    attrs = {k: v for k, v in resource.attributes.items() if not k.startswith("telemetry.sdk.")}
+    clean = _attrs(attrs)
+    _resource_cache = (resource, clean)
+    return dict(clean)
 
 
 def _hex(value: int, width: int) -> str:
@@ -65,7 +81,7 @@ def span_to_record(span: ReadableSpan) -> dict[str, Any]:
             "message": scrub_text(span.status.description or ""),
         },
         "attributes": _attrs(span.attributes),
-        "resource": _attrs(span.resource.attributes),
+        "resource": _resource(span.resource),
     }
     if parent is not None and parent.is_remote:
         rec["parent_remote"] = True

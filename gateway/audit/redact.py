@@ -9,6 +9,7 @@ not leak a token into the trail.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -180,6 +181,7 @@ def register_secret(value: str) -> None:
         _secrets_re = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """True for keys that carry credentials (``http.request.header.authorization``)."""
     return bool(_SECRET_KEY.search(key))
@@ -197,6 +199,8 @@ def scrub_text(text: str) -> str:
 
 def scrub_value(key: str, value: Any) -> Any:
     """Scrub one attribute or log value (strings, and sequences/mappings of them)."""
+    if isinstance(value, bool | int) and not is_secret_key(key):
+        return value
     if is_secret_key(key) and value is not None and value != "":
         return REDACTED
     if isinstance(value, str):
