@@ -20,6 +20,7 @@ request carries. Both sides are counted the same way, so the ratios are what mat
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -88,7 +89,13 @@ def encoder(name: str = "o200k_base") -> Any:
 
 
 def count_json(enc: Any, value: Any) -> int:
-    return len(enc.encode_ordinary(json.dumps(value, separators=(",", ":"), ensure_ascii=False)))
+    """Tokens of ``value`` as compact JSON (memoised: the big tool lists recur in the report)."""
+    return _count_text(enc.name, json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_text(encoding: str, text: str) -> int:
+    return len(encoder(encoding).encode_ordinary(text))
 
 
 def classic_tools(ops: Iterable[Operation]) -> list[dict[str, Any]]:
