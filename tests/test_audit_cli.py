@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -15,15 +16,18 @@ from otlp_receiver import OtlpReceiver
 from gateway.audit import (
     AuditSettings,
     Telemetry,
+    audited,
     cli_audit_show,
     cli_audit_verify,
     extract_trace_context,
     inject_trace_context,
     read_trace,
+    record_outcome,
     register_secret,
     setup_telemetry,
 )
 from gateway.audit import attributes as A
+from gateway.errors import SchemaInvalid
 
 pytestmark = pytest.mark.timeout(60)
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -202,3 +206,62 @@ def test_secrets_never_reach_the_file_or_the_collector(tmp_path: Path) -> None:
     assert text.count("[REDACTED]") >= 5
     # untouched spans go out as they were
     assert any(s.name == "identity" for s in spans)
+
+
+async def test_cancelled_call_still_leaves_its_record(tel: Telemetry, tmp_path: Path) -> None:
+    """A client cancel (task cancelled mid-call) ends the spans; ``audited`` says why.
+
+    Plain OpenTelemetry leaves a cancelled span UNSET (it records only ``Exception``)."""
+    started = asyncio.Event()
+
+    async def call() -> None:
+        with (
+            tel.tracer.start_as_current_span(A.SPAN_EXECUTE, kind=SpanKind.SERVER) as root,
+            audited(root),
+        ):
+            root.set_attribute(A.REQUEST_ID, "req-cancel")
+            with tel.tracer.start_as_current_span(A.SPAN_SANDBOX_RUN):
+                started.set()
+                await asyncio.sleep(30)
+
+    task = asyncio.create_task(call())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in recs] == [A.SPAN_SANDBOX_RUN, A.SPAN_EXECUTE]
+    root = recs[1]
+    assert root["attributes"][A.REQUEST_ID] == "req-cancel"
+    assert root["status"]["code"] == "ERROR"
+    assert root["attributes"][A.OUTCOME] == "cancelled"
+    assert root["events"][0]["attributes"]["exception.type"] == "CancelledError"
+    assert recs[0]["status"]["code"] == "UNSET"  # what OpenTelemetry alone records
+    code, text = _show(root["trace_id"], tmp_path / "audit.jsonl")
+    assert code == 0 and "outcome: cancelled" in text
+    assert "event exception: CancelledError" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "status"),
+    [
+        (None, "ok", "OK"),
+        (SchemaInvalid("amount must be > 0", field="arguments.amount"), "schema_invalid", "ERROR"),
+        (TimeoutError(), "deadline_exceeded", "ERROR"),
+        (RuntimeError("bug"), "internal", "ERROR"),
+    ],
+)
+def test_record_outcome(
+    tel: Telemetry, tmp_path: Path, error: BaseException | None, code: str, status: str
+) -> None:
+    with tel.tracer.start_as_current_span(A.SPAN_EXECUTE) as span:
+        assert record_outcome(span, error) == code
+    [rec] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert rec["attributes"][A.OUTCOME] == code
+    assert rec["status"]["code"] == status
+    if isinstance(error, SchemaInvalid):
+        assert rec["attributes"][A.ERROR_FIELD] == "arguments.amount"
+        assert rec["status"]["message"] == "schema_invalid: amount must be > 0"
+        assert "exception.stacktrace" not in rec["events"][0]["attributes"]
+    if isinstance(error, RuntimeError):
+        assert "exception.stacktrace" in rec["events"][0]["attributes"]

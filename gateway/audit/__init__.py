@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway.audit.chain import GENESIS, AuditLog, ChainReport, verify_chain
 from gateway.audit.cli import cli_audit_show, cli_audit_verify, read_trace, render_trace
 from gateway.audit.logs import configure_logging
+from gateway.audit.outcome import audited, outcome_of, record_outcome
 from gateway.audit.redact import (
     REDACTED,
     digest,
@@ -33,6 +34,7 @@ __all__ = [
     "AuditSettings",
     "ChainReport",
     "Telemetry",
+    "audited",
     "cli_audit_show",
     "cli_audit_verify",
     "configure_logging",
@@ -40,7 +42,9 @@ __all__ = [
     "extract_trace_context",
     "inject_trace_context",
     "json_attr",
+    "outcome_of",
     "read_trace",
+    "record_outcome",
     "redact",
     "register_secret",
     "render_trace",
