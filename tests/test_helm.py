@@ -234,8 +234,8 @@ def test_sync_script_detects_and_repairs_drift(tmp_path: Path) -> None:
 
 def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart) -> None:
     config = gateway_config(render(chart))
-    assert set(config) == {"listen", "max_message_bytes", "max_concurrent_rpcs", "identity",
-                           "policy", "backends", "sandbox", "idempotency", "audit", "mcp"}
+    assert set(config) == {"listen", "max_message_bytes", "identity", "policy", "backends",
+                           "sandbox", "idempotency", "audit", "mcp"}
     assert config["listen"] == "0.0.0.0:50051"
     assert config["policy"] == {"engine": "opa", "opa_url": "http://127.0.0.1:8181",
                                 "timeout_ms": 500}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,13 @@ import helm_python
 import pytest
 import yaml
 
+from gateway.audit.telemetry import AuditSettings
+from gateway.models import BackendSettings
+from gateway.policy.base import PolicySettings
 from gateway.policy.bundle import load_bundle
 from gateway.policy.embedded import Evaluator
+from gateway.sandbox.types import SandboxSettings
+from gateway.tools.idempotency import IdempotencySettings
 from tests.helm_support import (
     CHART_DIR,
     RELEASE,
@@ -359,3 +365,25 @@ def test_policy_override_changes_routing(chart: helm_python.Chart, tmp_path: Pat
     evaluator = Evaluator(load_bundle(_materialize(tree, tmp_path / "policies")))
     assert _decide(evaluator, ["agent"], "code", "") == "deny"
     assert _decide(evaluator, ["code-runner"], "code", "") == "code"
+
+
+@pytest.mark.parametrize("scenario", VALID_SCENARIOS)
+def test_rendered_config_keys_are_gateway_settings(
+    scenarios: dict[str, Rendered], scenario: str
+) -> None:
+    """The gateway rejects unknown config keys: every key the chart writes must be a field
+    of the settings the gateway builds from that section."""
+    config = gateway_config(scenarios[scenario])
+    assert set(config) <= {"listen", "max_message_bytes", "max_concurrent_rpcs", "identity",
+                           "policy", "backends", "sandbox", "idempotency", "audit", "mcp"}
+    sections: dict[str, type] = {"policy": PolicySettings, "sandbox": SandboxSettings,
+                                 "idempotency": IdempotencySettings, "audit": AuditSettings}
+    for section, settings in sections.items():
+        assert set(config[section]) <= {f.name for f in fields(settings)}, section
+    for backend in config["backends"]:
+        assert set(backend) <= {f.name for f in fields(BackendSettings)}, backend
+    assert set(config["identity"]) <= {"tokens", "tokens_file", "jwt"}
+    assert set(config["identity"].get("jwt", {})) <= {"jwks_url", "issuer", "audience"}
+    assert set(config["mcp"]) == {"enabled", "listen"}
+    assert config["policy"]["engine"] in ("opa", "embedded")
+    assert config["audit"].get("otlp_protocol", "grpc") in ("grpc", "http/protobuf")

@@ -193,7 +193,6 @@ checksum/policies rolls the pods on every change.
 {{- $cfg := dict
   "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.gateway.grpcPort))
   "max_message_bytes" (int $v.gateway.maxMessageBytes)
-  "max_concurrent_rpcs" (int $v.gateway.maxConcurrentRpcs)
   "identity" $identity
   "policy" $policy
   "backends" $backends
@@ -202,6 +201,7 @@ checksum/policies rolls the pods on every change.
   "audit" $audit
   "mcp" (dict "enabled" $v.mcp.enabled "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.mcp.port)))
 -}}
+{{- if $v.gateway.maxConcurrentRpcs }}{{ $_ := set $cfg "max_concurrent_rpcs" (int $v.gateway.maxConcurrentRpcs) }}{{ end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
