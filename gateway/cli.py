@@ -1,0 +1,192 @@
+"""The ``switchboard`` command line: serve, demo, policy, catalog, audit, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.config import DEFAULT_LISTEN, Settings, embedded_defaults, load_settings
+from gateway.errors import ConfigError
+
+__all__ = ["main"]
+
+log = structlog.get_logger("switchboard.cli")
+
+
+def _settings(config: str | None, listen: str | None = None) -> Settings:
+    settings = load_settings(Path(config)) if config else embedded_defaults()
+    if listen:
+        from dataclasses import replace
+
+        settings = replace(settings, listen=listen)
+    return settings
+
+
+async def _serve(settings: Settings) -> int:
+    from gateway.audit import configure_logging
+    from gateway.server import create_server
+
+    configure_logging(settings.audit.log_format)
+    gateway, port = await create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    print(f"LISTENING grpc://{host}:{port}", flush=True)
+    if gateway.mcp_port:
+        print(f"LISTENING mcp http://{host}:{gateway.mcp_port}/mcp", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", grace_s=10)
+    await gateway.stop(grace=10.0)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(_settings(args.config, args.listen)))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo_stack import run_demo
+
+    return run_demo(state_dir=Path(args.state_dir))
+
+
+def _policy_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.path) if args.path else None
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from gateway import policy
+
+    if args.policy_cmd == "test":
+        return policy.cli_policy_test(_policy_dir(args), verbose=args.verbose)
+    if args.policy_cmd == "eval":
+        return policy.cli_policy_eval(_policy_dir(args), Path(args.input))
+    return policy.cli_policy_check(_policy_dir(args))
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from gateway.catalog import load_catalog_sync
+
+    settings = _settings(args.config)
+    catalog = load_catalog_sync(settings.backends)
+    hits = catalog.search(args.query, limit=args.limit)
+    if args.json:
+        print(json.dumps([{"name": op.name, "score": round(score, 3), "summary": op.summary,
+                           "tags": list(op.tags)} for op, score in hits], indent=2))
+        return 0
+    if not hits:
+        print("no matching operations")
+        return 1
+    width = max(len(op.name) for op, _ in hits)
+    for op, score in hits:
+        print(f"{score:7.3f}  {op.name:<{width}}  {op.summary}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.audit import cli_audit_show, cli_audit_verify
+
+    settings = _settings(args.config)
+    file = Path(args.file) if args.file else settings.audit.file
+    if file is None:
+        print("no audit file configured (audit.file)", file=sys.stderr)
+        return 2
+    if args.audit_cmd == "show":
+        return cli_audit_show(args.trace_id, file)
+    return cli_audit_verify(file)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    scripts = {"tokens": "tokens.py", "policy": "policy_bench.py",
+               "sandbox": "sandbox_bench.py", "load": "load.py"}
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    names = [args.which] if args.which != "all" else list(scripts)
+    for name in names:
+        script = bench_dir / scripts[name]
+        if not script.exists():
+            print(f"bench {name}: {script} not found (run from a source checkout)",
+                  file=sys.stderr)
+            return 2
+        sys.argv = [str(script), *args.rest]
+        runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Policy-routing gateway for AI agents.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("serve", help="run the gRPC gateway")
+    p.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
+    p.add_argument("--listen", help=f"HOST:PORT to bind (default {DEFAULT_LISTEN})")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="start the demo backends and gateway, run the example agent")
+    p.add_argument("--state-dir", default="state/demo", help="where the demo keeps its files")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("policy", help="test, evaluate or check the Rego policies")
+    psub = p.add_subparsers(dest="policy_cmd", required=True)
+    for name, helptext in (("test", "run every test_* rule"),
+                           ("check", "compile and lint the policies")):
+        q = psub.add_parser(name, help=helptext)
+        q.add_argument("--path", help="policies directory (default: the shipped policies/)")
+        q.add_argument("-v", "--verbose", action="store_true")
+    q = psub.add_parser("eval", help="print the decision for an input document")
+    q.add_argument("--input", required=True, help="JSON file with the policy input")
+    q.add_argument("--path", help="policies directory (default: the shipped policies/)")
+    p.set_defaults(func=_cmd_policy)
+
+    p = sub.add_parser("catalog", help="inspect the operation catalog")
+    csub = p.add_subparsers(dest="catalog_cmd", required=True)
+    q = csub.add_parser("search", help="rank operations for a natural-language query")
+    q.add_argument("query")
+    q.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
+    q.add_argument("--limit", type=int, default=10)
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_catalog)
+
+    p = sub.add_parser("audit", help="read and verify the audit trail")
+    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    q = asub.add_parser("show", help="render one call's trace as a tree")
+    q.add_argument("trace_id")
+    q.add_argument("--file", help="audit JSONL file (default: from the config)")
+    q.add_argument("--config")
+    q = asub.add_parser("verify", help="check the audit file's hash chain")
+    q.add_argument("--file", help="audit JSONL file (default: from the config)")
+    q.add_argument("--config")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("bench", help="run the benchmarks in bench/ and print their tables")
+    p.add_argument("which", nargs="?", default="all",
+                   choices=["all", "tokens", "policy", "sandbox", "load"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"switchboard: config error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

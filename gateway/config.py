@@ -1,0 +1,342 @@
+"""Gateway configuration: one YAML file, validated strictly, turned into typed settings.
+
+Unknown keys and wrong types are rejected with a :class:`~gateway.errors.ConfigError` naming
+the offending key (``policy.engine: 'rego' is not one of ['embedded', 'opa']``). ``${VAR}``
+references in string values are expanded from the environment so secrets can come from a
+Kubernetes Secret. With no file, :func:`embedded_defaults` gives the demo setup of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from gateway.audit import AuditSettings
+from gateway.errors import ConfigError
+from gateway.models import BackendSettings, Principal
+from gateway.policy import PolicySettings
+from gateway.sandbox import SandboxSettings
+from gateway.tools import IdempotencySettings
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "IdentitySettings",
+    "McpSettings",
+    "Settings",
+    "embedded_defaults",
+    "load_settings",
+    "parse_settings",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+_STR = {"type": "string"}
+_INT = {"type": "integer", "minimum": 0}
+_PRINCIPAL = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "tenant"],
+    "properties": {"id": _STR, "tenant": _STR, "roles": {"type": "array", "items": _STR}},
+}
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
+        "max_message_bytes": {"type": "integer", "minimum": 1024, "maximum": 67108864},
+        "max_concurrent_rpcs": {"type": "integer", "minimum": 1},
+        "identity": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "tokens": {"type": "object", "additionalProperties": _PRINCIPAL},
+                "tokens_file": _STR,
+                "jwt": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["jwks_url"],
+                    "properties": {"jwks_url": _STR, "issuer": _STR, "audience": _STR},
+                },
+            },
+        },
+        "policy": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "engine": {"enum": ["embedded", "opa"]},
+                "path": _STR,
+                "opa_url": _STR,
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 60000},
+                "reload": {"type": "boolean"},
+                "reload_interval_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "backends": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "oneOf": [{"required": ["openapi"]}, {"required": ["app"]}],
+                "properties": {
+                    "name": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*$"},
+                    "openapi": _STR,
+                    "app": {"type": "string", "pattern": r"^[\w.]+:[\w.]+$"},
+                    "base_url": {"type": "string", "pattern": r"^https?://"},
+                    "timeout_ms": {"type": "integer", "minimum": 1},
+                    "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+                    "tags": {
+                        "type": "object",
+                        "additionalProperties": {"type": "array", "items": _STR},
+                    },
+                    "headers": {"type": "object", "additionalProperties": _STR},
+                },
+            },
+        },
+        "sandbox": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "workers": {"type": "integer", "minimum": 1, "maximum": 64},
+                "spares": {"type": "integer", "minimum": 0, "maximum": 64},
+                "wasm_max_mem_pages": {"type": "integer", "minimum": 256, "maximum": 65536},
+                "max_result_bytes": {"type": "integer", "minimum": 1024},
+                "start_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                "queue_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                "max_sessions": {"type": "integer", "minimum": 0},
+                "session_idle_s": {"type": "number", "exclusiveMinimum": 0},
+                "deno_path": _STR,
+                "runtime_dir": _STR,
+            },
+        },
+        "idempotency": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "dsn": _STR,
+                "lease_s": {"type": "number", "exclusiveMinimum": 0},
+                "wait_s": {"type": "number", "minimum": 0},
+                "ttl_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "audit": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "file": {"type": ["string", "null"]},
+                "otlp_endpoint": {"type": ["string", "null"]},
+                "otlp_protocol": {"enum": ["grpc", "http/protobuf"]},
+                "otlp_headers": {"type": "object", "additionalProperties": _STR},
+                "service_name": _STR,
+                "log_format": {"enum": ["auto", "json", "console"]},
+            },
+        },
+        "mcp": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
+            },
+        },
+    },
+}
+_VALIDATOR = Draft202012Validator(SCHEMA)
+_TOKENS_VALIDATOR = Draft202012Validator(
+    SCHEMA["properties"]["identity"]["properties"]["tokens"])
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    tokens: dict[str, Principal] = field(default_factory=dict)
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+
+
+@dataclass(frozen=True)
+class McpSettings:
+    enabled: bool = False
+    listen: str = "127.0.0.1:8765"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    backends: tuple[BackendSettings, ...] = ()
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    mcp: McpSettings = field(default_factory=McpSettings)
+
+
+def _expand_env(value: Any, path: str) -> Any:
+    """Expand ``${VAR}`` in strings; a reference to an unset variable is a config error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set", field=path)
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _field_path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _validate(raw: Any) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping", field="")
+    errors = sorted(_VALIDATOR.iter_errors(raw), key=lambda e: (list(e.absolute_path), e.message))
+    if not errors:
+        return
+    err = errors[0]
+    path = _field_path(err.absolute_path)
+    message = err.message
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            path = f"{path}.{extra[0]}" if path else extra[0]
+            message = "unknown key"
+    raise ConfigError(
+        f"{path or 'config'}: {message}",
+        field=path,
+        details={"errors": [f"{_field_path(e.absolute_path) or 'config'}: {e.message}"
+                            for e in errors[:10]]},
+    )
+
+
+def _principals(table: dict[str, Any]) -> dict[str, Principal]:
+    return {
+        token: Principal(id=p["id"], tenant=p["tenant"], roles=tuple(p.get("roles", ())))
+        for token, p in table.items()
+    }
+
+
+def _resolve(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
+    """Validate a parsed YAML document and build :class:`Settings`; relative paths resolve
+    against ``base_dir`` (the config file's directory)."""
+    raw = _expand_env(raw if raw is not None else {}, "")
+    _validate(raw)
+    base = base_dir or Path.cwd()
+    ident = raw.get("identity", {})
+    tokens = _principals(ident.get("tokens", {}))
+    if "tokens_file" in ident:
+        tokens_path = _resolve(base, ident["tokens_file"])
+        assert tokens_path is not None
+        try:
+            table = yaml.safe_load(tokens_path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"identity.tokens_file: cannot read: {exc}",
+                              field="identity.tokens_file") from exc
+        errs = list(_TOKENS_VALIDATOR.iter_errors(table if table is not None else {}))
+        if errs:
+            where = _field_path(errs[0].absolute_path)
+            raise ConfigError(f"identity.tokens_file: {where}: {errs[0].message}",
+                              field="identity.tokens_file")
+        tokens.update(_principals(table or {}))
+    jwt = ident.get("jwt", {})
+    identity = IdentitySettings(tokens=tokens, jwks_url=jwt.get("jwks_url"),
+                                issuer=jwt.get("issuer"), audience=jwt.get("audience"))
+
+    pol = dict(raw.get("policy", {}))
+    if "path" in pol:
+        pol["path"] = _resolve(base, pol["path"])
+    policy = PolicySettings(**pol)
+
+    backends = []
+    names: set[str] = set()
+    for i, b in enumerate(raw.get("backends", [])):
+        if b["name"] in names:
+            raise ConfigError(f"backends[{i}].name: duplicate backend {b['name']!r}",
+                              field=f"backends[{i}].name")
+        names.add(b["name"])
+        b = dict(b)
+        if "openapi" in b and not re.match(r"^https?://", b["openapi"]):
+            b["openapi"] = str(_resolve(base, b["openapi"]))
+        backends.append(BackendSettings(**b))
+
+    sb = dict(raw.get("sandbox", {}))
+    if "runtime_dir" in sb:
+        sb["runtime_dir"] = _resolve(base, sb["runtime_dir"])
+    sandbox = SandboxSettings(**sb)
+
+    idem = IdempotencySettings(**raw.get("idempotency", {}))
+    aud = dict(raw.get("audit", {}))
+    if "file" in aud:
+        aud["file"] = _resolve(base, aud["file"])
+    audit = AuditSettings(**aud)
+    mcp = McpSettings(**raw.get("mcp", {}))
+    return Settings(
+        listen=raw.get("listen", DEFAULT_LISTEN),
+        max_message_bytes=raw.get("max_message_bytes", 4 * 1024 * 1024),
+        max_concurrent_rpcs=raw.get("max_concurrent_rpcs", 256),
+        identity=identity,
+        policy=policy,
+        backends=tuple(backends),
+        sandbox=sandbox,
+        idempotency=idem,
+        audit=audit,
+        mcp=mcp,
+    )
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a YAML config file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}", field="") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}", field="") from exc
+    return parse_settings(raw, base_dir=path.resolve().parent)
+
+
+def embedded_defaults(state_dir: Path | None = None) -> Settings:
+    """The no-config setup: two demo principals, the demo catalog served in-process."""
+    state = state_dir or Path("state")
+    return Settings(
+        identity=IdentitySettings(
+            tokens={
+                "dev-agent": Principal(id="agent-1", tenant="demo", roles=("agent",)),
+                "dev-finance": Principal(id="finance-1", tenant="demo",
+                                         roles=("agent", "finance")),
+            }
+        ),
+        backends=(
+            BackendSettings(name="ledger", app="gateway.demo.ledger:app"),
+            BackendSettings(name="workspace", app="gateway.demo.workspace:app"),
+        ),
+        idempotency=IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"),
+        audit=AuditSettings(file=state / "audit.jsonl"),
+    )

@@ -1,0 +1,197 @@
+"""Per-call work for every gRPC method, in one place: request id, trace span (W3C context
+from the caller), identity, log context, and the single mapping of gateway errors to gRPC
+status (with the stable error code in trailing metadata ``switchboard-error``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway.audit import attributes as attr
+from gateway.audit import extract_trace_context
+from gateway.errors import GatewayError, grpc_status_for
+from gateway.identity import Authenticator, bearer_token
+from gateway.models import Principal
+
+__all__ = ["ERROR_METADATA_KEY", "TRACE_METADATA_KEY", "CallInterceptor", "current_principal"]
+
+ERROR_METADATA_KEY = "switchboard-error"
+TRACE_METADATA_KEY = "switchboard-trace-id"
+# Methods that need no identity (probes, reflection).
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "switchboard_principal", default=None)
+log = structlog.get_logger("switchboard.rpc")
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the current RPC (set by :class:`CallInterceptor`)."""
+    principal = _principal.get()
+    if principal is None:  # pragma: no cover - the interceptor always sets it
+        raise RuntimeError("no authenticated principal in this context")
+    return principal
+
+
+def _error_metadata(exc: GatewayError, trace_id: str) -> tuple[tuple[str, str], ...]:
+    payload = json.dumps(exc.to_dict(), ensure_ascii=True, default=str)
+    return ((ERROR_METADATA_KEY, payload), (TRACE_METADATA_KEY, trace_id))
+
+
+class _Call:
+    """The bookkeeping of one RPC: span, identity, log line, error mapping."""
+
+    def __init__(self, interceptor: CallInterceptor, method: str) -> None:
+        self.i = interceptor
+        self.method = method
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.error_code = "ok"
+
+    def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> trace.Span:
+        metadata = tuple(context.invocation_metadata() or ())
+        parent = extract_trace_context(metadata)
+        self.span_cm = self.i.tracer.start_as_current_span(
+            self.method.lstrip("/"), context=parent, kind=SpanKind.SERVER,
+            record_exception=False, set_status_on_exception=False)
+        span = self.span_cm.__enter__()
+        service, _, name = self.method.lstrip("/").partition("/")
+        span.set_attribute(attr.RPC_SYSTEM, "grpc")
+        span.set_attribute(attr.RPC_SERVICE, service)
+        span.set_attribute(attr.RPC_METHOD, name)
+        ctx = span.get_span_context()
+        self.trace_id = format(ctx.trace_id, "032x")
+        request_id = getattr(request, "request_id", "") or next(
+            (str(v) for k, v in metadata if k == "x-request-id"), "") or str(uuid.uuid4())
+        span.set_attribute(attr.REQUEST_ID, request_id)
+        structlog.contextvars.bind_contextvars(
+            trace_id=self.trace_id, request_id=request_id, rpc_method=name)
+        with self.i.tracer.start_as_current_span("identity") as ident:
+            try:
+                principal = self.i.authenticator.authenticate(bearer_token(metadata))
+            except GatewayError as exc:
+                ident.set_status(Status(StatusCode.ERROR, exc.message))
+                raise
+            ident.set_attribute(attr.PRINCIPAL_ID, principal.id)
+            ident.set_attribute(attr.TENANT, principal.tenant)
+        span.set_attribute(attr.PRINCIPAL_ID, principal.id)
+        span.set_attribute(attr.TENANT, principal.tenant)
+        structlog.contextvars.bind_contextvars(principal=principal.id, tenant=principal.tenant)
+        self.principal_token = _principal.set(principal)
+        return span
+
+    def fail(self, exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+        span = trace.get_current_span()
+        if isinstance(exc, GatewayError):
+            gw = exc
+        else:
+            log.exception("internal error", exc_info=exc)
+            gw = GatewayError("internal error")
+        self.code = grpc_status_for(gw)
+        self.error_code = gw.code
+        span.set_status(Status(StatusCode.ERROR, gw.message))
+        return self.code, gw.message, _error_metadata(gw, getattr(self, "trace_id", ""))
+
+    def end(self, cancelled: bool = False) -> None:
+        span = trace.get_current_span()
+        if cancelled:
+            self.code, self.error_code = grpc.StatusCode.CANCELLED, "cancelled"
+            span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
+        span.set_attribute(attr.RPC_GRPC_STATUS_CODE, self.code.value[0])
+        span.set_attribute(attr.OUTCOME, self.error_code)
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        log.info("rpc", status=self.code.name, outcome=self.error_code, duration_ms=duration_ms)
+        if hasattr(self, "principal_token"):
+            _principal.reset(self.principal_token)
+        structlog.contextvars.clear_contextvars()
+        if hasattr(self, "span_cm"):
+            self.span_cm.__exit__(None, None, None)
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every non-public handler with :class:`_Call` bookkeeping."""
+
+    def __init__(self, authenticator: Authenticator, tracer: trace.Tracer) -> None:
+        self.authenticator = authenticator
+        self.tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = _Call(self, method)
+            failure = None
+            cancelled = False
+            try:
+                call.begin(request, context)
+                response = await behavior(request, context)
+                context.set_trailing_metadata(((TRACE_METADATA_KEY, call.trace_id),))
+                return response
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                failure = call.fail(exc)
+            finally:
+                call.end(cancelled=cancelled)
+            assert failure is not None
+            await context.abort(failure[0], failure[1], trailing_metadata=failure[2])
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            call = _Call(self, method)
+            failure = None
+            cancelled = False
+            try:
+                call.begin(request, context)
+                async for item in behavior(request, context):
+                    yield item
+                context.set_trailing_metadata(((TRACE_METADATA_KEY, call.trace_id),))
+            except (asyncio.CancelledError, GeneratorExit):
+                cancelled = True
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                failure = call.fail(exc)
+            finally:
+                call.end(cancelled=cancelled)
+            if failure is not None:
+                await context.abort(failure[0], failure[1], trailing_metadata=failure[2])
+
+        return wrapper

@@ -1,0 +1,377 @@
+"""The request pipeline: policy decision, then the tool channel or the code channel.
+
+Transport-free: the gRPC servicer and the MCP server both call :class:`Pipeline`. Every step
+runs in its own span under the caller's current span (the per-call root span is opened by the
+transport's interceptor), so the trace of a call is its audit trail. Gateway errors raise;
+user-code errors come back as data in :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway.audit import attributes as attr
+from gateway.audit import digest, json_attr, redact
+from gateway.catalog import Catalog, python_signature, sdk_doc
+from gateway.errors import (
+    GatewayError,
+    PolicyDenied,
+    PolicyError,
+    ResourceExhausted,
+    UnknownOperation,
+)
+from gateway.manifest import ToolDef, dedicated_tools, meta_tools
+from gateway.models import Decision, Limits, Operation, Principal
+from gateway.policy import PolicyEngine, build_input
+from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction
+from gateway.tools import BackendClient, ToolChannel, validate_arguments
+
+__all__ = [
+    "Action",
+    "CodeAction",
+    "EventSink",
+    "Outcome",
+    "Pipeline",
+    "SearchHit",
+    "ToolAction",
+]
+
+EventSink = Callable[[SandboxEvent], Awaitable[None]]
+COMPLIANCE_TAG = "compliance"
+
+
+@dataclass(frozen=True)
+class ToolAction:
+    request_id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CodeAction:
+    request_id: str
+    source: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    timeout_ms: int = 0
+    session_id: str | None = None
+    output_schema: dict[str, Any] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+Action = ToolAction | CodeAction
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    trace_id: str = ""
+    replayed: bool = False
+    host_calls: int = 0
+    output_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    name: str
+    summary: str
+    tags: tuple[str, ...]
+    score: float
+    route: str
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def _is_compliance(op: Operation) -> bool:
+    return COMPLIANCE_TAG in op.tags
+
+
+def _annotate_decision(span: trace.Span, decision: Decision) -> None:
+    span.set_attribute(attr.ROUTE, decision.route)
+    span.set_attribute(attr.DECISION_ID, decision.decision_id)
+    span.set_attribute(attr.POLICY_REVISION, decision.policy_revision)
+    if decision.reasons:
+        span.set_attribute(attr.REASONS, list(decision.reasons))
+
+
+def _deny(decision: Decision, what: str) -> GatewayError:
+    reasons = list(decision.reasons) or ["denied by policy"]
+    if decision.error_code == PolicyError.code:
+        return PolicyError(f"{what}: policy could not decide: {'; '.join(reasons)}",
+                           details={"reasons": reasons, "decision_id": decision.decision_id})
+    return PolicyDenied(f"{what}: {'; '.join(reasons)}", reasons=reasons,
+                        details={"decision_id": decision.decision_id})
+
+
+class Pipeline:
+    """Routes and runs actions; owns no transport and no process lifecycle."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        policy: PolicyEngine,
+        client: BackendClient,
+        tools: ToolChannel,
+        sandbox: SandboxPool,
+        tracer: trace.Tracer,
+    ) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self.client = client
+        self.tools = tools
+        self.sandbox = sandbox
+        self.tracer = tracer
+        self._sdk = tuple(
+            SdkFunction(
+                operation=op.name,
+                backend=op.backend,
+                function=op.short_name,
+                signature=python_signature(op),
+                doc=sdk_doc(op),
+            )
+            for op in catalog.operations
+        )
+
+    # -- decisions -------------------------------------------------------------------------
+
+    async def _decide(self, principal: Principal, kind: str, op: Operation | None, name: str,
+                      **extra: Any) -> Decision:
+        decision = await self.policy.decide(
+            build_input(principal=principal, kind=kind, operation=op, operation_name=name, **extra)
+        )
+        return decision
+
+    async def explain(self, principal: Principal, action: Action) -> Decision:
+        if isinstance(action, ToolAction):
+            op = self.catalog.get(action.name)
+            return await self._decide(principal, "tool", op, action.name,
+                                      arguments=action.arguments, labels=action.labels)
+        return await self._decide(principal, "code", None, "",
+                                  source_sha256=hashlib.sha256(action.source.encode()).hexdigest(),
+                                  labels=action.labels)
+
+    # -- execute ---------------------------------------------------------------------------
+
+    async def execute(self, principal: Principal, action: Action, *,
+                      on_event: EventSink | None = None) -> Outcome:
+        span = trace.get_current_span()
+        span.set_attribute(attr.PRINCIPAL_ID, principal.id)
+        span.set_attribute(attr.TENANT, principal.tenant)
+        span.set_attribute(attr.ROLES, list(principal.roles))
+        span.set_attribute(attr.REQUEST_ID, action.request_id)
+        if isinstance(action, ToolAction):
+            return await self._execute_tool(principal, action, span)
+        return await self._execute_code(principal, action, span, on_event)
+
+    async def _execute_tool(self, principal: Principal, action: ToolAction,
+                            span: trace.Span) -> Outcome:
+        span.set_attribute(attr.ACTION_KIND, "tool")
+        span.set_attribute(attr.OPERATION, action.name)
+        span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
+        span.set_attribute(attr.GEN_AI_TOOL_NAME, action.name)
+        span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, action.request_id)
+        span.set_attribute(attr.ARGUMENTS_SHA256, digest(action.arguments))
+        op = self.catalog.require(action.name)
+        decision = await self._decide(principal, "tool", op, op.name,
+                                      arguments=action.arguments, labels=action.labels)
+        _annotate_decision(span, decision)
+        span.set_attribute(attr.ARGUMENTS,
+                           json_attr(redact({"arguments": action.arguments},
+                                            [m.removeprefix("action.") for m in decision.mask])))
+        if decision.route == "deny":
+            raise _deny(decision, op.name)
+        if decision.route != "tool":
+            raise PolicyDenied(
+                f"{op.name}: the policy routes it to the code channel; call it from execute_code",
+                reasons=list(decision.reasons) or ["route is code"],
+                details={"decision_id": decision.decision_id},
+            )
+        strict = _is_compliance(op)
+        with self.tracer.start_as_current_span("schema.validate") as vspan:
+            vspan.set_attribute(attr.OPERATION, op.name)
+            vspan.set_attribute("switchboard.schema.strict", strict)
+            validate_arguments(op, action.arguments, strict=strict)
+        outcome = await self.tools.execute(op, action.arguments, request_id=action.request_id,
+                                           principal=principal, strict=strict)
+        span.set_attribute(attr.REPLAYED, outcome.replayed)
+        if outcome.error:
+            raise _replayed_error(outcome.error)
+        return Outcome(decision=decision, result=outcome.result, trace_id=current_trace_id(),
+                       replayed=outcome.replayed)
+
+    async def _execute_code(self, principal: Principal, action: CodeAction, span: trace.Span,
+                            on_event: EventSink | None) -> Outcome:
+        sha = hashlib.sha256(action.source.encode()).hexdigest()
+        span.set_attribute(attr.ACTION_KIND, "code")
+        span.set_attribute(attr.CODE_SHA256, f"sha256:{sha}")
+        span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
+        span.set_attribute(attr.GEN_AI_TOOL_NAME, "execute_code")
+        span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, action.request_id)
+        decision = await self._decide(principal, "code", None, "", source_sha256=sha,
+                                      labels=action.labels)
+        _annotate_decision(span, decision)
+        if decision.route == "deny":
+            raise _deny(decision, "execute_code")
+        limits = decision.limits
+        if action.timeout_ms and action.timeout_ms < limits.timeout_ms:
+            limits = Limits(timeout_ms=action.timeout_ms, memory_mb=limits.memory_mb,
+                            max_host_calls=limits.max_host_calls,
+                            max_output_bytes=limits.max_output_bytes)
+        with self.tracer.start_as_current_span("sandbox.run") as run_span:
+            run_span.set_attribute("switchboard.sandbox.timeout_ms", limits.timeout_ms)
+            if action.session_id:
+                run_span.set_attribute("switchboard.session_id", action.session_id)
+            host = _HostBridge(self, principal, decision, limits, run_span)
+            req = RunRequest(
+                source=action.source,
+                inputs=dict(action.inputs),
+                limits=limits,
+                principal_key=f"{principal.tenant}/{principal.id}",
+                session_id=action.session_id,
+                sdk=self._sdk,
+                sdk_revision=self.catalog.revision,
+                output_schema=action.output_schema,
+            )
+            result = await self.sandbox.run(req, host.call, on_event)
+            run_span.set_attribute(attr.HOST_CALLS, host.calls)
+            run_span.set_attribute("switchboard.sandbox.ok", result.ok)
+        span.set_attribute(attr.HOST_CALLS, host.calls)
+        error = None
+        if not result.ok:
+            error = {"code": "user_code_error", **(result.error or {})}
+            span.set_attribute(attr.OUTCOME, "user_code_error")
+        return Outcome(
+            decision=decision,
+            result=result.result,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error=error,
+            trace_id=current_trace_id(),
+            host_calls=host.calls,
+            output_truncated=result.output_truncated,
+        )
+
+    # -- discovery -------------------------------------------------------------------------
+
+    async def route_for(self, principal: Principal, op: Operation) -> str:
+        """The route this principal would get for ``op``: tool, code (from code) or deny."""
+        as_tool = await self._decide(principal, "tool", op, op.name)
+        if as_tool.route == "tool":
+            return "tool"
+        as_host = await self._decide(principal, "host_call", op, op.name)
+        return "code" if as_host.route != "deny" else "deny"
+
+    async def search(self, principal: Principal, query: str, limit: int) -> list[SearchHit]:
+        hits: list[SearchHit] = []
+        for op, score in self.catalog.search(query, limit=max(limit * 3, limit)):
+            route = await self.route_for(principal, op)
+            if route == "deny":
+                continue  # operations the caller can never use are not advertised
+            hits.append(SearchHit(op.name, op.summary, op.tags, score, route))
+            if len(hits) >= limit:
+                break
+        return hits
+
+    async def describe(self, principal: Principal, name: str) -> dict[str, Any]:
+        op = self.catalog.require(name)
+        route = await self.route_for(principal, op)
+        if route == "deny":
+            raise UnknownOperation(f"unknown operation {name!r}", field="name")
+        return {
+            "name": op.name,
+            "backend": op.backend,
+            "summary": op.summary,
+            "description": op.description,
+            "tags": list(op.tags),
+            "method": op.method,
+            "path": op.path,
+            "input_schema": op.input_schema,
+            "output_schema": op.output_schema,
+            "python_signature": python_signature(op),
+            "route": route,
+        }
+
+    async def manifest(self, principal: Principal) -> list[ToolDef]:
+        dedicated = []
+        for op in self.catalog.operations:
+            if _is_compliance(op) and await self.route_for(principal, op) == "tool":
+                dedicated.append(op)
+        return meta_tools() + dedicated_tools(dedicated)
+
+
+def _replayed_error(error: Mapping[str, Any]) -> GatewayError:
+    """Rebuild a recorded failure outcome so a retry fails exactly like the first call."""
+    from gateway import errors as errs
+
+    by_code = {cls.code: cls for cls in vars(errs).values()
+               if isinstance(cls, type) and issubclass(cls, GatewayError)}
+    cls = by_code.get(str(error.get("code", "")), GatewayError)
+    exc = cls(str(error.get("message", "")), field=str(error.get("field", "")),
+              details=dict(error.get("details") or {}))
+    exc.details["replayed"] = True
+    return exc
+
+
+class _HostBridge:
+    """Serves SDK calls from sandboxed code: every call is authorised by the policy as the run's
+    principal, counted against the host-call budget on the host side (the sandbox is untrusted),
+    and traced as a child of the sandbox span."""
+
+    def __init__(self, pipeline: Pipeline, principal: Principal, decision: Decision,
+                 limits: Limits, parent: trace.Span) -> None:
+        self.p = pipeline
+        self.principal = principal
+        self.decision = decision
+        self.limits = limits
+        self.ctx = trace.set_span_in_context(parent)
+        self.calls = 0
+
+    async def call(self, operation: str, arguments: dict[str, Any]) -> Any:
+        if operation == "sdk.search":
+            query = str(arguments.get("query", ""))
+            limit = int(arguments.get("limit", 10) or 10)
+            hits = await self.p.search(self.principal, query, min(max(limit, 1), 50))
+            return [{"name": h.name, "summary": h.summary, "route": h.route,
+                     "signature": python_signature(self.p.catalog.require(h.name))}
+                    for h in hits]
+        if operation == "sdk.describe":
+            return await self.p.describe(self.principal, str(arguments.get("name", "")))
+        self.calls += 1
+        with self.p.tracer.start_as_current_span(f"host_call {operation}", context=self.ctx,
+                                                 kind=SpanKind.INTERNAL) as span:
+            span.set_attribute(attr.OPERATION, operation)
+            span.set_attribute(attr.ARGUMENTS_SHA256, digest(arguments))
+            try:
+                if self.calls > self.limits.max_host_calls:
+                    raise ResourceExhausted(
+                        f"host-call budget of {self.limits.max_host_calls} calls exhausted",
+                        details={"max_host_calls": self.limits.max_host_calls})
+                op = self.p.catalog.require(operation)
+                decision = await self.p._decide(
+                    self.principal, "host_call", op, op.name, arguments=arguments,
+                    parent_decision_id=self.decision.decision_id)
+                _annotate_decision(span, decision)
+                if decision.route == "deny":
+                    raise _deny(decision, op.name)
+                validate_arguments(op, arguments, strict=_is_compliance(op))
+                result = await self.p.client.call(op, arguments)
+                span.set_attribute(attr.OUTCOME, "ok")
+                return result
+            except GatewayError as exc:
+                span.set_attribute(attr.OUTCOME, exc.code)
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                raise

@@ -1,0 +1,129 @@
+"""Assemble the gateway: load the catalog, start the policy engine and the sandbox pool, and
+serve the gRPC API (with health and reflection) — and MCP when enabled.
+
+``await create_server(settings)`` returns ``(server, port)`` with the server already listening,
+so tests run the real thing in-process on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.audit import Telemetry, setup_telemetry
+from gateway.catalog import load_catalog
+from gateway.config import Settings
+from gateway.identity import Authenticator
+from gateway.interceptors import CallInterceptor
+from gateway.pipeline import Pipeline
+from gateway.policy import PolicyEngine, create_policy_engine
+from gateway.sandbox import SandboxPool
+from gateway.servicer import GatewayServicer
+from gateway.tools import BackendClient, ToolChannel, open_idempotency_store
+
+__all__ = ["GatewayServer", "create_server"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
+log = structlog.get_logger("switchboard.server")
+
+
+@dataclass
+class GatewayServer:
+    """The running gateway: the grpc.aio server plus everything it owns."""
+
+    grpc_server: grpc.aio.Server
+    port: int
+    pipeline: Pipeline
+    authenticator: Authenticator
+    telemetry: Telemetry
+    health: health.aio.HealthServicer
+    _closers: list[Any] = field(default_factory=list)
+    mcp_port: int | None = None
+    _stopped: bool = False
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop taking calls, let in-flight ones finish within ``grace``, release everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        for close in reversed(self._closers):
+            try:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # keep closing the rest
+                log.exception("error while closing", closer=repr(close))
+        self.telemetry.force_flush()
+        self.telemetry.shutdown()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
+    """Build and start the gateway described by ``settings``; returns it and the bound port."""
+    telemetry = setup_telemetry(settings.audit)
+    closers: list[Any] = []
+    try:
+        catalog = await load_catalog(settings.backends)
+        policy: PolicyEngine = create_policy_engine(settings.policy)
+        await policy.start()
+        closers.append(policy.close)
+        client = BackendClient({b.name: b for b in settings.backends})
+        closers.append(client.aclose)
+        store = open_idempotency_store(settings.idempotency)
+        if hasattr(store, "close"):
+            closers.append(store.close)
+        sandbox = SandboxPool(settings.sandbox)
+        await sandbox.start()
+        closers.append(sandbox.close)
+    except BaseException:
+        for close in reversed(closers):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        telemetry.shutdown()
+        raise
+
+    pipeline = Pipeline(catalog=catalog, policy=policy, client=client,
+                        tools=ToolChannel(client, store), sandbox=sandbox,
+                        tracer=telemetry.tracer)
+    authenticator = Authenticator(
+        settings.identity.tokens, jwks_url=settings.identity.jwks_url,
+        issuer=settings.identity.issuer, audience=settings.identity.audience)
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(authenticator, telemetry.tracer)],
+        options=[("grpc.max_receive_message_length", limit),
+                 ("grpc.max_send_message_length", limit),
+                 ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
+        GatewayServicer(pipeline), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot bind {settings.listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
+                       authenticator=authenticator, telemetry=telemetry,
+                       health=health_servicer, _closers=closers)
+    log.info("serving", listen=settings.listen, port=port, operations=len(catalog.operations),
+             policy_revision=policy.revision)
+    return gw, port

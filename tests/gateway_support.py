@@ -1,0 +1,127 @@
+"""Run the real gateway in-process for tests: its own event loop in a background thread,
+real demo backends as uvicorn subprocesses, a real gRPC channel on a port-0 socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.audit import AuditSettings
+from gateway.config import Settings, embedded_defaults
+from gateway.demo_stack import ServiceProcess, spawn_service
+from gateway.models import BackendSettings
+from gateway.server import GatewayServer, create_server
+from gateway.tools import IdempotencySettings
+
+
+class RunningGateway:
+    """A gateway served from a background thread; ``stub`` talks to it over real gRPC."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.server: GatewayServer | None = None
+        self.port = 0
+        ready = threading.Event()
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.server, self.port = self.loop.run_until_complete(create_server(settings))
+            except BaseException as exc:  # surfaced to the test
+                self.error = exc
+            ready.set()
+            if self.error is None:
+                self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="gateway", daemon=True)
+        self.thread.start()
+        ready.wait(120)
+        if self.error is not None:
+            raise self.error
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.GatewayStub(self.channel)
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        """Run a coroutine on the gateway's loop (for inspecting its internals)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.channel.close()
+        if self.server is not None:
+            self.call(self.server.stop(grace=2.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+def md(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def tool_request(name: str, arguments: dict[str, Any], request_id: str | None = None,
+                 ) -> pb.ExecuteRequest:
+    req = pb.ExecuteRequest(request_id=request_id or str(uuid.uuid4()),
+                            tool_call=pb.ToolCall(name=name))
+    req.tool_call.arguments.update(arguments)
+    return req
+
+
+def code_request(source: str, *, session_id: str | None = None, timeout_ms: int = 0,
+                 inputs: dict[str, Any] | None = None) -> pb.ExecuteRequest:
+    run = pb.CodeRun(source=source, timeout_ms=timeout_ms)
+    if session_id:
+        run.session_id = session_id
+    if inputs:
+        run.inputs.update(inputs)
+    return pb.ExecuteRequest(request_id=str(uuid.uuid4()), code_run=run)
+
+
+def error_of(err: grpc.RpcError) -> dict[str, Any]:
+    trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+    payload: dict[str, Any] = json.loads(trailers.get("switchboard-error", "{}"))
+    payload["trace_id"] = trailers.get("switchboard-trace-id", "")
+    return payload
+
+
+@contextmanager
+def demo_backends(state: Path) -> Iterator[dict[str, ServiceProcess]]:
+    """The ledger and workspace demo services as real uvicorn subprocesses on free ports."""
+    started: dict[str, ServiceProcess] = {}
+    try:
+        for name in ("ledger", "workspace"):
+            started[name] = spawn_service(
+                name, [sys.executable, "-m", f"gateway.demo.{name}", "--host", "127.0.0.1",
+                       "--port", "0", "--db", str(state / f"{name}.db")],
+                log_file=state / f"{name}.log")
+        yield started
+    finally:
+        for svc in started.values():
+            svc.stop()
+
+
+def gateway_settings(state: Path, backends: dict[str, ServiceProcess], **overrides: Any,
+                     ) -> Settings:
+    base = embedded_defaults(state)
+    return replace(
+        base,
+        listen="127.0.0.1:0",
+        backends=tuple(
+            BackendSettings(name=n, openapi=f"{s.url}/openapi.json", base_url=s.url)
+            for n, s in backends.items()),
+        idempotency=IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"),
+        audit=AuditSettings(file=state / "audit.jsonl", log_format="json"),
+        **overrides,
+    )
