@@ -3,6 +3,7 @@ search quality on the labelled query set (tests/data/github_search_queries.json)
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import time
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.catalog import Catalog, load_catalog_sync, python_signature, sdk_doc
+from gateway.catalog import (
+    Catalog,
+    describe_operation,
+    load_catalog_sync,
+    python_signature,
+    sdk_doc,
+)
 from gateway.models import BackendSettings
 from tests.catalog_support import GITHUB_SPEC, QUERIES
 
@@ -80,6 +87,14 @@ def test_arguments_and_locations(github: Catalog) -> None:
     assert v.is_valid({"owner": "o", "repo": "r", "title": "Bug"})
     assert not v.is_valid({"owner": "o", "repo": "r"})
     assert "github.repos_get_content" in {op.name for op in github.for_backend("github")}
+
+
+def test_every_signature_is_valid_python_and_json_ready(github: Catalog) -> None:
+    for op in github.operations:
+        ast.parse(f"def {python_signature(op)}: pass")
+        assert sdk_doc(op).strip()
+    described = describe_operation(github.require("github.pulls_get"))
+    assert json.loads(json.dumps(described))["signature"].startswith("pulls_get(owner: str")
 
 
 def test_load_time_is_reported(github: Catalog) -> None:

@@ -4,11 +4,12 @@ argument schemas, tags for the policy, BM25 search, and SDK signatures/docstring
 from gateway.catalog.catalog import Catalog, operation_digest
 from gateway.catalog.loader import fetch_spec, fetch_spec_sync, load_catalog, load_catalog_sync
 from gateway.catalog.openapi import COMPLIANCE_TAG, operations_from_openapi, snake_case
-from gateway.catalog.render import py_type, python_signature, sdk_doc
+from gateway.catalog.render import describe_operation, py_type, python_signature, sdk_doc
 
 __all__ = [
     "COMPLIANCE_TAG",
     "Catalog",
+    "describe_operation",
     "fetch_spec",
     "fetch_spec_sync",
     "load_catalog",

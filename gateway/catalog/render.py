@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.models import Operation
 
-__all__ = ["py_type", "python_signature", "sdk_doc"]
+__all__ = ["describe_operation", "py_type", "python_signature", "sdk_doc"]
 
 _SIMPLE = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
            "null": "None", "object": "dict"}
@@ -146,3 +146,20 @@ def sdk_doc(op: Operation, *, max_description: int = 1500) -> str:
         footer += f"; tags: {', '.join(op.tags)}"
     lines += ["", footer]
     return "\n".join(lines)
+
+
+def describe_operation(op: Operation) -> dict[str, Any]:
+    """A JSON-ready description of one operation (for DescribeOperation and the CLI)."""
+    return {
+        "name": op.name,
+        "backend": op.backend,
+        "operation_id": op.operation_id,
+        "summary": op.summary,
+        "description": op.description,
+        "tags": list(op.tags),
+        "method": op.method,
+        "path": op.path,
+        "signature": python_signature(op),
+        "input_schema": op.input_schema,
+        "output_schema": op.output_schema,
+    }
