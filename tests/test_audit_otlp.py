@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,28 @@ def test_otlp_only_without_file(tmp_path: Path) -> None:
             "policy.decide",
             "switchboard.v1.Gateway/Execute",
         ]
+
+
+_FORGETFUL = """
+import sys
+from pathlib import Path
+from gateway.audit import AuditSettings, setup_telemetry
+tel = setup_telemetry(AuditSettings(
+    file=Path(sys.argv[1]), otlp_endpoint=sys.argv[2], otlp_schedule_delay_ms=60_000))
+with tel.tracer.start_as_current_span("switchboard.v1.Gateway/Execute"):
+    pass
+# no tel.shutdown(): the interpreter exits with the span still queued for OTLP
+"""
+
+
+def test_queued_spans_are_flushed_at_interpreter_exit(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    with OtlpReceiver() as rx:
+        subprocess.run(
+            [sys.executable, "-c", _FORGETFUL, str(tmp_path / "a.jsonl"), rx.endpoint],
+            cwd=repo,
+            check=True,
+            timeout=30,
+        )
+        assert _names(rx.wait_for_spans_sync(1, timeout=5)) == [A.SPAN_EXECUTE]
+    assert verify_chain(tmp_path / "a.jsonl").records == 1

@@ -7,7 +7,9 @@ must write its own audit file. The sampler is ``ALWAYS_ON`` on purpose — a cli
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,15 @@ class Telemetry:
         self._otlp_processor = otlp_processor
         self._closed = False
         self.tracer: trace.Tracer = provider.get_tracer(_SCOPE)
+        ref = weakref.ref(self)
+
+        def _at_exit() -> None:  # a forgotten shutdown still fsyncs and flushes (bounded)
+            tel = ref()
+            if tel is not None:
+                tel.shutdown(timeout_ms=2000)
+
+        self._at_exit = _at_exit
+        atexit.register(_at_exit)
 
     @property
     def audit_file(self) -> Path | None:
@@ -145,6 +156,7 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._at_exit)
         if self._file_processor is not None:
             self._file_processor.shutdown()
         worker = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
