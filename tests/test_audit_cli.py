@@ -265,3 +265,22 @@ def test_record_outcome(
         assert "exception.stacktrace" not in rec["events"][0]["attributes"]
     if isinstance(error, RuntimeError):
         assert "exception.stacktrace" in rec["events"][0]["attributes"]
+
+
+def test_default_streams_and_one_tree_per_call(
+    tel: Telemetry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx = extract_trace_context([("traceparent", f"00-{TRACE}-{PARENT}-01")])
+    simulate_tool_call(tel.tracer, context=ctx, request_id="first")
+    simulate_denial(tel.tracer, request_id="second")
+    simulate_tool_call(tel.tracer, context=ctx, request_id="third")
+    file = tmp_path / "audit.jsonl"
+    assert cli_audit_show(TRACE, file) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    roots = [i for i, ln in enumerate(out.out.splitlines()) if ln.startswith(A.SPAN_EXECUTE)]
+    assert len(roots) == 2 and out.out.splitlines()[roots[1] - 1] == ""
+    assert "first" in out.out and "third" in out.out and "second" not in out.out
+    assert cli_audit_show("f" * 32, file) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "no audit records" in out.err

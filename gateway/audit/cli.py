@@ -162,7 +162,9 @@ def render_trace(spans: list[dict[str, Any]]) -> str:
             last = i == len(kids) - 1
             walk(kid, lead + cont, "└─ " if last else "├─ ", "   " if last else "│  ")
 
-    for root in children.get(None, []):
+    for i, root in enumerate(children.get(None, [])):
+        if i:
+            out.append("")  # calls sharing the agent's trace id: one tree each
         walk(root, "", "", "")
     return "\n".join(out)
 
@@ -170,18 +172,22 @@ def render_trace(spans: list[dict[str, Any]]) -> str:
 def cli_audit_show(
     trace_id: str, file: Path, tenant: str | None = None, *, out: TextIO | None = None
 ) -> int:
-    """Print the call(s) of ``trace_id`` as a span tree; 1 if unknown (or another tenant's)."""
+    """Print the call(s) of ``trace_id`` as a span tree; 1 if unknown (or another tenant's).
+
+    Errors go to stderr (or to ``out`` when given).
+    """
     stdout = out or sys.stdout
+    stderr = out or sys.stderr
     if not normalize_trace_id(trace_id):
-        print(f"error: {trace_id!r} is not a trace id (32 hex digits)", file=stdout)
+        print(f"error: {trace_id!r} is not a trace id (32 hex digits)", file=stderr)
         return 1
     if not Path(file).exists():
-        print(f"error: audit file {file} does not exist", file=stdout)
+        print(f"error: audit file {file} does not exist", file=stderr)
         return 1
     spans = read_trace(file, trace_id, tenant)
     if not spans:
         scope = f" for tenant {tenant!r}" if tenant is not None else ""
-        print(f"error: no audit records for trace {trace_id}{scope} in {file}", file=stdout)
+        print(f"error: no audit records for trace {trace_id}{scope} in {file}", file=stderr)
         return 1
     print(render_trace(spans), file=stdout)
     return 0
@@ -190,8 +196,9 @@ def cli_audit_show(
 def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
     """Check the hash chain; print the first broken line. 0 intact, 1 broken or missing."""
     stdout = out or sys.stdout
+    stderr = out or sys.stderr
     if not Path(file).exists():
-        print(f"error: audit file {file} does not exist", file=stdout)
+        print(f"error: audit file {file} does not exist", file=stderr)
         return 1
     report = verify_chain(Path(file))
     if report.ok:
