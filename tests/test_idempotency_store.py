@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import uuid
 import sys
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tools_support import ROOT
+from tools_support import ROOT, postgres_server
 
 from gateway.errors import ConfigError
-from gateway.tools import IdempotencySettings, open_idempotency_store
+from gateway.tools import IdempotencySettings, IdempotencyStore, open_idempotency_store
 from gateway.tools.idempotency import new_owner_id, owner_alive
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
 
@@ -22,19 +22,39 @@ ME = new_owner_id()
 OTHER = new_owner_id()  # same process, other channel: alive
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteIdempotencyStore]:
-    s = SQLiteIdempotencyStore(tmp_path / "idem.db")
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str | None]:
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
+    """Every protocol test runs on each store (PostgreSQL only where a server is installed)."""
+    s: IdempotencyStore
+    if request.param == "sqlite":
+        s = SQLiteIdempotencyStore(tmp_path / "idem.db")
+    else:
+        dsn = request.getfixturevalue("pg_dsn")
+        if dsn is None:
+            pytest.skip("PostgreSQL is not installed here (set SWITCHBOARD_TEST_POSTGRES_DSN)")
+        import psycopg
+
+        from gateway.tools.postgres_store import PostgresIdempotencyStore
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS switchboard_idempotency")
+        s = PostgresIdempotencyStore(dsn)
     yield s
     await s.aclose()
 
 
-async def begin(store: SQLiteIdempotencyStore, owner: str, fp: str = "fp", key: str = "k",
+async def begin(store: IdempotencyStore, owner: str, fp: str = "fp", key: str = "k",
                 lease_s: float = 30.0, ttl_s: float = 60.0):  # type: ignore[no-untyped-def]
     return await store.begin(key, fp, "svc.op", owner=owner, lease_s=lease_s, ttl_s=ttl_s)
 
 
-async def test_claim_block_complete_replay(store: SQLiteIdempotencyStore) -> None:
+async def test_claim_block_complete_replay(store: IdempotencyStore) -> None:
     first = await begin(store, ME)
     assert first.claimed and first.record.state == "pending" and first.record.attempts == 0
     second = await begin(store, OTHER)
@@ -47,14 +67,14 @@ async def test_claim_block_complete_replay(store: SQLiteIdempotencyStore) -> Non
     assert done.record.outcome == {"result": {"id": "T1"}} and done.record.attempts == 1
 
 
-async def test_different_fingerprint_never_claimed(store: SQLiteIdempotencyStore) -> None:
+async def test_different_fingerprint_never_claimed(store: IdempotencyStore) -> None:
     await begin(store, ME, lease_s=0.0)
     other = await begin(store, OTHER, fp="different")
     assert not other.claimed and other.record.fingerprint == "fp"
 
 
 async def test_expired_lease_taken_over_with_attempt_history(
-        store: SQLiteIdempotencyStore) -> None:
+        store: IdempotencyStore) -> None:
     await begin(store, ME, lease_s=0.05)
     await store.mark_sent("k", ME)
     await asyncio.sleep(0.06)
@@ -64,7 +84,7 @@ async def test_expired_lease_taken_over_with_attempt_history(
     assert await store.heartbeat("k", OTHER, 30)
 
 
-async def test_dead_owner_taken_over_before_lease_ends(store: SQLiteIdempotencyStore) -> None:
+async def test_dead_owner_taken_over_before_lease_ends(store: IdempotencyStore) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c",
          "import sys; sys.path.insert(0, sys.argv[1]);"
@@ -83,7 +103,7 @@ async def test_dead_owner_taken_over_before_lease_ends(store: SQLiteIdempotencyS
     assert owner_alive("elsewhere|pid:[1]/123/456/ab") is None  # other machine: lease decides
 
 
-async def test_abandon_retract_deletes_or_keeps_history(store: SQLiteIdempotencyStore) -> None:
+async def test_abandon_retract_deletes_or_keeps_history(store: IdempotencyStore) -> None:
     await begin(store, ME)
     await store.mark_sent("k", ME)
     await store.abandon("k", ME, retract_attempt=True)
@@ -98,7 +118,7 @@ async def test_abandon_retract_deletes_or_keeps_history(store: SQLiteIdempotency
     assert (await begin(store, OTHER)).claimed
 
 
-async def test_ttl_expiry_and_purge(store: SQLiteIdempotencyStore) -> None:
+async def test_ttl_expiry_and_purge(store: IdempotencyStore) -> None:
     await begin(store, ME, key="a")
     await store.complete("a", ME, {"result": 1}, ttl_s=0.05)
     await begin(store, ME, key="b")
@@ -129,14 +149,14 @@ async def test_outcome_survives_reopen(tmp_path: Path) -> None:
 
 
 RACER = """
-import asyncio, json, sys, time
+import asyncio, json, sys
 sys.path.insert(0, sys.argv[1])
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
 from gateway.tools.idempotency import new_owner_id
 async def main():
     s = SQLiteIdempotencyStore(sys.argv[2])
-    while time.time() < float(sys.argv[3]):
-        await asyncio.sleep(0.001)
+    print("READY", flush=True)
+    sys.stdin.readline()  # the starting gun: all racers claim at once
     res = await s.begin("race", "fp", "svc.op", owner=new_owner_id(), lease_s=30, ttl_s=60)
     print(json.dumps(res.claimed), flush=True)
     sys.stdin.read()  # stay alive (a live owner) until every racer has answered
@@ -147,17 +167,22 @@ asyncio.run(main())
 async def test_processes_racing_for_one_key_one_wins(tmp_path: Path) -> None:
     path = tmp_path / "race.db"
     SQLiteIdempotencyStore(path)._db.close()
-    start_at = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(path), str(start_at)],
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(6)]
+             for _ in range(5)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     claimed = []
     for p in procs:
         assert p.stdout is not None
         claimed.append(json.loads(p.stdout.readline()))
     for p in procs:
         p.communicate(timeout=30)
-    assert sorted(claimed) == [False] * 5 + [True]
+    assert sorted(claimed) == [False] * 4 + [True]
 
 
 def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,3 +199,36 @@ def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         with pytest.raises(ConfigError) as exc:
             open_idempotency_store(IdempotencySettings(dsn=bad))
         assert exc.value.field == "idempotency.dsn"
+
+
+async def test_postgres_replicas_share_one_effect(pg_dsn: str | None) -> None:
+    """Two gateway replicas (own client, own store connection pool) on one PostgreSQL."""
+    if pg_dsn is None:
+        pytest.skip("PostgreSQL is not installed here (set SWITCHBOARD_TEST_POSTGRES_DSN)")
+    import asyncio as aio
+
+    from tools_support import PRINCIPAL, Scripted, op, serve_backend
+
+    from gateway.models import BackendSettings
+    from gateway.tools import BackendClient, ToolChannel
+
+    with serve_backend() as backend:
+        backend.script("pay", Scripted(201, {"id": "T9"}, delay_s=0.3))
+        replicas = []
+        for _ in range(2):
+            client = BackendClient({"svc": BackendSettings(name="svc", base_url=backend.url)})
+            store = open_idempotency_store(IdempotencySettings(dsn=pg_dsn))
+            replicas.append((client, store, ToolChannel(client, store)))
+        rid = f"pg-{uuid.uuid4()}"
+        try:
+            outs = await aio.gather(*(
+                replicas[i % 2][2].execute(op("pay", "POST"), {"n": 1}, request_id=rid,
+                                           principal=PRINCIPAL, strict=False)
+                for i in range(10)))
+        finally:
+            for client, store, _ in replicas:
+                await client.aclose()
+                await store.aclose()
+    assert backend.hits["pay"] == 1
+    assert {o.result["id"] for o in outs} == {"T9"}
+    assert sum(not o.replayed for o in outs) == 1

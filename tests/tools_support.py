@@ -273,3 +273,65 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------- a throwaway PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@contextmanager
+def postgres_server() -> Iterator[str | None]:
+    """A DSN for a real PostgreSQL: ``SWITCHBOARD_TEST_POSTGRES_DSN`` if set, else a private
+    cluster on a Unix socket (no TCP port) in a temp dir; None when no server is installed."""
+    if os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN"):
+        yield os.environ["SWITCHBOARD_TEST_POSTGRES_DSN"]
+        return
+    initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
+    if not initdb or not postgres:
+        yield None
+        return
+    import pwd
+    import shutil
+    import tempfile
+
+    user: dict[str, Any] = {}
+    base = Path(tempfile.mkdtemp(prefix="sb-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    data, sock = base / "data", base
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run([initdb, "-D", str(data), "-A", "trust", "-U", "switchboard",
+                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True, **user)
+        proc = subprocess.Popen(
+            [postgres, "-D", str(data), "-k", str(sock), "-c", "listen_addresses=",
+             "-F", "-p", "5432"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **user)
+        deadline = time.monotonic() + 30
+        ready = [_pg_bin("pg_isready") or "pg_isready", "-q", "-h", str(sock), "-p", "5432"]
+        while subprocess.run(ready).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {proc.stderr.read()!r}"
+                                   if proc.stderr else "postgres did not start")
+            time.sleep(0.05)
+        yield f"postgresql://switchboard@/postgres?host={sock}"
+    finally:
+        if proc is not None:
+            proc.send_signal(2)  # SIGINT: fast shutdown
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""Pick the idempotency store named by a DSN: ``sqlite:///path`` (embedded default),
-``postgresql://...`` or ``redis://...`` (shared by several replicas)."""
+"""Pick the idempotency store named by a DSN: ``sqlite:///path`` (embedded default) or
+``postgresql://...`` (shared by several replicas; needs the optional ``psycopg``)."""
 
 from __future__ import annotations
 
@@ -27,5 +27,9 @@ def open_idempotency_store(settings: IdempotencySettings) -> IdempotencyStore:
     scheme = urlsplit(settings.dsn).scheme
     if scheme == "sqlite":
         return SQLiteIdempotencyStore(_sqlite_path(settings.dsn))
+    if scheme in ("postgresql", "postgres"):
+        from gateway.tools.postgres_store import PostgresIdempotencyStore
+
+        return PostgresIdempotencyStore(settings.dsn)
     raise ConfigError(f"idempotency dsn {settings.dsn!r}: unsupported scheme {scheme!r} "
-                      "(use sqlite:///PATH)", field="idempotency.dsn")
+                      "(use sqlite:///PATH or postgresql://...)", field="idempotency.dsn")
