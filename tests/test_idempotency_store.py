@@ -1,12 +1,13 @@
-"""The SQLite idempotency store: claims, leases, dead owners, outcomes, cross-process races."""
+"""Idempotency stores (SQLite; PostgreSQL where installed): claims, leases, dead owners,
+outcomes, cross-process races, replicas sharing one store."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import subprocess
-import uuid
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
