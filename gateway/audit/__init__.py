@@ -26,6 +26,7 @@ from gateway.audit.telemetry import (
     inject_trace_context,
     setup_telemetry,
 )
+from gateway.audit.tracing import contextual_tracer
 
 __all__ = [
     "GENESIS",
@@ -38,6 +39,7 @@ __all__ = [
     "cli_audit_show",
     "cli_audit_verify",
     "configure_logging",
+    "contextual_tracer",
     "digest",
     "extract_trace_context",
     "inject_trace_context",

@@ -30,6 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.audit.chain import AuditLog, FsyncPolicy
 from gateway.audit.export import GuardedExporter, JsonlSpanExporter
+from gateway.audit.tracing import register_provider, unregister_provider
 from gateway.errors import ConfigError
 
 __all__ = [
@@ -110,7 +111,9 @@ class Telemetry:
         self._otlp = otlp
         self._otlp_processor = otlp_processor
         self._closed = False
-        self.tracer: trace.Tracer = provider.get_tracer(_SCOPE)
+        self._tracers: dict[str, trace.Tracer] = {}
+        self.tracer: trace.Tracer = self.tracer_for(_SCOPE)
+        register_provider(provider.resource, self)
         ref = weakref.ref(self)
 
         def _at_exit() -> None:  # a forgotten shutdown still fsyncs and flushes (bounded)
@@ -120,6 +123,13 @@ class Telemetry:
 
         self._at_exit = _at_exit
         atexit.register(_at_exit)
+
+    def tracer_for(self, name: str) -> trace.Tracer:
+        """A tracer of this gateway's provider with instrumentation scope ``name``."""
+        tracer = self._tracers.get(name)
+        if tracer is None:
+            tracer = self._tracers.setdefault(name, self._provider.get_tracer(name))
+        return tracer
 
     @property
     def audit_file(self) -> Path | None:
@@ -157,6 +167,7 @@ class Telemetry:
             return
         self._closed = True
         atexit.unregister(self._at_exit)
+        unregister_provider(self._provider.resource)
         if self._file_processor is not None:
             self._file_processor.shutdown()
         worker = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
