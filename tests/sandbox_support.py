@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest_asyncio
+
 from gateway.errors import BackendError, PolicyDenied
 from gateway.models import Limits
-from gateway.sandbox import RunRequest, SandboxEvent, SdkFunction
+from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SandboxSettings, SdkFunction
+
+SENTINEL_ENV = "SWITCHBOARD_SANDBOX_TEST_SECRET"
+
+
+# One pool per test process, shared by test_sandbox.py and test_sandbox_escapes.py (they load
+# this module with `pytest_plugins`): starting Deno + Pyodide is the expensive part.
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pool() -> AsyncIterator[SandboxPool]:
+    os.environ[SENTINEL_ENV] = "hunter2"  # must never be visible inside the sandbox
+    p = SandboxPool(SandboxSettings(workers=2, spares=2))
+    await p.start()
+    yield p
+    await p.close()
+    os.environ.pop(SENTINEL_ENV, None)
 
 SDK = (
     SdkFunction(
