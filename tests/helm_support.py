@@ -4,6 +4,7 @@ split the manifests into objects, and find pods/containers in them."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "decode_secret",
     "gateway_config",
     "load_scenario",
+    "materialize",
     "pod_specs",
     "render",
 ]
@@ -114,3 +116,69 @@ def gateway_config(rendered: Rendered) -> dict[str, Any]:
 
 def decode_secret(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
+
+
+def _rebase(text: str, root: Path) -> str:
+    """Point the container paths the chart uses into ``root``."""
+    pattern = r"(?<![\w.-])(/etc/switchboard|/var/lib/switchboard|/tmp)(?![\w.-])"
+    return re.sub(pattern, lambda m: f"{root}{m.group(1)}", text)
+
+
+def materialize(
+    rendered: Rendered,
+    root: Path,
+    *,
+    external_secrets: dict[str, dict[str, str]] | None = None,
+    listen: str | None = None,
+) -> tuple[Path, dict[str, str], list[str]]:
+    """Lay out what the gateway container would see, under ``root``: the config file, the
+    secret files and policy files at their mount paths, the state and /tmp volumes, and the
+    container's environment (downward API and secretKeyRef values resolved). Returns
+    (config path, environment, container args with paths rebased)."""
+    secrets: dict[str, dict[str, str]] = dict(external_secrets or {})
+    for s in rendered.of_kind("Secret"):
+        secrets[s["metadata"]["name"]] = {k: decode_secret(s, k) for k in s.get("data", {})}
+    configmaps = {c["metadata"]["name"]: c for c in rendered.of_kind("ConfigMap")}
+    pod = rendered.pod
+    gw = rendered.container("gateway")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for m in gw["volumeMounts"]:
+        target = Path(f"{root}{m['mountPath']}")
+        vol = volumes[m["name"]]
+        if "emptyDir" in vol or "persistentVolumeClaim" in vol:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if "configMap" in vol:
+            data = configmaps[vol["configMap"]["name"]]["data"]
+        else:
+            data = secrets[vol["secret"]["secretName"]]
+            items = vol["secret"].get("items")
+            if items and "subPath" not in m:
+                data = {i["path"]: data[i["key"]] for i in items}
+        if "subPath" in m:
+            files = {target: data[m["subPath"]]}
+        else:
+            files = {target / key: value for key, value in data.items()}
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = _rebase(content, root) if path.name == "config.yaml" else content
+            path.write_text(text)
+    config = Path(f"{root}/etc/switchboard/config.yaml")
+    if listen:
+        raw = yaml.safe_load(config.read_text())
+        raw["listen"] = listen
+        config.write_text(yaml.safe_dump(raw))
+    fields = {"metadata.name": "sb-switchboard-7d9f-abcde", "metadata.namespace": NAMESPACE,
+              "spec.nodeName": "node-1"}
+    env: dict[str, str] = {}
+    for e in gw["env"]:
+        if "value" in e:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), ""), e["value"])
+            env[e["name"]] = _rebase(value, root)
+        elif "fieldRef" in e["valueFrom"]:
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets[ref["name"]][ref["key"]]
+    env["TMPDIR"] = f"{root}/tmp"
+    return config, env, [_rebase(a, root) for a in gw["args"]]
