@@ -286,6 +286,18 @@ def test_mutual_recursion_and_ref_siblings_in_31() -> None:
     assert not v.is_valid({"b": {"a": {"b": 5}}})
 
 
+def test_undeclared_path_variables_become_required_arguments() -> None:
+    spec = {"openapi": "3.1.0", "paths": {"/orgs/{org}/teams/{team-slug}": {"get": {
+        "operationId": "get_team",
+        "parameters": [{"name": "org", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {}}}}}
+    op = operations_from_openapi(BackendSettings(name="x"), spec)[0]
+    assert op.parameters == (Parameter("org", "path", True, ""),
+                             Parameter("team_slug", "path", True, "team-slug"))
+    assert op.input_schema["required"] == ["org", "team_slug"]
+
+
 def test_swagger_2_is_rejected_clearly() -> None:
     with pytest.raises(ConfigError, match=r"only OpenAPI 3\.0/3\.1"):
         operations_from_openapi(BackendSettings(name="old"), {"swagger": "2.0", "paths": {}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -126,17 +127,27 @@ def test_openapi_has_compliance_extension(ledger: DemoService) -> None:
 
 def test_respond_delay_happens_after_commit(tmp_path: Path) -> None:
     db = tmp_path / "slow.db"
-    with demo_service("ledger", db, env={"LEDGER_RESPOND_DELAY_MS": "1500"}) as svc:
+    with demo_service("ledger", db, env={"LEDGER_RESPOND_DELAY_MS": "2000"}) as svc:
         body = {"from_account": "A1", "to_account": "A2", "amount": 2}
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{svc.url}/transfers", json=body, timeout=0.5,
-                       headers={"Idempotency-Key": "slow-1"})
-        # The effect is durable before the response would have been sent.
-        rows = _rows(db, "SELECT idempotency_key FROM transfers")
-        assert rows == [("slow-1",)]
-        start = time.monotonic()
-        r = httpx.post(f"{svc.url}/transfers", json=body, timeout=10)
-        assert r.status_code == 201 and time.monotonic() - start >= 1.4
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            start = time.monotonic()
+            r = httpx.post(f"{svc.url}/transfers", json=body, timeout=30,
+                           headers={"Idempotency-Key": "slow-1"})
+            result.update(status=r.status_code, elapsed=time.monotonic() - start)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 20
+        while not _rows(db, "SELECT 1 FROM transfers") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The effect is durable while the response is still being held back.
+        assert _rows(db, "SELECT idempotency_key FROM transfers") == [("slow-1",)]
+        assert caller.is_alive() and not result
+        caller.join(timeout=30)
+        assert result["status"] == 201
+        assert result["elapsed"] >= 2.0  # type: ignore[operator]
         assert svc.stop() == 0  # SIGTERM: graceful exit
 
 

@@ -137,6 +137,18 @@ class _Builder:
                 required.append(name)
             params.append(Parameter(name, where, is_required, wire if wire != name else ""))  # type: ignore[arg-type]
 
+        # A path template variable the spec forgot to declare is still a required argument.
+        declared = {p.wire_name or p.name for p in params if p.location == "path"}
+        for wire in re.findall(r"{([^{}/]+)}", path):
+            if wire not in declared:
+                name = arg_name(wire)
+                if name in properties:
+                    name = f"{name}_path"
+                properties[name] = {"type": "string"}
+                required.append(name)
+                params.append(Parameter(name, "path", True, wire if wire != name else ""))
+                declared.add(wire)
+
         root_extra: dict[str, Any] = {}
         body_as_argument = False
         body = deref(self.spec, op.get("requestBody")) if op.get("requestBody") else None
