@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,21 @@ def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart)
     assert "otlp_endpoint" not in config["audit"]
     assert config["sandbox"] == {"workers": 2, "session_idle_s": 300}
     assert yaml.safe_load(yaml.safe_dump(config)) == config
+
+
+def test_packaged_chart_ships_policies_without_tests(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    """`helm package` keeps the Rego and data but drops *_test.rego (.helmignore), and the
+    archive renders exactly like the directory."""
+    archive = helm_python.package(CHART_DIR, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "switchboard/policies/switchboard/routing.rego" in names
+    assert "switchboard/policies/switchboard/data.json" in names
+    assert "switchboard/values.schema.json" in names
+    assert not [n for n in names if n.endswith("_test.rego")]
+    with helm_python.Chart.load(archive) as packaged:
+        values = load_scenario("production-values.yaml")
+        assert packaged.render(values, name="sb", namespace=NAMESPACE) == chart.render(
+            values, name="sb", namespace=NAMESPACE)
