@@ -125,6 +125,14 @@ def test_redact_paths() -> None:
     assert value["a"]["b"] == 1
     assert redact(value, ["a"]) == {"a": "[redacted]", "x": "keep"}
     assert redact([1, 2], ["1"]) == [1, "[redacted]"]
+    # A shorter path wins whatever the order; "*" covers every key or element.
+    assert (
+        redact(value, ["a.b", "a"])
+        == redact(value, ["a", "a.b"])
+        == {"a": "[redacted]", "x": "keep"}
+    )
+    assert redact({"k": {"p": 1, "q": 2}}, ["k.*"]) == {"k": {"p": "[redacted]", "q": "[redacted]"}}
+    assert redact(value, []) is value
 
 
 def test_build_input_shape() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,25 +45,56 @@ def build_input(
     }
 
 
-def _redact_path(value: Any, parts: list[str]) -> Any:
-    if not parts:
-        return REDACTED
-    head, rest = parts[0], parts[1:]
+_LEAF: dict[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _trie(mask: tuple[str, ...]) -> dict[str, Any]:
+    """The mask as a tree of path segments; a path ending at a node makes it a leaf."""
+    root: dict[str, Any] = {}
+    for path in mask:
+        parts = [p for p in path.split(".") if p]
+        if not parts:
+            continue
+        node = root
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is _LEAF:
+                break  # a shorter path already redacts this whole subtree
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = _LEAF
+    return root
+
+
+def _apply(value: Any, node: dict[str, Any]) -> Any:
     if isinstance(value, dict):
-        if head == "*":
-            return {k: _redact_path(v, rest) for k, v in value.items()}
-        if head in value:
-            out = dict(value)
-            out[head] = _redact_path(value[head], rest)
-            return out
-        return value
+        out: dict[str, Any] | None = None
+        for key, child in node.items():
+            targets = value.keys() if key == "*" else ((key,) if key in value else ())
+            for k in targets:
+                new = REDACTED if child is _LEAF else _apply(value[k], child)
+                if new is not value[k]:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+        return value if out is None else out
     if isinstance(value, list):
-        if head == "*":
-            return [_redact_path(v, rest) for v in value]
-        if head.isdigit() and int(head) < len(value):
-            out_list = list(value)
-            out_list[int(head)] = _redact_path(value[int(head)], rest)
-            return out_list
+        items: list[Any] | None = None
+        for key, child in node.items():
+            if key == "*":
+                idx: range | tuple[int, ...] = range(len(value))
+            elif key.isdigit() and int(key) < len(value):
+                idx = (int(key),)
+            else:
+                continue
+            for i in idx:
+                new = REDACTED if child is _LEAF else _apply(value[i], child)
+                if new is not value[i]:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+        return value if items is None else items
     return value
 
 
@@ -73,9 +105,6 @@ def redact(value: Any, mask: Sequence[str]) -> Any:
     list element, a number indexes a list. Missing paths are ignored; the input is not mutated
     (untouched branches are shared, touched ones copied).
     """
-    out = value
-    for path in mask:
-        parts = [p for p in path.split(".") if p]
-        if parts:
-            out = _redact_path(out, parts)
-    return out
+    if not mask:
+        return value
+    return _apply(value, _trie(tuple(mask)))
