@@ -141,3 +141,23 @@ def test_non_openapi_file_is_rejected(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="not an OpenAPI document"):
         load_catalog_sync([BackendSettings(name="x", openapi=str(bad))])
+
+
+def test_catalog_rejects_duplicate_operation_names(demo: Catalog) -> None:
+    op = demo.require("ledger.get_balance")
+    with pytest.raises(ConfigError, match="duplicate operation name"):
+        Catalog([op, op])
+
+
+def test_backend_credentials_only_go_to_the_backend_origin() -> None:
+    from gateway.catalog.loader import _headers_for
+
+    secret = {"Authorization": "Bearer s3cret"}
+    own = BackendSettings(name="x", openapi="https://api.example/openapi.json",
+                          base_url="https://api.example", headers=secret)
+    assert _headers_for(own, own.openapi or "") == secret
+    elsewhere = BackendSettings(name="x", openapi="https://raw.example/spec.json",
+                                base_url="https://api.example", headers=secret)
+    assert _headers_for(elsewhere, elsewhere.openapi or "") == {}
+    unknown = BackendSettings(name="x", openapi="https://api.example/spec.json", headers=secret)
+    assert _headers_for(unknown, unknown.openapi or "") == secret

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.catalog import load_catalog
+from gateway.errors import ConfigError
 from gateway.models import BackendSettings
 from tests.catalog_support import DemoService, demo_service
 
@@ -231,3 +232,11 @@ async def test_catalog_from_running_services_openapi_urls(
     assert transfer.input_schema["additionalProperties"] is False
     assert transfer.output_schema is not None
     assert transfer.output_schema["properties"]["idempotency_key"]
+
+
+async def test_catalog_from_a_url_that_is_not_a_spec(ledger: DemoService) -> None:
+    with pytest.raises(ConfigError, match="returned HTTP 404") as info:
+        await load_catalog([BackendSettings(name="ledger", openapi=f"{ledger.url}/nope.json")])
+    assert info.value.field == "backends.ledger.openapi"
+    with pytest.raises(ConfigError, match="not an OpenAPI"):
+        await load_catalog([BackendSettings(name="ledger", openapi=f"{ledger.url}/accounts")])
