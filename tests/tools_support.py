@@ -105,6 +105,7 @@ def serve_backend() -> Iterator[Backend]:
     backend = Backend()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     backend.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

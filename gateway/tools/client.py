@@ -15,6 +15,7 @@ import email.utils
 import importlib
 import json
 import random
+import socket
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -175,6 +176,10 @@ class BackendClient:
             base_url = settings.base_url
             if transport is None and not base_url and settings.app:
                 transport = httpx.ASGITransport(app=_load_app(settings.app))
+            if transport is None and base_url:
+                # Like Envoy upstreams: no Nagle delay on small request writes.
+                transport = httpx.AsyncHTTPTransport(
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
             if not base_url:
                 if transport is None:
                     raise ConfigError(f"backend {name!r} has neither base_url nor app",
