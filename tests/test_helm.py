@@ -135,6 +135,7 @@ def test_schema_rejects_more_bad_values(
         ({"identity": {"jwt": {"enabled": True}}}, "identity.jwt.enabled needs secrets.jwksUrl"),
         ({"idempotency": {"fromSecret": True}}, "needs secrets.idempotencyDsn"),
         ({"secrets": {"create": False}}, "set secrets.create=true or secrets.existingSecret"),
+        ({"terminationGracePeriodSeconds": 12}, "terminationGracePeriodSeconds must exceed"),
         ({"policy": {"engine": "embedded"}, "opa": {"bundle": {"url": "https://b.example/x"}}},
          "opa.bundle.url needs policy.engine=opa"),
         ({"networkPolicy": {"enabled": True},

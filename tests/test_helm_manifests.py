@@ -148,6 +148,9 @@ def test_gateway_probes_are_grpc_health(scenarios: dict[str, Rendered], scenario
     assert gw["livenessProbe"]["grpc"]["service"] == ""
     assert gw["readinessProbe"]["grpc"]["service"] == "switchboard.v1.Gateway"
     assert gw["args"] == ["serve", "--config", "/etc/switchboard/config.yaml"]
+    sleep = gw["lifecycle"]["preStop"]["exec"]["command"]
+    grace = scenarios[scenario].pod["terminationGracePeriodSeconds"]
+    assert sleep[0] == "sleep" and int(sleep[1]) + 10 < grace
 
 
 def test_services_and_ports(scenarios: dict[str, Rendered]) -> None:

@@ -233,6 +233,9 @@ checksum/policies rolls the pods on every change.
 {{- if and $v.opa.bundle.url (eq $v.policy.engine "embedded") -}}
 {{- fail "opa.bundle.url needs policy.engine=opa (the embedded engine reads the policies ConfigMap)" -}}
 {{- end -}}
+{{- if le (int $v.terminationGracePeriodSeconds) (add (int $v.gateway.preStopSleepSeconds) 10 | int) -}}
+{{- fail "terminationGracePeriodSeconds must exceed gateway.preStopSleepSeconds + 10 (the gateway's drain grace)" -}}
+{{- end -}}
 {{- if gt (int $v.opa.bundle.minDelaySeconds) (int $v.opa.bundle.maxDelaySeconds) -}}
 {{- fail "opa.bundle.minDelaySeconds must not exceed opa.bundle.maxDelaySeconds" -}}
 {{- end -}}
