@@ -133,3 +133,30 @@ def test_eval_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli_policy_eval(ps.POLICY_DIR, tmp_path / "missing.json") == 2
     bad.write_text("[1]")
     assert cli_policy_eval(ps.POLICY_DIR, bad) == 2
+
+
+def test_bench_script_runs(tmp_path: Path) -> None:
+    """bench/policy_bench.py is run by hand; a tiny run here keeps it from rotting."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ps.REPO / "bench" / "policy_bench.py"),
+            "--n",
+            "60",
+            "--n-opa",
+            "20",
+            "--concurrency",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| embedded decide() full path, cache | 60 |") for r in rows)
+    assert any(r.startswith("| opa REST decide(), 2 in flight | 20 |") for r in rows)

@@ -268,3 +268,28 @@ async def test_other_thread_gets_its_own_engine(engine: EmbeddedPolicyEngine) ->
         lambda: asyncio.run(engine.decide(tool(ps.FINANCE, "ledger.create_transfer")))
     )
     assert got.route == want.route == "tool" and got.reasons == want.reasons
+
+
+async def test_decide_span_attributes(
+    engine: EmbeddedPolicyEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A private SDK provider (tests may use the SDK; gateway/policy only uses the API), patched
+    # in so no global tracer provider is touched.
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.policy import decisionlog
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(decisionlog, "tracer", provider.get_tracer("switchboard.policy"))
+    monkeypatch.setattr("gateway.policy.embedded.tracer", provider.get_tracer("switchboard.policy"))
+    d = await engine.decide(tool(ps.AGENT, "ledger.create_transfer"))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "policy.decide"
+    assert span.attributes is not None
+    assert span.attributes["switchboard.decision_id"] == d.decision_id
+    assert span.attributes["switchboard.route"] == "deny"
+    assert span.attributes["switchboard.policy_revision"] == engine.revision

@@ -120,6 +120,7 @@ async def test_unreachable_opa_denies() -> None:
 
 async def test_not_started_and_bad_url() -> None:
     eng = create_policy_engine(PolicySettings(engine="opa"))
+    assert eng.revision == "opa:127.0.0.1:8181"  # until OPA reports a bundle revision
     d = await eng.decide(code_run(ps.AGENT))
     assert d.route == "deny" and d.error_code == "policy_error"
     with pytest.raises(ConfigError):
