@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `switchboard audit show ID | head`
+        sys.stderr.close()
+        return 0
     return code
 
 

@@ -51,8 +51,9 @@ def decision_pb(d: Decision) -> pb.Decision:
                          max_output_bytes=d.limits.max_output_bytes))
 
 
-def to_action(request: pb.ExecuteRequest) -> Action:
-    """Validate the request envelope; the arguments themselves are checked by the schema."""
+def to_action(request: pb.ExecuteRequest, *, explain: bool = False) -> Action:
+    """Validate the request envelope; the arguments themselves are checked by the schema.
+    ``Explain`` executes nothing, so it needs no idempotency key."""
     which = request.WhichOneof("action")
     if which is None:
         raise InvalidRequest("exactly one of tool_call or code_run is required", field="action")
@@ -64,7 +65,7 @@ def to_action(request: pb.ExecuteRequest) -> Action:
         call = request.tool_call
         if not call.name:
             raise InvalidRequest("tool_call.name is required", field="tool_call.name")
-        if not request.request_id:
+        if not request.request_id and not explain:
             raise InvalidRequest("request_id is required for tool calls (it is the idempotency "
                                  "key)", field="request_id")
         return ToolAction(request_id=request.request_id, name=call.name,
@@ -176,7 +177,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Explain(self, request: pb.ExecuteRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.Decision:
-        return decision_pb(await self.pipeline.explain(current_principal(), to_action(request)))
+        action = to_action(request, explain=True)
+        return decision_pb(await self.pipeline.explain(current_principal(), action))
 
 
 def _event_pb(event: SandboxEvent) -> pb.ExecuteEvent:

@@ -167,8 +167,9 @@ def test_explain_does_not_execute(gateway: RunningGateway, backends: dict[str, o
     decision = gateway.stub.Explain(tool_request("ledger.create_transfer", TRANSFER),
                                     metadata=md("dev-agent"), timeout=10)
     assert decision.route == "deny" and decision.reasons
-    allowed = gateway.stub.Explain(tool_request("ledger.create_transfer", TRANSFER),
-                                   metadata=md("dev-finance"), timeout=10)
+    no_key = tool_request("ledger.create_transfer", TRANSFER)
+    no_key.request_id = ""  # Explain executes nothing: no idempotency key needed
+    allowed = gateway.stub.Explain(no_key, metadata=md("dev-finance"), timeout=10)
     assert allowed.route == "tool"
     assert ledger_rows(backends) == before
 

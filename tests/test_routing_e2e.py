@@ -1,0 +1,91 @@
+"""Security teams edit Rego/data and routing changes, live: through a running gateway, without
+a restart, with in-flight calls unaffected and a broken edit rejected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_support import RunningGateway, gateway_settings, md, tool_request
+
+from gateway.policy import PolicySettings, default_policy_dir
+from gateway.sandbox import SandboxSettings
+
+TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 1.0, "currency": "USD"}
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("policies") / "policies"
+    shutil.copytree(default_policy_dir(), target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def live(backends: dict[str, Any], policy_dir: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    state = tmp_path_factory.mktemp("gw-e2e")
+    settings = gateway_settings(
+        state, backends,
+        policy=PolicySettings(path=policy_dir, reload=True, reload_interval_s=0.2),
+        sandbox=SandboxSettings(workers=1, spares=1))
+    gw = RunningGateway(settings)
+    yield gw
+    gw.stop()
+
+
+def _explain(gw: RunningGateway) -> Any:
+    req = tool_request("ledger.create_transfer", TRANSFER)
+    return gw.stub.Explain(req, metadata=md("dev-agent"), timeout=10)
+
+
+def _wait_for(pred: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_editing_data_changes_routing_live(live: RunningGateway, policy_dir: Path) -> None:
+    before = _explain(live)
+    assert before.route == "deny"
+    data_file = policy_dir / "switchboard" / "data.json"
+    original = data_file.read_text()
+    data = json.loads(original)
+    data["grants"]["payments"] = [*data["grants"]["payments"], "agent"]
+    try:
+        started = time.monotonic()
+        data_file.write_text(json.dumps(data))
+        after = _wait_for(lambda: (d := _explain(live)).route == "tool" and d)
+        assert after, "the edit did not take effect"
+        assert time.monotonic() - started < 2.5
+        assert after.policy_revision != before.policy_revision
+    finally:
+        data_file.write_text(original)
+    restored = _wait_for(lambda: (d := _explain(live)).route == "deny" and d)
+    assert restored and restored.policy_revision == before.policy_revision
+
+
+def test_broken_policy_is_rejected_and_previous_keeps_serving(live: RunningGateway,
+                                                              policy_dir: Path) -> None:
+    before = _explain(live)
+    rego = policy_dir / "switchboard" / "routing.rego"
+    original = rego.read_text()
+    try:
+        rego.write_text(original + "\nthis is not rego {\n")
+        time.sleep(1.0)  # several reload intervals
+        during = _explain(live)
+        assert during.route == before.route == "deny"
+        assert during.policy_revision == before.policy_revision
+        ok = live.stub.Execute(tool_request("ledger.get_balance", {"account": "A1"}),
+                               metadata=md("dev-agent"), timeout=10)
+        assert ok.decision.policy_revision == before.policy_revision
+    finally:
+        rego.write_text(original)
