@@ -7,6 +7,8 @@ Prints a markdown table (docs/audit.md keeps the last measured one).
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import socket
 import statistics
 import sys
@@ -56,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # the hung-collector rows
     tmp = Path(tempfile.mkdtemp(prefix="audit-bench-"))
     rows: list[tuple[str, str]] = []
 
@@ -122,6 +125,8 @@ def main() -> None:
         )
     )
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} cores, load average {load}; {args.calls} calls per row\n")
     print("| what | median / p99 per call / calls/s (or as noted) |")
     print("|---|---|")
     for what, value in rows:
