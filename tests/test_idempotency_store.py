@@ -196,7 +196,7 @@ def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     store = open_idempotency_store(IdempotencySettings(dsn=f"sqlite:///{absolute}"))
     assert isinstance(store, SQLiteIdempotencyStore) and store.path == absolute
     store._db.close()
-    for bad in ("sqlite://relative.db", "mysql://x/y"):
+    for bad in ("sqlite://relative.db", "mysql://x/y", "redis://localhost:6379/0"):
         with pytest.raises(ConfigError) as exc:
             open_idempotency_store(IdempotencySettings(dsn=bad))
         assert exc.value.field == "idempotency.dsn"
