@@ -19,12 +19,19 @@ from gateway.tools import IdempotencySettings, IdempotencyStore, open_idempotenc
 from gateway.tools.idempotency import new_owner_id, owner_alive
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
 
+NO_PG = "no PostgreSQL server or psycopg here (or set SWITCHBOARD_TEST_POSTGRES_DSN)"
 ME = new_owner_id()
 OTHER = new_owner_id()  # same process, other channel: alive
 
 
 @pytest.fixture(scope="module")
 def pg_dsn() -> Iterator[str | None]:
+    """A real PostgreSQL, or None when no server or no ``psycopg`` (optional) is installed."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        yield None
+        return
     with postgres_server() as dsn:
         yield dsn
 
@@ -38,7 +45,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         dsn = request.getfixturevalue("pg_dsn")
         if dsn is None:
-            pytest.skip("PostgreSQL is not installed here (set SWITCHBOARD_TEST_POSTGRES_DSN)")
+            pytest.skip(NO_PG)
         import psycopg
 
         from gateway.tools.postgres_store import PostgresIdempotencyStore
@@ -205,7 +212,7 @@ def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 async def test_postgres_replicas_share_one_effect(pg_dsn: str | None) -> None:
     """Two gateway replicas (own client, own store connection pool) on one PostgreSQL."""
     if pg_dsn is None:
-        pytest.skip("PostgreSQL is not installed here (set SWITCHBOARD_TEST_POSTGRES_DSN)")
+        pytest.skip(NO_PG)
     import asyncio as aio
 
     from tools_support import PRINCIPAL, Scripted, op, serve_backend
