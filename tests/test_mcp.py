@@ -1,0 +1,201 @@
+"""The MCP front door, driven by the official MCP client over streamable HTTP against the real
+gateway (port 0, real demo backends, real sandbox, real policy)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from gateway_support import RunningGateway
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.mcp_server import REQUEST_ID_META_KEY, McpHandle, create_mcp_app, start_mcp_server
+
+TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 0.5, "currency": "USD"}
+
+
+@pytest.fixture(scope="module")
+def mcp_url(gateway: RunningGateway) -> Iterator[str]:
+    """The gateway's MCP endpoint: the one ``serve`` started, or one started here on the
+    gateway's own event loop over its pipeline and authenticator."""
+    server = gateway.server
+    assert server is not None
+    if server.mcp_port:
+        yield f"http://127.0.0.1:{server.mcp_port}/mcp"
+        return
+
+    async def start() -> McpHandle:
+        app = create_mcp_app(server.pipeline, server.authenticator)
+        return await start_mcp_server(app, "127.0.0.1:0")
+
+    handle: McpHandle = gateway.call(start())
+    try:
+        yield handle.url
+    finally:
+        gateway.call(handle.stop(grace=2.0))
+
+
+@asynccontextmanager
+async def connect(url: str, token: str | None, mode: str = "auto") -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
+    ):
+        yield client
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """The structured payload, checked against the JSON text every client can read."""
+    payload = result.structured_content
+    assert isinstance(payload, dict)
+    assert json.loads(result.content[0].text) == payload
+    return payload
+
+
+def audit_records(gateway: RunningGateway, trace_id: str) -> list[dict[str, Any]]:
+    audit_file = gateway.settings.audit.file
+    assert audit_file is not None
+    server = gateway.server
+    assert server is not None
+    server.telemetry.force_flush()
+    out = []
+    for line in Path(audit_file).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("trace_id") == trace_id:
+            out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_lists_code_mode_tools_per_principal(mcp_url: str, mode: str) -> None:
+    async with connect(mcp_url, "dev-agent", mode) as c:
+        agent_tools = {t.name: t for t in (await c.list_tools()).tools}
+    assert set(agent_tools) == {"search_operations", "describe_operation", "execute_code"}
+    assert agent_tools["execute_code"].input_schema["required"] == ["code"]
+    assert agent_tools["search_operations"].annotations is not None
+    assert agent_tools["search_operations"].annotations.read_only_hint is True
+    async with connect(mcp_url, "dev-finance", mode) as c:
+        finance_tools = {t.name: t for t in (await c.list_tools()).tools}
+    assert set(finance_tools) - set(agent_tools) == {"ledger__create_transfer"}
+    schema = finance_tools["ledger__create_transfer"].input_schema
+    assert schema["type"] == "object"
+    assert {"from_account", "to_account", "amount"} <= set(schema["required"])
+
+
+async def test_execute_code_runs_in_the_sandbox_and_is_audited(
+    mcp_url: str, gateway: RunningGateway
+) -> None:
+    code = (
+        "from sdk import workspace\n"
+        "events = workspace.list_events()\n"
+        "print('seen', len(events))\n"
+        "{'events': len(events), 'longest': max(e['title'] for e in events)}\n"
+    )
+    async with connect(mcp_url, "dev-agent") as c:
+        result = await c.call_tool("execute_code", {"code": code})
+    payload = structured(result)
+    assert result.is_error is False, payload
+    assert payload["ok"] is True and payload["route"] == "code"
+    assert payload["result"]["events"] > 0
+    assert payload["stdout"].startswith("seen ")
+    records = audit_records(gateway, payload["trace_id"])
+    root = next(r for r in records if r["name"] == "mcp tools/call execute_code")
+    assert root["attributes"]["switchboard.transport"] == "mcp"
+    assert root["attributes"]["switchboard.principal.id"] == "agent-1"
+    assert root["attributes"]["switchboard.outcome"] == "ok"
+    names = {r["name"] for r in records}
+    assert "sandbox.run" in names and "identity" in names  # the pipeline's own steps
+
+
+async def test_dedicated_tool_is_idempotent_by_meta_request_id(mcp_url: str) -> None:
+    rid = f"mcp-{uuid.uuid4()}"
+    async with connect(mcp_url, "dev-finance") as c:
+        first = await c.call_tool(
+            "ledger__create_transfer", TRANSFER, meta={REQUEST_ID_META_KEY: rid}
+        )
+        again = await c.call_tool(
+            "ledger__create_transfer", TRANSFER, meta={REQUEST_ID_META_KEY: rid}
+        )
+    one, two = structured(first), structured(again)
+    assert first.is_error is False, one
+    assert one["route"] == "tool" and one["result"]["from_account"] == "A1"
+    assert "replayed" not in one and two["replayed"] is True
+    assert two["result"]["id"] == one["result"]["id"]  # one transfer, recorded once
+
+
+async def test_denials_are_tool_errors_with_reasons(mcp_url: str) -> None:
+    async with connect(mcp_url, "dev-agent") as c:
+        denied = await c.call_tool("ledger__create_transfer", TRANSFER)
+        from_code = await c.call_tool(
+            "execute_code",
+            {
+                "code": "from sdk import ledger\nledger.create_transfer(from_account='A1', "
+                "to_account='A2', amount=1.0)"
+            },
+        )
+    payload = structured(denied)
+    assert denied.is_error is True
+    assert payload["error"]["code"] == "policy_denied"
+    assert payload["error"]["details"]["reasons"]
+    assert len(payload["trace_id"]) == 32
+    code_payload = structured(from_code)
+    assert from_code.is_error is True
+    assert code_payload["error"]["code"] == "policy_denied"  # the host call was refused
+
+
+async def test_search_describe_and_argument_errors(mcp_url: str) -> None:
+    async with connect(mcp_url, "dev-agent") as c:
+        found = structured(
+            await c.call_tool("search_operations", {"query": "send an email", "limit": 3})
+        )
+        described = structured(
+            await c.call_tool("describe_operation", {"name": "workspace.send_email"})
+        )
+        bad = await c.call_tool("search_operations", {"query": "x", "limit": 500})
+        unknown = await c.call_tool("no_such_tool", {})
+    assert found["operations"][0]["name"] == "workspace.send_email"
+    assert len(found["operations"]) <= 3
+    assert described["python_signature"].startswith("send_email(")
+    assert described["route"] in ("tool", "code")  # the policy may allow either; not deny
+    bad_payload = structured(bad)
+    assert bad.is_error and bad_payload["error"]["code"] == "schema_invalid"
+    assert bad_payload["error"]["field"] == "arguments.limit"
+    assert unknown.is_error and structured(unknown)["error"]["code"] == "unknown_operation"
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+async def test_missing_or_invalid_token_is_401(mcp_url: str, token: str | None) -> None:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.post(mcp_url, json=body, headers=headers)
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"].startswith("Bearer")
+    assert resp.json()["error"]["data"]["code"] == "unauthenticated"
+    with pytest.raises(BaseException) as info:  # the official client refuses to go on
+        async with connect(mcp_url, token) as c:
+            await c.list_tools()
+    errors = list(leaves(info.value))
+    assert any(isinstance(e, MCPError) and e.error.code == -32001 for e in errors), errors
+    mcp_error = next(e for e in errors if isinstance(e, MCPError))
+    assert (mcp_error.error.data or {})["code"] == "unauthenticated"
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
