@@ -225,3 +225,27 @@ def test_queued_spans_are_flushed_at_interpreter_exit(tmp_path: Path) -> None:
         )
         assert _names(rx.wait_for_spans_sync(1, timeout=5)) == [A.SPAN_EXECUTE]
     assert verify_chain(tmp_path / "a.jsonl").records == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_receiver_async_api(tmp_path: Path, protocol: str) -> None:
+    async with OtlpReceiver(protocol) as rx:  # type: ignore[arg-type]
+        tel = setup_telemetry(
+            AuditSettings(
+                file=None,
+                otlp_endpoint=rx.endpoint,
+                otlp_protocol=protocol,  # type: ignore[arg-type]
+                otlp_schedule_delay_ms=20,
+            )
+        )
+        trace_id = simulate_denial(tel.tracer)
+        spans = await rx.wait_for_spans(3, timeout=10)
+        tel.shutdown()
+    assert {s.trace_id for s in spans} == {trace_id}
+    assert rx.render(trace_id).splitlines() == [
+        "switchboard.v1.Gateway/Execute [SERVER] ERROR",
+        "  identity [INTERNAL] UNSET",
+        "  policy.decide [INTERNAL] UNSET",
+    ]
+    with pytest.raises(AssertionError, match="expected 4 spans"):
+        rx.wait_for_spans_sync(4, timeout=0.05)
