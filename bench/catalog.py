@@ -48,8 +48,9 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return now[0] - start[0], now[1] - start[1]
 
 
-def _quality(catalog: Catalog, which: str) -> tuple[float, float, int]:
-    queries = [q for q in json.loads(QUERIES.read_text())["queries"] if q["catalog"] == which]
+def _quality(catalog: Catalog, which: str, split: str | None = None) -> tuple[float, float, int]:
+    queries = [q for q in json.loads(QUERIES.read_text())["queries"] if q["catalog"] == which
+               and (split is None or q.get("split") == split)]
     h1 = h5 = 0
     for q in queries:
         names = [op.name for op, _ in catalog.search(q["query"], limit=5)]
@@ -117,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         ("search latency (p99)", f"{lat[int(len(lat) * 0.99)] * 1000:.2f} ms"),
     ]
     g1, g5, gn = _quality(catalog, "github")
+    dev1, dev5, devn = _quality(catalog, "github", "dev")
+    ho1, ho5, hon = _quality(catalog, "github", "holdout")
     start = _clock()
     demo = load_catalog_sync(DEMO)
     demo_ms = _since(start)[1] * 1000
     d1, d5, dn = _quality(demo, "demo")
     rows += [
-        (f"search quality, GitHub ({gn} labelled tasks)", f"hit@1 {g1:.2f}, hit@5 {g5:.2f}"),
+        (f"search quality, GitHub, all ({gn} labelled tasks)", f"hit@1 {g1:.2f}, hit@5 {g5:.2f}"),
+        (f"  of which tuned-on 'dev' ({devn})", f"hit@1 {dev1:.2f}, hit@5 {dev5:.2f}"),
+        (f"  of which never-tuned 'holdout' ({hon})", f"hit@1 {ho1:.2f}, hit@5 {ho5:.2f}"),
         (f"search quality, demo ({dn} labelled tasks)", f"hit@1 {d1:.2f}, hit@5 {d5:.2f}"),
         ("demo catalog from app entry points (first load, incl. import)",
          f"{demo_ms:.0f} ms CPU"),

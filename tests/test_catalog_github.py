@@ -22,8 +22,8 @@ from gateway.catalog import (
 from gateway.models import BackendSettings
 from tests.catalog_support import GITHUB_SPEC, QUERIES
 
-# Measured on this machine (see docs/catalog.md): github hit@1 0.78 / hit@5 0.96,
-# demo hit@1 0.82 / hit@5 1.00. The thresholds leave a little room, no more.
+# Measured on this machine (see docs/catalog.md): github (dev + holdout) hit@1 0.77 /
+# hit@5 0.95, demo hit@1 0.82 / hit@5 1.00. The thresholds leave a little room, no more.
 THRESHOLDS = {"github": {1: 0.70, 5: 0.90}, "demo": {1: 0.70, 5: 1.0}}
 
 
@@ -118,7 +118,7 @@ def _hits(catalog: Catalog, queries: list[dict[str, Any]], k: int) -> float:
 def test_search_quality_on_labelled_queries(which: str, github: Catalog, demo: Catalog) -> None:
     catalog = github if which == "github" else demo
     queries = [q for q in json.loads(QUERIES.read_text())["queries"] if q["catalog"] == which]
-    assert len(queries) >= (40 if which == "github" else 10)
+    assert len(queries) >= (60 if which == "github" else 10)
     assert all(q["expected"] in catalog for q in queries), "labels must name real operations"
     for k, threshold in THRESHOLDS[which].items():
         assert _hits(catalog, queries, k) >= threshold, f"hit@{k} fell below {threshold}"
