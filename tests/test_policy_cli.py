@@ -63,6 +63,7 @@ def test_failing_shipped_case_exits_nonzero(
     assert cli_policy_test(root) == 1
     out = capsys.readouterr().out
     assert "test_routing_table: FAIL" in out and "FAIL: 1/" in out
+    assert 'failing cases: {"transfer from code (agent)"}' in out  # print() output shown
 
 
 def test_no_tests_is_a_failure(tmp_path: Path) -> None:

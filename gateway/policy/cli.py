@@ -33,6 +33,9 @@ def cli_policy_test(path: Path | None, verbose: bool = False) -> int:
         if verbose or r.outcome != "pass":
             detail = f" ({r.message})" if r.message else ""
             print(f"{r.file}: {r.name}: {r.outcome.upper()} ({r.duration_us:.0f}µs){detail}")
+            if r.outcome != "pass":
+                for line in r.prints:
+                    print(f"    {line}")
     if not results:
         print(f"no tests found under {root}")
         return 1

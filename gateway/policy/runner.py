@@ -27,6 +27,7 @@ class TestResult:
     outcome: str  # "pass" | "fail" | "error"
     duration_us: float
     message: str = ""
+    prints: tuple[str, ...] = ()  # print() output of the test, shown for failures like opa test
 
 
 def _rule_names(node: Any) -> list[str]:
@@ -83,6 +84,7 @@ def run_tests(root: Path) -> list[TestResult]:
     results = []
     for name, fname in discover_tests(engine):
         clone = engine.clone()
+        clone.set_gather_prints(True)
         start = time.perf_counter()
         try:
             value = clone.eval_rule(name)
@@ -91,5 +93,9 @@ def run_tests(root: Path) -> list[TestResult]:
         except Exception as exc:
             outcome, message = "error", clean_error(exc)
         duration = (time.perf_counter() - start) * 1e6
-        results.append(TestResult(name, fname, outcome, duration, message))
+        try:
+            prints = tuple(str(p) for p in clone.take_prints())
+        except Exception:
+            prints = ()
+        results.append(TestResult(name, fname, outcome, duration, message, prints))
     return results
