@@ -172,7 +172,8 @@ def test_unreachable_collector_never_blocks_calls(
     for i in range(50):
         simulate_tool_call(tel.tracer, request_id=f"r{i}")
     calls = time.perf_counter() - started
-    assert calls < 2.0, f"50 calls took {calls:.2f}s with the collector down"
+    # blocked calls would take >= the 30 s export timeout; 10 s leaves room for a loaded CI box
+    assert calls < 10.0, f"50 calls took {calls:.2f}s with the collector down"
     started = time.perf_counter()
     tel.shutdown(timeout_ms=500)
     took = time.perf_counter() - started
