@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -105,6 +106,21 @@ def test_transfer_business_errors_are_4xx_json_and_change_nothing(
     assert r.json()["error"]["code"] == code
     assert _rows(ledger.db, "SELECT COUNT(*), SUM(balance_cents) FROM accounts") == count
     assert _rows(ledger.db, "SELECT COUNT(*) FROM transfers") == transfers
+
+
+async def test_concurrent_transfers_never_overdraw(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    with demo_service("ledger", db) as svc:
+        body = {"from_account": "A3", "to_account": "A2", "amount": 10}  # A3 holds 50.00
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(client.post("/transfers", json=body) for _ in range(12)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [201] * 5 + [409] * 7
+        assert _rows(db, "SELECT balance_cents FROM accounts WHERE id = 'A3'") == [(0,)]
+        assert _rows(db, "SELECT COUNT(*), SUM(amount_cents) FROM transfers") == [(5, 5000)]
+        assert _rows(db, "SELECT SUM(balance_cents) FROM accounts WHERE currency = 'USD'") == [
+            (1_000_000 + 250_000 + 5_000,)]
 
 
 def test_transfer_schema_errors(ledger: DemoService) -> None:
