@@ -22,6 +22,7 @@ from gateway.audit import AuditSettings
 from gateway.config import Settings, embedded_defaults
 from gateway.demo_stack import ServiceProcess, spawn_service
 from gateway.models import BackendSettings
+from gateway.sandbox import SandboxSettings
 from gateway.server import GatewayServer, create_server
 from gateway.tools import IdempotencySettings
 
@@ -115,6 +116,8 @@ def demo_backends(state: Path) -> Iterator[dict[str, ServiceProcess]]:
 def gateway_settings(state: Path, backends: dict[str, ServiceProcess], **overrides: Any,
                      ) -> Settings:
     base = embedded_defaults(state)
+    # One Deno process with one spare isolate is plenty for a test module and starts faster.
+    overrides.setdefault("sandbox", SandboxSettings(workers=1, spares=1))
     return replace(
         base,
         listen="127.0.0.1:0",
