@@ -199,3 +199,15 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
             yield from leaves(inner)
     else:
         yield exc
+
+
+async def test_caller_trace_context_in_meta_is_continued(mcp_url: str) -> None:
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    async with connect(mcp_url, "dev-agent") as c:
+        result = await c.call_tool(
+            "execute_code", {"code": "'traced'"}, meta={"traceparent": parent}
+        )
+    payload = structured(result)
+    assert payload["result"] == "traced"
+    assert payload["trace_id"] == trace_id  # the gateway's spans join the caller's trace
