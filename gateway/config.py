@@ -29,6 +29,7 @@ __all__ = [
     "IdentitySettings",
     "McpSettings",
     "Settings",
+    "TlsSettings",
     "embedded_defaults",
     "load_settings",
     "parse_settings",
@@ -52,6 +53,12 @@ SCHEMA: dict[str, Any] = {
         "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
         "max_message_bytes": {"type": "integer", "minimum": 1024, "maximum": 67108864},
         "max_concurrent_rpcs": {"type": "integer", "minimum": 1},
+        "tls": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["cert_file", "key_file"],
+            "properties": {"cert_file": _STR, "key_file": _STR, "client_ca_file": _STR},
+        },
         "identity": {
             "type": "object",
             "additionalProperties": False,
@@ -163,6 +170,16 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Serve gRPC over TLS; with ``client_ca_file``, clients must present a certificate
+    signed by that CA (mTLS) in addition to their bearer token."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class McpSettings:
     enabled: bool = False
     listen: str = "127.0.0.1:8765"
@@ -173,6 +190,7 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256
+    tls: TlsSettings | None = None
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     backends: tuple[BackendSettings, ...] = ()
@@ -297,10 +315,21 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         aud["file"] = _resolve(base, aud["file"])
     audit = AuditSettings(**aud)
     mcp = McpSettings(**raw.get("mcp", {}))
+    tls = None
+    if "tls" in raw:
+        t = raw["tls"]
+        paths = {k: _resolve(base, t.get(k)) for k in ("cert_file", "key_file", "client_ca_file")}
+        for key, p in paths.items():
+            if p is not None and not p.is_file():
+                raise ConfigError(f"tls.{key}: no such file: {p}", field=f"tls.{key}")
+        assert paths["cert_file"] is not None and paths["key_file"] is not None
+        tls = TlsSettings(cert_file=paths["cert_file"], key_file=paths["key_file"],
+                          client_ca_file=paths["client_ca_file"])
     return Settings(
         listen=raw.get("listen", DEFAULT_LISTEN),
         max_message_bytes=raw.get("max_message_bytes", 4 * 1024 * 1024),
         max_concurrent_rpcs=raw.get("max_concurrent_rpcs", 256),
+        tls=tls,
         identity=identity,
         policy=policy,
         backends=tuple(backends),

@@ -115,7 +115,15 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
+    if settings.tls is not None:
+        tls = settings.tls
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+            require_client_auth=tls.client_ca_file is not None)
+        port = server.add_secure_port(settings.listen, credentials)
+    else:
+        port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"cannot bind {settings.listen}")
     await server.start()

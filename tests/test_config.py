@@ -80,3 +80,14 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     cfg.write_text("listen: [unclosed\n")
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "invalid YAML" in capsys.readouterr().err
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"tls": {"cert_file": "cert.pem", "key_file": "missing.key"}},
+                       base_dir=tmp_path)
+    assert info.value.field == "tls.key_file"
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"tls": {"cert_file": "cert.pem"}}, base_dir=tmp_path)
+    assert info.value.field == "tls" and "key_file" in info.value.message
