@@ -11,7 +11,7 @@ from __future__ import annotations
 import keyword
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from gateway.catalog._schema import SchemaConverter, deref
 from gateway.errors import ConfigError
@@ -23,6 +23,8 @@ COMPLIANCE_TAG = "compliance"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # OpenAPI: header parameters with these names are ignored (the HTTP layer owns them).
 _IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
+_LOCATIONS: dict[str, Literal["path", "query", "header"]] = {
+    "path": "path", "query": "query", "header": "header"}
 _COMBINATORS = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
 
 
@@ -122,7 +124,8 @@ class _Builder:
         params: list[Parameter] = []
         needs: set[str] = set()
         for (wire, where), param in merged.items():
-            if where not in ("path", "query", "header"):
+            location = _LOCATIONS.get(where)
+            if location is None:
                 continue  # cookie parameters are not supported
             if where == "header" and wire.lower() in _IGNORED_HEADERS:
                 continue
@@ -135,7 +138,7 @@ class _Builder:
             is_required = where == "path" or param.get("required") is True
             if is_required:
                 required.append(name)
-            params.append(Parameter(name, where, is_required, wire if wire != name else ""))  # type: ignore[arg-type]
+            params.append(Parameter(name, location, is_required, wire if wire != name else ""))
 
         # A path template variable the spec forgot to declare is still a required argument.
         declared = {p.wire_name or p.name for p in params if p.location == "path"}
