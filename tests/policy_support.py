@@ -121,6 +121,7 @@ class OpaRestServer:
     def __init__(self, policy_dir: Path = POLICY_DIR) -> None:
         self.bundle: Bundle = load_bundle(policy_dir)
         self.mode = "ok"  # ok | slow | error500 | undefined | garbage | not_object
+        self.serve_bundle = True  # False: like `opa run DIR` (provenance has no bundle revision)
         self.delay_s = 2.0
         self.requests = 0
         self._local = threading.local()
@@ -148,6 +149,9 @@ class OpaRestServer:
             def do_GET(self) -> None:
                 if self.path.startswith("/health"):
                     self._send(200, b"{}")
+                elif urlsplit(self.path).path.rstrip("/") == "/v1/policies":
+                    modules = [{"id": i, "raw": raw} for i, raw in outer.bundle.modules]
+                    self._send(200, json.dumps({"result": modules}).encode())
                 else:
                     self._send(404, b'{"code":"resource_not_found"}')
 
@@ -179,10 +183,13 @@ class OpaRestServer:
             return 200, b"<html>not json"
         if self.mode == "not_object":
             return 200, b'{"result": "allow"}'
-        engine = getattr(self._local, "engine", None)
-        if engine is None:  # regorus engines are thread-affine: one per handler thread
-            engine = self.bundle.build_engine()
-            self._local.engine = engine
+        # regorus engines are thread-affine (also for dropping): one per handler thread,
+        # replaced by that same thread when the served bundle changes.
+        bundle = self.bundle
+        cached = getattr(self._local, "engine", None)
+        if cached is None or cached[0] is not bundle:
+            self._local.engine = cached = (bundle, bundle.build_engine())
+        engine = cached[1]
         out: dict[str, Any] = {}
         try:
             engine.set_input(input if input is not None else {})
@@ -192,11 +199,14 @@ class OpaRestServer:
         if result is not None and self.mode != "undefined":
             out["result"] = result
         if any(v.lower() == "true" for v in query.get("provenance", [])):
-            out["provenance"] = {
-                "version": "regorus-backed-test-server",
-                "bundles": {"switchboard": {"revision": self.bundle.revision}},
-            }
+            out["provenance"] = {"version": "regorus-backed-test-server"}
+            if self.serve_bundle:
+                out["provenance"]["bundles"] = {"switchboard": {"revision": self.bundle.revision}}
         return 200, json.dumps(out, default=_json_default).encode()
+
+    def load(self, policy_dir: Path) -> None:
+        """Serve another policy directory (as OPA does after a bundle or file change)."""
+        self.bundle = load_bundle(policy_dir)
 
     def start(self) -> OpaRestServer:
         self._thread.start()

@@ -23,6 +23,10 @@ from gateway.policy import (
 )
 
 
+# A regorus Engine dropped on a thread other than its creator's is an "unraisable" error:
+# make it fail the test, so thread affinity is checked, not just hoped for.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 @pytest.fixture
 async def engine() -> AsyncIterator[EmbeddedPolicyEngine]:
     eng = EmbeddedPolicyEngine(PolicySettings(path=ps.POLICY_DIR, reload=False))

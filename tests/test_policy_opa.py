@@ -12,6 +12,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import policy_support as ps
 import pytest
@@ -26,6 +27,10 @@ from gateway.policy import (
 
 tool, host_call, code_run = ps.tool, ps.host_call, ps.code_run
 
+
+# A regorus Engine dropped on a thread other than its creator's is an "unraisable" error:
+# make it fail the test, so thread affinity is checked, not just hoped for.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ps.OpaRestServer]:
@@ -72,6 +77,36 @@ async def test_agrees_with_embedded(opa: OpaPolicyEngine, server: ps.OpaRestServ
     # The revision is the bundle revision OPA reports with ?provenance=true.
     assert opa.revision == f"opa:{server.bundle.revision}" == f"opa:{embedded.revision}"
     assert a.policy_revision == opa.revision
+
+
+async def test_revision_without_bundles_hashes_policy_sources(
+    server: ps.OpaRestServer, tmp_path: Path
+) -> None:
+    """`opa run DIR` (the Helm sidecar) reports no bundle revision: the engine hashes the
+    sources from GET /v1/policies instead, and notices when they change."""
+    server.serve_bundle = False
+    settings = PolicySettings(
+        engine="opa", opa_url=server.url, timeout_ms=500, reload_interval_s=0.05
+    )
+    eng = create_policy_engine(settings)
+    await eng.start()
+    try:
+        first = eng.revision
+        assert first.startswith("opa:sha256:") and len(first) == len("opa:sha256:") + 16
+        d = await eng.decide(code_run(ps.AGENT))
+        assert d.policy_revision == first and d.route == "code"
+        root = ps.copy_policies(tmp_path)
+        rego = root / "switchboard" / "routing.rego"
+        rego.write_text(rego.read_text() + "\n# edited\n")
+        server.load(root)
+        deadline = time.monotonic() + 3.0  # refreshed every max(interval, 1 s)
+        while eng.revision == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert eng.revision != first and eng.revision.startswith("opa:sha256:")
+    finally:
+        await eng.close()
+        server.serve_bundle = True
+        server.load(ps.POLICY_DIR)
 
 
 @pytest.mark.parametrize(

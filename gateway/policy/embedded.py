@@ -36,17 +36,21 @@ __all__ = ["EmbeddedPolicyEngine", "Evaluator"]
 
 _log = structlog.get_logger("switchboard.policy")
 
+_PER_THREAD = threading.local()
+_ENGINES_PER_THREAD = 4
+
 
 class Evaluator:
     """Synchronous evaluation of one bundle, with one regorus Engine per thread."""
 
     def __init__(self, bundle: Bundle, *, cache_size: int = 4096) -> None:
         self.bundle = bundle
-        self._local = threading.local()
         # Compile + probe on the creating thread: a bad policy fails here, not per decision.
         engine = bundle.build_engine()
         probe(engine)
-        self._local.engine = engine
+        self._home_thread = threading.get_ident()
+        self._home_engine = engine
+        self._token = object()
         self.cache_key: CacheKeyFn | None = (
             make_key_fn(engine.get_ast_as_json()) if cache_size > 0 else None
         )
@@ -60,10 +64,20 @@ class Evaluator:
         return self.bundle.revision
 
     def _engine(self) -> regorus.Engine:
-        engine: regorus.Engine | None = getattr(self._local, "engine", None)
+        if threading.get_ident() == self._home_thread:
+            return self._home_engine
+        # Other threads keep their engines in a module-level thread-local, never in this
+        # object: a regorus Engine must also be *dropped* by its own thread, and this object
+        # may be garbage-collected anywhere. Each thread keeps its few newest engines.
+        engines: dict[object, regorus.Engine] | None = getattr(_PER_THREAD, "engines", None)
+        if engines is None:
+            engines = _PER_THREAD.engines = {}
+        engine = engines.get(self._token)
         if engine is None:
             engine = self.bundle.build_engine()
-            self._local.engine = engine
+            engines[self._token] = engine
+            while len(engines) > _ENGINES_PER_THREAD:
+                del engines[next(iter(engines))]
         return engine
 
     def evaluate(self, input: dict[str, Any]) -> Any:

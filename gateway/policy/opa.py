@@ -2,13 +2,17 @@
 
 Uses OPA's REST Data API through ``opa-python-client`` (``POST /v1/data/switchboard/routing/
 decision`` with ``{"input": ...}``). No retries: a decision that cannot be had within
-``timeout_ms`` is a fail-closed deny, never a stall. OPA owns reloading (bundles); the
-revision is the bundle revision OPA reports with ``?provenance=true``.
+``timeout_ms`` is a fail-closed deny, never a stall. OPA owns reloading. The revision is the
+bundle revision OPA reports with ``?provenance=true``; when OPA serves plain files (the Helm
+chart's default sidecar: no bundle, so no revision) it is a hash of the policy sources from
+``GET /v1/policies``, refreshed in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,15 +29,15 @@ from .decisionlog import fail_closed, finish, tracer
 __all__ = ["OpaPolicyEngine"]
 
 
-def _revision_from(provenance: Any, fallback: str) -> str:
+def _revision_from(provenance: Any, fallback: str | None) -> str | None:
     if not isinstance(provenance, dict):
         return fallback
     bundles = provenance.get("bundles")
     if isinstance(bundles, dict) and bundles:
         revs = [
-            f"{name}@{b.get('revision', '')}" if len(bundles) > 1 else str(b.get("revision", ""))
+            f"{name}@{b['revision']}" if len(bundles) > 1 else str(b["revision"])
             for name, b in sorted(bundles.items())
-            if isinstance(b, dict)
+            if isinstance(b, dict) and b.get("revision")
         ]
         joined = ",".join(r for r in revs if r)
         if joined:
@@ -60,25 +64,69 @@ class OpaPolicyEngine:
             retries=0,
             timeout=self._timeout_s,
         )
-        self._fallback_revision = f"opa:{parts.hostname}:{parts.port or ''}"
-        self._revision = self._fallback_revision
+        self._policies_url = f"{settings.opa_url.rstrip('/')}/v1/policies"
+        self._address_revision = f"opa:{parts.hostname}:{parts.port or ''}"
+        self._bundle_revision: str | None = None  # from provenance, when OPA serves bundles
+        self._content_revision: str | None = None  # hash of GET /v1/policies otherwise
+        self._session: aiohttp.ClientSession | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._started = False
 
     @property
     def revision(self) -> str:
-        return self._revision
+        return self._bundle_revision or self._content_revision or self._address_revision
 
     async def start(self) -> None:
-        """Open the HTTP session (in the running loop). OPA being down is not fatal here:
+        """Open the HTTP sessions (in the running loop). OPA being down is not fatal here:
         every decision fails closed until it answers."""
-        if not self._started:
-            await self._client.__aenter__()
-            self._started = True
+        if self._started:
+            return
+        await self._client.__aenter__()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=max(self._timeout_s, 1.0))
+        )
+        self._started = True
+        await self.refresh_revision()
+        if self.settings.reload:
+            self._watcher = asyncio.create_task(self._watch(), name="opa-revision")
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._started:
             await self._client.__aexit__(None, None, None)
             self._started = False
+
+    async def refresh_revision(self) -> None:
+        """Hash the policy sources OPA serves (id + raw text); keep the last hash on failure."""
+        if self._session is None:
+            return
+        try:
+            async with self._session.get(self._policies_url) as response:
+                response.raise_for_status()
+                body = await response.json()
+            modules = sorted(
+                (str(m.get("id", "")), str(m.get("raw", "")))
+                for m in body.get("result", [])
+                if isinstance(m, dict)
+            )
+        except (aiohttp.ClientError, OSError, ValueError, TimeoutError, AttributeError):
+            return
+        digest = hashlib.sha256()
+        for module_id, raw in modules:
+            digest.update(module_id.encode() + b"\0" + raw.encode() + b"\0")
+        self._content_revision = "opa:sha256:" + digest.hexdigest()[:16]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.reload_interval_s, 1.0))
+            await self.refresh_revision()
 
     async def _query(self, input: dict[str, Any]) -> Any:
         try:
@@ -96,7 +144,7 @@ class OpaPolicyEngine:
             raise PolicyError(f"OPA unreachable: {type(exc).__name__}: {exc}") from exc
         if not isinstance(response, dict):
             raise PolicyError("OPA answered with a non-object body")
-        self._revision = _revision_from(response.get("provenance"), self._fallback_revision)
+        self._bundle_revision = _revision_from(response.get("provenance"), None)
         # OPA omits "result" when the rule is undefined: parse_decision turns None into a deny.
         return response.get("result")
 
@@ -115,7 +163,7 @@ class OpaPolicyEngine:
             return finish(
                 decision,
                 input=input,
-                revision=self._revision,
+                revision=self.revision,
                 engine=self.engine_name,
                 latency_ms=(time.perf_counter() - start) * 1000,
                 span=span,
