@@ -4,6 +4,7 @@ conflicts, recorded failures, unknown outcomes and their resolution."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,25 @@ def test_discover_reconcilers_pairs_post_with_keyed_lookup() -> None:
     unrelated = op("other", "POST", "/payouts", backend="ledger")
     found = discover_reconcilers([LIST_TRANSFERS, CREATE_TRANSFER, unrelated, lookup_op()])
     assert found == {"ledger.create_transfer": Reconciler(LIST_TRANSFERS, "idempotency_key")}
+
+
+async def test_non_json_arguments_rejected_before_anything(rig: Rig) -> None:
+    loose = op("loose", "POST", schema={"type": "object"}, params=(Parameter("x", "body"),))
+    with pytest.raises(InvalidRequest) as exc:
+        await run(rig.channel(), loose, {"x": float("nan")})
+    assert exc.value.field == "arguments"
+    assert rig.backend.hits["loose"] == 0
+
+
+async def test_lease_kept_alive_by_heartbeat_during_a_long_call(rig: Rig) -> None:
+    rig.backend.script("pay", Scripted(201, {"id": "T1"}, delay_s=2.5))
+    short = IdempotencySettings(lease_s=0.6, wait_s=0.1)
+    owner = rig.channel(settings=short, timeout_ms=5000)
+    first = asyncio.create_task(run(owner, pay()))
+    await asyncio.sleep(1.4)  # > 2 leases: only the heartbeat keeps the claim
+    rec = await rig.store.get(idempotency_key(PRINCIPAL, "req-1"))
+    assert rec is not None and rec.owner == owner.owner and rec.lease_until > time.time()
+    with pytest.raises(DuplicateInFlight):
+        await run(rig.channel(settings=short), pay())
+    assert (await first).result == {"id": "T1"}
+    assert rig.backend.hits["pay"] == 1

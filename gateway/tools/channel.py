@@ -131,8 +131,11 @@ def _canonical(value: Any) -> Any:
 
 
 def fingerprint(op: Operation, arguments: Mapping[str, Any]) -> str:
-    text = json.dumps([op.name, _canonical(arguments)], sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps([op.name, _canonical(arguments)], sort_keys=True,
+                          separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"arguments: not plain JSON ({exc})", field="arguments") from None
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -200,7 +203,7 @@ class ToolChannel:
         record = await self._claim(op, key, fp, request_id, deadline)
         if record.state == "done":
             return self._replay(op, record)
-        done = self._done.setdefault(key, asyncio.Event())
+        done = self._done[key] = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(key))
         try:
             if record.attempts > 0:
@@ -251,7 +254,7 @@ class ToolChannel:
                              "retry_after_s": round(max(0.0, rec.lease_until - time.time()), 3)})
             event = self._done.get(key)
             wait = min(remaining, poll)
-            if event is not None:
+            if event is not None and not event.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), wait)
             else:
@@ -346,6 +349,11 @@ class ToolChannel:
         interval = max(0.05, self.settings.lease_s / 3)
         while True:
             await asyncio.sleep(interval)
-            if not await self.store.heartbeat(key, self.owner, self.settings.lease_s):
+            try:
+                alive = await self.store.heartbeat(key, self.owner, self.settings.lease_s)
+            except Exception as exc:  # the store hiccuped: the lease may still hold; try again
+                log.warning("idempotency_heartbeat_failed", key=key[:12], error=repr(exc))
+                continue
+            if not alive:
                 log.warning("idempotency_lease_lost", key=key[:12])
                 return
