@@ -16,6 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import __version__
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.audit import Telemetry, setup_telemetry
@@ -23,6 +24,7 @@ from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
+from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.sandbox import SandboxPool
@@ -46,8 +48,12 @@ class GatewayServer:
     telemetry: Telemetry
     health: health.aio.HealthServicer
     _closers: list[Any] = field(default_factory=list)
-    mcp_port: int | None = None
+    mcp: McpHandle | None = None
     _stopped: bool = False
+
+    @property
+    def mcp_port(self) -> int | None:
+        return self.mcp.port if self.mcp else None
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace``, release everything."""
@@ -55,19 +61,27 @@ class GatewayServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
-        for close in reversed(self._closers):
-            try:
-                result = close()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:  # keep closing the rest
-                log.exception("error while closing", closer=repr(close))
+        draining = [self.grpc_server.stop(grace)]
+        if self.mcp is not None:
+            draining.append(self.mcp.stop(grace or 0.0))
+        await asyncio.gather(*draining)
+        await _close_all(self._closers)
         self.telemetry.force_flush()
         self.telemetry.shutdown()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+async def _close_all(closers: list[Any]) -> None:
+    """Release resources in reverse order of acquisition; one failure does not stop the rest."""
+    for close in reversed(closers):
+        try:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("error while closing", closer=repr(close))
 
 
 async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
@@ -88,10 +102,7 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         await sandbox.start()
         closers.append(sandbox.close)
     except BaseException:
-        for close in reversed(closers):
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        await _close_all(closers)
         telemetry.shutdown()
         raise
 
@@ -127,11 +138,23 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     if port == 0:
         raise OSError(f"cannot bind {settings.listen}")
     await server.start()
+    mcp = None
+    if settings.mcp.enabled:
+        try:
+            handle = await start_mcp_server(
+                create_mcp_app(pipeline, authenticator, version=__version__),
+                settings.mcp.listen)
+        except BaseException:
+            await server.stop(None)
+            await _close_all(closers)
+            telemetry.shutdown()
+            raise
+        mcp = handle
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
                        authenticator=authenticator, telemetry=telemetry,
-                       health=health_servicer, _closers=closers)
+                       health=health_servicer, _closers=closers, mcp=mcp)
     log.info("serving", listen=settings.listen, port=port, operations=len(catalog.operations),
              policy_revision=policy.revision)
     return gw, port

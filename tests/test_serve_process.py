@@ -4,6 +4,7 @@ no Deno process behind."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -80,3 +81,42 @@ def test_sigterm_drains_in_flight_calls(backends: dict[str, Any], tmp_path: Path
         assert not any(_alive(p) for p in deno), "Deno processes outlived the gateway"
     finally:
         gw.stop()
+
+
+def test_serve_starts_the_mcp_front_door(backends: dict[str, Any], tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    cfg = write_demo_config(tmp_path / "gw.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["sandbox"] = {"workers": 1, "spares": 1}
+    raw["mcp"] = {"enabled": True, "listen": "127.0.0.1:0"}
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("LISTENING grpc://127.0.0.1:")
+        assert lines[1].startswith("LISTENING mcp http://127.0.0.1:")
+        url = lines[1].split()[-1]
+
+        async def list_tools() -> set[str]:
+            headers = {"Authorization": "Bearer dev-finance"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=60) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,  # type: ignore[arg-type]
+            ):
+                return {t.name for t in (await client.list_tools()).tools}
+
+        names = asyncio.run(list_tools())
+        assert {"search_operations", "describe_operation", "execute_code"} <= names
+        assert any("create_transfer" in n for n in names)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
