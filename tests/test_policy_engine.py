@@ -22,10 +22,10 @@ from gateway.policy import (
     redact,
 )
 
-
 # A regorus Engine dropped on a thread other than its creator's is an "unraisable" error:
 # make it fail the test, so thread affinity is checked, not just hoped for.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 
 @pytest.fixture
 async def engine() -> AsyncIterator[EmbeddedPolicyEngine]:

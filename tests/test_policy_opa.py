@@ -32,6 +32,7 @@ tool, host_call, code_run = ps.tool, ps.host_call, ps.code_run
 # make it fail the test, so thread affinity is checked, not just hoped for.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ps.OpaRestServer]:
     srv = ps.OpaRestServer().start()

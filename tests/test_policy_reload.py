@@ -15,10 +15,10 @@ import structlog
 
 from gateway.policy import EmbeddedPolicyEngine, PolicySettings
 
-
 # A regorus Engine dropped on a thread other than its creator's is an "unraisable" error:
 # make it fail the test, so thread affinity is checked, not just hoped for.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPolicyEngine, Path]]:
