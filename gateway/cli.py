@@ -17,6 +17,10 @@ from gateway.errors import ConfigError
 __all__ = ["main"]
 
 log = structlog.get_logger("switchboard.cli")
+# `switchboard bench NAME` runs bench/<script>; `make bench` runs them all.
+BENCHMARKS = {"tokens": "tokens.py", "policy": "policy_bench.py", "sandbox": "sandbox_bench.py",
+              "catalog": "catalog.py", "tools": "tools_bench.py", "audit": "audit_bench.py",
+              "load": "load.py"}
 
 
 def _settings(config: str | None, listen: str | None = None) -> Settings:
@@ -107,8 +111,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
-    scripts = {"tokens": "tokens.py", "policy": "policy_bench.py",
-               "sandbox": "sandbox_bench.py", "load": "load.py"}
+    scripts = BENCHMARKS
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     names = [args.which] if args.which != "all" else list(scripts)
     for name in names:
@@ -170,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks in bench/ and print their tables")
     p.add_argument("which", nargs="?", default="all",
-                   choices=["all", "tokens", "policy", "sandbox", "load"])
+                   choices=["all", *BENCHMARKS])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(func=_cmd_bench)
     return parser
