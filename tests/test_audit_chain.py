@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import GENESIS, AuditLog, AuditSettings, setup_telemetry, verify_chain
+from gateway.audit import (
+    GENESIS,
+    AuditLog,
+    AuditSettings,
+    digest,
+    setup_telemetry,
+    verify_chain,
+)
 from gateway.audit.chain import record_hash
 from gateway.errors import ConfigError
 
@@ -237,3 +244,63 @@ def test_records_survive_sigkill(tmp_path: Path) -> None:
     assert report.ok and report.records == 80
     _write(path, 1)  # the lock died with the process; the chain continues
     assert verify_chain(path).records == 81
+
+
+def test_any_text_is_recorded_and_round_trips(tmp_path: Path) -> None:
+    """Non-ASCII and even lone surrogates (possible from lax JSON input) never lose a record."""
+    tel = setup_telemetry(AuditSettings(file=tmp_path / "audit.jsonl", fsync="never"))
+    odd = {"name": "é ü 中文 🙂", "lone": "x\ud800y", "nul": "a\x00b"}
+    with tel.tracer.start_as_current_span("switchboard.v1.Gateway/Execute", attributes=odd):
+        pass
+    tel.shutdown()
+    raw = (tmp_path / "audit.jsonl").read_bytes()
+    assert raw.isascii()
+    assert verify_chain(tmp_path / "audit.jsonl").ok
+    assert json.loads(raw)["attributes"] == odd
+    assert digest("x\ud800y").startswith("sha256:")
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from gateway.audit import AuditLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+path = Path(sys.argv[1])
+log = AuditLog(path, fsync="never")
+log.append({"i": 0})
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 300, hard))
+failed = 0
+for i in range(1, 4):
+    try:
+        log.append({"i": i, "pad": "x" * 200})
+    except OSError:
+        failed += 1
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+log.append({"i": 99})
+log.close()
+print(failed)
+"""
+
+
+def test_disk_full_mid_record_does_not_corrupt_the_next(tmp_path: Path) -> None:
+    """A write cut short (here EFBIG from RLIMIT_FSIZE) leaves one torn line, and the records
+    after it are intact and chained to the last complete record."""
+    path = tmp_path / "audit.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert int(out.stdout) >= 2  # the first oversize write is partial, later ones fail outright
+    lines = path.read_text().splitlines()
+    first, torn, last = json.loads(lines[0]), lines[1], json.loads(lines[-1])
+    assert len(lines) == 3 and first["i"] == 0 and last["i"] == 99
+    assert last["prev_hash"] == first["hash"] and last["seq"] == 2
+    with pytest.raises(ValueError):
+        json.loads(torn)
+    report = verify_chain(path)
+    assert (report.ok, report.line) == (False, 2)

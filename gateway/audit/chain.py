@@ -1,7 +1,7 @@
 """The local audit file: append-only JSONL where every record carries the hash of the one before.
 
-Each line is one record: its canonical JSON (sorted keys, no spaces) with ``hash`` appended
-last. ``prev_hash`` is the
+Each line is one record: its canonical JSON (sorted keys, no spaces, ASCII, non-ASCII as
+JSON escapes) with ``hash`` appended last. ``prev_hash`` is the
 ``hash`` of the previous line (``GENESIS`` for the first), and ``hash`` is the SHA-256 of the
 record's canonical JSON *without* its ``hash`` key, so deleting, editing or reordering a line
 breaks the chain at that point. ``seq`` counts records from 1 and survives restarts (the
@@ -46,13 +46,15 @@ _TAIL_CHUNK = 64 * 1024
 
 
 def _canonical(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ASCII with \u escapes: any Python str (even a lone surrogate from sloppy JSON input)
+    # serialises, and the text round-trips exactly through json.loads for verification.
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def record_hash(record: dict[str, Any]) -> str:
     """``sha256:<hex>`` of the record's canonical JSON without its ``hash`` key."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return "sha256:" + hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+    return "sha256:" + hashlib.sha256(_canonical(body).encode("ascii")).hexdigest()
 
 
 def _last_lines(fd: int, size: int) -> tuple[list[bytes], bool]:
@@ -97,6 +99,7 @@ class AuditLog:
         self._prev, self._seq = self._recover()
         self._dirty = False
         self._closed = False
+        self._torn = False
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         if fsync == "interval":
@@ -142,19 +145,36 @@ class AuditLog:
             rec["seq"] = self._seq + 1
             rec["prev_hash"] = self._prev
             body = _canonical(rec)
-            rec["hash"] = "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+            rec["hash"] = "sha256:" + hashlib.sha256(body.encode("ascii")).hexdigest()
             # The line is the hashed body with "hash" appended last (one serialization).
-            data = (body[:-1] + ',"hash":"' + rec["hash"] + '"}\n').encode("utf-8")
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            data = (body[:-1] + ',"hash":"' + rec["hash"] + '"}\n').encode("ascii")
+            self._write(data)
             self._prev, self._seq = rec["hash"], rec["seq"]
             if sync or self._policy == "always":
                 os.fsync(self._fd)
             else:
                 self._dirty = True
             return rec
+
+    def _write(self, data: bytes) -> None:
+        prefix = 1 if self._torn else 0
+        if prefix:  # a previous write was cut short: end that fragment first
+            data = b"\n" + data
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # If part of this record reached the file, the next write starts with a newline so
+            # the next record is not glued to the fragment. The chain continues from the last
+            # complete record; verify reports the fragment as a lost record.
+            written = len(data) - len(view)
+            if written > prefix:
+                self._torn = True
+            elif written == prefix == 1:
+                self._torn = False
+            raise
+        self._torn = False
 
     def flush(self) -> None:
         """fsync now (records are already in the OS; this makes them survive a power loss)."""

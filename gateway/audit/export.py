@@ -115,6 +115,7 @@ class JsonlSpanExporter(SpanExporter):
         for span in spans:
             try:
                 self.log.append(span_to_record(span))
+                self.last_error = ""
             except (OSError, ValueError, TypeError) as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -58,9 +58,9 @@ def digest(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     elif isinstance(value, str):
-        data = value.encode("utf-8")
+        data = value.encode("utf-8", "surrogatepass")  # lone surrogates still digest
     else:
-        data = canonical_json(value).encode("utf-8")
+        data = canonical_json(value).encode("utf-8", "surrogatepass")
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

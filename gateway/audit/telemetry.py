@@ -137,7 +137,7 @@ class Telemetry:
 
     @property
     def audit_error(self) -> str:
-        """Last audit-file write error ("" when healthy): wire it to the health check."""
+        """Error of the last audit-file write ("" when it succeeded): for the health check."""
         return self._file.last_error if self._file is not None else ""
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
