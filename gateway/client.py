@@ -71,8 +71,14 @@ _RETRY_CODES = frozenset({"duplicate_in_flight", "backend_unavailable"})
 _T = TypeVar("_T")
 
 
-def _channel_credentials(root_certificates: bytes | None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+def _channel_credentials(
+    root: bytes | None, key: bytes | None, chain: bytes | None
+) -> grpc.ChannelCredentials:
+    """TLS (``root`` verifies the server; ``None`` uses the system roots), plus a client
+    certificate for mTLS when ``key`` and ``chain`` are given."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
 
 
 def _should_retry(err: SwitchboardError) -> bool:
@@ -87,6 +93,8 @@ class _Base:
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        client_key: bytes | None = None,
+        client_cert_chain: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = 2,
         backoff: float = 0.1,
@@ -101,6 +109,12 @@ class _Base:
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._tls = tls
         self._root = root_certificates
+        if (client_key is None) != (client_cert_chain is None):
+            raise ValueError("mTLS needs both client_key and client_cert_chain")
+        if client_key is not None and not tls:
+            raise ValueError("a client certificate needs tls=True")
+        self._key = client_key
+        self._chain = client_cert_chain
         self._options = list(options or [])
         # Dedicated tool name -> operation, learned from the last manifest() call.
         self._tool_map: dict[str, str] = {}
@@ -119,7 +133,7 @@ class SwitchboardClient(_Base):
     def __init__(self, target: str, token: str, **kw: Any) -> None:
         super().__init__(target, token, **kw)
         if self._tls:
-            creds = _channel_credentials(self._root)
+            creds = _channel_credentials(self._root, self._key, self._chain)
             self._channel = grpc.secure_channel(target, creds, options=self._options)
         else:
             self._channel = grpc.insecure_channel(target, options=self._options)
@@ -288,7 +302,7 @@ class AsyncSwitchboardClient(_Base):
     def __init__(self, target: str, token: str, **kw: Any) -> None:
         super().__init__(target, token, **kw)
         if self._tls:
-            creds = _channel_credentials(self._root)
+            creds = _channel_credentials(self._root, self._key, self._chain)
             self._channel = grpc.aio.secure_channel(target, creds, options=self._options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=self._options)
