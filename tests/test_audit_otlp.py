@@ -35,7 +35,7 @@ def exported(
             file=tmp_path / "audit.jsonl",
             otlp_endpoint=endpoint,
             otlp_protocol=request.param,
-            otlp_headers={"x-collector-key": "k-123"},
+            otlp_headers={"X-Collector-Key": "k-123"},  # mixed case: fine for both protocols
             service_name="switchboard-test",
             otlp_schedule_delay_ms=50,
         )

@@ -71,6 +71,7 @@ def _otlp_exporter(settings: AuditSettings) -> SpanExporter:
         )
     headers = dict(settings.otlp_headers)
     if settings.otlp_protocol == "grpc":
+        headers = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys are lowercase
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
         )
