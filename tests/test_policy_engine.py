@@ -297,3 +297,23 @@ async def test_decide_span_attributes(
     assert span.attributes["switchboard.decision_id"] == d.decision_id
     assert span.attributes["switchboard.route"] == "deny"
     assert span.attributes["switchboard.policy_revision"] == engine.revision
+
+
+def test_engine_panic_fails_closed() -> None:
+    """A Rust panic inside regorus (here: using an Engine from a foreign thread, which pyo3
+    turns into PanicException, a BaseException) is a fail-closed deny, not a crash."""
+    import threading
+
+    from gateway.policy.bundle import load_bundle
+    from gateway.policy.embedded import Evaluator
+
+    ev = Evaluator(load_bundle(ps.POLICY_DIR), cache_size=0)
+    foreign = ev._home_engine
+    ev._engine = lambda: foreign  # type: ignore[method-assign]
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(ev.decide(code_run(ps.AGENT))))
+    worker.start()
+    worker.join()
+    (d,) = out
+    assert d.route == "deny" and d.error_code == "policy_error"
+    assert "panicked" in d.reasons[0]

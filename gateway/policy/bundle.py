@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from asyncio import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,23 @@ from gateway.errors import PolicyError
 
 from .base import ENTRYPOINT
 
-__all__ = ["Bundle", "clean_error", "load_bundle", "new_engine", "probe", "snapshot"]
+__all__ = [
+    "Bundle",
+    "clean_error",
+    "engine_failure",
+    "load_bundle",
+    "new_engine",
+    "probe",
+    "snapshot",
+]
 
 _DATA_NAMES = ("data.json", "data.yaml", "data.yml")
+
+
+def engine_failure(exc: BaseException) -> bool:
+    """True for errors an engine call may raise, including pyo3's PanicException (a Rust
+    panic, which derives from BaseException); False for interpreter/task control flow."""
+    return not isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | CancelledError)
 
 
 def clean_error(exc: BaseException) -> str:
@@ -123,11 +138,15 @@ def new_engine(modules: tuple[tuple[str, str], ...], data: dict[str, Any]) -> re
     for name, source in modules:
         try:
             engine.add_policy(name, source)
-        except Exception as exc:
+        except BaseException as exc:
+            if not engine_failure(exc):
+                raise
             raise PolicyError(f"{name}: {clean_error(exc)}") from exc
     try:
         engine.add_data(data)
-    except Exception as exc:
+    except BaseException as exc:
+        if not engine_failure(exc):
+            raise
         raise PolicyError(f"data: {clean_error(exc)}") from exc
     return engine
 
@@ -141,10 +160,14 @@ def probe(engine: regorus.Engine) -> None:
     engine.set_input({"principal": {}, "action": {}, "operation": {}, "context": {}})
     try:
         engine.eval_rule(ENTRYPOINT)
-    except Exception as exc:
+    except BaseException as exc:
+        if not engine_failure(exc):
+            raise
         raise PolicyError(f"{ENTRYPOINT}: {clean_error(exc)}") from exc
     for package in engine.get_packages():
         try:
             engine.eval_query(package)
-        except Exception as exc:
+        except BaseException as exc:
+            if not engine_failure(exc):
+                raise
             raise PolicyError(f"{package}: {clean_error(exc)}") from exc

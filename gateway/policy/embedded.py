@@ -28,7 +28,7 @@ from gateway.errors import PolicyError
 from gateway.models import Decision
 
 from .base import ENTRYPOINT, PolicySettings, default_policy_dir, parse_decision
-from .bundle import Bundle, clean_error, load_bundle, probe, snapshot
+from .bundle import Bundle, clean_error, engine_failure, load_bundle, probe, snapshot
 from .decisionlog import fail_closed, finish, tracer
 from .inputpaths import CacheKeyFn, make_key_fn
 
@@ -91,7 +91,7 @@ class Evaluator:
         except Exception as exc:
             raise PolicyError(f"policy evaluation failed: {clean_error(exc)}") from exc
         except BaseException as exc:  # pyo3 PanicException derives from BaseException
-            if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+            if not engine_failure(exc):
                 raise
             raise PolicyError(f"policy engine panicked: {clean_error(exc)}") from exc
 

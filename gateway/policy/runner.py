@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.errors import PolicyError
 
-from .bundle import clean_error, load_bundle
+from .bundle import clean_error, engine_failure, load_bundle
 
 __all__ = ["TestResult", "discover_tests", "run_tests"]
 
@@ -90,7 +90,9 @@ def run_tests(root: Path) -> list[TestResult]:
             value = clone.eval_rule(name)
             outcome = "pass" if value is True else "fail"
             message = "" if value is True else ("undefined" if value is None else repr(value))
-        except Exception as exc:
+        except BaseException as exc:  # incl. pyo3 PanicException
+            if not engine_failure(exc):
+                raise
             outcome, message = "error", clean_error(exc)
         duration = (time.perf_counter() - start) * 1e6
         try:
