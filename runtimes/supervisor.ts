@@ -50,7 +50,7 @@ type Run = {
   id: string;
   slot: Slot | null;
   sid: string | null;
-  timer: number | undefined;
+  timer: ReturnType<typeof setTimeout> | undefined;
   cancelled: boolean;
   budget: number;
   used: number;
@@ -151,12 +151,14 @@ function createSpare(): Promise<void> {
     const t = setTimeout(() => {
       send({ t: "log", msg: "worker start timed out" });
       kill(slot);
+      startFailed();
       done();
     }, INIT_TIMEOUT_MS);
     slot.w.onmessage = (e) => {
       const m = e.data;
       if (!slot.ready && m && m.t === "ready") {
         slot.ready = true;
+        startFailures = 0;
         slot.w.onmessage = (e2) => onWorkerMessage(slot, e2.data);
         done();
         const waiter = waiters.shift();
@@ -165,6 +167,7 @@ function createSpare(): Promise<void> {
       } else if (!slot.ready) {
         send({ t: "log", msg: `worker failed to start: ${String(m?.message).slice(0, 2000)}` });
         kill(slot);
+        startFailed();
         done();
       }
     };
@@ -172,6 +175,7 @@ function createSpare(): Promise<void> {
       e.preventDefault();
       if (!slot.ready) {
         kill(slot);
+        startFailed();
         done();
         return;
       }
@@ -180,6 +184,16 @@ function createSpare(): Promise<void> {
     slot.w.onmessageerror = () => onWorkerFailure(slot, "unreadable message from the sandbox");
     slot.w.postMessage({ t: "init", mode: "restore", snap: snapshot, mod: wasmModule });
   });
+}
+
+// Isolates that cannot start will not start on retry either: exit so the host respawns us
+// (with backoff) instead of spinning here.
+let startFailures = 0;
+function startFailed() {
+  if (++startFailures >= 3) {
+    send({ t: "log", msg: "isolates keep failing to start; exiting" });
+    setTimeout(() => Deno.exit(5), 50);
+  }
 }
 
 let refilling = false;

@@ -12,7 +12,11 @@ import { loadPyodide } from "./node_modules/pyodide/pyodide.mjs";
 type Any = any;
 
 const ASSETS = new URL("./node_modules/pyodide/", import.meta.url).pathname;
-const post = (msg: Any, transfer: Transferable[] = []) => self.postMessage(msg, transfer);
+const scope = self as unknown as {
+  postMessage(msg: Any, transfer?: Transferable[]): void;
+  onmessage: ((e: MessageEvent) => void) | null;
+};
+const post = (msg: Any, transfer: Transferable[] = []) => scope.postMessage(msg, transfer);
 
 let py: Any = null;
 let runFn: Any = null;
@@ -121,7 +125,7 @@ async function init(msg: Any) {
         "del _m, _src",
     );
     const snap: Uint8Array = p.makeMemorySnapshot();
-    post({ t: "snapshot", snap }, [snap.buffer]);
+    post({ t: "snapshot", snap }, [snap.buffer as ArrayBuffer]);
     return;
   }
   shareCompiledModule(msg.mod);
@@ -176,7 +180,7 @@ async function run(msg: Any) {
   post({ t: "done", reply, truncated: out.truncated, heap: heapBytes(), fatal, ms: performance.now() - T0 });
 }
 
-self.onmessage = (e: MessageEvent) => {
+scope.onmessage = (e: MessageEvent) => {
   const msg = e.data;
   if (!msg || typeof msg !== "object") return;
   if (msg.t === "reply") {

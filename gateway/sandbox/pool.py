@@ -266,6 +266,8 @@ class SandboxPool:
         """Run one program. User-code errors come back as data; infrastructure as errors."""
         if not self._started or self._closing:
             raise SandboxError("the sandbox pool is not running")
+        if not req.principal_key:
+            raise InvalidRequest("a run needs a principal_key", field="principal_key")
         validator = _output_validator(req.output_schema)
         self._counters["runs"] += 1
         if req.session_id is None:
@@ -317,14 +319,26 @@ class SandboxPool:
         done: dict[str, Any] | None = None
         tasks: set[asyncio.Task[None]] = set()
         try:
+            started = False
             deadline = time.monotonic() + self.settings.queue_timeout_s
             while done is None:
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and not started:
+                    # Saturated, not broken: give the place in the queue back, kill nothing.
+                    proc.send({"t": "cancel", "id": run_id})
+                    self._forget(sess, req)
+                    raise ResourceExhausted("no sandbox isolate became free in time",
+                                            details={"queue_timeout_s":
+                                                     self.settings.queue_timeout_s})
                 if remaining <= 0:
                     raise TimeoutError
-                msg = await asyncio.wait_for(queue.get(), remaining)
+                try:
+                    msg = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    continue
                 kind = msg["t"]
                 if kind == "started":
+                    started = True
                     deadline = (time.monotonic() + limits.timeout_ms / 1000
                                 + self.settings.kill_grace_s)
                 elif kind == "event":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -24,6 +25,7 @@ from gateway.sandbox.types import SandboxSettings
 
 __all__ = ["MAX_FRAME", "DenoProcess", "deno_command"]
 
+log = logging.getLogger(__name__)
 MAX_FRAME = 16 * 1024 * 1024
 _OOM_MARKERS = ("out of memory", "heap limit", "allocation failed")
 
@@ -169,7 +171,10 @@ class DenoProcess:
         try:
             while True:
                 msg = await self._read_frame()
-                if msg["t"] in ("log", "stats", "hello", "ready"):
+                if msg["t"] == "log":
+                    log.info("sandbox process %d: %.500s", self.index, msg.get("msg"))
+                    continue
+                if msg["t"] in ("stats", "hello", "ready"):
                     continue
                 queue = self._queues.get(str(msg.get("id")))
                 if queue is not None:
