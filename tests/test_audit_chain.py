@@ -304,3 +304,42 @@ def test_disk_full_mid_record_does_not_corrupt_the_next(tmp_path: Path) -> None:
         json.loads(torn)
     report = verify_chain(path)
     assert (report.ok, report.line) == (False, 2)
+
+
+_FULL_DISK_TELEMETRY = """
+import json, resource, signal, sys
+from pathlib import Path
+from gateway.audit import AuditSettings, setup_telemetry
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = Path(sys.argv[1])
+tel = setup_telemetry(AuditSettings(file=path, fsync="never"))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+with tel.tracer.start_as_current_span("lost"):
+    pass  # must not raise into the call
+during = tel.audit_error
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+with tel.tracer.start_as_current_span("kept"):
+    pass
+after = tel.audit_error
+tel.shutdown()
+print(json.dumps({"during": during, "after": after}))
+"""
+
+
+def test_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_TELEMETRY, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    state = json.loads(out.stdout.splitlines()[-1])
+    assert "File too large" in state["during"] and state["after"] == ""
+    assert "audit_write_failed" in out.stdout + out.stderr  # logged (structlog default: stdout)
+    report = verify_chain(path)
+    assert report.ok and report.records == 1
+    assert json.loads(path.read_text())["name"] == "kept"
