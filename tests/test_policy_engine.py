@@ -236,6 +236,12 @@ async def test_set_valued_reasons_accepted(tmp_path: Path) -> None:
     assert d.route == "deny" and d.reasons == ("a", "b") and not d.error_code
 
 
+async def test_non_object_input_denies(engine: EmbeddedPolicyEngine) -> None:
+    for bad in (None, [1], "x"):
+        d = await engine.decide(bad)  # type: ignore[arg-type]
+        assert d.route == "deny" and d.error_code == "policy_error"
+
+
 async def test_not_started_denies() -> None:
     eng = create_policy_engine(PolicySettings(path=ps.POLICY_DIR, reload=False))
     d = await eng.decide(code_run(ps.AGENT))

@@ -97,6 +97,8 @@ class Evaluator:
 
     def decide(self, input: dict[str, Any]) -> Decision:
         """Evaluate and parse; never raises for policy problems (fail-closed deny instead)."""
+        if not isinstance(input, dict):
+            return fail_closed("policy input must be a JSON object")
         key = None
         if self.cache_key is not None:
             try:

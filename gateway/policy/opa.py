@@ -153,6 +153,8 @@ class OpaPolicyEngine:
             start = time.perf_counter()
             if not self._started:
                 decision = fail_closed("policy engine is not started")
+            elif not isinstance(input, dict):
+                decision = fail_closed("policy input must be a JSON object")
             else:
                 try:
                     action = input.get("action")
