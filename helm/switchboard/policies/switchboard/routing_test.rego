@@ -78,7 +78,10 @@ matches(d, want_route, want_reason) if {
 	contains(reason, want_reason)
 }
 
-test_routing_table if count(failures) == 0
+test_routing_table if {
+	print("failing cases:", failures)
+	count(failures) == 0
+}
 
 test_every_case_has_a_distinct_name if count({c[0] | some c in cases}) == count(cases)
 
