@@ -104,6 +104,11 @@ def test_policy_reading_arguments_is_keyed_on_them(tmp_path: Path) -> None:
         assert ev.decide(small).route == "code"
         assert ev.decide(big).route == "deny"
     assert ev.cache_hits == 2
+    huge = ps.host_call(ps.AGENT, "ledger.get_balance", amount=5, blob="x" * 10_000)
+    huge["action"]["arguments"]["amount"] = {"v": 5, "pad": "y" * 10_000}
+    for _ in range(2):
+        assert not ev.decide(huge).error_code
+    assert ev.cache_hits == 2  # keys over 8 KiB are not cached
 
 
 def test_errors_are_not_cached(tmp_path: Path) -> None:

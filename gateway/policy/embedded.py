@@ -38,6 +38,7 @@ _log = structlog.get_logger("switchboard.policy")
 
 _PER_THREAD = threading.local()
 _ENGINES_PER_THREAD = 4
+_MAX_KEY_CHARS = 8192
 
 
 class Evaluator:
@@ -105,6 +106,8 @@ class Evaluator:
                 key = self.cache_key(input)
             except (TypeError, ValueError):
                 key = None  # not JSON: evaluate (and fail) the slow way
+            if key is not None and len(key) > _MAX_KEY_CHARS:
+                key = None  # a policy keyed on big arguments: do not hold them in memory
             if key is not None:
                 with self._cache_lock:
                     hit = self._cache.get(key)
