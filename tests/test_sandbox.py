@@ -1,5 +1,6 @@
 """The sandbox pool end to end: real Deno processes, real Pyodide, a real async host handler."""
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,9 @@ import os
 import signal
 
 import pytest
+
+# The shared fixtures module is also a plugin (below): have its asserts rewritten first.
+pytest.register_assert_rewrite("tests.sandbox_support")
 
 from gateway.errors import InvalidRequest, SandboxCrashed, SandboxTimeout
 from gateway.sandbox import SandboxPool, SandboxSettings
@@ -331,3 +335,13 @@ async def test_session_eviction_idle_expiry_and_close() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_failing_event_consumer_stops_the_run(pool: SandboxPool) -> None:
+    async def broken(event: object) -> None:
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        await pool.run(req("print('x')\nwhile True: pass", timeout_ms=60000), Host(), broken)
+    r = await pool.run(req("'next'"), Host())
+    assert r.result == "next" and pool.stats()["active_runs"] == 0

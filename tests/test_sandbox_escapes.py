@@ -4,6 +4,7 @@ The attacker model is DESIGN.md's: sandboxed code reaches the JS global scope an
 namespace (through ``pyodide_js``), so these tests go straight for ``Deno.*``.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The shared fixtures module is also a plugin (below): have its asserts rewritten first.
+pytest.register_assert_rewrite("tests.sandbox_support")
 
 from gateway.errors import SandboxCrashed, SandboxMemory, SandboxTimeout
 from gateway.sandbox import SandboxPool, SandboxSettings, default_runtime_dir

@@ -367,6 +367,11 @@ class SandboxPool:
             self._count_error(exc)
             self._forget(sess, req)
             raise
+        except Exception:
+            # e.g. the on_event consumer failed: stop the run rather than leave it running.
+            proc.send({"t": "cancel", "id": run_id})
+            self._forget(sess, req)
+            raise
         finally:
             proc.unregister(run_id)
             for task in tasks:
