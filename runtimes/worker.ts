@@ -40,13 +40,15 @@ function resetOutput(budget: number) {
   out.decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
 }
 
+const encoder = new TextEncoder();
+
 function emit(stream: string, line: string) {
   if (out.truncated) return;
   const room = out.budget - out.used;
-  const bytes = line.length * 3 <= room ? line.length : new TextEncoder().encode(line).length;
+  const bytes = encoder.encode(line).length;
   if (bytes + 1 > room) {
     out.truncated = true;
-    // Keep what fits (measured in UTF-16 units, an upper bound on bytes only for ASCII).
+    // Keep what fits; the host trims to exact bytes again.
     if (room > 1) post({ t: "out", stream, line: line.slice(0, room - 1), cut: true });
     out.used = out.budget;
     return;

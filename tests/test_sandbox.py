@@ -80,6 +80,10 @@ async def test_output_is_capped(pool: SandboxPool) -> None:
     # One enormous line is cut, not buffered whole.
     r = await pool.run(req("print('x' * 5_000_000)\n1", max_output_bytes=2048), Host())
     assert r.ok and r.output_truncated and 0 < len(r.stdout) <= 2048
+    # The cap counts UTF-8 bytes, and never splits a character.
+    r = await pool.run(req("for _ in range(50): print('é€' * 20)", max_output_bytes=300), Host())
+    assert r.ok and r.output_truncated
+    assert 0 < len(r.stdout.encode()) <= 300 and "\ufffd" not in r.stdout
 
 
 async def test_result_size_is_bounded(pool: SandboxPool) -> None:
