@@ -1,10 +1,10 @@
 """Dedicated-tool channel benchmarks (run by hand; prints a markdown table).
 
-    .venv/bin/python bench/tools_bench.py [--n 400] [--postgres]
+    .venv/bin/python bench/tools_bench.py [--n 400] [--postgres] [--redis]
 
 Measures, against a real HTTP backend on loopback (uvicorn in a thread): argument validation,
 a bare backend call, the full channel (validate → claim → call → record → check) on the
-SQLite store (WAL, synchronous=FULL) and optionally PostgreSQL, a replayed retry, and
+SQLite store (WAL, synchronous=FULL) and optionally PostgreSQL/Redis, a replayed retry, and
 throughput with 32 concurrent distinct requests. The channel's own cost is the difference
 between "channel" and "bare call".
 """
@@ -70,7 +70,15 @@ async def bench_store(label: str, store: IdempotencyStore, client: BackendClient
                                      strict=True)
 
     await execute(-1)  # warm up
-    rows = [row(f"channel, {label} store", await timed(n, execute)),
+
+    async def store_only(i: int) -> None:
+        key = f"{run}-store-{i}"
+        await store.begin(key, "fp", OP.name, owner=channel.owner, lease_s=30, ttl_s=60)
+        await store.mark_sent(key, channel.owner)
+        await store.complete(key, channel.owner, {"result": {"id": i}}, 60)
+
+    rows = [row(f"{label} store only: claim + mark-sent + complete", await timed(n, store_only)),
+            row(f"channel, {label} store", await timed(n, execute)),
             row(f"replayed retry, {label} store", await timed(n, execute))]
     batch = 32
     started = time.perf_counter()
@@ -83,7 +91,7 @@ async def bench_store(label: str, store: IdempotencyStore, client: BackendClient
     return rows
 
 
-async def main(n: int, postgres: bool) -> None:
+async def main(n: int, postgres: bool, redis: bool) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     validate: list[float] = []
     for _ in range(n * 5):
@@ -109,6 +117,14 @@ async def main(n: int, postgres: bool) -> None:
                     pg = open_idempotency_store(IdempotencySettings(dsn=dsn))
                     lines += await bench_store("PostgreSQL", pg, client, n)
                     await pg.aclose()
+        if redis:
+            with ts.redis_server() as url:
+                if url is None:
+                    lines.append("| Redis | not installed | | | |")
+                else:
+                    rs = open_idempotency_store(IdempotencySettings(dsn=url))
+                    lines += await bench_store("Redis", rs, client, n)
+                    await rs.aclose()
         await client.aclose()
     print("\n".join(lines))
 
@@ -117,5 +133,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--redis", action="store_true")
     a = parser.parse_args()
-    asyncio.run(main(a.n, a.postgres))
+    asyncio.run(main(a.n, a.postgres, a.redis))

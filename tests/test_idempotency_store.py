@@ -1,4 +1,4 @@
-"""Idempotency stores (SQLite; PostgreSQL where installed): claims, leases, dead owners,
+"""Idempotency stores (SQLite; PostgreSQL and Redis where installed): claims, leases, dead owners,
 outcomes, cross-process races, replicas sharing one store."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tools_support import ROOT, postgres_server
+from tools_support import ROOT, postgres_server, redis_server
 
 from gateway.errors import ConfigError
 from gateway.tools import IdempotencySettings, IdempotencyStore, open_idempotency_store
@@ -20,6 +20,7 @@ from gateway.tools.idempotency import new_owner_id, owner_alive
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
 
 NO_PG = "no PostgreSQL server or psycopg here (or set SWITCHBOARD_TEST_POSTGRES_DSN)"
+NO_REDIS = "no redis-server or redis package here (or set SWITCHBOARD_TEST_REDIS_URL)"
 ME = new_owner_id()
 OTHER = new_owner_id()  # same process, other channel: alive
 
@@ -36,13 +37,25 @@ def pg_dsn() -> Iterator[str | None]:
         yield dsn
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str | None]:
+    """A real Redis, or None when no server or no ``redis`` (optional) package is installed."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
-    """Every protocol test runs on each store (PostgreSQL only where a server is installed)."""
+    """Every protocol test runs on each store (PostgreSQL/Redis where a server is installed)."""
     s: IdempotencyStore
     if request.param == "sqlite":
         s = SQLiteIdempotencyStore(tmp_path / "idem.db")
-    else:
+    elif request.param == "postgres":
         dsn = request.getfixturevalue("pg_dsn")
         if dsn is None:
             pytest.skip(NO_PG)
@@ -53,6 +66,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS switchboard_idempotency")
         s = PostgresIdempotencyStore(dsn)
+    else:
+        url = request.getfixturevalue("redis_url")
+        if url is None:
+            pytest.skip(NO_REDIS)
+        import redis
+
+        from gateway.tools.redis_store import RedisIdempotencyStore
+
+        redis.Redis.from_url(url).flushdb()
+        s = RedisIdempotencyStore(url)
     yield s
     await s.aclose()
 
@@ -132,7 +155,8 @@ async def test_ttl_expiry_and_purge(store: IdempotencyStore) -> None:
     await begin(store, ME, key="b")
     await store.complete("b", ME, {"result": 2}, ttl_s=60)
     await asyncio.sleep(0.06)
-    assert await store.purge() == 1
+    native_expiry = type(store).__name__ == "RedisIdempotencyStore"  # Redis drops it itself
+    assert await store.purge() == (0 if native_expiry else 1)
     assert await store.get("a") is None and await store.get("b") is not None
     await store.complete("b", ME, {"result": 3}, ttl_s=60)  # already done: no change
     rec = await store.get("b")
@@ -203,16 +227,18 @@ def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     store = open_idempotency_store(IdempotencySettings(dsn=f"sqlite:///{absolute}"))
     assert isinstance(store, SQLiteIdempotencyStore) and store.path == absolute
     store._db.close()
-    for bad in ("sqlite://relative.db", "mysql://x/y", "redis://localhost:6379/0"):
+    for bad in ("sqlite://relative.db", "mysql://x/y", "mongodb://localhost/db"):
         with pytest.raises(ConfigError) as exc:
             open_idempotency_store(IdempotencySettings(dsn=bad))
         assert exc.value.field == "idempotency.dsn"
 
 
-async def test_postgres_replicas_share_one_effect(pg_dsn: str | None) -> None:
-    """Two gateway replicas (own client, own store connection pool) on one PostgreSQL."""
-    if pg_dsn is None:
-        pytest.skip(NO_PG)
+@pytest.mark.parametrize("server", ["pg_dsn", "redis_url"], ids=["postgres", "redis"])
+async def test_replicas_share_one_effect(server: str, request: pytest.FixtureRequest) -> None:
+    """Two gateway replicas (own client, own store connections) on one shared store."""
+    dsn = request.getfixturevalue(server)
+    if dsn is None:
+        pytest.skip(NO_PG if server == "pg_dsn" else NO_REDIS)
     import asyncio as aio
 
     from tools_support import PRINCIPAL, Scripted, op, serve_backend
@@ -225,7 +251,7 @@ async def test_postgres_replicas_share_one_effect(pg_dsn: str | None) -> None:
         replicas = []
         for _ in range(2):
             client = BackendClient({"svc": BackendSettings(name="svc", base_url=backend.url)})
-            store = open_idempotency_store(IdempotencySettings(dsn=pg_dsn))
+            store = open_idempotency_store(IdempotencySettings(dsn=dsn))
             replicas.append((client, store, ToolChannel(client, store)))
         rid = f"pg-{uuid.uuid4()}"
         try:

@@ -336,3 +336,39 @@ def postgres_server() -> Iterator[str | None]:
                 proc.kill()
                 proc.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A URL for a real Redis: ``SWITCHBOARD_TEST_REDIS_URL`` if set, else a private
+    ``redis-server`` on a Unix socket (no TCP port); None when none is installed."""
+    import shutil
+    import tempfile
+
+    if os.environ.get("SWITCHBOARD_TEST_REDIS_URL"):
+        yield os.environ["SWITCHBOARD_TEST_REDIS_URL"]
+        return
+    binary = shutil.which("redis-server")
+    if not binary:
+        yield None
+        return
+    base = Path(tempfile.mkdtemp(prefix="sb-redis-"))
+    sock = base / "redis.sock"
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+         "--dir", str(base)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -139,7 +139,7 @@ def _load_app(entry_point: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"backend app {entry_point!r} cannot be imported: {exc}",
                           field="backends.app") from exc
-    return target() if callable(target) and not hasattr(target, "openapi") else target
+    return target
 
 
 class _AttemptFailed(Exception):

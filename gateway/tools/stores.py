@@ -1,5 +1,6 @@
-"""Pick the idempotency store named by a DSN: ``sqlite:///path`` (embedded default) or
-``postgresql://...`` (shared by several replicas; needs the optional ``psycopg``)."""
+"""Pick the idempotency store named by a DSN: ``sqlite:///path`` (embedded default),
+``postgresql://...`` or ``redis://...`` (shared by several replicas; need the optional
+``psycopg`` / ``redis`` packages)."""
 
 from __future__ import annotations
 
@@ -31,5 +32,10 @@ def open_idempotency_store(settings: IdempotencySettings) -> IdempotencyStore:
         from gateway.tools.postgres_store import PostgresIdempotencyStore
 
         return PostgresIdempotencyStore(settings.dsn)
+    if scheme in ("redis", "rediss", "unix"):
+        from gateway.tools.redis_store import RedisIdempotencyStore
+
+        return RedisIdempotencyStore(settings.dsn)
     raise ConfigError(f"idempotency dsn {settings.dsn!r}: unsupported scheme {scheme!r} "
-                      "(use sqlite:///PATH or postgresql://...)", field="idempotency.dsn")
+                      "(use sqlite:///PATH, postgresql://... or redis://...)",
+                      field="idempotency.dsn")
