@@ -3,8 +3,8 @@
 # all baked in so a pod needs no network at start. Runs as uid 10001 on a read-only root
 # file system; writable paths are volumes: /tmp (DENO_DIR) and /var/lib/switchboard (state).
 #
-#   docker build -t switchboard:0.1.0 \
-#     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
+#   docker build -t switchboard:0.1.0 --build-arg VERSION=0.1.0 \
+#     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg SOURCE_URL="$(git remote get-url origin)" .
 #
 # Base images are pinned by tag; pin them by digest too in your registry mirror
 # (PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...).
@@ -46,14 +46,14 @@ FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
+ARG SOURCE_URL=unknown
 LABEL org.opencontainers.image.title="switchboard" \
       org.opencontainers.image.description="Policy-routing gRPC gateway for AI agents: Rego routes every action to validated tools or a Pyodide code sandbox." \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/switchboard-gateway/switchboard" \
-      org.opencontainers.image.vendor="Switchboard" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
 
 # tini reaps the Deno worker processes and forwards SIGTERM for a graceful drain.
