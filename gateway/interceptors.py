@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
-from gateway.audit import extract_trace_context
+from gateway.audit import extract_trace_context, record_outcome
 from gateway.errors import GatewayError, grpc_status_for
 from gateway.identity import Authenticator, bearer_token
 from gateway.models import Principal
@@ -56,7 +56,7 @@ class _Call:
         self.method = method
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
-        self.error_code = "ok"
+        self.error: BaseException | None = None
 
     def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> trace.Span:
         metadata = tuple(context.invocation_metadata() or ())
@@ -91,26 +91,29 @@ class _Call:
         return span
 
     def fail(self, exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-        span = trace.get_current_span()
+        """Map an exception to the status, message and trailers the client gets."""
         if isinstance(exc, GatewayError):
             gw = exc
         else:
             log.exception("internal error", exc_info=exc)
             gw = GatewayError("internal error")
+        self.error = exc
         self.code = grpc_status_for(gw)
-        self.error_code = gw.code
-        span.set_status(Status(StatusCode.ERROR, gw.message))
         return self.code, gw.message, _error_metadata(gw, getattr(self, "trace_id", ""))
 
-    def end(self, cancelled: bool = False) -> None:
+    def end(self, context: grpc.aio.ServicerContext[Any, Any], cancelled: bool = False) -> None:
         span = trace.get_current_span()
+        error = self.error
         if cancelled:
-            self.code, self.error_code = grpc.StatusCode.CANCELLED, "cancelled"
-            span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            error = TimeoutError("client deadline exceeded") if expired else \
+                asyncio.CancelledError("cancelled by the client")
+        outcome = record_outcome(span, error)
         span.set_attribute(attr.RPC_GRPC_STATUS_CODE, self.code.value[0])
-        span.set_attribute(attr.OUTCOME, self.error_code)
         duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        log.info("rpc", status=self.code.name, outcome=self.error_code, duration_ms=duration_ms)
+        log.info("rpc", status=self.code.name, outcome=outcome, duration_ms=duration_ms)
         if hasattr(self, "principal_token"):
             _principal.reset(self.principal_token)
         structlog.contextvars.clear_contextvars()
@@ -165,7 +168,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 failure = call.fail(exc)
             finally:
-                call.end(cancelled=cancelled)
+                call.end(context, cancelled=cancelled)
             assert failure is not None
             await context.abort(failure[0], failure[1], trailing_metadata=failure[2])
 
@@ -190,7 +193,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 failure = call.fail(exc)
             finally:
-                call.end(cancelled=cancelled)
+                call.end(context, cancelled=cancelled)
             if failure is not None:
                 await context.abort(failure[0], failure[1], trailing_metadata=failure[2])
 

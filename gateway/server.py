@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway import __version__
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.audit import Telemetry, setup_telemetry
+from gateway.audit import Telemetry, register_secret, setup_telemetry
 from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.identity import Authenticator
@@ -106,6 +106,12 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         telemetry.shutdown()
         raise
 
+    # Literal secrets are scrubbed from every span and log line, wherever they turn up.
+    for token in settings.identity.tokens:
+        register_secret(token)
+    for backend in settings.backends:
+        for value in backend.headers.values():
+            register_secret(value)
     pipeline = Pipeline(catalog=catalog, policy=policy, client=client,
                         tools=ToolChannel(client, store), sandbox=sandbox,
                         tracer=telemetry.tracer)

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from gateway.audit.tracing import contextual_tracer
 from gateway.models import Decision
 
 from .base import FAIL_CLOSED_MASK
@@ -16,7 +17,8 @@ from .inputs import redact
 
 __all__ = ["fail_closed", "finish", "tracer"]
 
-tracer = trace.get_tracer("switchboard.policy")
+# Spans go to the provider of the gateway whose call is current (each gateway owns one).
+tracer = contextual_tracer("switchboard.policy")
 
 
 def fail_closed(reason: str) -> Decision:
