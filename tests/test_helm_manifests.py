@@ -138,6 +138,19 @@ def test_opa_bundle_replaces_the_policies_configmap(scenarios: dict[str, Rendere
     assert opa_config["decision_logs"] == {"console": True}
 
 
+def test_opa_never_ships_decisions_to_the_bundle_server(chart: helm_python.Chart) -> None:
+    """With a bundle service and decision logs off, OPA must get no decision_logs section:
+    one without console output makes OPA upload every decision to its first service."""
+    values = load_scenario("opa-bundle-values.yaml")
+    values["opa"]["decisionLogs"] = False
+    rendered = render(chart, values)
+    opa_config = yaml.safe_load(rendered.one("ConfigMap", f"{FULLNAME}-opa")["data"]["config.yaml"])
+    assert "decision_logs" not in opa_config and "bundles" in opa_config
+    default = render(chart)
+    text = default.one("ConfigMap", f"{FULLNAME}-opa")["data"]["config.yaml"]
+    assert yaml.safe_load(text) == {}
+
+
 @pytest.mark.parametrize("scenario", VALID_SCENARIOS)
 def test_gateway_probes_are_grpc_health(scenarios: dict[str, Rendered], scenario: str) -> None:
     gw = scenarios[scenario].container("gateway")
