@@ -66,6 +66,7 @@ const waiters: ((s: Slot) => void)[] = [];
 const sessions = new Map<string, Slot>();
 const runs = new Map<string, Run>();
 let creating = 0;
+const live = new Set<Slot>(); // every worker not yet terminated
 
 const PERMISSIONS = {
   read: [ASSETS],
@@ -89,6 +90,7 @@ function newWorker(): Worker {
 function kill(slot: Slot) {
   if (slot.dead) return;
   slot.dead = true;
+  live.delete(slot);
   slot.w.terminate();
   if (slot.sid !== null && sessions.get(slot.sid) === slot) sessions.delete(slot.sid);
 }
@@ -140,6 +142,7 @@ function createSpare(): Promise<void> {
   creating++;
   return new Promise<void>((resolve) => {
     const slot: Slot = { w: newWorker(), ready: false, dead: false, run: null, sid: null };
+    live.add(slot);
     let settled = false;
     const done = () => {
       if (settled) return;
@@ -297,7 +300,10 @@ function onHost(m: Any) {
     const slot = sessions.get(String(m.sid));
     if (slot && !slot.run) kill(slot);
   } else if (m.t === "stats") {
-    send({ t: "stats", spares: spares.length, creating, sessions: sessions.size, runs: runs.size });
+    send({
+      t: "stats", id: String(m.id), spares: spares.length, creating, sessions: sessions.size,
+      runs: runs.size, workers: live.size,
+    });
   }
 }
 

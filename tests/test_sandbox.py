@@ -20,6 +20,18 @@ pytest_plugins = ("tests.sandbox_support",)
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 
+async def assert_no_leaked_workers(pool: SandboxPool) -> None:
+    """Every live isolate is a spare, starting, or a session's: none left over from a run."""
+    stats: list[dict[str, int]] = []
+    for _ in range(100):
+        stats = await pool.isolate_stats()
+        if stats and all(s["runs"] == 0 and s["workers"] == s["spares"] + s["creating"]
+                         + s["sessions"] for s in stats):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"leaked workers: {stats}")
+
+
 # ---- results --------------------------------------------------------------------------------
 
 
@@ -263,6 +275,7 @@ async def test_infinite_loop_times_out_and_pool_keeps_serving(pool: SandboxPool)
     assert 0.35 < elapsed < 3.0
     r = await pool.run(req("1 + 1"), Host())
     assert r.ok and r.result == 2
+    await assert_no_leaked_workers(pool)
 
 
 async def test_slow_host_call_counts_against_the_deadline(pool: SandboxPool) -> None:
@@ -282,6 +295,7 @@ async def test_cancel_stops_the_run(pool: SandboxPool) -> None:
     r = await pool.run(req("'ok'"), Host())
     assert r.result == "ok"
     assert pool.stats()["active_runs"] == 0
+    await assert_no_leaked_workers(pool)
 
 
 async def test_killed_process_is_replaced(pool: SandboxPool) -> None:
@@ -349,3 +363,4 @@ async def test_failing_event_consumer_stops_the_run(pool: SandboxPool) -> None:
         await pool.run(req("print('x')\nwhile True: pass", timeout_ms=60000), Host(), broken)
     r = await pool.run(req("'next'"), Host())
     assert r.result == "next" and pool.stats()["active_runs"] == 0
+    await assert_no_leaked_workers(pool)

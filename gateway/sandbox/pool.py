@@ -512,6 +512,11 @@ class SandboxPool:
             output_truncated=out.truncated or bool(done.get("truncated")),
         )
 
+    async def isolate_stats(self) -> list[dict[str, Any]]:
+        """Per live process, the supervisor's counts (workers, spares, sessions, runs)."""
+        procs = [p for p in self._procs if p is not None and p.ready and not p.dead]
+        return list(await asyncio.gather(*(p.query_stats() for p in procs)))
+
     def stats(self) -> dict[str, Any]:
         procs = [p for p in self._procs if p is not None]
         return {

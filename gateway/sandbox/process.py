@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,7 +175,7 @@ class DenoProcess:
                 if msg["t"] == "log":
                     log.info("sandbox process %d: %.500s", self.index, msg.get("msg"))
                     continue
-                if msg["t"] in ("stats", "hello", "ready"):
+                if msg["t"] in ("hello", "ready"):
                     continue
                 queue = self._queues.get(str(msg.get("id")))
                 if queue is not None:
@@ -231,6 +232,20 @@ class DenoProcess:
     def unregister(self, run_id: str) -> None:
         if self._queues.pop(run_id, None) is not None:
             self.active -= 1
+
+    async def query_stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The supervisor's own view: live workers, spares, sessions, runs in flight."""
+        query_id = f"stats-{id(self)}-{time.monotonic_ns()}"
+        queue = self.register(query_id)
+        try:
+            self.send({"t": "stats", "id": query_id})
+            msg = await asyncio.wait_for(queue.get(), timeout_s)
+        finally:
+            self.unregister(query_id)
+        if msg.get("t") != "stats":
+            raise SandboxCrashed("the sandbox process did not report its state")
+        return {k: v for k, v in msg.items() if k in ("spares", "creating", "sessions", "runs",
+                                                      "workers")}
 
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a frame; never blocks (the supervisor reads promptly or gets killed)."""
