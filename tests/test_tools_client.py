@@ -252,3 +252,15 @@ async def test_app_entry_point_imported(tmp_path: Any, monkeypatch: pytest.Monke
     finally:
         await c.aclose()
         sys.modules.pop("gateway.demo.ledger", None)
+
+
+async def test_configured_headers_are_never_logged(client: BackendClient,
+                                                   backend: Backend) -> None:
+    from structlog.testing import capture_logs
+
+    backend.script("noisy", Scripted(503, {}), Scripted(200, {"ok": True}))
+    with capture_logs() as logs:
+        await client.call(op("noisy"), {})
+    assert any(entry["event"] == "backend_retry" for entry in logs)  # something was logged
+    assert "s3cret" not in repr(logs)
+    assert backend.requests[-1]["headers"]["authorization"] == "Bearer s3cret"  # but sent
