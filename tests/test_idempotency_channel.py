@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tools_support import PRINCIPAL, Backend, Scripted, free_port_refusing, op, serve_backend
 
 from gateway.errors import (
@@ -315,3 +317,24 @@ async def test_lease_kept_alive_by_heartbeat_during_a_long_call(rig: Rig) -> Non
         await run(rig.channel(settings=short), pay())
     assert (await first).result == {"id": "T1"}
     assert rig.backend.hits["pay"] == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
+def test_fingerprint_ignores_key_order_and_int_float_spelling(args: dict[str, Any]) -> None:
+    from gateway.tools.channel import fingerprint
+
+    reordered = dict(reversed(list(args.items())))
+    as_floats = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                 for k, v in args.items()}
+    assert fingerprint(pay(), args) == fingerprint(pay(), reordered)
+    assert fingerprint(pay(), args) == fingerprint(pay(), as_floats)
+    assert fingerprint(pay(), args) != fingerprint(pay(), {**args, "\x00extra": 1})
+    assert fingerprint(pay(), args) != fingerprint(pay("refund"), args)
