@@ -37,15 +37,15 @@ async def _serve(settings: Settings) -> int:
     from gateway.server import create_server
 
     configure_logging(settings.audit.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before LISTENING: a prompt SIGTERM drains too
+        loop.add_signal_handler(sig, stop.set)
     gateway, port = await create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
     print(f"LISTENING grpc://{host}:{port}", flush=True)
     if gateway.mcp_port:
         print(f"LISTENING mcp http://{host}:{gateway.mcp_port}/mcp", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down", grace_s=10)
     await gateway.stop(grace=10.0)

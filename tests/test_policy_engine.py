@@ -314,7 +314,7 @@ def test_engine_panic_fails_closed() -> None:
     from gateway.policy.embedded import Evaluator
 
     ev = Evaluator(load_bundle(ps.POLICY_DIR), cache_size=0)
-    foreign = ev._home_engine
+    foreign = ev._engine()  # this thread's engine, used below from another thread
     ev._engine = lambda: foreign  # type: ignore[method-assign]
     out: list[Any] = []
     worker = threading.Thread(target=lambda: out.append(ev.decide(code_run(ps.AGENT))))

@@ -49,9 +49,11 @@ class Evaluator:
         # Compile + probe on the creating thread: a bad policy fails here, not per decision.
         engine = bundle.build_engine()
         probe(engine)
-        self._home_thread = threading.get_ident()
-        self._home_engine = engine
         self._token = object()
+        # Even the creating thread's engine lives in the thread-local, never on this object:
+        # an Evaluator may be garbage-collected on any thread, and a regorus Engine dropped
+        # off its own thread raises (at a random later point, inside whatever code runs).
+        self._per_thread().update({self._token: engine})
         self.cache_key: CacheKeyFn | None = (
             make_key_fn(engine.get_ast_as_json()) if cache_size > 0 else None
         )
@@ -64,15 +66,21 @@ class Evaluator:
     def revision(self) -> str:
         return self.bundle.revision
 
-    def _engine(self) -> regorus.Engine:
-        if threading.get_ident() == self._home_thread:
-            return self._home_engine
-        # Other threads keep their engines in a module-level thread-local, never in this
-        # object: a regorus Engine must also be *dropped* by its own thread, and this object
-        # may be garbage-collected anywhere. Each thread keeps its few newest engines.
+    @staticmethod
+    def _per_thread() -> dict[object, regorus.Engine]:
         engines: dict[object, regorus.Engine] | None = getattr(_PER_THREAD, "engines", None)
         if engines is None:
             engines = _PER_THREAD.engines = {}
+        return engines
+
+    def release(self) -> None:
+        """Drop this evaluator's engine on the calling thread (call it where it was used)."""
+        self._per_thread().pop(self._token, None)
+
+    def _engine(self) -> regorus.Engine:
+        # Each thread keeps its few newest engines in a module-level thread-local, so they are
+        # dropped by their own thread.
+        engines = self._per_thread()
         engine = engines.get(self._token)
         if engine is None:
             engine = self.bundle.build_engine()
@@ -160,6 +168,8 @@ class EmbeddedPolicyEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self._evaluator is not None:
+            self._evaluator.release()  # on the serving thread, where its engine lives
 
     def reload_now(self) -> bool:
         """Reload if the files changed; True when a new revision is serving.
