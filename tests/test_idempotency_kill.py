@@ -5,10 +5,12 @@ and its response, restart, retry the same request_id, find exactly one transfer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -166,3 +168,86 @@ async def test_catalog_operations_end_to_end(ledger: Ledger, tmp_path: Path) -> 
     finally:
         await client.aclose()
         await store.aclose()
+
+
+def _serve(config: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=log.open("a"), text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("LISTENING grpc://"):
+            return proc, line.split("grpc://", 1)[1].strip()
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"switchboard serve did not start: {log.read_text()[-2000:]}")
+
+
+def test_real_gateway_killed_between_effect_and_response(ledger: Ledger, tmp_path: Path) -> None:
+    """The acceptance test on the real `switchboard serve` (gRPC, policy, pipeline): SIGKILL
+    it while the ledger sleeps after committing, restart it on the same state, retry."""
+    import yaml
+
+    from gateway.client import SwitchboardClient
+    from gateway.client_types import SwitchboardError
+
+    config = tmp_path / "switchboard.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:0",
+        "identity": {"tokens": {"test-finance": {"id": "finance-1", "tenant": "demo",
+                                                 "roles": ["agent", "finance"]}}},
+        "backends": [{"name": "ledger", "openapi": f"{ledger.url}/openapi.json",
+                      "base_url": ledger.url, "timeout_ms": 10_000, "retries": 0}],
+        "idempotency": {"dsn": f"sqlite:///{tmp_path / 'idempotency.db'}"},
+        "audit": {"file": str(tmp_path / "audit.jsonl")},
+        "sandbox": {"workers": 1, "spares": 0},
+    }))
+    rid = f"serve-kill-{uuid.uuid4()}"
+    key = key_for(PRINCIPAL.__class__(id="finance-1", tenant="demo"), rid)
+    args = {"from_account": "A1", "to_account": "A2", "amount": 3.5, "currency": "USD"}
+    log = tmp_path / "serve.log"
+
+    first, target = _serve(config, log)
+    try:
+        def call_in_background() -> None:
+            with SwitchboardClient(target, "test-finance", retries=0) as c, \
+                    contextlib.suppress(Exception):
+                c.call_tool("ledger.create_transfer", args, request_id=rid, timeout=30)
+
+        caller = threading.Thread(target=call_in_background, daemon=True)
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not rows_for(ledger, key):
+            assert time.monotonic() < deadline, f"no transfer reached the ledger: {log.read_text()}"
+            time.sleep(0.02)
+        assert first.poll() is None
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+    second, target = _serve(config, log)
+    try:
+        with SwitchboardClient(target, "test-finance", retries=0) as client:
+            try:
+                result = client.call_tool("ledger.create_transfer", args, request_id=rid,
+                                          timeout=30)
+                outcome: dict[str, Any] = (
+                    {"result": result.result, "replayed": result.replayed} if result.ok
+                    else {"code": (result.error or {}).get("code")})
+            except SwitchboardError as exc:
+                outcome = {"code": exc.code}
+    finally:
+        second.terminate()
+        second.wait(30)
+    rows = rows_for(ledger, key)
+    assert len(rows) == 1, rows  # exactly one transfer, however the retry is answered
+    if "code" in outcome:  # the server has no reconciler wired: it refuses to guess
+        assert outcome["code"] == "outcome_unknown"
+    else:  # a reconciler found the committed transfer
+        assert outcome["result"]["id"] == rows[0]["id"] and outcome["replayed"] is True
