@@ -118,13 +118,10 @@ def gateway_settings(state: Path, backends: dict[str, ServiceProcess], **overrid
     base = embedded_defaults(state)
     # One Deno process with one spare isolate is plenty for a test module and starts faster.
     overrides.setdefault("sandbox", SandboxSettings(workers=1, spares=1))
-    return replace(
-        base,
-        listen="127.0.0.1:0",
-        backends=tuple(
-            BackendSettings(name=n, openapi=f"{s.url}/openapi.json", base_url=s.url)
-            for n, s in backends.items()),
-        idempotency=IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"),
-        audit=AuditSettings(file=state / "audit.jsonl", log_format="json"),
-        **overrides,
-    )
+    overrides.setdefault("idempotency",
+                         IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"))
+    overrides.setdefault("audit", AuditSettings(file=state / "audit.jsonl", log_format="json"))
+    overrides.setdefault("backends", tuple(
+        BackendSettings(name=n, openapi=f"{s.url}/openapi.json", base_url=s.url)
+        for n, s in backends.items()))
+    return replace(base, listen="127.0.0.1:0", **overrides)

@@ -21,6 +21,9 @@ from typing import Any
 import structlog
 
 from gateway import errors
+from gateway.audit import attributes as A
+from gateway.audit import record_outcome
+from gateway.audit.tracing import contextual_tracer
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -50,6 +53,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+_tracer = contextual_tracer("switchboard.tools")
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,22 @@ class ToolChannel:
         args = dict(arguments)
         key, fp = idempotency_key(principal, request_id), fingerprint(op, args)
         deadline = asyncio.get_running_loop().time() + self.settings.wait_s
-        record = await self._claim(op, key, fp, request_id, deadline)
+        with _tracer.start_as_current_span(
+                A.SPAN_IDEMPOTENCY, record_exception=False,
+                set_status_on_exception=False) as span:
+            span.set_attribute(A.REQUEST_ID, request_id)
+            try:
+                record = await self._claim(op, key, fp, request_id, deadline)
+            except BaseException as exc:
+                span.set_attribute(A.IDEMPOTENCY_KEY_STATE, "conflict" if isinstance(
+                    exc, IdempotencyConflict) else "in_flight")
+                record_outcome(span, exc)
+                raise
+            state = "replayed" if record.state == "done" else (
+                "recovering" if record.attempts > 0 else "new")
+            span.set_attribute(A.IDEMPOTENCY_KEY_STATE, state)
+            span.set_attribute("switchboard.idempotency.attempts", record.attempts)
+            record_outcome(span)
         if record.state == "done":
             return self._replay(op, record)
         done = self._done[key] = asyncio.Event()

@@ -24,14 +24,20 @@ from urllib.parse import quote
 
 import httpx
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
-from gateway.errors import BackendError, BackendUnavailable, ConfigError
+from gateway.audit import attributes as A
+from gateway.audit import inject_trace_context, record_outcome, safe_url
+from gateway.audit.tracing import contextual_tracer
+from gateway.errors import BackendError, BackendUnavailable, ConfigError, GatewayError
 from gateway.models import BackendSettings, Operation
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
 
 __all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
 
 log = structlog.get_logger(__name__)
+_tracer = contextual_tracer("switchboard.tools")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -206,7 +212,36 @@ class BackendClient:
         idempotency_key: str | None = None,
         timeout_ms: int | None = None,
     ) -> Any:
-        """Call ``op`` and return its parsed JSON result (``None`` for an empty body)."""
+        """Call ``op`` and return its parsed JSON result (``None`` for an empty body).
+
+        One CLIENT span per call (retries included) carries the HTTP attributes, and the
+        trace context travels to the backend in ``traceparent``."""
+        with _tracer.start_as_current_span(
+                A.backend_call_span_name(op.name), kind=SpanKind.CLIENT,
+                record_exception=False, set_status_on_exception=False) as span:
+            span.set_attribute(A.OPERATION, op.name)
+            span.set_attribute(A.BACKEND, op.backend)
+            span.set_attribute(A.HTTP_REQUEST_METHOD, op.method.upper())
+            span.set_attribute("url.template", op.path)
+            try:
+                result = await self._call(op, arguments, idempotency_key=idempotency_key,
+                                          timeout_ms=timeout_ms)
+            except BaseException as exc:
+                record_outcome(span, exc)
+                if isinstance(exc, GatewayError) and "status" in exc.details:
+                    span.set_attribute(A.HTTP_RESPONSE_STATUS_CODE, int(exc.details["status"]))
+                raise
+            record_outcome(span)
+            return result
+
+    async def _call(
+        self,
+        op: Operation,
+        arguments: Mapping[str, Any],
+        *,
+        idempotency_key: str | None,
+        timeout_ms: int | None,
+    ) -> Any:
         settings = self.settings.get(op.backend)
         if settings is None:
             raise BackendUnavailable(f"unknown backend {op.backend!r} for {op.name}",
@@ -220,6 +255,11 @@ class BackendClient:
         headers.update(settings.headers)  # configured credentials win over agent arguments
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        inject_trace_context(headers)
+        span = trace.get_current_span()
+        if settings.base_url:
+            span.set_attribute(A.URL_FULL, safe_url(settings.base_url.rstrip("/") + path))
+            span.set_attribute(A.SERVER_ADDRESS, httpx.URL(settings.base_url).host)
         repeat_safe = method in SAFE_METHODS or (
             idempotency_key is not None and self.honours_idempotency_key(op.backend))
         max_attempts = 1 + max(0, settings.retries)
@@ -279,6 +319,9 @@ class BackendClient:
             breaker.release_probe()  # cancelled: no verdict on the backend's health
             raise
         status = response.status_code
+        span = trace.get_current_span()
+        span.set_attribute(A.HTTP_RESPONSE_STATUS_CODE, status)
+        span.set_attribute("switchboard.backend.attempts", attempt)
         if status >= 500:
             breaker.record_failure()
         else:
