@@ -104,6 +104,7 @@ SCHEMA: dict[str, Any] = {
                         "additionalProperties": {"type": "array", "items": _STR},
                     },
                     "headers": {"type": "object", "additionalProperties": _STR},
+                    "idempotency_keys": {"type": "boolean"},
                 },
             },
         },

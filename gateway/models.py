@@ -107,3 +107,6 @@ class BackendSettings:
     tags: dict[str, list[str]] = field(default_factory=dict)
     # Static headers sent to the backend (credentials: never logged, never traced).
     headers: dict[str, str] = field(default_factory=dict)
+    # The backend deduplicates requests by their Idempotency-Key header (as Stripe does), so
+    # a write whose outcome is unknown may be re-sent with the same key.
+    idempotency_keys: bool = False

@@ -29,7 +29,13 @@ from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.sandbox import SandboxPool
 from gateway.servicer import GatewayServicer
-from gateway.tools import BackendClient, ToolChannel, open_idempotency_store
+from gateway.tools import (
+    BackendClient,
+    IdempotencyStore,
+    ToolChannel,
+    discover_reconcilers,
+    open_idempotency_store,
+)
 
 __all__ = ["GatewayServer", "create_server"]
 
@@ -73,6 +79,18 @@ class GatewayServer:
         await self.grpc_server.wait_for_termination()
 
 
+async def _purge_forever(store: IdempotencyStore, every_s: float = 300.0) -> None:
+    """Drop expired idempotency records now and then; a failure is logged, never fatal."""
+    while True:
+        try:
+            removed = await store.purge()
+            if removed:
+                log.info("idempotency.purged", records=removed)
+        except Exception:
+            log.exception("idempotency purge failed")
+        await asyncio.sleep(every_s)
+
+
 async def _close_all(closers: list[Any]) -> None:
     """Release resources in reverse order of acquisition; one failure does not stop the rest."""
     for close in reversed(closers):
@@ -96,8 +114,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         client = BackendClient({b.name: b for b in settings.backends})
         closers.append(client.aclose)
         store = open_idempotency_store(settings.idempotency)
-        if hasattr(store, "close"):
-            closers.append(store.close)
+        closers.append(store.aclose)
+        purger = asyncio.create_task(_purge_forever(store), name="idempotency-purge")
+        closers.append(purger.cancel)
         sandbox = SandboxPool(settings.sandbox)
         await sandbox.start()
         closers.append(sandbox.close)
@@ -113,7 +132,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         for value in backend.headers.values():
             register_secret(value)
     pipeline = Pipeline(catalog=catalog, policy=policy, client=client,
-                        tools=ToolChannel(client, store), sandbox=sandbox,
+                        tools=ToolChannel(client, store, settings=settings.idempotency,
+                                          reconcilers=discover_reconcilers(catalog.operations)),
+                        sandbox=sandbox,
                         tracer=telemetry.tracer)
     authenticator = Authenticator(
         settings.identity.tokens, jwks_url=settings.identity.jwks_url,
