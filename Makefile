@@ -30,9 +30,11 @@ proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (generated code lives i
 	$(BIN)/python tools/gen_proto.py
 
 test: setup ## Run lint, type checks, policy tests and the test suite
-	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/ruff check gateway tests bench examples tools
 	$(BIN)/mypy
+	$(BIN)/switchboard policy check
 	$(BIN)/switchboard policy test
+	helm/sync-policies.sh --check
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 demo: setup ## Start the demo backends and the gateway, run the example agent, stop everything
@@ -42,7 +44,7 @@ serve: setup ## Run the gateway on the embedded defaults (127.0.0.1:50051)
 	$(BIN)/switchboard serve
 
 lint: setup ## ruff + mypy --strict
-	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/ruff check gateway tests bench examples tools
 	$(BIN)/mypy
 
 bench: setup ## Run the benchmarks and print their tables (see docs/benchmarks.md)
