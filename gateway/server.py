@@ -27,6 +27,7 @@ from gateway.interceptors import CallInterceptor
 from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
+from gateway.readiness import Readiness, readiness_checks
 from gateway.sandbox import SandboxPool
 from gateway.servicer import GatewayServicer
 from gateway.tools import (
@@ -177,8 +178,12 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
             telemetry.shutdown()
             raise
         mcp = handle
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    readiness = Readiness(health_servicer, SERVICE_NAME,
+                          readiness_checks(policy, settings.policy, sandbox, telemetry))
+    await readiness.refresh()
+    watcher = asyncio.create_task(readiness.run(), name="readiness")
+    closers.append(watcher.cancel)
     gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
                        authenticator=authenticator, telemetry=telemetry,
                        health=health_servicer, _closers=closers, mcp=mcp)
