@@ -142,7 +142,9 @@ async function init(msg: Any) {
   py.setStdout(writer("stdout"));
   py.setStderr(writer("stderr"));
   py.setStdin({ error: true });
-  runFn = py.pyimport("_sandbox_runner").run;
+  const runner = py.pyimport("_sandbox_runner");
+  runFn = runner.run;
+  runner.warm();
   post({ t: "ready" });
 }
 
