@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 # The shared fixtures module is also a plugin (below): have its asserts rewritten first.
 pytest.register_assert_rewrite("tests.sandbox_support")
 
-from gateway.errors import InvalidRequest, SandboxCrashed, SandboxTimeout
+from gateway.errors import (
+    ConfigError,
+    InvalidRequest,
+    SandboxCrashed,
+    SandboxError,
+    SandboxTimeout,
+)
 from gateway.sandbox import SandboxPool, SandboxSettings
 from tests.sandbox_support import Events, Host, req
 
@@ -364,3 +371,16 @@ async def test_failing_event_consumer_stops_the_run(pool: SandboxPool) -> None:
     r = await pool.run(req("'next'"), Host())
     assert r.result == "next" and pool.stats()["active_runs"] == 0
     await assert_no_leaked_workers(pool)
+
+
+async def test_bad_configuration_is_a_config_error(tmp_path: Path) -> None:
+    not_exec = tmp_path / "deno"
+    not_exec.write_text("#!/bin/sh\n")
+    with pytest.raises(ConfigError) as info:
+        await SandboxPool(SandboxSettings(deno_path=str(not_exec))).start()
+    assert info.value.field == "deno_path"
+    with pytest.raises(ConfigError) as info:
+        await SandboxPool(SandboxSettings(runtime_dir=tmp_path)).start()
+    assert info.value.field == "runtime_dir"
+    with pytest.raises(SandboxError):  # never started: refuses instead of hanging
+        await SandboxPool(SandboxSettings()).run(req("1"), Host())
