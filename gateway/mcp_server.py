@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
+import structlog
 import uvicorn
 from jsonschema import Draft202012Validator
 from mcp.server.context import ServerRequestContext
@@ -56,6 +57,8 @@ __all__ = [
     "create_mcp_app",
     "start_mcp_server",
 ]
+
+log = structlog.get_logger("switchboard.mcp")
 
 MCP_PATH = "/mcp"
 # Optional client-chosen idempotency key for a dedicated tool call, in the request ``_meta``.
@@ -192,6 +195,21 @@ class _Handlers:
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 # Denials and bad arguments are tool results the model should read and act on.
                 err = {"ok": False, "error": exc.to_dict(), "trace_id": _trace_id(span)}
+                return _result(err, is_error=True)
+            except asyncio.CancelledError:
+                span.set_attribute(attr.OUTCOME, "cancelled")
+                span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
+                raise
+            except Exception as exc:
+                # Never hand internals to the model; the log and the span keep the details.
+                log.exception("MCP tool call failed", tool=name)
+                span.set_attribute(attr.OUTCOME, GatewayError.code)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                err = {
+                    "ok": False,
+                    "error": GatewayError("internal error").to_dict(),
+                    "trace_id": _trace_id(span),
+                }
                 return _result(err, is_error=True)
 
     async def _dispatch(

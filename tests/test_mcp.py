@@ -211,3 +211,27 @@ async def test_caller_trace_context_in_meta_is_continued(mcp_url: str) -> None:
     payload = structured(result)
     assert payload["result"] == "traced"
     assert payload["trace_id"] == trace_id  # the gateway's spans join the caller's trace
+
+
+async def test_unexpected_failures_do_not_leak_internals(
+    mcp_url: str, gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = gateway.server
+    assert server is not None
+
+    async def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("db password is hunter2")
+
+    monkeypatch.setattr(server.pipeline, "search", broken)
+    async with connect(mcp_url, "dev-agent") as c:
+        result = await c.call_tool("search_operations", {"query": "anything"})
+    payload = structured(result)
+    assert result.is_error is True
+    assert payload["error"] == {"code": "internal", "message": "internal error"}
+    assert "hunter2" not in result.content[0].text
+    root = next(
+        r
+        for r in audit_records(gateway, payload["trace_id"])
+        if r["name"] == "mcp tools/call search_operations"
+    )
+    assert root["attributes"]["switchboard.outcome"] == "internal"
