@@ -113,3 +113,23 @@ async def test_mcp_and_grpc_from_one_serve_process(tmp_path: Path) -> None:
     assert code_ == 0  # SIGTERM drains both listeners and exits cleanly
     with pytest.raises(httpx.ConnectError):
         httpx.post(mcp_url, json={}, timeout=5)
+    # the MCP call's trace is in the audit file, readable with the same CLI as gRPC calls
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "audit",
+            "show",
+            result.structured_content["trace_id"],
+            "--file",
+            str(tmp_path / "audit.jsonl"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "mcp tools/call execute_code" in shown.stdout and "sandbox.run" in shown.stdout
+    assert "finance-1" in shown.stdout
