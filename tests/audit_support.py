@@ -17,7 +17,7 @@ from gateway.audit import digest, json_attr, redact, safe_url
 
 __all__ = ["FINANCE", "simulate_code_run", "simulate_denial", "simulate_tool_call"]
 
-FINANCE = {"id": "dev-finance", "tenant": "demo", "roles": ["agent", "finance"]}
+FINANCE = {"id": "finance-1", "tenant": "demo", "roles": ["agent", "finance"]}
 
 
 def _root_attrs(principal: dict[str, Any], request_id: str) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def simulate_denial(
     principal: dict[str, Any] | None = None,
 ) -> str:
     """An agent without the finance role asks for a transfer: denied with reasons."""
-    who = principal or {"id": "dev-agent", "tenant": "demo", "roles": ["agent"]}
+    who = principal or {"id": "agent-1", "tenant": "demo", "roles": ["agent"]}
     reasons = ["ledger.create_transfer requires role finance"]
     with tracer.start_as_current_span(
         A.SPAN_EXECUTE, kind=SpanKind.SERVER, attributes=_root_attrs(who, request_id)

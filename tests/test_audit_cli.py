@@ -65,7 +65,7 @@ def test_show_renders_the_code_run_as_a_tree(tel: Telemetry, tmp_path: Path) -> 
     assert heads[5].startswith("   │  └─ backend.call ledger.get_balance [CLIENT]")
     assert heads[6].startswith("   └─ host_call workspace.list_files")
     for needle in (
-        "principal.id: dev-finance",
+        "principal.id: finance-1",
         "tenant: demo",
         "roles: [agent, finance]",
         "route: code",

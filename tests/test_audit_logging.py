@@ -47,7 +47,7 @@ def test_json_line_carries_trace_and_bound_context(tel: Telemetry) -> None:
     buf = io.StringIO()
     configure_logging("json", "INFO", stream=buf)
     log = structlog.get_logger("switchboard.pipeline")
-    structlog.contextvars.bind_contextvars(request_id="req-1", principal="dev-agent")
+    structlog.contextvars.bind_contextvars(request_id="req-1", principal="agent-1")
     with tel.tracer.start_as_current_span("switchboard.v1.Gateway/Execute") as span:
         log.info("call_done", outcome="ok", duration_ms=1.5)
         log.debug("filtered out at INFO")
@@ -57,7 +57,7 @@ def test_json_line_carries_trace_and_bound_context(tel: Telemetry) -> None:
     assert line["level"] == "info"
     assert line["trace_id"] == f"{sc.trace_id:032x}"
     assert line["span_id"] == f"{sc.span_id:016x}"
-    assert line["request_id"] == "req-1" and line["principal"] == "dev-agent"
+    assert line["request_id"] == "req-1" and line["principal"] == "agent-1"
     assert str(line["timestamp"]).endswith("Z")
 
 

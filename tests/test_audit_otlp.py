@@ -72,7 +72,7 @@ def test_tool_call_tree_and_attributes(exported: tuple[OtlpReceiver, Path, dict[
     assert "pw" not in backend.attributes[A.URL_FULL]
     assert "t0k" not in backend.attributes[A.URL_FULL]
     attrs = root.attributes
-    assert attrs[A.PRINCIPAL_ID] == "dev-finance"
+    assert attrs[A.PRINCIPAL_ID] == "finance-1"
     assert attrs[A.TENANT] == "demo"
     assert attrs[A.ROLES] == ["agent", "finance"]
     assert attrs[A.GEN_AI_OPERATION_NAME] == "execute_tool"
