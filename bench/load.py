@@ -150,7 +150,7 @@ class Recorder:
             self.ok[kind] += 1
         else:
             self.unexpected[f"{kind}: {detail[:80]}"] += 1
-            self.examples.setdefault(kind, detail[:500])
+            self.examples.setdefault(kind, detail[:2000])
 
     @property
     def total(self) -> int:
@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "latencies": rec.latencies, "ok": rec.ok, "unexpected": rec.unexpected,
+                "examples": rec.examples,
                 "rss": rec.rss, "overhead": over, "cpus": os.cpu_count(),
             }, indent=1))
     return 1 if rec.errors else 0
