@@ -104,7 +104,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print("no audit file configured (audit.file)", file=sys.stderr)
         return 2
     if args.audit_cmd == "show":
-        return cli_audit_show(args.trace_id, file)
+        return cli_audit_show(args.trace_id, file, tenant=args.tenant)
     return cli_audit_verify(file)
 
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="audit_cmd", required=True)
     q = asub.add_parser("show", help="render one call's trace as a tree")
     q.add_argument("trace_id")
+    q.add_argument("--tenant", help="only the calls of this tenant (an operator's scope)")
     q.add_argument("--file", help="audit JSONL file (default: from the config)")
     q.add_argument("--config")
     q = asub.add_parser("verify", help="check the audit file's hash chain")

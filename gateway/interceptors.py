@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
 from gateway.audit import extract_trace_context, record_outcome
-from gateway.errors import GatewayError, grpc_status_for
+from gateway.errors import GatewayError, InvalidRequest, grpc_status_for
 from gateway.identity import Authenticator, bearer_token
 from gateway.models import Principal
 
@@ -43,9 +43,49 @@ def current_principal() -> Principal:
     return principal
 
 
+MAX_ERROR_MESSAGE = 1024  # characters of the message echoed to the client
+MAX_ERROR_METADATA = 4096  # bytes of the switchboard-error trailer (gRPC allows 16 KiB in all)
+
+
+def _clip(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "… [truncated]"
+
+
 def _error_metadata(exc: GatewayError, trace_id: str) -> tuple[tuple[str, str], ...]:
-    payload = json.dumps(exc.to_dict(), ensure_ascii=True, default=str)
+    """The structured error trailer, kept small: error messages may echo hostile input."""
+    body = exc.to_dict()
+    body["message"] = _clip(exc.message)
+    if "field" in body:
+        body["field"] = _clip(str(body["field"]), 256)
+    payload = json.dumps(body, ensure_ascii=True, default=str)
+    if len(payload) > MAX_ERROR_METADATA:
+        reasons = [_clip(str(r), 256) for r in exc.details.get("reasons", [])][:8]
+        body["details"] = {"truncated": True, **({"reasons": reasons} if reasons else {})}
+        payload = json.dumps(body, ensure_ascii=True, default=str)
     return ((ERROR_METADATA_KEY, payload), (TRACE_METADATA_KEY, trace_id))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message (decoding happens before
+    any interceptor code runs, so the failure is carried to the wrapper as a value)."""
+
+    request_id = ""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe_deserializer(deserialize: Any) -> Any:
+    if deserialize is None:
+        return None
+
+    def run(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8, nesting too deep
+            return _Undecodable(exc)
+
+    return run
 
 
 class _Call:
@@ -88,6 +128,10 @@ class _Call:
         span.set_attribute(attr.TENANT, principal.tenant)
         structlog.contextvars.bind_contextvars(principal=principal.id, tenant=principal.tenant)
         self.principal_token = _principal.set(principal)
+        if isinstance(request, _Undecodable):
+            raise InvalidRequest(
+                f"the request is not a valid {self.method.lstrip('/').split('/')[0]} message: "
+                f"{_clip(str(request.error), 200)}", field="")
         return span
 
     def fail(self, exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
@@ -99,7 +143,8 @@ class _Call:
             gw = GatewayError("internal error")
         self.error = exc
         self.code = grpc_status_for(gw)
-        return self.code, gw.message, _error_metadata(gw, getattr(self, "trace_id", ""))
+        return (self.code, _clip(gw.message),
+                _error_metadata(gw, getattr(self, "trace_id", "")))
 
     def end(self, context: grpc.aio.ServicerContext[Any, Any], cancelled: bool = False) -> None:
         span = trace.get_current_span()
@@ -141,12 +186,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler
 
