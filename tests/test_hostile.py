@@ -35,10 +35,9 @@ KNOWN_CODES = {"internal"} | {
     cls.code for cls in vars(errs).values()
     if isinstance(cls, type) and issubclass(cls, errs.GatewayError)
 }
-# What gRPC answers today for bytes that do not parse (UNKNOWN: the DecodeError escapes from
-# grpc.aio's deserializer); INVALID_ARGUMENT is the goal (see the xfail test below).
-UNDECODABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN,
-               grpc.StatusCode.INTERNAL}
+# Bytes that do not parse: the interceptor turns the deserializer's failure into
+# invalid_request (see test_undecodable_request_is_invalid_argument).
+UNDECODABLE = {grpc.StatusCode.INVALID_ARGUMENT}
 HYPOTHESIS = settings(
     max_examples=40, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -158,12 +157,6 @@ def test_invalid_utf8_in_tool_name_is_refused(gateway: Any) -> None:
     check_clear(status, None, err, elapsed, decodable=decodes(payload))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "grpc.aio runs the request deserializer before any interceptor, so a protobuf DecodeError "
-    "(garbage bytes, invalid UTF-8 in a string field, nesting beyond upb's depth limit) "
-    "escapes as UNKNOWN with no switchboard-error and an ERROR traceback in the log. Fix in "
-    "gateway/interceptors.py: wrap handler.request_deserializer so a DecodeError yields a "
-    "marker the wrapper turns into InvalidRequest (INVALID_ARGUMENT, code invalid_request)."))
 @pytest.mark.parametrize("payload", [
     b"\x00",
     b"\x0a\x05ab",  # truncated length-delimited field
@@ -179,12 +172,6 @@ def test_undecodable_request_is_invalid_argument(gateway: Any, payload: bytes) -
 # -- sizes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "error messages echo the hostile input (the 1 MB argument value, the 100 kB operation "
-    "name) into the switchboard-error trailer, which exceeds gRPC's 16 KiB metadata limit: "
-    "the client gets RESOURCE_EXHAUSTED 'Stream removed' with no error code or field. Fix: "
-    "cap message/details in gateway/interceptors.py _error_metadata (the single choke point; "
-    "e.g. 4 KiB, values elided) and truncate instance reprs in gateway/tools/validation.py."))
 @pytest.mark.parametrize("case", ["argument", "tool_name", "describe"])
 def test_errors_about_huge_input_stay_small(gateway: Any, case: str) -> None:
     expected: tuple[grpc.StatusCode, str, str]
