@@ -126,6 +126,9 @@ async def test_output_schema(pool: SandboxPool) -> None:
 async def test_inputs_must_be_json(pool: SandboxPool) -> None:
     with pytest.raises(InvalidRequest):
         await pool.run(req("1", inputs={"x": object()}), Host())
+    with pytest.raises(InvalidRequest) as info:
+        await pool.run(req("1", inputs={"x": "y" * (17 << 20)}), Host())
+    assert info.value.field == "inputs" and pool.stats()["active_runs"] == 0
 
 
 # ---- SDK bridge -----------------------------------------------------------------------------

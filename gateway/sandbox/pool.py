@@ -107,6 +107,7 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._started = False
+        self._starting = False
         self._proc_ready = asyncio.Event()
         self._rr = itertools.count()
         self._sdk_cache: dict[str, str] = {}
@@ -119,9 +120,16 @@ class SandboxPool:
 
     async def start(self) -> None:
         """Start every process (snapshot + spares) concurrently; fails if none comes up."""
-        if self._started:
+        if self._started or self._starting:
             return
+        self._starting = True
+        try:
+            await self._start()
+        finally:
+            self._starting = False
         self._started = True
+
+    async def _start(self) -> None:
         if not self._deno:
             import deno  # the PyPI package that ships the binary
 
@@ -277,7 +285,10 @@ class SandboxPool:
         while True:
             sess = self._sessions.get(key)
             if sess is None or sess.closed:
-                sess = self._session_for(key, await self._pick())
+                proc = await self._pick()
+                sess = self._sessions.get(key)  # another run may have created it meanwhile
+                if sess is None or sess.closed:
+                    sess = self._session_for(key, proc)
             async with sess.lock:
                 if sess.closed:
                     continue  # expired or its process died while we waited: start a new one
@@ -309,13 +320,12 @@ class SandboxPool:
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"inputs are not JSON: {exc}", field="inputs") from None
         queue = proc.register(run_id)
-        proc.send({
-            "t": "run", "id": run_id, "sid": sess.sid if sess else None,
-            "source": req.source, "inputs": inputs,
-            "sdk": self._sdk_json(req) if send_sdk else None, "rev": req.sdk_revision,
-            "timeoutMs": max(1, limits.timeout_ms), "maxOut": out.budget,
-            "memoryMb": max(1, limits.memory_mb), "maxResult": self.settings.max_result_bytes,
-        })
+        try:
+            self._send_run(proc, run_id, sess, req, inputs, send_sdk, out.budget)
+        except SandboxError:
+            proc.unregister(run_id)
+            raise InvalidRequest("source and inputs are too large for the sandbox",
+                                 field="inputs") from None
         done: dict[str, Any] | None = None
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -384,6 +394,17 @@ class SandboxPool:
                 sess.rev = req.sdk_revision
         return self._finish(done, out, calls, duration, limits.timeout_ms, limits.memory_mb,
                             validator)
+
+    def _send_run(self, proc: DenoProcess, run_id: str, sess: _Session | None, req: RunRequest,
+                  inputs: str, send_sdk: bool, budget: int) -> None:
+        limits = req.limits
+        proc.send({
+            "t": "run", "id": run_id, "sid": sess.sid if sess else None,
+            "source": req.source, "inputs": inputs,
+            "sdk": self._sdk_json(req) if send_sdk else None, "rev": req.sdk_revision,
+            "timeoutMs": max(1, limits.timeout_ms), "maxOut": budget,
+            "memoryMb": max(1, limits.memory_mb), "maxResult": self.settings.max_result_bytes,
+        })
 
     def _count_error(self, exc: SandboxError) -> None:
         name = {"sandbox_timeout": "timeouts", "sandbox_memory": "memory"}.get(exc.code, "crashes")
