@@ -2,68 +2,28 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from gateway_support import RunningGateway, gateway_settings, md
+from tls_support import make_pki
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.config import TlsSettings
 
-Key = ec.EllipticCurvePrivateKey
-
-
-def _cert(subject: str, key: Key, issuer: tuple[str, Key] | None, *, ca: bool = False,
-          ip: str | None = None) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer or (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ip:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-            critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj: Any) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes | Path]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("test-ca", ca_key, None, ca=True)
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv = _cert("gateway", srv_key, ("test-ca", ca_key), ip="127.0.0.1")
-    cli_key = ec.generate_private_key(ec.SECP256R1())
-    cli = _cert("agent-1", cli_key, ("test-ca", ca_key))
-    files = {"ca.pem": _pem(ca), "server.pem": _pem(srv), "server.key": _pem(srv_key)}
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-    return {"ca": _pem(ca), "client_cert": _pem(cli), "client_key": _pem(cli_key),
+    pem = make_pki()
+    (d / "ca.pem").write_bytes(pem["ca"])
+    (d / "server.pem").write_bytes(pem["server"])
+    (d / "server.key").write_bytes(pem["server_key"])
+    return {"ca": pem["ca"], "client_cert": pem["client"], "client_key": pem["client_key"],
             "dir": d}
 
 
