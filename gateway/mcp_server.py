@@ -381,6 +381,9 @@ async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it; asyncio skips proto-0 sockets, and keep-alive answers
+    # would otherwise stall ~40 ms on Nagle + delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError:
