@@ -144,7 +144,7 @@ async function init(msg: Any) {
   py.setStdin({ error: true });
   const runner = py.pyimport("_sandbox_runner");
   runFn = runner.run;
-  runner.warm();
+  await runner.warm.callPromising(Promise.resolve("{}"));
   post({ t: "ready" });
 }
 
