@@ -81,6 +81,11 @@ class Stack:
 
 def audit_records(file: Path, request_id: str) -> list[dict[str, Any]]:
     """Root ``Execute`` records of ``request_id`` in the audit file."""
+    return audit_records_named(file, request_id, EXECUTE)
+
+
+def audit_records_named(file: Path, request_id: str, name: str) -> list[dict[str, Any]]:
+    """Records called ``name`` (a root RPC span) of ``request_id`` in the audit file."""
     if not file.exists():
         return []
     out = []
@@ -90,7 +95,7 @@ def audit_records(file: Path, request_id: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
         attrs = rec.get("attributes", {})
-        if rec.get("name") == EXECUTE and attrs.get("switchboard.request_id") == request_id:
+        if rec.get("name") == name and attrs.get("switchboard.request_id") == request_id:
             out.append(rec)
     return out
 
@@ -299,6 +304,27 @@ def test_client_deadline_mid_run_is_audited_and_sandbox_recovers(stack: Stack) -
     resp = stack.execute(sup.code_request("'still here'"), timeout=30.0)
     assert resp.result.string_value == "still here"
     assert time.monotonic() - started < 20.0
+
+
+def test_stream_cancelled_mid_run_is_audited_and_sandbox_recovers(stack: Stack) -> None:
+    """An agent that stops reading an ExecuteStream (cancels) after the first line."""
+    sup = _gw_support()
+    req = sup.code_request("print('started', flush=True)\nwhile True:\n    pass\n")
+    call = stack.stub.ExecuteStream(req, metadata=sup.md("dev-agent"), timeout=30.0)
+    started = time.monotonic()
+    first = next(call)
+    assert first.WhichOneof("event") == "stdout_line" and "started" in first.stdout_line, first
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert time.monotonic() - started < 10.0
+    recs = wait_for(lambda: audit_records_named(stack.audit_file, req.request_id,
+                                                "switchboard.v1.Gateway/ExecuteStream"), 10.0)
+    assert len(recs) == 1, f"no audit record for the cancelled stream:\n{stack.gw.log_tail()}"
+    assert recs[0]["attributes"].get("switchboard.outcome") == "cancelled", recs[0]
+    resp = stack.execute(sup.code_request("'after stream'"), timeout=30.0)
+    assert resp.result.string_value == "after stream"
 
 
 # -- the policy engine ---------------------------------------------------------------------
