@@ -306,6 +306,31 @@ def test_client_deadline_mid_run_is_audited_and_sandbox_recovers(stack: Stack) -
     assert time.monotonic() - started < 20.0
 
 
+def test_flood_of_runaway_code_is_contained(stack: Stack) -> None:
+    """A burst of infinite loops, more than the pool holds: each ends in a clear error
+    (its own time limit, or load shedding), none hangs, and the pool is whole afterwards."""
+    sup = _gw_support()
+    n = 6
+    futures = [stack.stub.Execute.future(
+        sup.code_request("while True:\n    pass\n", timeout_ms=300),
+        metadata=sup.md("dev-agent"), timeout=90.0) for _ in range(n)]
+    started = time.monotonic()
+    codes = []
+    for fut in futures:
+        exc = fut.exception()
+        assert exc is not None, f"a runaway loop returned {fut.result()}"
+        err = sup.error_of(exc)
+        codes.append(err.get("code"))
+        assert exc.code() in {grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED}, (exc.code(), err)
+    assert set(codes) <= {"sandbox_timeout", "resource_exhausted"}, codes
+    assert codes.count("sandbox_timeout") >= 1, codes
+    assert time.monotonic() - started < 80.0
+    resp = stack.execute(sup.code_request("'calm again'"), timeout=60.0)
+    assert resp.result.string_value == "calm again"
+    assert len(deno_descendants(stack.gw.pid)) == 1  # workers: 1, nothing leaked
+
+
 def test_stream_cancelled_mid_run_is_audited_and_sandbox_recovers(stack: Stack) -> None:
     """An agent that stops reading an ExecuteStream (cancels) after the first line."""
     sup = _gw_support()
