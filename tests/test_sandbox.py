@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -387,3 +388,35 @@ async def test_bad_configuration_is_a_config_error(tmp_path: Path) -> None:
     assert info.value.field == "runtime_dir"
     with pytest.raises(SandboxError):  # never started: refuses instead of hanging
         await SandboxPool(SandboxSettings()).run(req("1"), Host())
+
+
+async def test_deno_processes_die_with_the_host(tmp_path: Path) -> None:
+    # If the gateway is SIGKILLed (no close()), its Deno processes see EOF and exit.
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from gateway.sandbox import SandboxPool, SandboxSettings\n"
+        "async def main():\n"
+        "    p = SandboxPool(SandboxSettings(workers=1, spares=1))\n"
+        "    await p.start()\n"
+        "    print(p.stats()['pids'][0], flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    host = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE)
+    assert host.stdout is not None
+    line = await asyncio.wait_for(host.stdout.readline(), 120)
+    deno_pid = int(line)
+    os.kill(deno_pid, 0)  # alive
+    host.kill()
+    await host.wait()
+    for _ in range(100):
+        try:
+            os.kill(deno_pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.1)
+    os.kill(deno_pid, signal.SIGKILL)
+    raise AssertionError("the Deno process outlived its host")
