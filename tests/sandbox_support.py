@@ -20,7 +20,7 @@ SENTINEL_ENV = "SWITCHBOARD_SANDBOX_TEST_SECRET"
 # One pool per test process, shared by test_sandbox.py and test_sandbox_escapes.py (they load
 # this module with `pytest_plugins`): starting Deno + Pyodide is the expensive part.
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pool() -> AsyncIterator[SandboxPool]:
+async def sandbox_pool() -> AsyncIterator[SandboxPool]:
     os.environ[SENTINEL_ENV] = "hunter2"  # must never be visible inside the sandbox
     p = SandboxPool(SandboxSettings(workers=2, spares=2))
     await p.start()

@@ -28,6 +28,11 @@ pytest_plugins = ("tests.sandbox_support",)
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 
+@pytest.fixture
+def pool(sandbox_pool: SandboxPool) -> SandboxPool:
+    return sandbox_pool
+
+
 async def assert_no_leaked_workers(pool: SandboxPool) -> None:
     """Every live isolate is a spare, starting, or a session's: none left over from a run."""
     stats: list[dict[str, int]] = []

@@ -26,6 +26,11 @@ pytest_plugins = ("tests.sandbox_support",)
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 
+@pytest.fixture
+def pool(sandbox_pool: SandboxPool) -> SandboxPool:
+    return sandbox_pool
+
+
 CLEAN_CHECK = JS_PRELUDE + """
 import sys, builtins, json
 checks = {
