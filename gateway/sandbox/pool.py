@@ -99,7 +99,8 @@ class SandboxPool:
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
-        self._runtime_dir = (settings.runtime_dir or default_runtime_dir()).resolve()
+        # Path() also accepts the plain strings a YAML config gives.
+        self._runtime_dir = Path(settings.runtime_dir or default_runtime_dir()).resolve()
         self._deno = settings.deno_path or ""
         self._procs: list[DenoProcess | None] = [None] * max(1, settings.workers)
         self._sessions: dict[tuple[str, str], _Session] = {}
@@ -180,7 +181,7 @@ class SandboxPool:
     async def _spawn(self, index: int) -> None:
         assert self._tmp is not None
         sock = self._tmp / f"p{index}-{uuid.uuid4().hex[:8]}.sock"
-        deno_dir = self.settings.deno_dir or (self._tmp / "deno_dir")
+        deno_dir = Path(self.settings.deno_dir or (self._tmp / "deno_dir"))
         argv = deno_command(self._deno, self._runtime_dir, sock, self.settings)
         proc = DenoProcess(index, argv, sock, deno_dir)
         await proc.start(self.settings.start_timeout_s)
