@@ -62,13 +62,18 @@ def start_serve(state: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     assert proc.stdout is not None
     urls: dict[str, str] = {}
     log: list[str] = []
-    for line in proc.stdout:
-        log.append(line)
-        m = _LISTENING.match(line)
-        if m:
-            urls["mcp" if m.group(1) else "grpc"] = m.group(3)
-        if len(urls) == 2:
-            break
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            m = _LISTENING.match(line)
+            if m:
+                urls["mcp" if m.group(1) else "grpc"] = m.group(3)
+            if len(urls) == 2:
+                break
+    except BaseException:  # e.g. the test's timeout: never leak a running gateway
+        proc.kill()
+        proc.wait()
+        raise
     if len(urls) != 2:
         proc.kill()
         pytest.fail("serve did not announce both listeners:\n" + "".join(log[-40:]))
