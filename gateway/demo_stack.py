@@ -66,7 +66,12 @@ def spawn_service(name: str, cmd: Sequence[str], *, env: dict[str, str] | None =
         ready.set()
 
     threading.Thread(target=pump, name=f"{name}-stdout", daemon=True).start()
-    ready.wait(timeout)
+    try:
+        ready.wait(timeout)
+    except BaseException:  # interrupted (Ctrl-C, a test timeout): do not leave it running
+        proc.kill()
+        proc.wait()
+        raise
     if not found:
         proc.kill()
         proc.wait()
