@@ -50,10 +50,10 @@ def record_outcome(span: Span, error: BaseException | None = None) -> str:
     message = str(error) or type(error).__name__
     if isinstance(error, GatewayError):
         message = error.message
+        if error.field:
+            span.set_attribute(A.ERROR_FIELD, error.field[:256])
     if len(message) > 1024:  # messages may echo hostile input; the record stays small
         message = message[:1009] + "… [truncated]"
-        if error.field:
-            span.set_attribute(A.ERROR_FIELD, error.field)
     if code == "internal":
         span.record_exception(error, escaped=True)
     else:
