@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import statistics
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="sandbox workers (config)")
     p.add_argument("--mix", default=DEFAULT_MIX)
     p.add_argument("--rss-limit", type=float, default=0.10, help="allowed RSS growth (0.10)")
+    p.add_argument("--deno-rss-limit", type=float, default=0.25,
+                   help="allowed growth of the Deno processes' summed RSS (0.25): isolates are "
+                        "created and dropped all the time, so it is noisier than the gateway's")
+    p.add_argument("--json", type=Path, default=None, help="also write the RSS samples here")
     p.add_argument("--rss-interval", type=float, default=2.0)
     p.add_argument("--state", type=Path, default=None)
     return p
@@ -123,11 +128,12 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[Recorder, Record
     return warmup, rec, problems
 
 
-def rss_growth(rec: Recorder) -> tuple[float, float, float]:
+def rss_growth(rec: Recorder, key: str = "gateway_mb") -> tuple[float, float, float]:
+    """Median of the first k samples vs the last k (k = 10 % of them, 3..10)."""
     k = max(3, min(10, len(rec.rss) // 10))
-    first = statistics.median(s["gateway_mb"] for s in rec.rss[:k])
-    last = statistics.median(s["gateway_mb"] for s in rec.rss[-k:])
-    return first, last, last / first - 1
+    first = statistics.median(s[key] for s in rec.rss[:k])
+    last = statistics.median(s[key] for s in rec.rss[-k:])
+    return first, last, last / max(first, 1e-9) - 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
           f"measured: {rec.total} calls, {rec.errors} unexpected; wall {elapsed / 60:.1f} min")
     print(f"gateway RSS after warm-up {base:.1f} MB -> end {end:.1f} MB ({growth:+.1%}, "
           f"limit {args.rss_limit:+.0%})")
+    d_base, d_end, d_growth = rss_growth(rec, "deno_mb")
+    print(f"Deno RSS (sum) after warm-up {d_base:.0f} MB -> end {d_end:.0f} MB "
+          f"({d_growth:+.1%}, limit {args.deno_rss_limit:+.0%})")
+    if args.json:
+        args.json.write_text(json.dumps({"rss": rec.rss, "calls": rec.total,
+                                         "unexpected": rec.unexpected}, indent=1))
     print(f"payments: {len(warmup.transfers_ok) + len(rec.transfers_ok)} done, ledger rows "
           f"checked; Deno processes seen: {len(rec.deno_pids)}, alive after shutdown: "
           f"{len(leaked)}; gateway exit code {rc}")
@@ -163,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"  e.g. {kind}: {example[:300]}")
     if growth > args.rss_limit:
         problems.append(f"gateway RSS grew {growth:.1%} (> {args.rss_limit:.0%})")
+    if d_growth > args.deno_rss_limit:
+        problems.append(f"Deno RSS grew {d_growth:.1%} (> {args.deno_rss_limit:.0%})")
     if leaked:
         problems.append(f"Deno processes left after shutdown: {leaked}")
         for pid in leaked:
