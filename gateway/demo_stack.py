@@ -64,6 +64,8 @@ def spawn_service(name: str, cmd: Sequence[str], *, env: dict[str, str] | None =
                 sink.write(line)
                 sink.flush()
         ready.set()
+        if sink is not None:
+            sink.close()
 
     threading.Thread(target=pump, name=f"{name}-stdout", daemon=True).start()
     try:

@@ -76,6 +76,9 @@ def to_action(request: pb.ExecuteRequest, *, explain: bool = False) -> Action:
     if len(run.source.encode()) > MAX_SOURCE_BYTES:
         raise InvalidRequest(f"code_run.source exceeds {MAX_SOURCE_BYTES} bytes",
                              field="code_run.source")
+    if run.HasField("session_id") and run.session_id and not REQUEST_ID.match(run.session_id):
+        raise InvalidRequest("session_id must be 1-128 characters of [A-Za-z0-9._:-]",
+                             field="code_run.session_id")
     schema = json_format.MessageToDict(run.output_schema) if run.HasField("output_schema") else None
     return CodeAction(
         request_id=request.request_id, source=run.source,

@@ -129,6 +129,8 @@ def test_unauthenticated(gateway: RunningGateway) -> None:
         (pb.ExecuteRequest(request_id="bad id with spaces",
                            tool_call=pb.ToolCall(name="ledger.list_accounts")), "request_id"),
         (pb.ExecuteRequest(request_id="r2", code_run=pb.CodeRun(source="  ")), "code_run.source"),
+        (pb.ExecuteRequest(request_id="r3", code_run=pb.CodeRun(source="1", session_id="s" * 129)),
+         "code_run.session_id"),
     ],
 )
 def test_malformed_requests(gateway: RunningGateway, request_: pb.ExecuteRequest,
