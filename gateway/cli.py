@@ -20,7 +20,7 @@ log = structlog.get_logger("switchboard.cli")
 # `switchboard bench NAME` runs bench/<script>; `make bench` runs them all.
 BENCHMARKS = {"tokens": "tokens.py", "policy": "policy_bench.py", "sandbox": "sandbox_bench.py",
               "catalog": "catalog.py", "tools": "tools_bench.py", "audit": "audit_bench.py",
-              "load": "load.py"}
+              "gateway": "gateway_code.py", "load": "load.py"}
 
 
 def _settings(config: str | None, listen: str | None = None) -> Settings:
