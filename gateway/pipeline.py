@@ -9,7 +9,7 @@ user-code errors come back as data in :class:`Outcome`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,16 +200,10 @@ class Pipeline:
                 reasons=list(decision.reasons) or ["route is code"],
                 details={"decision_id": decision.decision_id},
             )
-        strict = _is_compliance(op)
-        with self.tracer.start_as_current_span("schema.validate") as vspan:
-            vspan.set_attribute(attr.OPERATION, op.name)
-            vspan.set_attribute("switchboard.schema.strict", strict)
-            validate_arguments(op, action.arguments, strict=strict)
+        # The channel validates (in its own span) before anything reaches the store or backend.
         outcome = await self.tools.execute(op, action.arguments, request_id=action.request_id,
-                                           principal=principal, strict=strict)
+                                           principal=principal, strict=_is_compliance(op))
         span.set_attribute(attr.REPLAYED, outcome.replayed)
-        if outcome.error:
-            raise _replayed_error(outcome.error)
         return Outcome(decision=decision, result=outcome.result, trace_id=current_trace_id(),
                        replayed=outcome.replayed)
 
@@ -311,19 +305,6 @@ class Pipeline:
             if _is_compliance(op) and await self.route_for(principal, op) == "tool":
                 dedicated.append(op)
         return meta_tools() + dedicated_tools(dedicated)
-
-
-def _replayed_error(error: Mapping[str, Any]) -> GatewayError:
-    """Rebuild a recorded failure outcome so a retry fails exactly like the first call."""
-    from gateway import errors as errs
-
-    by_code = {cls.code: cls for cls in vars(errs).values()
-               if isinstance(cls, type) and issubclass(cls, GatewayError)}
-    cls = by_code.get(str(error.get("code", "")), GatewayError)
-    exc = cls(str(error.get("message", "")), field=str(error.get("field", "")),
-              details=dict(error.get("details") or {}))
-    exc.details["replayed"] = True
-    return exc
 
 
 class _HostBridge:

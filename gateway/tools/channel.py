@@ -200,7 +200,16 @@ class ToolChannel:
         if not request_id:
             raise InvalidRequest("request_id: required for tool calls (it is the idempotency "
                                  "key)", field="request_id")
-        validate_arguments(op, arguments, strict=strict)
+        with _tracer.start_as_current_span(
+                "schema.validate", record_exception=False,
+                set_status_on_exception=False) as vspan:
+            vspan.set_attribute(A.OPERATION, op.name)
+            vspan.set_attribute("switchboard.schema.strict", strict)
+            try:
+                validate_arguments(op, arguments, strict=strict)
+            except BaseException as exc:
+                record_outcome(vspan, exc)
+                raise
         args = dict(arguments)
         key, fp = idempotency_key(principal, request_id), fingerprint(op, args)
         deadline = asyncio.get_running_loop().time() + self.settings.wait_s
