@@ -19,7 +19,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["SQLiteStore", "base_parser", "run_main", "serve"]
+__all__ = ["SQLiteStore", "add_healthz", "base_parser", "run_main", "serve"]
 
 
 class SQLiteStore:
@@ -94,6 +94,16 @@ def base_parser(prog: str, default_db: str) -> argparse.ArgumentParser:
     parser.add_argument("--db", default=default_db, help="SQLite file (created and seeded)")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
+
+
+def add_healthz(app: FastAPI, store: SQLiteStore) -> None:
+    """``GET /healthz`` (not in the OpenAPI): the service answers and its database opens."""
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        with store.connect() as conn:
+            conn.execute("SELECT 1")
+        return {"status": "ok"}
 
 
 def _bind(host: str, port: int) -> socket.socket:

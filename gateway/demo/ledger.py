@@ -28,7 +28,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.demo._serve import SQLiteStore, base_parser, run_main
+from gateway.demo._serve import SQLiteStore, add_healthz, base_parser, run_main
 
 __all__ = ["DEMO_ACCOUNTS", "LedgerProblem", "app", "create_app", "main"]
 
@@ -201,11 +201,7 @@ def create_app(db_path: str | Path, *, respond_delay_ms: int = 0) -> FastAPI:
         body = ErrorResponse(error=ErrorBody(code=exc.code, message=exc.message))
         return JSONResponse(status_code=exc.status, content=body.model_dump())
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        with store.connect() as conn:
-            conn.execute("SELECT 1")
-        return {"status": "ok"}
+    add_healthz(app, store)
 
     @app.get(
         "/accounts",

@@ -22,7 +22,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.demo._serve import SQLiteStore, base_parser, run_main
+from gateway.demo._serve import SQLiteStore, add_healthz, base_parser, run_main
 
 __all__ = ["DEMO_CONTACTS", "app", "create_app", "main", "seed_events_for"]
 
@@ -173,11 +173,7 @@ def create_app(db_path: str | Path) -> FastAPI:
     )
     app.state.store = store
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        with store.connect() as conn:
-            conn.execute("SELECT 1")
-        return {"status": "ok"}
+    add_healthz(app, store)
 
     @app.get(
         "/events",
