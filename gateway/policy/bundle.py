@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from asyncio import CancelledError
 from dataclasses import dataclass, field
@@ -49,14 +50,25 @@ def clean_error(exc: BaseException) -> str:
 
 
 def _files(root: Path, with_tests: bool) -> list[Path]:
+    """Bundle files under ``root``, following symlinked directories (a Kubernetes ConfigMap
+    volume exposes its entries as symlinks into ``..data/``) and skipping dot-entries."""
     out = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop: walk each real directory once
+            dirnames[:] = []
             continue
-        is_test = p.name.endswith("_test.rego")
-        if (p.suffix == ".rego" and (with_tests or not is_test)) or p.name in _DATA_NAMES:
-            out.append(p)
-    return out
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith(".") or not p.is_file():
+                continue
+            is_test = name.endswith("_test.rego")
+            if (p.suffix == ".rego" and (with_tests or not is_test)) or name in _DATA_NAMES:
+                out.append(p)
+    return sorted(out)
 
 
 def snapshot(root: Path, with_tests: bool = False) -> tuple[tuple[str, int, int], ...]:
