@@ -76,6 +76,7 @@ class DenoProcess:
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._stderr_tail: deque[bytes] = deque(maxlen=32)
         self.ready = False
+        self._early: tuple[asyncio.StreamReader, asyncio.StreamWriter, int] | None = None
         self.dead = False
         self.death: SandboxError | None = None
         self.start_ms = 0
@@ -105,6 +106,9 @@ class DenoProcess:
             env=env,
             start_new_session=True,
         )
+        if self._early is not None:
+            early, self._early = self._early, None
+            self._accept(*early)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._tasks.append(asyncio.create_task(self._drain(self._proc.stdout, False)))
         self._tasks.append(asyncio.create_task(self._drain(self._proc.stderr, True)))
@@ -137,12 +141,24 @@ class DenoProcess:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             peer_pid = struct.unpack("3i", creds)[0]
         connected = self._connected
-        if (
-            connected is None
-            or connected.done()
-            or self._proc is None
-            or peer_pid != self._proc.pid
-        ):
+        if connected is None or connected.done():
+            writer.close()
+            return
+        if self._proc is None:
+            # The child connected before create_subprocess_exec returned (it can, on a busy
+            # machine): hold the connection until its pid can be checked.
+            if self._early is not None:
+                writer.close()
+                return
+            self._early = (reader, writer, peer_pid)
+            return
+        self._accept(reader, writer, peer_pid)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                peer_pid: int) -> None:
+        connected = self._connected
+        if connected is None or connected.done() or self._proc is None \
+                or peer_pid != self._proc.pid:
             writer.close()
             return
         self._reader, self._writer = reader, writer

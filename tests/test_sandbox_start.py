@@ -1,0 +1,49 @@
+"""A Deno supervisor that connects before ``create_subprocess_exec`` has returned (it happens on
+a busy machine) is accepted once its pid can be checked, not turned away — which used to
+leave the process unconnected until the start timed out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import deno
+import pytest
+
+from gateway.sandbox import SandboxSettings, default_runtime_dir
+from gateway.sandbox import process as process_mod
+from gateway.sandbox.pool import deno_command
+
+
+async def test_child_connecting_before_spawn_returns_is_accepted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = asyncio.create_subprocess_exec
+    connected_early: list[bool] = []
+
+    async def slow_spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await real(*args, **kwargs)
+        # Hold the parent back until the child has connected (or 20 s passed).
+        for _ in range(200):
+            if getattr(dp, "_early", None) is not None:
+                connected_early.append(True)
+                break
+            await asyncio.sleep(0.1)
+        return proc
+
+    monkeypatch.setattr(process_mod.asyncio, "create_subprocess_exec", slow_spawn)
+    tmp = Path(tempfile.mkdtemp(prefix="sb-start-"))
+    os.chmod(tmp, 0o700)
+    sock = tmp / f"p0-{uuid.uuid4().hex[:8]}.sock"
+    argv = deno_command(str(deno.find_deno_bin()), default_runtime_dir(), sock,
+                        SandboxSettings())
+    dp = process_mod.DenoProcess(0, argv, sock, tmp / "deno_dir")
+    try:
+        await dp.start(30)
+        assert connected_early == [True]  # the race really happened in this test
+        assert dp.ready and not dp.dead
+    finally:
+        await dp.close()
