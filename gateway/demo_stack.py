@@ -117,7 +117,7 @@ def demo_services(state: Path) -> Iterator[dict[str, ServiceProcess]]:
                                    workspace_url=started["workspace"].url, state=state)
         started["gateway"] = spawn_service(
             "gateway", [py, "-m", "gateway.cli", "serve", "--config", str(config)],
-            log_file=log)
+            log_file=log, timeout=180)  # above the sandbox's own 120 s start limit
         yield started
     finally:
         for svc in reversed(list(started.values())):
