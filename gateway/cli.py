@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import signal
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -66,17 +69,40 @@ def _policy_dir(args: argparse.Namespace) -> Path | None:
     return Path(args.path) if args.path else None
 
 
+class _EscapingWriter(io.TextIOBase):
+    """stdout for commands that print text they did not write (Rego test names, ``print``
+    output, error messages): terminal controls become visible escapes; line breaks stay."""
+
+    def __init__(self, inner: TextIO) -> None:
+        from gateway.audit.terminal import escape_text
+
+        self.inner = inner
+        self.escape = escape_text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.inner.write("\n".join(self.escape(part) for part in text.split("\n")))
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
 def _cmd_policy(args: argparse.Namespace) -> int:
     from gateway import policy
 
-    if args.policy_cmd == "test":
-        return policy.cli_policy_test(_policy_dir(args), verbose=args.verbose)
-    if args.policy_cmd == "eval":
-        return policy.cli_policy_eval(_policy_dir(args), Path(args.input))
-    return policy.cli_policy_check(_policy_dir(args))
+    with contextlib.redirect_stdout(_EscapingWriter(sys.stdout)):
+        if args.policy_cmd == "test":
+            return policy.cli_policy_test(_policy_dir(args), verbose=args.verbose)
+        if args.policy_cmd == "eval":
+            return policy.cli_policy_eval(_policy_dir(args), Path(args.input))
+        return policy.cli_policy_check(_policy_dir(args))
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
+    from gateway.audit.terminal import escape_text
     from gateway.catalog import load_catalog_sync
 
     settings = _settings(args.config)
@@ -89,9 +115,11 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     if not hits:
         print("no matching operations")
         return 1
-    width = max(len(op.name) for op, _ in hits)
-    for op, score in hits:
-        print(f"{score:7.3f}  {op.name:<{width}}  {op.summary}")
+    # Names and summaries come from OpenAPI documents (third-party input): escaped.
+    rows = [(score, escape_text(op.name), escape_text(op.summary)) for op, score in hits]
+    width = max(len(name) for _, name, _ in rows)
+    for score, name, summary in rows:
+        print(f"{score:7.3f}  {name:<{width}}  {summary}")
     return 0
 
 
@@ -185,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"switchboard: config error: {exc.message}", file=sys.stderr)
+        from gateway.audit.terminal import escape_text
+
+        print(escape_text(f"switchboard: config error: {exc.message}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from gateway.audit import attributes as A
 from gateway.audit.chain import iter_records, verify_chain
+from gateway.audit.terminal import escape_lines, escape_text
 
 __all__ = [
     "cli_audit_show",
@@ -128,7 +129,11 @@ def _detail_lines(rec: dict[str, Any]) -> list[str]:
 
 
 def render_trace(spans: list[dict[str, Any]]) -> str:
-    """An indented tree: name, kind, offset from the trace start, duration, status, details."""
+    """An indented tree: name, kind, offset from the trace start, duration, status, details.
+
+    Control characters (C0, C1, DEL), bidi controls and line separators in any record value
+    are rendered as visible escapes (``\\n``, ``\\x1b``, ``\\u202e``): one line per fact.
+    """
     if not spans:
         return ""
     by_id = {r["span_id"]: r for r in spans}
@@ -166,7 +171,9 @@ def render_trace(spans: list[dict[str, Any]]) -> str:
         if i:
             out.append("")  # calls sharing the agent's trace id: one tree each
         walk(root, "", "", "")
-    return "\n".join(out)
+    # Every value above may be attacker-chosen: each line is escaped as a whole, so a newline,
+    # an ANSI escape or a bidi override in a record shows as text and cannot forge a line.
+    return escape_lines(out)
 
 
 def cli_audit_show(
@@ -179,15 +186,18 @@ def cli_audit_show(
     stdout = out or sys.stdout
     stderr = out or sys.stderr
     if not normalize_trace_id(trace_id):
-        print(f"error: {trace_id!r} is not a trace id (32 hex digits)", file=stderr)
+        print(escape_text(f"error: {trace_id!r} is not a trace id (32 hex digits)"), file=stderr)
         return 1
     if not Path(file).exists():
-        print(f"error: audit file {file} does not exist", file=stderr)
+        print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
         return 1
     spans = read_trace(file, trace_id, tenant)
     if not spans:
         scope = f" for tenant {tenant!r}" if tenant is not None else ""
-        print(f"error: no audit records for trace {trace_id}{scope} in {file}", file=stderr)
+        print(
+            escape_text(f"error: no audit records for trace {trace_id}{scope} in {file}"),
+            file=stderr,
+        )
         return 1
     print(render_trace(spans), file=stdout)
     return 0
@@ -198,19 +208,26 @@ def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
     stdout = out or sys.stdout
     stderr = out or sys.stderr
     if not Path(file).exists():
-        print(f"error: audit file {file} does not exist", file=stderr)
+        print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
         return 1
     report = verify_chain(Path(file))
     if report.ok:
         print(
-            f"OK: {file}: {report.records} records, hash chain intact; "
-            f"last seq {report.last_seq} hash {report.last_hash}",
+            escape_text(
+                f"OK: {file}: {report.records} records, hash chain intact; "
+                f"last seq {report.last_seq} hash {report.last_hash}"
+            ),
             file=stdout,
         )
         return 0
+    # An edited line can put anything into the reason (its seq is whatever JSON it holds).
     print(
-        f"BROKEN: {file} line {report.line}: {report.reason}\n"
-        f"  {report.records} records verified before it (last good seq {report.last_seq})",
+        escape_lines(
+            [
+                f"BROKEN: {file} line {report.line}: {report.reason}",
+                f"  {report.records} records verified before it (last good seq {report.last_seq})",
+            ]
+        ),
         file=stdout,
     )
     return 1
