@@ -18,6 +18,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
 from gateway.audit import digest, json_attr, redact
+from gateway.audit.redact import (
+    CallSecrets,
+    current_call_secrets,
+    masked_values,
+    register_masked,
+    scrub_data,
+    scrub_error,
+)
 from gateway.catalog import Catalog, python_signature, sdk_doc
 from gateway.errors import (
     GatewayError,
@@ -192,17 +200,26 @@ class Pipeline:
         span.set_attribute(attr.ARGUMENTS,
                            json_attr(redact({"arguments": action.arguments},
                                             [m.removeprefix("action.") for m in decision.mask])))
-        if decision.route == "deny":
-            raise _deny(decision, op.name)
-        if decision.route != "tool":
-            raise PolicyDenied(
-                f"{op.name}: the policy routes it to the code channel; call it from execute_code",
-                reasons=list(decision.reasons) or ["route is code"],
-                details={"decision_id": decision.decision_id},
-            )
-        # The channel validates (in its own span) before anything reaches the store or backend.
-        outcome = await self.tools.execute(op, action.arguments, request_id=action.request_id,
-                                           principal=principal, strict=_is_compliance(op))
+        # The masked values are secrets of this call from here on: no span, event, log line
+        # or error of it may quote them (docs/audit.md, "Masked values in free text").
+        secrets = register_masked(action.arguments, decision.mask, "action.arguments")
+        try:
+            if decision.route == "deny":
+                raise _deny(decision, op.name)
+            if decision.route != "tool":
+                raise PolicyDenied(
+                    f"{op.name}: the policy routes it to the code channel; call it from "
+                    "execute_code", reasons=list(decision.reasons) or ["route is code"],
+                    details={"decision_id": decision.decision_id},
+                )
+            # The channel validates (in its own span) before anything reaches the store or
+            # backend.
+            outcome = await self.tools.execute(
+                op, action.arguments, request_id=action.request_id, principal=principal,
+                strict=_is_compliance(op), mask=decision.mask)
+        except GatewayError as exc:
+            scrub_error(exc, secrets)
+            raise
         span.set_attribute(attr.REPLAYED, outcome.replayed)
         return Outcome(decision=decision, result=outcome.result, trace_id=current_trace_id(),
                        replayed=outcome.replayed)
@@ -246,7 +263,9 @@ class Pipeline:
         span.set_attribute(attr.HOST_CALLS, host.calls)
         error = None
         if not result.ok:
-            error = {"code": "user_code_error", **(result.error or {})}
+            # The code's error may quote what a host call's error said: scrub the masked values
+            # of its host calls (stdout/stderr are the code's own output, returned as written).
+            error = {"code": "user_code_error", **scrub_data(result.error or {}, host.secrets)}
             span.set_attribute(attr.OUTCOME, "user_code_error")
         return Outcome(
             decision=decision,
@@ -320,6 +339,9 @@ class _HostBridge:
         self.limits = limits
         self.ctx = trace.set_span_in_context(parent)
         self.calls = 0
+        # The masked values of every host call's decision (the run's call set when audited).
+        found = current_call_secrets()
+        self.secrets: CallSecrets = found if found is not None else CallSecrets()
 
     async def call(self, operation: str, arguments: dict[str, Any]) -> Any:
         if operation == "sdk.search":
@@ -346,13 +368,15 @@ class _HostBridge:
                     self.principal, "host_call", op, op.name, arguments=arguments,
                     parent_decision_id=self.decision.decision_id)
                 _annotate_decision(span, decision)
+                self.secrets.add(masked_values(arguments, decision.mask, "action.arguments"))
                 if decision.route == "deny":
                     raise _deny(decision, op.name)
-                validate_arguments(op, arguments, strict=_is_compliance(op))
+                validate_arguments(op, arguments, strict=_is_compliance(op), mask=decision.mask)
                 result = await self.p.client.call(op, arguments)
                 span.set_attribute(attr.OUTCOME, "ok")
                 return result
             except GatewayError as exc:
+                scrub_error(exc, self.secrets)  # it goes back to the code, and to its caller
                 span.set_attribute(attr.OUTCOME, exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise

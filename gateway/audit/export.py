@@ -14,23 +14,36 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
 from gateway.audit.chain import AuditLog
-from gateway.audit.redact import scrub_text, scrub_value
+from gateway.audit.redact import (
+    CallSecrets,
+    close_span_secrets,
+    open_span_secrets,
+    scrub_text,
+    scrub_value,
+)
 
-__all__ = ["GuardedExporter", "JsonlSpanExporter", "scrub_span", "span_to_record"]
+__all__ = [
+    "CallScrubbingProcessor",
+    "GuardedExporter",
+    "JsonlSpanExporter",
+    "scrub_span",
+    "span_to_record",
+]
 
 _log = structlog.get_logger("switchboard.audit")
 
 
-def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+def _attrs(attributes: Mapping[str, Any] | None, call: CallSecrets | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (attributes or {}).items():
-        v = scrub_value(key, value)
+        v = scrub_value(key, value, call)
         out[key] = list(v) if isinstance(v, tuple) else v
     return out
 
@@ -134,13 +147,14 @@ class JsonlSpanExporter(SpanExporter):
         return True
 
 
-def scrub_span(span: ReadableSpan) -> ReadableSpan:
-    """The span itself if it carries no credential, else a scrubbed copy."""
+def scrub_span(span: ReadableSpan, call: CallSecrets | None = None) -> ReadableSpan:
+    """The span itself if it carries no credential (nor a masked value of ``call``), else a
+    scrubbed copy."""
     attrs = dict(span.attributes or {})
-    clean = _attrs(attrs)
-    events = [(e, _attrs(e.attributes)) for e in span.events]
+    clean = _attrs(attrs, call)
+    events = [(e, _attrs(e.attributes, call)) for e in span.events]
     message = span.status.description or ""
-    clean_message = scrub_text(message)
+    clean_message = scrub_text(message, call)
     same = (
         clean == {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
         and all(c == dict(e.attributes or {}) for e, c in events)
@@ -162,6 +176,26 @@ def scrub_span(span: ReadableSpan) -> ReadableSpan:
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
+
+
+class CallScrubbingProcessor(SynchronousMultiSpanProcessor):
+    """The provider's one processor: ties each span to its call's masked values (registered
+    with :func:`gateway.audit.register_masked`) and hands the file and OTLP processors a copy
+    with those values scrubbed — synchronously at ``end()``, so no exporter thread needs the
+    call's context."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        ctx = span.get_span_context()
+        open_span_secrets(ctx.trace_id, ctx.span_id, span.parent)
+        super().on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.get_span_context()
+        call = close_span_secrets(ctx.trace_id, ctx.span_id) if ctx is not None else None
+        super().on_end(scrub_span(span, call) if call else span)
 
 
 class GuardedExporter(SpanExporter):

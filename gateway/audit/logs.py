@@ -16,7 +16,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from gateway.audit.redact import scrub_text, scrub_value
+from gateway.audit.redact import current_call_secrets, scrub_text, scrub_value
 
 __all__ = ["add_trace_context", "configure_logging", "scrub_event"]
 
@@ -34,12 +34,14 @@ def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> E
 
 
 def scrub_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-    """Replace credential values (by key, ``Bearer`` pattern, registered secret)."""
+    """Replace credential values (by key, ``Bearer`` pattern, registered secret) and the
+    masked values of the call whose span is current."""
+    call = current_call_secrets()
     for key, value in event.items():
         event[key] = (
-            scrub_text(value)
+            scrub_text(value, call)
             if key == "event" and isinstance(value, str)
-            else (scrub_value(key, value))
+            else (scrub_value(key, value, call))
         )
     return event
 

@@ -9,24 +9,42 @@ not leak a token into the trail.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
+from gateway.audit import attributes as A
+from gateway.errors import GatewayError
 
 __all__ = [
+    "FACT_KEYS",
+    "MIN_MASKED_LEN",
     "REDACTED",
+    "CallSecrets",
+    "close_span_secrets",
+    "current_call_secrets",
     "digest",
     "is_secret_key",
     "json_attr",
+    "masked_forms",
+    "masked_values",
+    "open_span_secrets",
     "redact",
+    "register_masked",
     "register_secret",
     "safe_url",
+    "scrub_data",
+    "scrub_error",
     "scrub_text",
     "scrub_value",
 ]
@@ -90,6 +108,19 @@ def _apply(value: Any, parts: Sequence[str]) -> Any:
     return value  # path goes deeper than the value: nothing to hide there
 
 
+def _relative(mask: Sequence[str], prefix: str) -> Iterator[list[str]]:
+    """Each mask path as a path inside the value that sits at ``prefix`` (see :func:`redact`)."""
+    pre = _split(prefix)
+    tails = [pre[i:] for i in range(len(pre) + 1)]
+    for path in mask:
+        parts = _split(path)
+        for tail in tails:
+            if len(parts) > len(tail) and all(
+                p in (t, _WILDCARD) for p, t in zip(parts, tail, strict=False)
+            ):
+                yield parts[len(tail) :]
+
+
 def redact(value: Any, mask: Sequence[str], prefix: str = "") -> Any:
     """Copy of ``value`` with every leaf or subtree named by ``mask`` replaced by ``[REDACTED]``.
 
@@ -100,16 +131,43 @@ def redact(value: Any, mask: Sequence[str], prefix: str = "") -> Any:
     ``items[0]`` a list index. Paths that do not exist are ignored. Over-matching only
     redacts more, which is the safe direction.
     """
-    pre = _split(prefix)
-    tails = [pre[i:] for i in range(len(pre) + 1)]
     out = value
-    for path in mask:
-        parts = _split(path)
-        for tail in tails:
-            if len(parts) > len(tail) and all(
-                p in (t, _WILDCARD) for p, t in zip(parts, tail, strict=False)
-            ):
-                out = _apply(out, parts[len(tail) :])
+    for parts in _relative(mask, prefix):
+        out = _apply(out, parts)
+    return out
+
+
+def _leaves(value: Any, out: list[Any]) -> None:
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _leaves(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _leaves(item, out)
+    else:
+        out.append(value)
+
+
+def _collect(value: Any, parts: Sequence[str], out: list[Any]) -> None:
+    if not parts:
+        _leaves(value, out)
+        return
+    head, rest = parts[0], parts[1:]
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if head == _WILDCARD or key == head:
+                _collect(item, rest, out)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if head == _WILDCARD or head == str(i):
+                _collect(item, rest, out)
+
+
+def masked_values(value: Any, mask: Sequence[str], prefix: str = "") -> list[Any]:
+    """The scalar leaves :func:`redact` would hide (same path rules), in no particular order."""
+    out: list[Any] = []
+    for parts in _relative(mask, prefix):
+        _collect(value, parts, out)
     return out
 
 
@@ -187,8 +245,180 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
-def scrub_text(text: str) -> str:
-    """Remove registered secrets and ``Bearer``/``Basic`` credentials from free text."""
+# --- per-call secrets: the values the policy masked -------------------------------------------
+#
+# A decision's ``mask`` names argument fields the trail must not hold. ``redact`` hides them in
+# the recorded arguments, but the same value can come back in free text: a JSON Schema message
+# ("'A-SECRET' does not match ..."), a backend's 404 ("account A-SECRET not found"), a URL path.
+# So the masked values of a call are registered as secrets *of that call* (never process-wide:
+# a masked "1234" must not redact every "1234" of every other call) and scrubbed from every
+# string its spans, events, logs and errors carry.
+
+MIN_MASKED_LEN = 4
+"""Shorter masked values are not scrubbed from free text (they would turn ordinary text into
+garbage); validator messages never quote a masked value, whatever its length."""
+
+# Facts the gateway itself establishes. They are never scrubbed for a call's masked values: a
+# caller could otherwise choose a masked value equal to its own principal id, operation or
+# outcome and blank those out of its audit record. Registered secrets are still scrubbed.
+FACT_KEYS: frozenset[str] = frozenset({
+    A.PRINCIPAL_ID, A.TENANT, A.ROLES, A.TRANSPORT, A.REQUEST_ID, A.SESSION_ID, A.ACTION_KIND,
+    A.OPERATION, A.BACKEND, A.ROUTE, A.REASONS, A.OBLIGATIONS, A.DECISION_ID,
+    A.PARENT_DECISION_ID, A.POLICY_REVISION, A.OUTCOME, A.ERROR_FIELD, A.ARGUMENTS_SHA256,
+    A.CODE_SHA256, A.RESULT_SHA256, A.IDEMPOTENCY_KEY_STATE, A.SANDBOX_EXIT, A.RPC_SYSTEM,
+    A.RPC_SERVICE, A.RPC_METHOD, A.HTTP_REQUEST_METHOD, A.SERVER_ADDRESS, A.ERROR_TYPE,
+    A.GEN_AI_OPERATION_NAME, A.GEN_AI_TOOL_NAME, A.GEN_AI_TOOL_CALL_ID, "url.template",
+    "exception.type", "switchboard.error_code",
+    # log fields bound or set by the gateway
+    "principal", "tenant", "request_id", "trace_id", "span_id", "rpc_method", "level",
+    "log_level", "timestamp", "logger", "outcome", "status", "decision_id", "route",
+    "policy_revision", "engine", "operation", "backend", "error_code",
+})  # fmt: skip
+
+
+def _escaped(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def masked_forms(value: Any) -> set[str]:
+    """The spellings of one masked value that free text may carry (≥ ``MIN_MASKED_LEN``).
+
+    The value itself, its JSON-escaped forms (ASCII and not, once and twice: a backend body is
+    JSON that may quote JSON), its ``repr`` body, and its URL-encoded forms (path and query);
+    numbers as ``str``/``repr`` (``100.0`` also as ``100``). Booleans and ``null`` are not
+    secrets.
+    """
+    forms: set[str] = set()
+    if isinstance(value, bool) or value is None:
+        return forms
+    if isinstance(value, int):
+        forms.add(str(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return forms
+        forms.update((repr(value), str(value)))
+        if value.is_integer():
+            forms.add(str(int(value)))
+    elif isinstance(value, str):
+        once = _escaped(value)
+        forms.update(
+            (
+                value,
+                once,
+                _escaped(once),
+                repr(value)[1:-1],
+                json.dumps(value, ensure_ascii=False)[1:-1],
+            )
+        )
+        # a lone surrogate cannot be URL-encoded (nor sent)
+        with contextlib.suppress(UnicodeEncodeError):
+            forms.update((quote(value, safe=""), quote(value), quote_plus(value)))
+    return {f for f in forms if len(f) >= MIN_MASKED_LEN}
+
+
+class CallSecrets:
+    """The masked values of one call; shared by every span of its local call tree."""
+
+    __slots__ = ("_forms", "_lock", "_pattern")
+
+    def __init__(self) -> None:
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, values: Iterable[Any]) -> None:
+        new: set[str] = set()
+        for value in values:
+            new |= masked_forms(value)
+        with self._lock:
+            if new <= self._forms:
+                return
+            self._forms |= new
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
+
+    def scrub(self, text: str) -> str:
+        pattern = self._pattern
+        return pattern.sub(REDACTED, text) if pattern is not None else text
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+
+_live_lock = threading.Lock()
+_live: dict[tuple[int, int], CallSecrets] = {}
+
+
+def open_span_secrets(trace_id: int, span_id: int, parent: SpanContext | None) -> CallSecrets:
+    """Called as a span starts: it shares its local parent's set, or a local root gets one."""
+    with _live_lock:
+        secrets = None
+        if parent is not None and parent.is_valid and not parent.is_remote:
+            secrets = _live.get((parent.trace_id, parent.span_id))
+        if secrets is None:
+            secrets = CallSecrets()
+        _live[(trace_id, span_id)] = secrets
+    return secrets
+
+
+def close_span_secrets(trace_id: int, span_id: int) -> CallSecrets | None:
+    """Called as a span ends: its set, for scrubbing what it recorded."""
+    with _live_lock:
+        return _live.pop((trace_id, span_id), None)
+
+
+def current_call_secrets() -> CallSecrets | None:
+    """The set of the call whose span is current (None outside a gateway span)."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    with _live_lock:
+        return _live.get((ctx.trace_id, ctx.span_id))
+
+
+def register_masked(value: Any, mask: Sequence[str], prefix: str = "") -> CallSecrets:
+    """Register the values ``mask`` hides in ``value`` as secrets of the current call.
+
+    Returns the call's set (a detached one when no gateway span is current, so the caller can
+    still scrub its errors with it).
+    """
+    secrets = current_call_secrets()
+    if secrets is None:  # (an empty set is falsy: never `or` here)
+        secrets = CallSecrets()
+    if mask:
+        secrets.add(masked_values(value, mask, prefix))
+    return secrets
+
+
+def scrub_data(value: Any, secrets: CallSecrets) -> Any:
+    """A copy of JSON-like ``value`` with the masked values scrubbed from every string."""
+    if isinstance(value, str):
+        return secrets.scrub(value)
+    if isinstance(value, Mapping):
+        return {k: scrub_data(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_data(v, secrets) for v in value]
+    return value
+
+
+def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> GatewayError:
+    """Scrub a gateway error's message and details in place (before it is raised on)."""
+    found = secrets if secrets is not None else current_call_secrets()
+    if not found:
+        return error
+    error.message = found.scrub(error.message)
+    error.args = (error.message, *error.args[1:])
+    error.details = scrub_data(error.details, found)
+    reasons = getattr(error, "reasons", None)
+    if isinstance(reasons, list):
+        error.reasons = scrub_data(reasons, found)  # type: ignore[attr-defined]
+    return error
+
+
+def scrub_text(text: str, call: CallSecrets | None = None) -> str:
+    """Remove the call's masked values, registered secrets and ``Bearer``/``Basic`` credentials."""
+    if call:
+        text = call.scrub(text)
     pattern = _secrets_re
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
@@ -197,18 +427,24 @@ def scrub_text(text: str) -> str:
     return text
 
 
-def scrub_value(key: str, value: Any) -> Any:
-    """Scrub one attribute or log value (strings, and sequences/mappings of them)."""
+def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
+    """Scrub one attribute or log value (strings, and sequences/mappings of them).
+
+    ``call``: the masked values of the call, scrubbed from every string except the gateway's
+    own facts (:data:`FACT_KEYS`).
+    """
+    if call is not None and key in FACT_KEYS:
+        call = None
     if isinstance(value, bool | int) and not is_secret_key(key):
         return value
     if is_secret_key(key) and value is not None and value != "":
         return REDACTED
     if isinstance(value, str):
-        return scrub_text(value)
+        return scrub_text(value, call)
     if isinstance(value, list | tuple):
-        return type(value)(scrub_value("", v) for v in value)
+        return type(value)(scrub_value("", v, call) for v in value)
     if isinstance(value, Mapping):
-        return {k: scrub_value(str(k), v) for k, v in value.items()}
+        return {k: scrub_value(str(k), v, call) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value

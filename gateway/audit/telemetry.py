@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.audit.chain import AuditLog, FsyncPolicy
-from gateway.audit.export import GuardedExporter, JsonlSpanExporter
+from gateway.audit.export import CallScrubbingProcessor, GuardedExporter, JsonlSpanExporter
 from gateway.audit.tracing import register_provider, unregister_provider
 from gateway.errors import ConfigError
 
@@ -186,13 +186,17 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
         resource=Resource.create({SERVICE_NAME: settings.service_name}),
         shutdown_on_exit=False,  # Telemetry.shutdown owns it (and bounds it)
     )
+    # One processor on the provider: it scrubs each span of its call's masked values, then
+    # hands it to the file and OTLP processors below.
+    pipeline = CallScrubbingProcessor()
+    provider.add_span_processor(pipeline)
     file_exporter: JsonlSpanExporter | None = None
     file_processor: SimpleSpanProcessor | None = None
     if settings.file is not None:
         log = AuditLog(settings.file, settings.fsync, settings.fsync_interval_s)
         file_exporter = JsonlSpanExporter(log)
         file_processor = SimpleSpanProcessor(file_exporter)
-        provider.add_span_processor(file_processor)
+        pipeline.add_span_processor(file_processor)
     guarded: GuardedExporter | None = None
     batch: BatchSpanProcessor | None = None
     if settings.otlp_endpoint:
@@ -207,7 +211,7 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
             schedule_delay_millis=settings.otlp_schedule_delay_ms,
             export_timeout_millis=settings.otlp_timeout_s * 1000,
         )
-        provider.add_span_processor(batch)
+        pipeline.add_span_processor(batch)
     return Telemetry(provider, file_exporter, file_processor, guarded, batch)
 
 

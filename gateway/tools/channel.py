@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 from gateway import errors
 from gateway.audit import attributes as A
 from gateway.audit import record_outcome
+from gateway.audit.redact import CallSecrets, register_masked, scrub_error
 from gateway.audit.tracing import contextual_tracer
 from gateway.errors import (
     BackendError,
@@ -196,6 +197,31 @@ class ToolChannel:
         principal: Principal,
         strict: bool,
         timeout_ms: int | None = None,
+        mask: Sequence[str] = (),
+    ) -> ToolOutcome:
+        """Validate, claim, call, record. ``mask``: the decision's mask — its values are
+        registered as the call's secrets, so no error this raises (or records for replays)
+        and no span or log of the call quotes them."""
+        secrets = register_masked(arguments, mask, "action.arguments")
+        try:
+            return await self._execute(op, arguments, request_id=request_id,
+                                       principal=principal, strict=strict,
+                                       timeout_ms=timeout_ms, mask=mask, secrets=secrets)
+        except GatewayError as exc:
+            scrub_error(exc, secrets)  # in place: replays recorded before scrubbing, too
+            raise
+
+    async def _execute(
+        self,
+        op: Operation,
+        arguments: Mapping[str, Any],
+        *,
+        request_id: str,
+        principal: Principal,
+        strict: bool,
+        timeout_ms: int | None,
+        mask: Sequence[str],
+        secrets: CallSecrets,
     ) -> ToolOutcome:
         if not request_id:
             raise InvalidRequest("request_id: required for tool calls (it is the idempotency "
@@ -206,7 +232,7 @@ class ToolChannel:
             vspan.set_attribute(A.OPERATION, op.name)
             vspan.set_attribute("switchboard.schema.strict", strict)
             try:
-                validate_arguments(op, arguments, strict=strict)
+                validate_arguments(op, arguments, strict=strict, mask=mask)
             except BaseException as exc:
                 record_outcome(vspan, exc)
                 raise
@@ -238,7 +264,7 @@ class ToolChannel:
                 found = await self._resolve(op, key, record, deadline)
                 if found is not None:
                     return found
-            return await self._attempt(op, args, key, timeout_ms)
+            return await self._attempt(op, args, key, timeout_ms, secrets)
         except BaseException:
             # Cancelled or failed while owning the claim: give it up, keeping any attempt
             # history (a no-op when the step already completed or abandoned it).
@@ -341,7 +367,8 @@ class ToolChannel:
             await asyncio.sleep(settled_in)
 
     async def _attempt(self, op: Operation, args: dict[str, Any], key: str,
-                       timeout_ms: int | None) -> ToolOutcome:
+                       timeout_ms: int | None, secrets: CallSecrets | None = None,
+                       ) -> ToolOutcome:
         if not await self.store.mark_sent(key, self.owner):
             raise DuplicateInFlight(f"lost the claim on this request ({op.name}); retry",
                                     field="request_id", details={"operation": op.name})
@@ -349,7 +376,8 @@ class ToolChannel:
             result = await self.client.call(op, args, idempotency_key=key, timeout_ms=timeout_ms)
         except (BackendError, BackendUnavailable) as exc:
             if _is_final(exc):
-                await self._finish(key, {"error": exc.to_dict()})
+                # The record replays this error to retries: store it without masked values.
+                await self._finish(key, {"error": scrub_error(exc, secrets).to_dict()})
                 raise
             applied = may_have_applied(exc)
             await self._abandon(key, retract=not applied)

@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from gateway.audit.redact import redact
 from gateway.errors import OutputInvalid, SchemaInvalid
 from gateway.models import Operation
 
@@ -27,6 +28,13 @@ _cache: OrderedDict[tuple[str, int, bool], tuple[object, Draft202012Validator]] 
 _cache_lock = threading.Lock()
 _REQUIRED = re.compile(r"^'(?P<name>.*)' is a required property$")
 _MAX_REPORTED = 50
+_MISSING = object()
+# Rules whose schema value is worth naming when the instance itself must not be quoted.
+_NAMED_RULES = frozenset({
+    "pattern", "format", "type", "enum", "const", "minLength", "maxLength", "minimum",
+    "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems",
+    "minProperties", "maxProperties", "uniqueItems",
+})  # fmt: skip
 
 
 def _validator(op_name: str, schema: dict[str, Any], *, output: bool) -> Draft202012Validator:
@@ -53,7 +61,28 @@ def field_path(root: str, path: Sequence[str | int]) -> str:
     return out
 
 
-def _describe(error: ValidationError, root: str) -> dict[str, str]:
+def _at(value: Any, path: Sequence[str | int]) -> Any:
+    for part in path:
+        in_map = isinstance(value, Mapping) and part in value
+        in_list = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+        if not (in_map or in_list):
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _withheld(error: ValidationError, rule: str) -> str:
+    """A message for a value that must not be quoted: the rule, never the instance."""
+    wanted = error.validator_value
+    if rule in _NAMED_RULES and len(text := repr(wanted)) <= 200:
+        return f"does not satisfy {rule} {text} (value not shown: the field is masked)"
+    return f"does not satisfy the schema's {rule} rule (value not shown: the field is masked)"
+
+
+def _describe(error: ValidationError, root: str, hidden: Any = _MISSING) -> dict[str, str]:
+    """``hidden``: the instance with the decision's mask applied; where the error's instance
+    differs from it (it is, or contains, a masked value), jsonschema's message — which quotes
+    the instance — is replaced by one that does not."""
     path: list[str | int] = list(error.absolute_path)
     rule = str(error.validator)
     message = error.message
@@ -68,6 +97,8 @@ def _describe(error: ValidationError, root: str) -> dict[str, str]:
         if extras:
             path.append(extras[0])
             message = f"unknown field (not in the schema); unexpected: {', '.join(extras)}"
+    elif hidden is not _MISSING and _at(hidden, error.absolute_path) != error.instance:
+        message = _withheld(error, rule)
     field = field_path(root, path)
     return {"field": field, "message": f"{field}: {message}", "rule": rule}
 
@@ -153,8 +184,14 @@ def _unknown_fields(
                 yield from _unknown_fields(item, items, root, [*path, i], depth + 1)
 
 
-def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: bool) -> None:
-    """Raise :class:`SchemaInvalid` listing every violation; the first one is the message."""
+def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: bool,
+                       mask: Sequence[str] = ()) -> None:
+    """Raise :class:`SchemaInvalid` listing every violation; the first one is the message.
+
+    ``mask``: the decision's mask (paths as in :func:`gateway.audit.redact`). A violation in a
+    masked field — or in an object or list that holds one — names the field and the rule but
+    never quotes the value.
+    """
     if not isinstance(arguments, Mapping):
         raise SchemaInvalid(
             f"arguments: must be a JSON object, got {type(arguments).__name__}",
@@ -164,7 +201,8 @@ def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: b
         )
     schema = op.input_schema or {"type": "object"}
     validator = _validator(op.name, schema, output=False)
-    errors = [_describe(e, "arguments") for e in validator.iter_errors(dict(arguments))]
+    hidden = redact(dict(arguments), mask, "action.arguments") if mask else _MISSING
+    errors = [_describe(e, "arguments", hidden) for e in validator.iter_errors(dict(arguments))]
     if strict:
         seen = {e["field"] for e in errors if e["rule"] == "additionalProperties"}
         errors.extend(
