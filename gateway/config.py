@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 from jsonschema import Draft202012Validator
 
@@ -23,6 +24,8 @@ from gateway.models import BackendSettings, Principal
 from gateway.policy import PolicySettings
 from gateway.sandbox import SandboxSettings
 from gateway.tools import IdempotencySettings
+
+_log = structlog.get_logger("switchboard.config")
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -113,9 +116,16 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "workers": {"type": "integer", "minimum": 1, "maximum": 64},
+                # Accepted for 0.1 configs and ignored: a process now holds one interpreter.
                 "spares": {"type": "integer", "minimum": 0, "maximum": 64},
+                "max_sessions_per_principal": {"type": "integer", "minimum": 0},
+                "process_data_limit_mb": {"type": "integer", "minimum": 1024},
+                "v8_heap_mb": {"type": "integer", "minimum": 32},
+                "recycle_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                "kill_grace_s": {"type": "number", "exclusiveMinimum": 0},
+                "snapshot_dir": _STR,
                 "wasm_max_mem_pages": {"type": "integer", "minimum": 256, "maximum": 65536},
-                "max_result_bytes": {"type": "integer", "minimum": 1024},
+                "max_result_bytes": {"type": "integer", "minimum": 1024, "maximum": 2097152},
                 "start_timeout_s": {"type": "number", "exclusiveMinimum": 0},
                 "queue_timeout_s": {"type": "number", "exclusiveMinimum": 0},
                 "max_sessions": {"type": "integer", "minimum": 0},
@@ -306,8 +316,12 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         backends.append(BackendSettings(**b))
 
     sb = dict(raw.get("sandbox", {}))
-    if "runtime_dir" in sb:
-        sb["runtime_dir"] = _resolve(base, sb["runtime_dir"])
+    if sb.pop("spares", None) is not None:
+        _log.warning("config.deprecated", key="sandbox.spares",
+                     reason="ignored: each sandbox process holds one interpreter")
+    for key in ("runtime_dir", "snapshot_dir"):
+        if key in sb:
+            sb[key] = _resolve(base, sb[key])
     sandbox = SandboxSettings(**sb)
 
     idem = IdempotencySettings(**raw.get("idempotency", {}))

@@ -37,7 +37,7 @@ from gateway.errors import (
 from gateway.manifest import ToolDef, dedicated_tools, meta_tools
 from gateway.models import Decision, Limits, Operation, Principal
 from gateway.policy import PolicyEngine, build_input
-from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction
+from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
 from gateway.tools import BackendClient, ToolChannel, validate_arguments
 
 __all__ = [
@@ -251,7 +251,7 @@ class Pipeline:
                 source=action.source,
                 inputs=dict(action.inputs),
                 limits=limits,
-                principal_key=f"{principal.tenant}/{principal.id}",
+                principal_key=principal_key(principal.tenant, principal.id),
                 session_id=action.session_id,
                 sdk=self._sdk,
                 sdk_revision=self.catalog.revision,

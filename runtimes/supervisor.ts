@@ -1,72 +1,35 @@
 // The supervisor: main thread of one sandbox Deno process. Runs no untrusted code.
 //
-// It talks to the host over a Unix socket (the only thing this process may open besides
-// Pyodide's assets), keeps spare Web Workers ready (each a fresh V8 isolate restored from a
-// Pyodide memory snapshot), hands one worker to each run or session, relays host calls, and
-// terminates workers on timeout, cancel, memory blow-up or misbehaviour. stdin is /dev/null and
-// stdout is never read by the host as protocol: sandboxed code can reach both.
+// One process holds at most ONE interpreter at a time: a Web Worker (its own V8 isolate)
+// restored from a private copy of the Pyodide memory snapshot. The process is the unit of
+// isolation and of accounting: the host caps its memory with RLIMIT_DATA around each run, and
+// a run that crashes or exhausts memory takes down this process only — no other run lives here.
 //
-// Frames both ways: 4-byte big-endian length + UTF-8 JSON.
+// It talks to the host over a Unix socket (the only thing this process may open besides
+// Pyodide's assets and the snapshot file), relays host calls, checks every message the worker
+// sends against runtimes/PROTOCOL.md (type, fields, sizes, rates), and terminates the worker on
+// timeout, cancel or any protocol violation. stdin is /dev/null and stdout is never read by the
+// host as protocol: sandboxed code can reach both.
+//
+// Frames to and from the host: 4-byte big-endian length + UTF-8 JSON (runtimes/PROTOCOL.md).
 
 // deno-lint-ignore no-explicit-any
 type Any = any;
 
 const cfg = JSON.parse(Deno.args[0]);
-const SOCKET: string = cfg.socket;
-const SPARES: number = Math.max(1, Number(cfg.spares) || 1);
-const MAX_FRAME = 16 * 1024 * 1024;
-const INIT_TIMEOUT_MS = Number(cfg.initTimeoutMs) || 60_000;
+const MODE: string = cfg.mode === "snapshot" ? "snapshot" : "serve";
 const ASSETS = new URL("./node_modules/pyodide/", import.meta.url).pathname;
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
-const RUNNER = await Deno.readTextFile(new URL("./sandbox_runner.py", import.meta.url));
-
-const enc = new TextEncoder();
-const dec = new TextDecoder();
-const conn = await Deno.connect({ transport: "unix", path: SOCKET });
-
-let writing: Promise<void> = Promise.resolve();
-function send(msg: Any) {
-  const body = enc.encode(JSON.stringify(msg));
-  const frame = new Uint8Array(4 + body.length);
-  new DataView(frame.buffer).setUint32(0, body.length);
-  frame.set(body, 4);
-  writing = writing.then(async () => {
-    let off = 0;
-    while (off < frame.length) off += await conn.write(frame.subarray(off));
-  }).catch(() => Deno.exit(3));
-}
-
-// ---- workers -------------------------------------------------------------------------------
-
-type Slot = {
-  w: Worker;
-  ready: boolean;
-  dead: boolean;
-  run: Run | null;
-  sid: string | null;
-};
-
-type Run = {
-  id: string;
-  slot: Slot | null;
-  sid: string | null;
-  timer: ReturnType<typeof setTimeout> | undefined;
-  cancelled: boolean;
-  budget: number;
-  used: number;
-  memLimit: number;
-  msg: Any;
-  t0: number;
-};
-
-let snapshot: Uint8Array | null = null;
-let wasmModule: WebAssembly.Module | null = null;
-const spares: Slot[] = [];
-const waiters: ((s: Slot) => void)[] = [];
-const sessions = new Map<string, Slot>();
-const runs = new Map<string, Run>();
-let creating = 0;
-const live = new Set<Slot>(); // every worker not yet terminated
+const INIT_TIMEOUT_MS = Number(cfg.initTimeoutMs) || 60_000;
+// Limits of the host channel and of what a worker may send (mirrored in
+// gateway/sandbox/protocol.py; the host enforces them again).
+const MAX_HOST_FRAME = Number(cfg.maxHostFrame) || 16 * 1024 * 1024; // host → here
+const MAX_OUT_FRAME = Number(cfg.maxOutFrame) || 8 * 1024 * 1024; // here → host
+const MAX_OP = 256; // operation name of a host call
+const MAX_ARGS = Number(cfg.maxCallArgs) || 1024 * 1024; // JSON arguments of one host call
+const MAX_RUN_ARGS = Number(cfg.maxRunArgs) || 8 * 1024 * 1024; // all host-call arguments of a run
+const MAX_INFLIGHT = 8; // host calls awaiting an answer at once (honest code has one)
+const MAX_REPLY_OVERHEAD = 64 * 1024; // error text etc. on top of maxResult
 
 const PERMISSIONS = {
   read: [ASSETS],
@@ -87,223 +50,244 @@ function newWorker(): Worker {
   } as WorkerOptions);
 }
 
-function kill(slot: Slot) {
-  if (slot.dead) return;
-  slot.dead = true;
-  live.delete(slot);
-  slot.w.terminate();
-  if (slot.sid !== null && sessions.get(slot.sid) === slot) sessions.delete(slot.sid);
-}
+// ---- snapshot mode: cold-load Pyodide once, write the memory snapshot, exit --------------------
 
-function finish(run: Run, msg: Any) {
-  if (!runs.has(run.id)) return;
-  runs.delete(run.id);
-  clearTimeout(run.timer);
-  const slot = run.slot;
-  if (slot) slot.run = null;
-  send({ t: "done", id: run.id, ...msg });
-}
-
-function onWorkerMessage(slot: Slot, m: Any) {
-  if (!m || typeof m !== "object") return;
-  const run = slot.run;
-  if (!run) return; // nothing is expected from an idle worker
-  if (m.t === "out") {
-    if (run.used >= run.budget) return;
-    const line = String(m.line).slice(0, run.budget - run.used);
-    run.used += line.length + 1;
-    send({ t: "event", id: run.id, stream: m.stream === "stderr" ? "stderr" : "stdout", line });
-  } else if (m.t === "call") {
-    send({ t: "host_call", id: run.id, call: Number(m.call), op: String(m.op), args: String(m.args) });
-  } else if (m.t === "done") {
-    const heap = Number(m.heap) || 0;
-    const keep = run.sid !== null && !m.fatal && heap <= run.memLimit;
-    if (!keep) kill(slot);
-    finish(run, {
-      status: m.fatal ? "fatal" : "ok",
-      reply: String(m.reply),
-      truncated: Boolean(m.truncated) || run.used >= run.budget,
-      heap,
-      dropped: run.sid !== null && !keep, ms: m.ms, sup: performance.now() - run.t0,
-    });
-  }
-}
-
-function onWorkerFailure(slot: Slot, why: string) {
-  const run = slot.run;
-  kill(slot);
-  const i = spares.indexOf(slot);
-  if (i >= 0) spares.splice(i, 1);
-  if (run) finish(run, { status: "crashed", reason: why, dropped: run.sid !== null });
-  refill();
-}
-
-function createSpare(): Promise<void> {
-  creating++;
-  return new Promise<void>((resolve) => {
-    const slot: Slot = { w: newWorker(), ready: false, dead: false, run: null, sid: null };
-    live.add(slot);
-    let settled = false;
-    const done = () => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(t);
-      creating--;
-      resolve();
-    };
-    const t = setTimeout(() => {
-      send({ t: "log", msg: "worker start timed out" });
-      kill(slot);
-      startFailed();
-      done();
-    }, INIT_TIMEOUT_MS);
-    slot.w.onmessage = (e) => {
-      const m = e.data;
-      if (!slot.ready && m && m.t === "ready") {
-        slot.ready = true;
-        startFailures = 0;
-        slot.w.onmessage = (e2) => onWorkerMessage(slot, e2.data);
-        done();
-        const waiter = waiters.shift();
-        if (waiter) waiter(slot);
-        else spares.push(slot);
-      } else if (!slot.ready) {
-        send({ t: "log", msg: `worker failed to start: ${String(m?.message).slice(0, 2000)}` });
-        kill(slot);
-        startFailed();
-        done();
-      }
-    };
-    slot.w.onerror = (e) => {
-      e.preventDefault();
-      if (!slot.ready) {
-        kill(slot);
-        startFailed();
-        done();
-        return;
-      }
-      onWorkerFailure(slot, `uncaught error in the sandbox: ${String(e.message).slice(0, 500)}`);
-    };
-    slot.w.onmessageerror = () => onWorkerFailure(slot, "unreadable message from the sandbox");
-    slot.w.postMessage({ t: "init", mode: "restore", snap: snapshot, mod: wasmModule });
-  });
-}
-
-// Isolates that cannot start will not start on retry either: exit so the host respawns us
-// (with backoff) instead of spinning here.
-let startFailures = 0;
-function startFailed() {
-  if (++startFailures >= 3) {
-    send({ t: "log", msg: "isolates keep failing to start; exiting" });
-    setTimeout(() => Deno.exit(5), 50);
-  }
-}
-
-let refilling = false;
-async function refill() {
-  if (refilling) return;
-  refilling = true;
-  try {
-    // One start at a time: starting an isolate costs ~130 ms of CPU that runs should get first.
-    while (spares.length + creating < SPARES + waiters.length) await createSpare();
-  } finally {
-    refilling = false;
-  }
-}
-
-function takeSpare(): Promise<Slot> {
-  const slot = spares.shift();
-  const p = slot ? Promise.resolve(slot) : new Promise<Slot>((r) => waiters.push(r));
-  // Start the replacement after the run has been handed over, not in front of it.
-  setTimeout(refill, slot ? 5 : 0);
-  return p;
-}
-
-async function makeSnapshot(): Promise<void> {
+if (MODE === "snapshot") {
+  const runner = await Deno.readTextFile(new URL("./sandbox_runner.py", import.meta.url));
   const w = newWorker();
   const snap = await new Promise<Uint8Array>((resolve, reject) => {
-    w.onmessage = (e) => e.data?.t === "snapshot" ? resolve(e.data.snap) : reject(new Error(String(e.data?.message)));
+    w.onmessage = (e) =>
+      e.data?.t === "snapshot" ? resolve(e.data.snap) : reject(new Error(String(e.data?.message)));
     w.onerror = (e) => {
       e.preventDefault();
       reject(new Error(e.message));
     };
-    w.postMessage({ t: "init", mode: "snapshot", runner: RUNNER });
+    w.postMessage({ t: "init", mode: "snapshot", runner });
   });
   w.terminate();
-  // Shared, read-only by convention: each worker copies it into its own wasm memory.
-  const shared = new Uint8Array(new SharedArrayBuffer(snap.length));
-  shared.set(snap);
-  snapshot = shared;
-  wasmModule = await WebAssembly.compile(await Deno.readFile(ASSETS + "pyodide.asm.wasm"));
+  await Deno.writeFile(String(cfg.out), snap);
+  Deno.exit(0);
 }
 
-// ---- host messages -------------------------------------------------------------------------
+// ---- serve mode ----------------------------------------------------------------------------------
 
-async function startRun(m: Any) {
-  const id = String(m.id);
-  const sid = m.sid === null || m.sid === undefined ? null : String(m.sid);
-  const run: Run = {
-    id, slot: null, sid, timer: undefined, cancelled: false,
-    budget: Math.max(0, Number(m.maxOut) || 0), used: 0,
-    memLimit: Math.max(1, Number(m.memoryMb) || 256) * 1024 * 1024, msg: m, t0: performance.now(),
-  };
-  runs.set(id, run);
-  let slot = sid !== null ? sessions.get(sid) ?? null : null;
-  if (slot && (slot.run || slot.dead)) {
-    finish(run, { status: "crashed", reason: "session is busy or gone", dropped: false });
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const conn = await Deno.connect({ transport: "unix", path: String(cfg.socket) });
+
+let writing: Promise<void> = Promise.resolve();
+function send(msg: Any) {
+  const body = enc.encode(JSON.stringify(msg));
+  if (body.length > MAX_OUT_FRAME) {
+    // Never put a frame on the wire that the host would have to refuse: end the run instead.
+    if (msg.id !== undefined && current && current.id === String(msg.id)) {
+      violation(current, `a ${String(msg.t)} frame of ${body.length} bytes exceeds the channel limit`);
+    }
     return;
   }
-  if (!slot) {
-    slot = await takeSpare();
-    if (run.cancelled) {
-      spares.unshift(slot); // never ran anything: still a clean spare
-      return;
-    }
-    if (sid !== null) {
-      slot.sid = sid;
-      sessions.set(sid, slot);
-    }
+  const frame = new Uint8Array(4 + body.length);
+  new DataView(frame.buffer).setUint32(0, body.length);
+  frame.set(body, 4);
+  writing = writing.then(async () => {
+    let off = 0;
+    while (off < frame.length) off += await conn.write(frame.subarray(off));
+  }).catch(() => Deno.exit(3));
+}
+
+// The private snapshot and the compiled module. The snapshot bytes never leave this thread:
+// each worker is sent its own fresh copy (transferred), so no two interpreters can ever see
+// the same writable memory. The compiled WebAssembly.Module is immutable code.
+const snapshot: Uint8Array = await Deno.readFile(String(cfg.snapshot));
+const wasmModule = await WebAssembly.compile(await Deno.readFile(ASSETS + "pyodide.asm.wasm"));
+
+type Run = {
+  id: string;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  budget: number;
+  used: number;
+  maxReply: number;
+  maxCalls: number;
+  calls: number;
+  argChars: number;
+  inflight: Set<number>;
+  t0: number;
+};
+
+let worker: Worker | null = null;
+let workerReady = false;
+let session = false; // a session process keeps its worker between runs
+let current: Run | null = null;
+
+function killWorker() {
+  if (worker) worker.terminate();
+  worker = null;
+  workerReady = false;
+}
+
+function finish(run: Run, msg: Any) {
+  if (current !== run) return;
+  current = null;
+  clearTimeout(run.timer);
+  send({ t: "done", id: run.id, ...msg });
+}
+
+function violation(run: Run, why: string) {
+  // The worker broke the protocol: it is hostile or broken. It never runs again.
+  killWorker();
+  finish(run, { status: "violation", reason: why.slice(0, 500), dropped: session });
+}
+
+function isStr(v: unknown, max: number): v is string {
+  return typeof v === "string" && v.length <= max;
+}
+
+function onWorkerMessage(m: Any) {
+  const run = current;
+  if (!run) {
+    // Nothing is expected from an idle worker: whatever speaks now is misbehaving.
+    killWorker();
+    return;
   }
-  run.slot = slot;
-  slot.run = run;
+  if (!m || typeof m !== "object" || typeof m.t !== "string") {
+    return violation(run, "a message that is not a frame");
+  }
+  if (m.t === "out") {
+    if (!isStr(m.line, Math.max(1, run.budget)) || (m.stream !== "stdout" && m.stream !== "stderr")) {
+      return violation(run, "a malformed output frame");
+    }
+    if (run.used >= run.budget) return; // over budget: dropped here, counted on the host
+    const line = m.line.slice(0, run.budget - run.used);
+    run.used += line.length + 1;
+    send({ t: "event", id: run.id, stream: m.stream, line });
+  } else if (m.t === "call") {
+    if (!Number.isSafeInteger(m.call) || m.call < 1 || !isStr(m.op, MAX_OP) || !isStr(m.args, MAX_ARGS)) {
+      return violation(run, "a malformed or oversized host call");
+    }
+    if (run.inflight.has(m.call)) return violation(run, "a repeated host call id");
+    if (run.inflight.size >= MAX_INFLIGHT) return violation(run, "too many host calls in flight");
+    // One past the budget is answered by the host with resource_exhausted; a flood is not.
+    if (++run.calls > run.maxCalls + 1) return violation(run, "host calls past the budget");
+    if ((run.argChars += m.args.length) > MAX_RUN_ARGS) return violation(run, "host-call arguments past the limit");
+    run.inflight.add(m.call);
+    send({ t: "host_call", id: run.id, call: m.call, op: m.op, args: m.args });
+  } else if (m.t === "done") {
+    if (!isStr(m.reply, run.maxReply)) return violation(run, "an oversized or malformed result");
+    if (!session || m.fatal) killWorker();
+    finish(run, {
+      status: m.fatal ? "fatal" : "ok",
+      reply: m.reply,
+      truncated: Boolean(m.truncated) || run.used >= run.budget,
+      dropped: session && Boolean(m.fatal),
+      ms: Number(m.ms) || 0,
+      sup: performance.now() - run.t0,
+    });
+  } else {
+    violation(run, "an unknown frame type");
+  }
+}
+
+function onWorkerFailure(why: string) {
+  killWorker();
+  if (current) finish(current, { status: "crashed", reason: why, dropped: session });
+}
+
+function startWorker(): Promise<void> {
+  const t0 = performance.now();
+  return new Promise<void>((resolve) => {
+    const w = newWorker();
+    worker = w;
+    let settled = false;
+    const fail = (why: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(t);
+      if (worker === w) killWorker();
+      send({ t: "init_failed", reason: why.slice(0, 2000) });
+      resolve();
+    };
+    const t = setTimeout(() => fail("worker start timed out"), INIT_TIMEOUT_MS);
+    w.onmessage = (e) => {
+      if (worker !== w) return;
+      const m = e.data;
+      if (!settled && m && m.t === "ready") {
+        settled = true;
+        clearTimeout(t);
+        workerReady = true;
+        w.onmessage = (e2) => {
+          if (worker === w) onWorkerMessage(e2.data);
+        };
+        send({ t: "ready", startMs: Math.round(performance.now() - t0) });
+        resolve();
+      } else if (!settled) {
+        fail(`worker failed to start: ${String(m?.message)}`);
+      }
+    };
+    w.onerror = (e) => {
+      e.preventDefault();
+      if (worker !== w) return;
+      if (!settled) return fail(`worker failed to start: ${String(e.message)}`);
+      onWorkerFailure(`uncaught error in the sandbox: ${String(e.message).slice(0, 500)}`);
+    };
+    w.onmessageerror = () => {
+      if (worker !== w) return;
+      if (!settled) return fail("unreadable message from a starting worker");
+      if (current) violation(current, "an unreadable message");
+      else killWorker();
+    };
+    const copy = snapshot.slice(); // private to this worker, transferred, never kept here
+    w.postMessage({ t: "init", mode: "restore", snap: copy, mod: wasmModule }, [copy.buffer]);
+  });
+}
+
+// ---- host messages ---------------------------------------------------------------------------
+
+function startRun(m: Any) {
+  const id = String(m.id);
+  if (current || !worker || !workerReady) {
+    send({ t: "done", id, status: "crashed", reason: "no idle interpreter in this process", dropped: session });
+    return;
+  }
+  session = Boolean(m.session);
+  const maxResult = Number(m.maxResult) || 1048576;
+  const run: Run = {
+    id, timer: undefined, budget: Math.max(0, Number(m.maxOut) || 0), used: 0,
+    maxReply: maxResult + MAX_REPLY_OVERHEAD, maxCalls: Math.max(0, Number(m.maxCalls) || 0),
+    calls: 0, argChars: 0, inflight: new Set(), t0: performance.now(),
+  };
+  current = run;
   send({ t: "started", id });
   run.timer = setTimeout(() => {
-    kill(slot);
-    finish(run, { status: "timeout", dropped: sid !== null });
+    killWorker();
+    finish(run, { status: "timeout", dropped: session });
   }, Math.max(1, Number(m.timeoutMs) || 1));
-  slot.w.postMessage({
+  worker.postMessage({
     t: "run", source: String(m.source), inputs: String(m.inputs),
-    sdk: m.sdk === null ? null : String(m.sdk), rev: String(m.rev ?? ""), session: sid !== null,
-    maxOut: run.budget, maxResult: Number(m.maxResult) || 1048576,
+    sdk: m.sdk === null || m.sdk === undefined ? null : String(m.sdk), rev: String(m.rev ?? ""),
+    session, maxOut: run.budget, maxResult,
   });
 }
 
 function onHost(m: Any) {
+  if (!m || typeof m !== "object") return;
   if (m.t === "run") {
-    startRun(m).catch((e) => send({ t: "log", msg: String(e) }));
+    startRun(m);
   } else if (m.t === "host_result") {
-    const run = runs.get(String(m.id));
-    if (run?.slot && !run.slot.dead) run.slot.w.postMessage({ t: "reply", call: m.call, reply: String(m.reply) });
+    const run = current;
+    if (!run || run.id !== String(m.id) || !run.inflight.delete(Number(m.call))) return;
+    worker?.postMessage({ t: "reply", call: Number(m.call), reply: String(m.reply) });
   } else if (m.t === "cancel") {
-    const run = runs.get(String(m.id));
-    if (!run) return;
-    run.cancelled = true;
-    if (run.slot) {
-      kill(run.slot);
-      refill();
-      finish(run, { status: "cancelled", dropped: run.sid !== null });
-    } else {
-      runs.delete(run.id);
-      send({ t: "done", id: run.id, status: "cancelled", dropped: false });
-    }
-  } else if (m.t === "close_session") {
-    const slot = sessions.get(String(m.sid));
-    if (slot && !slot.run) kill(slot);
+    const run = current;
+    if (!run || run.id !== String(m.id)) return;
+    killWorker();
+    finish(run, { status: "cancelled", dropped: session });
+  } else if (m.t === "recycle") {
+    // The host has restored this process's memory allowance: start a fresh interpreter.
+    if (current) return;
+    killWorker();
+    session = false;
+    startWorker();
   } else if (m.t === "stats") {
-    send({
-      t: "stats", id: String(m.id), spares: spares.length, creating, sessions: sessions.size,
-      runs: runs.size, workers: live.size,
-    });
+    send({ t: "stats", id: String(m.id), worker: worker !== null, ready: workerReady, busy: current !== null });
   }
 }
 
@@ -319,7 +303,7 @@ async function readLoop() {
     buf = next;
     while (buf.length >= 4) {
       const len = new DataView(buf.buffer, buf.byteOffset).getUint32(0);
-      if (len > MAX_FRAME) Deno.exit(4);
+      if (len > MAX_HOST_FRAME) Deno.exit(4); // the host never sends these
       if (buf.length < 4 + len) break;
       const msg = JSON.parse(dec.decode(buf.subarray(4, 4 + len)));
       buf = buf.slice(4 + len);
@@ -329,9 +313,6 @@ async function readLoop() {
   Deno.exit(0); // the host went away: nothing may outlive it
 }
 
-send({ t: "hello", pid: Deno.pid });
-const t0 = performance.now();
-await makeSnapshot();
-await refill();
-send({ t: "ready", startMs: Math.round(performance.now() - t0), snapshotBytes: snapshot!.length });
+send({ t: "hello", pid: Deno.pid, snapshotBytes: snapshot.length });
+startWorker();
 await readLoop();

@@ -117,7 +117,7 @@ def gateway_settings(state: Path, backends: dict[str, ServiceProcess], **overrid
                      ) -> Settings:
     base = embedded_defaults(state)
     # One Deno process with one spare isolate is plenty for a test module and starts faster.
-    overrides.setdefault("sandbox", SandboxSettings(workers=1, spares=1))
+    overrides.setdefault("sandbox", SandboxSettings(workers=1))
     overrides.setdefault("idempotency",
                          IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"))
     overrides.setdefault("audit", AuditSettings(file=state / "audit.jsonl", log_format="json"))

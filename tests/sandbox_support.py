@@ -22,7 +22,7 @@ SENTINEL_ENV = "SWITCHBOARD_SANDBOX_TEST_SECRET"
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def sandbox_pool() -> AsyncIterator[SandboxPool]:
     os.environ[SENTINEL_ENV] = "hunter2"  # must never be visible inside the sandbox
-    p = SandboxPool(SandboxSettings(workers=2, spares=2))
+    p = SandboxPool(SandboxSettings(workers=3))
     await p.start()
     yield p
     await p.close()

@@ -33,7 +33,7 @@ def live(backends: dict[str, Any], policy_dir: Path,
     settings = gateway_settings(
         state, backends,
         policy=PolicySettings(path=policy_dir, reload=True, reload_interval_s=0.2),
-        sandbox=SandboxSettings(workers=1, spares=1))
+        sandbox=SandboxSettings(workers=1))
     gw = RunningGateway(settings)
     yield gw
     gw.stop()

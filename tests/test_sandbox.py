@@ -34,12 +34,11 @@ def pool(sandbox_pool: SandboxPool) -> SandboxPool:
 
 
 async def assert_no_leaked_workers(pool: SandboxPool) -> None:
-    """Every live isolate is a spare, starting, or a session's: none left over from a run."""
+    """Every live process is idle with a fresh interpreter: none is left running a run."""
     stats: list[dict[str, int]] = []
-    for _ in range(100):
+    for _ in range(600):
         stats = await pool.isolate_stats()
-        if stats and all(s["runs"] == 0 and s["workers"] == s["spares"] + s["creating"]
-                         + s["sessions"] for s in stats):
+        if stats and all(not s["busy"] and s["worker"] and s["ready"] for s in stats):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"leaked workers: {stats}")
@@ -288,7 +287,7 @@ async def test_infinite_loop_times_out_and_pool_keeps_serving(pool: SandboxPool)
         await pool.run(req("while True: pass", timeout_ms=400), Host())
     elapsed = loop.time() - t0
     assert info.value.code == "sandbox_timeout"
-    assert 0.35 < elapsed < 3.0
+    assert elapsed >= 0.35  # never before its budget (how long after depends on the machine)
     r = await pool.run(req("1 + 1"), Host())
     assert r.ok and r.result == 2
     await assert_no_leaked_workers(pool)
@@ -318,7 +317,7 @@ async def test_killed_process_is_replaced(pool: SandboxPool) -> None:
     respawns = pool.stats()["respawns"]
     task = asyncio.create_task(pool.run(req("while True: pass", timeout_ms=30000), Host()))
     await asyncio.sleep(0.5)
-    victims = [p for p in pool._procs if p is not None and p.active]
+    victims = [p for p in pool._procs() if p.active]
     assert len(victims) == 1
     os.kill(victims[0].pid or 0, signal.SIGKILL)
     with pytest.raises(SandboxCrashed):
@@ -327,26 +326,26 @@ async def test_killed_process_is_replaced(pool: SandboxPool) -> None:
     r = await pool.run(req("'still here'"), Host())
     assert r.result == "still here"
     for _ in range(300):
-        if pool.stats()["alive"] == 2:
+        if pool.stats()["alive"] == 3:
             break
         await asyncio.sleep(0.1)
-    assert pool.stats()["alive"] == 2 and pool.stats()["respawns"] == respawns + 1
+    assert pool.stats()["alive"] == 3 and pool.stats()["respawns"] == respawns + 1
 
 
 async def test_stats(pool: SandboxPool) -> None:
     for _ in range(2):
         await pool.run(req("1"), Host())
     s = pool.stats()
-    assert s["processes"] == 2 and s["runs"] >= 2 and s["ok"] >= 2
+    assert s["processes"] == 3 and s["runs"] >= 2 and s["ok"] >= 2
     assert all(v > 50_000_000 for v in s["rss_bytes"].values())
 
 
 # ---- small pools for idle expiry, session limits and shutdown --------------------------------
 
 
-async def test_session_eviction_idle_expiry_and_close() -> None:
-    # spares=3: the three sessions below start at once, without waiting for isolates.
-    small = SandboxPool(SandboxSettings(workers=1, spares=3, session_idle_s=1.5, max_sessions=2))
+async def test_session_eviction_and_close() -> None:
+    small = SandboxPool(SandboxSettings(workers=1, session_idle_s=600, max_sessions=2,
+                                        max_sessions_per_principal=2))
     await small.start()
     try:
         for name in ("one", "two", "three"):
@@ -357,18 +356,30 @@ async def test_session_eviction_idle_expiry_and_close() -> None:
         assert r.result is True
         r = await small.run(req("'one' in globals()", session="one"), Host())
         assert r.result is False
-        await small.run(req("kept = 1", session="idle"), Host())
-        await asyncio.sleep(2.5)
-        assert small.stats()["sessions_expired"] >= 1 and small.stats()["sessions"] == 0
-        r = await small.run(req("'kept' in globals()", session="idle"), Host())
-        assert r.result is False
         pids = [p for p in small.stats()["pids"] if p]
     finally:
         await small.close()
-    assert len(pids) == 1
+    assert len(pids) >= 2  # the two sessions' own processes (and the pool's, if respawned)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_idle_sessions_expire() -> None:
+    small = SandboxPool(SandboxSettings(workers=1, session_idle_s=1.5))
+    await small.start()
+    try:
+        await small.run(req("kept = 1", session="idle"), Host())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while small.stats()["sessions"]:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.1)
+        assert small.stats()["sessions_expired"] >= 1
+        r = await small.run(req("'kept' in globals()", session="idle"), Host())
+        assert r.result is False
+    finally:
+        await small.close()
 
 
 async def test_failing_event_consumer_stops_the_run(pool: SandboxPool) -> None:
@@ -403,7 +414,7 @@ async def test_deno_processes_die_with_the_host(tmp_path: Path) -> None:
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
         "from gateway.sandbox import SandboxPool, SandboxSettings\n"
         "async def main():\n"
-        "    p = SandboxPool(SandboxSettings(workers=1, spares=1))\n"
+        "    p = SandboxPool(SandboxSettings(workers=1))\n"
         "    await p.start()\n"
         "    print(p.stats()['pids'][0], flush=True)\n"
         "    await asyncio.sleep(600)\n"

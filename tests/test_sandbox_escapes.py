@@ -73,14 +73,15 @@ def assert_denied(outcome: str, *, capability: str | None = None) -> None:
 
 async def test_command_line_is_narrow(tmp_path: Path) -> None:
     rt = default_runtime_dir()
-    argv = deno_command("/bin/deno", rt, tmp_path / "s.sock", SandboxSettings())
+    argv = deno_command("/bin/deno", rt, tmp_path / "s.sock", tmp_path / "p.snap",
+                        SandboxSettings())
     flags = [a for a in argv if a.startswith("--")]
     assert {"--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm"} <= set(flags)
     allow = {a.split("=")[0] for a in flags if a.startswith("--allow")}
     assert allow == {"--allow-read", "--allow-write", "--allow-net"}
     read = next(a for a in flags if a.startswith("--allow-read=")).split("=", 1)[1].split(",")
     assert set(read) == {str(rt / "node_modules" / "pyodide"), str(rt / "worker.ts"),
-                         str(rt / "sandbox_runner.py"), str(tmp_path / "s.sock")}
+                         str(tmp_path / "p.snap"), str(tmp_path / "s.sock")}
     assert f"--allow-write={tmp_path / 's.sock'}" in flags
     assert f"--allow-net=unix:{tmp_path / 's.sock'}" in flags
     v8 = next(a for a in flags if a.startswith("--v8-flags="))
@@ -224,8 +225,15 @@ async def test_forged_worker_messages_stay_in_their_own_run(pool: SandboxPool) -
             "globalThis.postMessage({t: 'call', call: 999, op: 'ledger.drop_all', args: '{}'});"
             "return 'posted'")
     src = JS_PRELUDE + f"attempt({body!r})"
+    # A line longer than the run's whole output budget is not something the worker sends.
+    with pytest.raises(SandboxCrashed, match="protocol"):
+        await pool.run(req(src, principal="demo/attacker", max_output_bytes=4096), host)
+    assert host.calls == []
+    body = ("globalThis.postMessage({t: 'call', call: 999, op: 'ledger.drop_all', args: '{}'});"
+            "return 'posted'")
+    src = JS_PRELUDE + f"attempt({body!r})"
     r = await pool.run(req(src, principal="demo/attacker", max_output_bytes=4096), host)
-    assert r.ok and r.output_truncated and len(r.stdout) <= 4096
+    assert r.ok
     assert host.calls == []  # the forged call named an operation outside the SDK
     await assert_clean(pool)
 
@@ -297,8 +305,10 @@ async def test_wasm_memory_bomb(pool: SandboxPool) -> None:
         await pool.run(req(src, timeout_ms=30000, memory_mb=256), Host())
     caught = ("blocks = []\ntry:\n    while True:\n        blocks.append(bytearray(2**26))\n"
               "except MemoryError:\n    pass\nlen(blocks)")
-    with pytest.raises(SandboxMemory):  # catching MemoryError does not keep the memory
-        await pool.run(req(caught, timeout_ms=30000, memory_mb=128), Host())
+    # The kernel refuses memory past the limit; code that handles that goes on within it
+    # (64 MiB blocks: at most 128 MiB plus the interpreter's own free heap).
+    r = await pool.run(req(caught, timeout_ms=30000, memory_mb=128), Host())
+    assert r.ok and 1 <= r.result <= 2
     await assert_clean(pool)
 
 

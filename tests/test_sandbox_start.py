@@ -16,7 +16,8 @@ import pytest
 
 from gateway.sandbox import SandboxSettings, default_runtime_dir
 from gateway.sandbox import process as process_mod
-from gateway.sandbox.pool import deno_command
+from gateway.sandbox.process import deno_command
+from gateway.sandbox.snapshot import ensure_snapshot
 
 
 async def test_child_connecting_before_spawn_returns_is_accepted(
@@ -38,9 +39,10 @@ async def test_child_connecting_before_spawn_returns_is_accepted(
     tmp = Path(tempfile.mkdtemp(prefix="sb-start-"))
     os.chmod(tmp, 0o700)
     sock = tmp / f"p0-{uuid.uuid4().hex[:8]}.sock"
-    argv = deno_command(str(deno.find_deno_bin()), default_runtime_dir(), sock,
-                        SandboxSettings())
-    dp = process_mod.DenoProcess(0, argv, sock, tmp / "deno_dir")
+    settings = SandboxSettings()
+    snap = await ensure_snapshot(str(deno.find_deno_bin()), default_runtime_dir(), settings, tmp)
+    argv = deno_command(str(deno.find_deno_bin()), default_runtime_dir(), sock, snap, settings)
+    dp = process_mod.DenoProcess(0, argv, sock, tmp / "deno_dir", settings.process_data_limit_mb)
     try:
         await dp.start(30)
         assert connected_early == [True]  # the race really happened in this test

@@ -13,6 +13,7 @@ from gateway.sandbox.types import (
     SandboxEvent,
     SandboxSettings,
     SdkFunction,
+    principal_key,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "SandboxSettings",
     "SdkFunction",
     "default_runtime_dir",
+    "principal_key",
 ]

@@ -1,17 +1,17 @@
-"""The sandbox pool: warm Deno processes, sessions, limits, and the host side of the SDK bridge.
+"""The sandbox pool: Deno processes with one interpreter each, sessions, and memory limits.
 
-Each process (runtimes/supervisor.ts) keeps spare Web Workers restored from a Pyodide snapshot.
-A run without a session takes a spare and the worker is terminated afterwards, so every run gets
-a fresh V8 isolate and interpreter; a session keeps its worker, bound to one principal_key.
-Everything the sandbox sends is untrusted: frames are validated, output is capped here again,
-host calls are counted here, and anything malformed ends the run as ``SandboxCrashed``.
+Each process (runtimes/supervisor.ts) holds one Pyodide interpreter at a time, restored from a
+private copy of a memory snapshot. A run without a session takes an idle process; when it ends
+the interpreter is terminated and the process starts a fresh one, so every run gets a fresh V8
+isolate and interpreter and no run ever shares a process with another. A session takes a process
+for itself (bound to one principal) until it ends. Before each run the host caps the process's
+memory with RLIMIT_DATA (its baseline plus the run's ``memory_mb``), from outside the isolate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -19,36 +19,28 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import jsonschema
+from typing import Any
 
 from gateway.errors import (
     ConfigError,
-    GatewayError,
     InvalidRequest,
     ResourceExhausted,
-    SandboxCrashed,
     SandboxError,
-    SandboxMemory,
-    SandboxTimeout,
 )
-from gateway.sandbox.process import DenoProcess, deno_command
-from gateway.sandbox.types import (
-    EventCallback,
-    HostCall,
-    RunRequest,
-    RunResult,
-    SandboxEvent,
-    SandboxSettings,
-)
+from gateway.sandbox.process import MIB, DenoProcess, deno_command
+from gateway.sandbox.protocol import MAX_INBOUND_FRAME, MAX_REPLY_OVERHEAD
+from gateway.sandbox.runs import CallState, Output, drive, output_validator, result_of
+from gateway.sandbox.snapshot import ensure_snapshot
+from gateway.sandbox.types import EventCallback, HostCall, RunRequest, RunResult, SandboxSettings
 
 __all__ = ["SandboxPool", "default_runtime_dir"]
 
 log = logging.getLogger(__name__)
 _DISCOVERY = frozenset({"sdk.search", "sdk.describe"})
+_SESSION_ID_MAX = 128
 
 
 def default_runtime_dir() -> Path:
@@ -61,66 +53,49 @@ def default_runtime_dir() -> Path:
 @dataclass
 class _Session:
     proc: DenoProcess
-    sid: str
+    key: tuple[str, str]
+    base: int  # the process's VmData with the session's fresh interpreter, bytes
     rev: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
 
-@dataclass
-class _Output:
-    budget: int
-    used: int = 0
-    truncated: bool = False
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-
-    def add(self, stream: str, line: str) -> str | None:
-        """Append a line within the byte budget; returns what was kept (None if nothing)."""
-        if self.truncated:
-            return None
-        size = len(line.encode("utf-8", "replace")) + 1
-        if self.used + size > self.budget:
-            self.truncated = True
-            room = self.budget - self.used - 1
-            self.used = self.budget
-            if room <= 0:
-                return None
-            line = line.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-        else:
-            self.used += size
-        (self.stderr if stream == "stderr" else self.stdout).append(line)
-        return line
+def _handed(fut: asyncio.Future[DenoProcess]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 class SandboxPool:
-    """Warm, isolated Pyodide interpreters for the code channel."""
+    """Isolated Pyodide interpreters for the code channel, one per process."""
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
         # Path() also accepts the plain strings a YAML config gives.
         self._runtime_dir = Path(settings.runtime_dir or default_runtime_dir()).resolve()
         self._deno = settings.deno_path or ""
-        self._procs: list[DenoProcess | None] = [None] * max(1, settings.workers)
+        self._slots: list[DenoProcess | None] = [None] * max(1, settings.workers)
+        self._idle: deque[DenoProcess] = deque()
+        self._waiters: deque[asyncio.Future[DenoProcess]] = deque()
         self._sessions: dict[tuple[str, str], _Session] = {}
+        self._session_procs: set[DenoProcess] = set()
+        self._pending: dict[str, int] = {}
         self._tmp: Path | None = None
+        self._snapshot: Path | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._started = False
         self._starting = False
-        self._proc_ready = asyncio.Event()
-        self._rr = itertools.count()
+        self._spawned = 0
         self._sdk_cache: dict[str, str] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("runs", "ok", "user_errors", "timeouts", "memory", "crashes", "cancelled",
-             "host_calls", "respawns", "sessions_created", "sessions_expired",
+             "host_calls", "respawns", "recycles", "sessions_created", "sessions_expired",
              "sessions_evicted"), 0)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every process (snapshot + spares) concurrently; fails if none comes up."""
+        """Make (or reuse) the snapshot, then start every process; fails if none comes up."""
         if self._started or self._starting:
             return
         self._starting = True
@@ -142,11 +117,19 @@ class SandboxPool:
             if not (self._runtime_dir / name).is_file():
                 raise ConfigError(f"sandbox runtime file missing: {self._runtime_dir / name}",
                                   field="runtime_dir")
+        if self.settings.max_result_bytes * 2 + MAX_REPLY_OVERHEAD > MAX_INBOUND_FRAME:
+            raise ConfigError("max_result_bytes is larger than the sandbox channel allows",
+                              field="sandbox.max_result_bytes")
         self._tmp = Path(tempfile.mkdtemp(prefix="switchboard-sandbox-"))
         os.chmod(self._tmp, 0o700)
+        try:
+            self._snapshot = await ensure_snapshot(self._deno, self._runtime_dir, self.settings,
+                                                   self._tmp)
+        except BaseException:
+            await self.close()
+            raise
         results = await asyncio.gather(
-            *(self._spawn(i) for i in range(len(self._procs))), return_exceptions=True
-        )
+            *(self._spawn(i) for i in range(len(self._slots))), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if len(errors) == len(results):
             await self.close()
@@ -165,10 +148,15 @@ class SandboxPool:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
-        for proc in self._procs:
-            if proc is not None:
-                await proc.close()
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(SandboxError("the sandbox pool is closed"))
+        procs = {p for p in self._slots if p is not None} | self._session_procs
+        for proc in procs:
+            await proc.close()
+        self._idle.clear()
         self._sessions.clear()
+        self._session_procs.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -178,33 +166,43 @@ class SandboxPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _spawn(self, index: int) -> None:
-        assert self._tmp is not None
+    async def _new_process(self, index: int) -> DenoProcess:
+        assert self._tmp is not None and self._snapshot is not None
+        self._spawned += 1
         sock = self._tmp / f"p{index}-{uuid.uuid4().hex[:8]}.sock"
         deno_dir = Path(self.settings.deno_dir or (self._tmp / "deno_dir"))
-        argv = deno_command(self._deno, self._runtime_dir, sock, self.settings)
-        proc = DenoProcess(index, argv, sock, deno_dir)
+        argv = deno_command(self._deno, self._runtime_dir, sock, self._snapshot, self.settings)
+        proc = DenoProcess(index, argv, sock, deno_dir, self.settings.process_data_limit_mb)
         await proc.start(self.settings.start_timeout_s)
+        return proc
+
+    async def _spawn(self, index: int) -> None:
+        proc = await self._new_process(index)
         if self._closing:
             await proc.close()
             return
-        self._procs[index] = proc
-        self._proc_ready.set()
+        self._slots[index] = proc
         self._bg(self._watch(proc))
+        self._release(proc)
 
     async def _watch(self, proc: DenoProcess) -> None:
         await proc.exited.wait()
+        with contextlib.suppress(ValueError):
+            self._idle.remove(proc)
         if self._closing:
             return
-        for key, sess in list(self._sessions.items()):
-            if sess.proc is proc:
-                sess.closed = True
-                self._sessions.pop(key, None)
-        if self._procs[proc.index] is proc:
-            self._procs[proc.index] = None
-        self._counters["respawns"] += 1
-        log.warning("sandbox process %d exited (%s); respawning", proc.index, proc.death)
-        self._spawn_later(proc.index, 0.0)
+        if proc in self._session_procs:
+            self._session_procs.discard(proc)
+            for key, sess in list(self._sessions.items()):
+                if sess.proc is proc:
+                    sess.closed = True
+                    self._sessions.pop(key, None)
+            return
+        if self._slots[proc.index] is proc:
+            self._slots[proc.index] = None
+            self._counters["respawns"] += 1
+            log.info("sandbox process %d exited (%s); respawning", proc.index, proc.death)
+            self._spawn_later(proc.index, 0.0)
 
     def _spawn_later(self, index: int, delay: float) -> None:
         async def again() -> None:
@@ -225,49 +223,119 @@ class SandboxPool:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            for key, sess in list(self._sessions.items()):
+            for sess in list(self._sessions.values()):
                 idle = now - sess.last_used
                 if idle >= self.settings.session_idle_s and not sess.lock.locked():
-                    self._drop_session(key, sess)
+                    self._drop_session(sess)
                     self._counters["sessions_expired"] += 1
 
-    def _drop_session(self, key: tuple[str, str], sess: _Session) -> None:
-        if self._sessions.get(key) is sess:
-            del self._sessions[key]
+    # ---- idle processes ---------------------------------------------------------------------
+
+    def _release(self, proc: DenoProcess) -> None:
+        """An idle process with a fresh interpreter: hand it to the first waiter, else park it."""
+        if proc.dead or not proc.ready:
+            return
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(proc)
+                return
+        self._idle.append(proc)
+
+    async def _acquire(self) -> DenoProcess:
+        while self._idle:
+            proc = self._idle.popleft()
+            if not proc.dead and proc.ready:
+                return proc
+        if self._closing:
+            raise SandboxError("the sandbox pool is closed")
+        fut: asyncio.Future[DenoProcess] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.settings.queue_timeout_s)
+        except TimeoutError:
+            if _handed(fut):
+                return fut.result()
+            fut.cancel()
+            raise ResourceExhausted("no sandbox process became free in time",
+                                    details={"queue_timeout_s": self.settings.queue_timeout_s}
+                                    ) from None
+        except asyncio.CancelledError:
+            if _handed(fut):
+                self._release(fut.result())  # handed over just as we gave up: pass it on
+            fut.cancel()
+            raise
+
+    async def _recycle(self, proc: DenoProcess) -> None:
+        """After an isolated run: a fresh interpreter in the same process, or a new process."""
+        if proc.dead:
+            return
+        try:
+            await proc.recycle(self.settings.recycle_timeout_s)
+        except (SandboxError, TimeoutError) as exc:
+            log.warning("sandbox process %d could not recycle: %s", proc.index, exc)
+            await proc.kill()  # _watch respawns it
+            return
+        self._counters["recycles"] += 1
+        self._release(proc)
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def _drop_session(self, sess: _Session) -> None:
+        if self._sessions.get(sess.key) is sess:
+            del self._sessions[sess.key]
         if not sess.closed:
             sess.closed = True
-            sess.proc.send({"t": "close_session", "sid": sess.sid})
+            self._session_procs.discard(sess.proc)
+            self._bg(sess.proc.close())
 
-    async def _pick(self) -> DenoProcess:
-        deadline = time.monotonic() + self.settings.queue_timeout_s
-        while True:
-            live = [p for p in self._procs if p is not None and p.ready and not p.dead]
-            if live:
-                n = next(self._rr)
-                return min(live, key=lambda p: (p.active, (p.index - n) % len(self._procs)))
-            if self._closing:
-                raise SandboxError("the sandbox pool is closed")
-            self._proc_ready.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SandboxCrashed("no sandbox process is available")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc_ready.wait(), remaining)
+    def _make_room(self, key: tuple[str, str]) -> None:
+        """Enforce the session quotas. Only the requesting principal's own idle sessions are
+        ever evicted: one principal can never push out another's."""
+        own = [s for k, s in self._sessions.items() if k[0] == key[0]]
+        pending = self._pending.get(key[0], 0)  # sessions of this principal being created
+        full_own = len(own) + pending >= self.settings.max_sessions_per_principal
+        full_all = len(self._sessions) + sum(self._pending.values()) >= self.settings.max_sessions
+        if not (full_own or full_all):
+            return
+        idle = [s for s in own if not s.lock.locked()]
+        if not idle:
+            scope = "this principal's" if full_own else "the gateway's"
+            raise ResourceExhausted(f"{scope} sandbox sessions are all in use",
+                                    field="session_id",
+                                    details={"max_sessions": self.settings.max_sessions,
+                                             "max_sessions_per_principal":
+                                                 self.settings.max_sessions_per_principal})
+        self._drop_session(min(idle, key=lambda s: s.last_used))
+        self._counters["sessions_evicted"] += 1
 
-    def _session_for(self, key: tuple[str, str], proc: DenoProcess) -> _Session:
-        if len(self._sessions) >= self.settings.max_sessions:
-            idle = [(s.last_used, k, s) for k, s in self._sessions.items() if not s.lock.locked()]
-            if not idle:
-                raise ResourceExhausted("too many active sandbox sessions")
-            _, old_key, old = min(idle, key=lambda t: t[0])
-            self._drop_session(old_key, old)
-            self._counters["sessions_evicted"] += 1
-        sess = _Session(proc=proc, sid=uuid.uuid4().hex)
+    async def _session(self, key: tuple[str, str]) -> _Session:
+        sess = self._sessions.get(key)
+        if sess is not None and not sess.closed:
+            return sess
+        self._make_room(key)
+        self._pending[key[0]] = self._pending.get(key[0], 0) + 1  # counted until registered
+        try:
+            proc = await self._acquire()
+        finally:
+            self._pending[key[0]] -= 1
+            if not self._pending[key[0]]:
+                del self._pending[key[0]]
+        sess = self._sessions.get(key)  # another run may have created it meanwhile
+        if sess is not None and not sess.closed:
+            self._release(proc)
+            return sess
+        # The process leaves the isolated pool for good; its slot gets a new process.
+        if self._slots[proc.index] is proc:
+            self._slots[proc.index] = None
+            self._spawn_later(proc.index, 0.0)
+        self._session_procs.add(proc)
+        sess = _Session(proc=proc, key=key, base=proc.vm_data())
         self._sessions[key] = sess
         self._counters["sessions_created"] += 1
         return sess
 
-    # ---- runs -----------------------------------------------------------------------------
+    # ---- runs -------------------------------------------------------------------------------
 
     async def run(
         self, req: RunRequest, host_call: HostCall, on_event: EventCallback | None = None
@@ -277,26 +345,30 @@ class SandboxPool:
             raise SandboxError("the sandbox pool is not running")
         if not req.principal_key:
             raise InvalidRequest("a run needs a principal_key", field="principal_key")
-        validator = _output_validator(req.output_schema)
+        if req.session_id is not None and not 0 < len(req.session_id) <= _SESSION_ID_MAX:
+            raise InvalidRequest("session_id must be 1 to 128 characters", field="session_id")
+        try:
+            inputs = json.dumps(req.inputs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"inputs are not JSON: {exc}", field="inputs") from None
+        validator = output_validator(req.output_schema)
         self._counters["runs"] += 1
         if req.session_id is None:
-            proc = await self._pick()
-            return await self._run_on(proc, None, req, host_call, on_event, validator)
+            proc = await self._acquire()
+            try:
+                return await self._run_on(proc, None, req, inputs, host_call, on_event, validator)
+            finally:
+                self._bg(self._recycle(proc))
         key = (req.principal_key, req.session_id)
         while True:
-            sess = self._sessions.get(key)
-            if sess is None or sess.closed:
-                proc = await self._pick()
-                sess = self._sessions.get(key)  # another run may have created it meanwhile
-                if sess is None or sess.closed:
-                    sess = self._session_for(key, proc)
+            sess = await self._session(key)
             async with sess.lock:
                 if sess.closed:
                     continue  # expired or its process died while we waited: start a new one
                 sess.last_used = time.monotonic()
                 try:
-                    return await self._run_on(sess.proc, sess, req, host_call, on_event,
-                                              validator)
+                    return await self._run_on(sess.proc, sess, req, inputs, host_call,
+                                              on_event, validator)
                 finally:
                     sess.last_used = time.monotonic()
 
@@ -305,115 +377,70 @@ class SandboxPool:
         proc: DenoProcess,
         sess: _Session | None,
         req: RunRequest,
+        inputs: str,
         host_call: HostCall,
         on_event: EventCallback | None,
-        validator: jsonschema.protocols.Validator | None,
+        validator: Any,
     ) -> RunResult:
         limits = req.limits
         run_id = uuid.uuid4().hex
         t0 = time.perf_counter()
-        out = _Output(budget=max(0, limits.max_output_bytes))
-        calls = _CallState(limit=limits.max_host_calls,
-                           allowed={f.operation for f in req.sdk} | _DISCOVERY)
+        out = Output(budget=max(0, limits.max_output_bytes))
+        calls = CallState(limit=limits.max_host_calls,
+                          allowed={f.operation for f in req.sdk} | _DISCOVERY)
         send_sdk = sess is None or sess.rev != req.sdk_revision or not req.sdk_revision
-        try:
-            inputs = json.dumps(req.inputs, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"inputs are not JSON: {exc}", field="inputs") from None
+        # The memory this run may allocate, enforced by the kernel: baseline + memory_mb.
+        base = sess.base if sess is not None else proc.vm_data()
+        proc.set_data_limit(base + max(1, limits.memory_mb) * MIB)
         queue = proc.register(run_id)
         try:
-            self._send_run(proc, run_id, sess, req, inputs, send_sdk, out.budget)
-        except SandboxError:
-            proc.unregister(run_id)
-            raise InvalidRequest("source and inputs are too large for the sandbox",
-                                 field="inputs") from None
-        done: dict[str, Any] | None = None
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            started = False
-            deadline = time.monotonic() + self.settings.queue_timeout_s
-            while done is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 and not started:
-                    # Saturated, not broken: give the place in the queue back, kill nothing.
-                    proc.send({"t": "cancel", "id": run_id})
-                    self._forget(sess, req)
-                    raise ResourceExhausted("no sandbox isolate became free in time",
-                                            details={"queue_timeout_s":
-                                                     self.settings.queue_timeout_s})
-                if remaining <= 0:
-                    raise TimeoutError
-                try:
-                    msg = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    continue
-                kind = msg["t"]
-                if kind == "started":
-                    started = True
-                    deadline = (time.monotonic() + limits.timeout_ms / 1000
-                                + self.settings.kill_grace_s)
-                elif kind == "event":
-                    await self._on_output(msg, out, on_event)
-                elif kind == "host_call":
-                    task = asyncio.create_task(
-                        self._serve_call(proc, run_id, msg, calls, host_call, on_event))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                elif kind == "done":
-                    done = msg
-                elif kind == "_dead":
-                    raise proc.death or SandboxCrashed("the sandbox process exited")
-        except TimeoutError:
-            # The supervisor did not end the run on time: the process is unresponsive.
-            self._counters["timeouts"] += 1
-            self._forget(sess, req)
-            await proc.kill()
-            raise SandboxTimeout(f"code ran longer than {limits.timeout_ms} ms") from None
+            try:
+                proc.send({
+                    "t": "run", "id": run_id, "source": req.source, "inputs": inputs,
+                    "sdk": self._sdk_json(req) if send_sdk else None, "rev": req.sdk_revision,
+                    "session": sess is not None, "timeoutMs": max(1, limits.timeout_ms),
+                    "maxOut": out.budget, "maxResult": self.settings.max_result_bytes,
+                    "maxCalls": max(0, limits.max_host_calls),
+                })
+            except SandboxError:
+                raise InvalidRequest("source and inputs are too large for the sandbox",
+                                     field="inputs") from None
+            done = await drive(proc, run_id, queue, limits.timeout_ms, self.settings.kill_grace_s,
+                               out, calls, host_call, on_event, self._counters)
         except asyncio.CancelledError:
             self._counters["cancelled"] += 1
             proc.send({"t": "cancel", "id": run_id})
-            self._forget(sess, req)
+            self._end_session(sess)
             raise
         except SandboxError as exc:
             self._count_error(exc)
-            self._forget(sess, req)
+            self._end_session(sess)
             raise
         except Exception:
             # e.g. the on_event consumer failed: stop the run rather than leave it running.
             proc.send({"t": "cancel", "id": run_id})
-            self._forget(sess, req)
+            self._end_session(sess)
             raise
         finally:
             proc.unregister(run_id)
-            for task in tasks:
-                task.cancel()
-        duration = (time.perf_counter() - t0) * 1000
-        if sess is not None:
-            if done.get("dropped"):
-                self._forget(sess, req)
-            elif send_sdk:
-                sess.rev = req.sdk_revision
-        return self._finish(done, out, calls, duration, limits.timeout_ms, limits.memory_mb,
-                            validator)
+        if sess is not None and done.get("status") != "ok":
+            self._end_session(sess)
+        elif sess is not None and send_sdk:
+            sess.rev = req.sdk_revision
+        try:
+            return result_of(done, out, calls, (time.perf_counter() - t0) * 1000,
+                             limits.timeout_ms, limits.memory_mb, validator, self._counters)
+        except SandboxError:
+            self._end_session(sess)
+            raise
 
-    def _send_run(self, proc: DenoProcess, run_id: str, sess: _Session | None, req: RunRequest,
-                  inputs: str, send_sdk: bool, budget: int) -> None:
-        limits = req.limits
-        proc.send({
-            "t": "run", "id": run_id, "sid": sess.sid if sess else None,
-            "source": req.source, "inputs": inputs,
-            "sdk": self._sdk_json(req) if send_sdk else None, "rev": req.sdk_revision,
-            "timeoutMs": max(1, limits.timeout_ms), "maxOut": budget,
-            "memoryMb": max(1, limits.memory_mb), "maxResult": self.settings.max_result_bytes,
-        })
+    def _end_session(self, sess: _Session | None) -> None:
+        if sess is not None:
+            self._drop_session(sess)
 
     def _count_error(self, exc: SandboxError) -> None:
         name = {"sandbox_timeout": "timeouts", "sandbox_memory": "memory"}.get(exc.code, "crashes")
         self._counters[name] += 1
-
-    def _forget(self, sess: _Session | None, req: RunRequest) -> None:
-        if sess is not None and req.session_id is not None:
-            self._drop_session((req.principal_key, req.session_id), sess)
 
     def _sdk_json(self, req: RunRequest) -> str:
         if req.sdk_revision and req.sdk_revision in self._sdk_cache:
@@ -425,162 +452,26 @@ class SandboxPool:
             self._sdk_cache[req.sdk_revision] = text
         return text
 
-    async def _on_output(
-        self, msg: dict[str, Any], out: _Output, on_event: EventCallback | None
-    ) -> None:
-        stream: Literal["stdout", "stderr"] = (
-            "stderr" if msg.get("stream") == "stderr" else "stdout")
-        line = msg.get("line")
-        if not isinstance(line, str):
-            raise SandboxCrashed("malformed output event from the sandbox")
-        kept = out.add(stream, line)
-        if kept is not None and on_event is not None:
-            await on_event(SandboxEvent(kind=stream, data={"line": kept}))
+    # ---- introspection ------------------------------------------------------------------------
 
-    async def _serve_call(
-        self,
-        proc: DenoProcess,
-        run_id: str,
-        msg: dict[str, Any],
-        calls: _CallState,
-        host_call: HostCall,
-        on_event: EventCallback | None,
-    ) -> None:
-        call_id, op = msg.get("call"), msg.get("op")
-        t0 = time.perf_counter()
-        outcome = "ok"
-        reply: dict[str, Any]
-        try:
-            if not isinstance(op, str) or not isinstance(call_id, int):
-                raise InvalidRequest("malformed host call")
-            calls.count += 1
-            self._counters["host_calls"] += 1
-            if calls.count > calls.limit:
-                raise ResourceExhausted(
-                    f"host-call budget of {calls.limit} calls is spent", field="max_host_calls")
-            if op not in calls.allowed:
-                raise InvalidRequest(f"no such SDK operation: {op[:200]}", field="operation")
-            args = json.loads(str(msg.get("args")))
-            if not isinstance(args, dict):
-                raise InvalidRequest("SDK arguments must be keyword arguments")
-            value = await host_call(op, args)
-            reply = {"ok": True, "value": value}
-            body = json.dumps(reply, allow_nan=False)
-        except GatewayError as exc:
-            outcome = exc.code
-            body = json.dumps({"ok": False, "error": exc.to_dict()}, default=str)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("host call %s failed", op)
-            outcome = "internal"
-            body = json.dumps({"ok": False, "error": {
-                "code": "internal", "message": "the host call failed"}})
-        proc.send({"t": "host_result", "id": run_id, "call": call_id, "reply": body})
-        if on_event is not None:
-            await on_event(SandboxEvent(kind="host_call", data={
-                "operation": op if isinstance(op, str) else "?", "outcome": outcome,
-                "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}))
-
-    def _finish(
-        self,
-        done: dict[str, Any],
-        out: _Output,
-        calls: _CallState,
-        duration: float,
-        timeout_ms: int,
-        memory_mb: int,
-        validator: jsonschema.protocols.Validator | None,
-    ) -> RunResult:
-        status = done.get("status")
-        if status == "timeout":
-            self._counters["timeouts"] += 1
-            raise SandboxTimeout(f"code ran longer than {timeout_ms} ms")
-        if status != "ok":
-            self._counters["crashes"] += 1
-            reason = str(done.get("reason") or done.get("reply") or status)[:2000]
-            raise SandboxCrashed(f"the sandbox worker failed: {reason}")
-        try:
-            reply = json.loads(str(done.get("reply")))
-            ok = reply["ok"]
-            error = reply.get("error")
-            if not isinstance(ok, bool) or not (error is None or isinstance(error, dict)):
-                raise ValueError("bad reply shape")
-        except (ValueError, KeyError, TypeError):
-            self._counters["crashes"] += 1
-            raise SandboxCrashed("the sandbox sent a malformed result") from None
-        heap = done.get("heap")
-        over = isinstance(heap, int | float) and heap > memory_mb * 1024 * 1024
-        if over or reply.get("memory_error"):
-            self._counters["memory"] += 1
-            raise SandboxMemory(f"code used more than {memory_mb} MiB",
-                                details={"heap_bytes": heap})
-        result = reply.get("result") if ok else None
-        if ok and validator is not None:
-            problems = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
-            if problems:
-                ok, result = False, None
-                first = problems[0]
-                error = {"type": "OutputSchemaError", "traceback": "",
-                         "message": f"result does not match output_schema: {first.message}",
-                         "path": "/".join(str(p) for p in first.absolute_path)}
-        self._counters["ok" if ok else "user_errors"] += 1
-        return RunResult(
-            ok=ok, result=result,
-            stdout="".join(line + "\n" for line in out.stdout),
-            stderr="".join(line + "\n" for line in out.stderr),
-            error=_clean_error(error) if not ok else None,
-            host_calls=calls.count, duration_ms=round(duration, 3),
-            output_truncated=out.truncated or bool(done.get("truncated")),
-        )
+    def _procs(self) -> list[DenoProcess]:
+        return [p for p in self._slots if p is not None] + list(self._session_procs)
 
     async def isolate_stats(self) -> list[dict[str, Any]]:
-        """Per live process, the supervisor's counts (workers, spares, sessions, runs)."""
-        procs = [p for p in self._procs if p is not None and p.ready and not p.dead]
+        """Per live process, the supervisor's own view (interpreter present, ready, busy)."""
+        procs = [p for p in self._procs() if not p.dead]
         return list(await asyncio.gather(*(p.query_stats() for p in procs)))
 
     def stats(self) -> dict[str, Any]:
-        procs = [p for p in self._procs if p is not None]
+        procs = self._procs()
         return {
             **self._counters,
-            "processes": len(self._procs),
-            "alive": sum(1 for p in procs if p.ready and not p.dead),
+            "processes": len(self._slots),
+            "alive": sum(1 for p in self._slots if p is not None and not p.dead),
+            "idle": len(self._idle),
             "active_runs": sum(p.active for p in procs),
             "sessions": len(self._sessions),
-            "rss_bytes": {p.index: p.rss_bytes() for p in procs},
+            "spawned": self._spawned,
+            "rss_bytes": {p.pid: p.rss_bytes() for p in procs if p.pid is not None},
             "pids": [p.pid for p in procs],
         }
-
-
-@dataclass
-class _CallState:
-    limit: int
-    allowed: set[str]
-    count: int = 0
-
-
-def _output_validator(schema: dict[str, Any] | None) -> jsonschema.protocols.Validator | None:
-    if schema is None:
-        return None
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}",
-                             field="output_schema") from None
-    return cls(schema)
-
-
-def _clean_error(error: Any) -> dict[str, Any]:
-    """Keep only string fields of bounded size from the sandbox's error report."""
-    if not isinstance(error, dict):
-        return {"type": "Error", "message": "unknown error", "traceback": ""}
-    out: dict[str, Any] = {}
-    for key in ("type", "message", "traceback", "code", "path"):
-        value = error.get(key)
-        if isinstance(value, str):
-            out[key] = value[:20000]
-    out.setdefault("type", "Error")
-    out.setdefault("message", "")
-    out.setdefault("traceback", "")
-    return out

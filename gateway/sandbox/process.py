@@ -1,9 +1,14 @@
 """One sandbox Deno process: its command line (the permission boundary), its socket, its frames.
 
+A process holds one interpreter at a time and serves one run at a time, so it is the unit of
+isolation and of accounting: the host caps what it may allocate with RLIMIT_DATA (a kernel
+limit sandboxed code cannot reach or raise), and whatever a run does to its process — crash it,
+exhaust its memory, flood or break the protocol — ends that run only.
+
 The host listens on a Unix socket in a private 0700 directory and accepts exactly one
-connection, from the child's own pid (SO_PEERCRED). Frames are 4-byte big-endian length + JSON.
-The process's stdout and stderr are drained and never parsed as protocol: sandboxed code can
-write to them. stdin is /dev/null.
+connection, from the child's own pid (SO_PEERCRED). Frames are declared in
+:mod:`gateway.sandbox.protocol`. The process's stdout and stderr are drained and never parsed
+as protocol: sandboxed code can write to them. stdin is /dev/null.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import socket
 import struct
 import time
@@ -22,51 +28,82 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SandboxCrashed, SandboxError, SandboxMemory
+from gateway.sandbox.protocol import (
+    MAX_CALL_ARGS,
+    MAX_FRAME,
+    MAX_INBOUND_FRAME,
+    MAX_RUN_CALL_ARGS,
+    decode_frame,
+)
 from gateway.sandbox.types import SandboxSettings
 
-__all__ = ["MAX_FRAME", "DenoProcess", "deno_command"]
+__all__ = ["DenoProcess", "deno_command", "snapshot_command"]
 
 log = logging.getLogger(__name__)
-MAX_FRAME = 16 * 1024 * 1024
+MIB = 1024 * 1024
 _OOM_MARKERS = ("out of memory", "heap limit", "allocation failed")
+_BASE_FLAGS = ("run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
+               "--unstable-worker-options")
+
+
+def _v8_flags(settings: SandboxSettings) -> str:
+    return ("--v8-flags="
+            f"--max-old-space-size={settings.v8_heap_mb},"
+            f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}")
 
 
 def deno_command(
-    deno: str, runtime_dir: Path, sock: Path, settings: SandboxSettings
+    deno: str, runtime_dir: Path, sock: Path, snapshot: Path, settings: SandboxSettings
 ) -> list[str]:
-    """The narrowest command line that works: read Pyodide's assets and our own three files,
-    talk on one Unix socket, nothing else (no env, write, run, ffi, sys, remote imports)."""
+    """The narrowest command line that works: read Pyodide's assets, the worker and the
+    snapshot, talk on one Unix socket, nothing else (no env, write, run, ffi, sys, imports)."""
     assets = runtime_dir / "node_modules" / "pyodide"
-    reads = [assets, runtime_dir / "worker.ts", runtime_dir / "sandbox_runner.py", sock]
-    cfg = {"socket": str(sock), "spares": settings.spares}
+    reads = [assets, runtime_dir / "worker.ts", snapshot, sock]
+    cfg = {"socket": str(sock), "snapshot": str(snapshot), "maxHostFrame": MAX_FRAME,
+           "maxOutFrame": MAX_INBOUND_FRAME, "maxCallArgs": MAX_CALL_ARGS,
+           "maxRunArgs": MAX_RUN_CALL_ARGS}
     return [
-        deno,
-        "run",
-        "--no-prompt",
-        "--no-config",
-        "--no-lock",
-        "--no-remote",
-        "--no-npm",
-        "--unstable-worker-options",
+        deno, *_BASE_FLAGS,
         "--allow-read=" + ",".join(str(p) for p in reads),
         f"--allow-write={sock}",
         f"--allow-net=unix:{sock}",
-        "--v8-flags="
-        f"--max-old-space-size={settings.v8_heap_mb},"
-        f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}",
+        _v8_flags(settings),
         str(runtime_dir / "supervisor.ts"),
         json.dumps(cfg),
     ]
 
 
-class DenoProcess:
-    """A supervisor process and its channel. Runs register a queue to receive their frames."""
+def snapshot_command(
+    deno: str, runtime_dir: Path, out: Path, settings: SandboxSettings
+) -> list[str]:
+    """Cold-load Pyodide with our runner and write its memory snapshot to ``out`` (no user code
+    ever runs in this process)."""
+    assets = runtime_dir / "node_modules" / "pyodide"
+    reads = [assets, runtime_dir / "worker.ts", runtime_dir / "sandbox_runner.py"]
+    return [
+        deno, *_BASE_FLAGS,
+        "--allow-read=" + ",".join(str(p) for p in reads),
+        f"--allow-write={out}",
+        _v8_flags(settings),
+        str(runtime_dir / "supervisor.ts"),
+        json.dumps({"mode": "snapshot", "out": str(out)}),
+    ]
 
-    def __init__(self, index: int, argv: Sequence[str], sock: Path, deno_dir: Path) -> None:
+
+def deno_env(deno_dir: Path) -> dict[str, str]:
+    return {"DENO_DIR": str(deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+
+
+class DenoProcess:
+    """A supervisor process and its channel. A run registers a queue to receive its frames."""
+
+    def __init__(self, index: int, argv: Sequence[str], sock: Path, deno_dir: Path,
+                 data_limit_mb: int) -> None:
         self.index = index
         self._argv = list(argv)
         self._sock = sock
         self._deno_dir = deno_dir
+        self._hard_limit = data_limit_mb * MIB
         self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.Server | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -75,8 +112,9 @@ class DenoProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._stderr_tail: deque[bytes] = deque(maxlen=32)
-        self.ready = False
+        self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._early: tuple[asyncio.StreamReader, asyncio.StreamWriter, int] | None = None
+        self.ready = False  # connected, and an idle interpreter is waiting
         self.dead = False
         self.death: SandboxError | None = None
         self.start_ms = 0
@@ -88,24 +126,26 @@ class DenoProcess:
         return self._proc.pid if self._proc else None
 
     async def start(self, timeout_s: float) -> None:
-        """Spawn, accept the child's connection, wait for its snapshot and first spare."""
+        """Spawn, accept the child's connection, wait for its first interpreter."""
         loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
         self._connected = loop.create_future()
         with contextlib.suppress(FileNotFoundError):
             self._sock.unlink()
         self._server = await asyncio.start_unix_server(
-            self._on_connect, path=str(self._sock), limit=MAX_FRAME + 4
+            self._on_connect, path=str(self._sock), limit=MAX_INBOUND_FRAME + 4
         )
         os.chmod(self._sock, 0o600)
-        env = {"DENO_DIR": str(self._deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
         self._proc = await asyncio.create_subprocess_exec(
             *self._argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=env,
+            env=deno_env(self._deno_dir),
             start_new_session=True,
         )
+        # Before any user code can run: the hard ceiling on what this process may allocate.
+        self.set_data_limit(None)
         if self._early is not None:
             early, self._early = self._early, None
             self._accept(*early)
@@ -118,9 +158,8 @@ class DenoProcess:
             hello = await asyncio.wait_for(self._read_frame(), timeout_s)
             if hello.get("t") != "hello":
                 raise SandboxCrashed("sandbox process spoke out of turn")
-            ready = await asyncio.wait_for(self._read_frame(), timeout_s)
-            if ready.get("t") != "ready":
-                raise SandboxCrashed(f"sandbox process failed to start: {ready!r:.300}")
+            self._tasks.append(asyncio.create_task(self._read_loop()))
+            await self.wait_ready(max(1.0, timeout_s - (time.monotonic() - t0)))
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             await self.kill()
             raise SandboxCrashed(
@@ -130,9 +169,21 @@ class DenoProcess:
         except BaseException:
             await self.kill()
             raise
-        self.start_ms = int(ready.get("startMs", 0))
+        self.start_ms = int((time.monotonic() - t0) * 1000)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait for the process to report an idle interpreter (after start or recycle)."""
+        msg = await asyncio.wait_for(self._ready.get(), timeout_s)
+        if msg["t"] != "ready":
+            raise SandboxCrashed(f"sandbox interpreter failed to start: {msg.get('reason')!s:.300}")
         self.ready = True
-        self._tasks.append(asyncio.create_task(self._read_loop()))
+
+    async def recycle(self, timeout_s: float) -> None:
+        """Restore the memory allowance, then have the process start a fresh interpreter."""
+        self.ready = False
+        self.set_data_limit(None)
+        self.send({"t": "recycle"})
+        await self.wait_ready(timeout_s)
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -173,29 +224,23 @@ class DenoProcess:
         assert self._reader is not None
         head = await self._reader.readexactly(4)
         (size,) = struct.unpack(">I", head)
-        if size > MAX_FRAME:
+        if size > MAX_INBOUND_FRAME:
             raise SandboxCrashed("oversized frame from the sandbox process")
-        body = await self._reader.readexactly(size)
-        try:
-            msg = json.loads(body)
-        except ValueError:
-            raise SandboxCrashed("unreadable frame from the sandbox process") from None
-        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-            raise SandboxCrashed("malformed frame from the sandbox process")
-        return msg
+        return decode_frame(await self._reader.readexactly(size))
 
     async def _read_loop(self) -> None:
         try:
             while True:
                 msg = await self._read_frame()
-                if msg["t"] == "log":
+                kind = msg["t"]
+                if kind == "log":
                     log.info("sandbox process %d: %.500s", self.index, msg.get("msg"))
-                    continue
-                if msg["t"] in ("hello", "ready"):
-                    continue
-                queue = self._queues.get(str(msg.get("id")))
-                if queue is not None:
-                    queue.put_nowait(msg)
+                elif kind in ("ready", "init_failed"):
+                    self._ready.put_nowait(msg)
+                elif kind != "hello":
+                    queue = self._queues.get(str(msg.get("id")))
+                    if queue is not None:
+                        queue.put_nowait(msg)
         except SandboxCrashed as exc:
             await self._die(exc)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -234,6 +279,7 @@ class DenoProcess:
         self.death = cause
         for queue in self._queues.values():
             queue.put_nowait({"t": "_dead"})
+        self._ready.put_nowait({"t": "init_failed", "reason": str(cause)})
         await self.kill()
         self.exited.set()
 
@@ -250,7 +296,7 @@ class DenoProcess:
             self.active -= 1
 
     async def query_stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The supervisor's own view: live workers, spares, sessions, runs in flight."""
+        """The supervisor's own view: whether it holds an interpreter, ready, busy."""
         query_id = f"stats-{id(self)}-{time.monotonic_ns()}"
         queue = self.register(query_id)
         try:
@@ -260,8 +306,7 @@ class DenoProcess:
             self.unregister(query_id)
         if msg.get("t") != "stats":
             raise SandboxCrashed("the sandbox process did not report its state")
-        return {k: v for k, v in msg.items() if k in ("spares", "creating", "sessions", "runs",
-                                                      "workers")}
+        return {k: msg[k] for k in ("worker", "ready", "busy")}
 
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a frame; never blocks (the supervisor reads promptly or gets killed)."""
@@ -274,6 +319,44 @@ class DenoProcess:
             self._writer.write(struct.pack(">I", len(body)) + body)
         except (ConnectionError, RuntimeError):
             return
+
+    # ---- memory: RLIMIT_DATA, set from outside ---------------------------------------------
+
+    def vm_data(self) -> int:
+        """Bytes of private writable memory the process has mapped (what RLIMIT_DATA counts)."""
+        return self._status_kb("VmData:") * 1024
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process, from /proc."""
+        return self._status_kb("VmRSS:") * 1024
+
+    def _status_kb(self, key: str) -> int:
+        pid = self.pid
+        if pid is None or self.dead:
+            return 0
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            return 0
+        return 0
+
+    def set_data_limit(self, soft: int | None) -> None:
+        """Cap the process's private writable memory at ``soft`` bytes (None: the process
+        ceiling). The kernel refuses allocations past it: a wasm grow fails (MemoryError), an
+        ArrayBuffer fails (RangeError), a V8 heap that cannot grow aborts this process only."""
+        pid = self.pid
+        if pid is None or self.dead:
+            return
+        value = self._hard_limit if soft is None else min(self._hard_limit, soft)
+        try:
+            resource.prlimit(pid, resource.RLIMIT_DATA, (value, self._hard_limit))
+        except ProcessLookupError:
+            return
+        except OSError as exc:  # never run without the limit: the process is unusable
+            raise SandboxCrashed(f"cannot limit the sandbox process's memory: {exc}") from None
 
     async def kill(self) -> None:
         """SIGKILL the process and release everything; idempotent."""
@@ -298,17 +381,3 @@ class DenoProcess:
         self.ready = False
         await self.kill()
         self.exited.set()
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the whole process (all its isolates), from /proc."""
-        pid = self.pid
-        if pid is None or self.dead:
-            return 0
-        try:
-            with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return 0
-        return 0

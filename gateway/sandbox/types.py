@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "SandboxEvent",
     "SandboxSettings",
     "SdkFunction",
+    "principal_key",
 ]
 
 
@@ -24,18 +26,23 @@ __all__ = [
 class SandboxSettings:
     """How the pool is shaped. Every field has a safe default."""
 
-    workers: int = 2  # Deno processes; each holds spare isolates and session isolates
-    spares: int = 2  # fresh isolates kept ready per process, so runs never wait for a start
+    workers: int = 4  # Deno processes for isolated runs: each holds ONE interpreter at a time
     deno_path: str | None = None  # default: deno.find_deno_bin()
     runtime_dir: Path | None = None  # default: the repo's runtimes/ (SWITCHBOARD_RUNTIME_DIR)
-    max_sessions: int = 64
+    max_sessions: int = 16  # live sessions in this gateway; each holds a process of its own
+    max_sessions_per_principal: int = 4  # a principal's sessions never evict another's
     session_idle_s: float = 300.0
     v8_heap_mb: int = 256  # --max-old-space-size, per isolate (JS heap, not wasm)
     wasm_max_mem_pages: int = 8192  # 64 KiB pages: hard wasm memory cap per isolate (512 MiB)
-    max_result_bytes: int = 1 << 20  # JSON of the returned value
-    start_timeout_s: float = 120.0  # process start: snapshot + first spare
-    queue_timeout_s: float = 30.0  # longest a run waits for an isolate before failing
+    # RLIMIT_DATA ceiling per process, MiB. Counts V8's writable reservations (~1 GiB for an
+    # idle interpreter) as well as memory in use; each run gets its baseline + memory_mb.
+    process_data_limit_mb: int = 6144
+    max_result_bytes: int = 1 << 20  # JSON of the returned value (at most 2 MiB)
+    start_timeout_s: float = 120.0  # process start: first interpreter (and the snapshot)
+    queue_timeout_s: float = 30.0  # longest a run waits for an idle process before failing
     kill_grace_s: float = 2.0  # past the run's deadline, the host kills an unresponsive process
+    recycle_timeout_s: float = 60.0  # a fresh interpreter after a run, else the process goes
+    snapshot_dir: Path | None = None  # default: $SWITCHBOARD_CACHE_DIR or ~/.cache/switchboard
     deno_dir: Path | None = None  # default: a private temp dir per pool
 
 
@@ -64,11 +71,16 @@ class RunRequest:
     source: str
     inputs: dict[str, Any]  # bound as global `inputs`
     limits: Limits  # from the policy decision
-    principal_key: str  # "tenant/principal_id": a realm never serves two keys
+    principal_key: str  # who runs it (see principal_key()): a realm never serves two keys
     session_id: str | None = None  # REPL-like session (variables survive) for this principal
     sdk: tuple[SdkFunction, ...] = ()
     sdk_revision: str = ""  # cache key for the sdk tuple (the catalog revision)
     output_schema: dict[str, Any] | None = None
+
+
+def principal_key(tenant: str, principal_id: str) -> str:
+    """An unambiguous key for a principal: no choice of tenant and id collides with another."""
+    return json.dumps([tenant, principal_id], separators=(",", ":"))
 
 
 HostCall = Callable[[str, dict[str, Any]], Awaitable[Any]]

@@ -1,0 +1,264 @@
+"""One run on one process: the frames it exchanges, its output and host-call budgets, its result.
+
+Everything the process sends is untrusted: frames were checked by the protocol module, output
+is capped here again, host calls are counted and allow-listed here, and the result is parsed
+and checked here. User-code errors come back as data; anything else raises a SandboxError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jsonschema
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ResourceExhausted,
+    SandboxCrashed,
+    SandboxMemory,
+    SandboxTimeout,
+)
+from gateway.sandbox.process import DenoProcess
+from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
+
+__all__ = ["CallState", "Output", "clean_error", "drive", "output_validator", "result_of"]
+
+log = logging.getLogger(__name__)
+# What the sandbox says when an allocation was refused (RLIMIT_DATA, wasm or V8 limits).
+_MEMORY_TEXT = ("array buffer allocation failed", "out of memory", "memoryerror",
+                "cannot allocate memory", "allocation failed")
+
+
+@dataclass
+class Output:
+    budget: int
+    used: int = 0
+    truncated: bool = False
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def add(self, stream: str, line: str) -> str | None:
+        """Append a line within the byte budget; returns what was kept (None if nothing)."""
+        if self.truncated:
+            return None
+        size = len(line.encode("utf-8", "replace")) + 1
+        if self.used + size > self.budget:
+            self.truncated = True
+            room = self.budget - self.used - 1
+            self.used = self.budget
+            if room <= 0:
+                return None
+            line = line.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+        else:
+            self.used += size
+        (self.stderr if stream == "stderr" else self.stdout).append(line)
+        return line
+
+
+@dataclass
+class CallState:
+    limit: int
+    allowed: set[str]
+    count: int = 0
+
+
+async def drive(
+    proc: DenoProcess,
+    run_id: str,
+    queue: asyncio.Queue[dict[str, Any]],
+    timeout_ms: int,
+    kill_grace_s: float,
+    out: Output,
+    calls: CallState,
+    host_call: HostCall,
+    on_event: EventCallback | None,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Serve one run's frames until its ``done`` frame; returns it."""
+    tasks: set[asyncio.Task[None]] = set()
+    deadline = time.monotonic() + timeout_ms / 1000 + kill_grace_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # The supervisor did not end the run on time: the process is unresponsive.
+                await proc.kill()
+                raise SandboxTimeout(f"code ran longer than {timeout_ms} ms")
+            try:
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                continue
+            kind = msg["t"]
+            if kind == "event":
+                await _on_output(msg, out, on_event)
+            elif kind == "host_call":
+                task = asyncio.create_task(
+                    _serve_call(proc, run_id, msg, calls, host_call, on_event, counters))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif kind == "done":
+                return msg
+            elif kind == "_dead":
+                raise proc.death or SandboxCrashed("the sandbox process exited")
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _on_output(msg: dict[str, Any], out: Output, on_event: EventCallback | None) -> None:
+    stream: Literal["stdout", "stderr"] = "stderr" if msg["stream"] == "stderr" else "stdout"
+    line = msg["line"]
+    if len(line) > max(1, out.budget):
+        raise SandboxCrashed("an output line larger than the run's output budget")
+    kept = out.add(stream, line)
+    if kept is not None and on_event is not None:
+        await on_event(SandboxEvent(kind=stream, data={"line": kept}))
+
+
+async def _serve_call(
+    proc: DenoProcess,
+    run_id: str,
+    msg: dict[str, Any],
+    calls: CallState,
+    host_call: HostCall,
+    on_event: EventCallback | None,
+    counters: dict[str, int],
+) -> None:
+    call_id, op = msg["call"], msg["op"]
+    t0 = time.perf_counter()
+    outcome = "ok"
+    try:
+        calls.count += 1
+        counters["host_calls"] += 1
+        if calls.count > calls.limit:
+            raise ResourceExhausted(
+                f"host-call budget of {calls.limit} calls is spent", field="max_host_calls")
+        if op not in calls.allowed:
+            raise InvalidRequest(f"no such SDK operation: {op[:200]}", field="operation")
+        try:
+            args = json.loads(msg["args"])
+        except ValueError:
+            raise InvalidRequest("SDK arguments are not JSON", field="arguments") from None
+        if not isinstance(args, dict):
+            raise InvalidRequest("SDK arguments must be keyword arguments", field="arguments")
+        value = await host_call(op, args)
+        body = json.dumps({"ok": True, "value": value}, allow_nan=False)
+    except GatewayError as exc:
+        outcome = exc.code
+        body = json.dumps({"ok": False, "error": exc.to_dict()}, default=str)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("host call %.200s failed", op)
+        outcome = "internal"
+        body = json.dumps({"ok": False, "error": {
+            "code": "internal", "message": "the host call failed"}})
+    proc.send({"t": "host_result", "id": run_id, "call": call_id, "reply": body})
+    if on_event is not None:
+        await on_event(SandboxEvent(kind="host_call", data={
+            "operation": op, "outcome": outcome,
+            "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}))
+
+
+def result_of(
+    done: dict[str, Any],
+    out: Output,
+    calls: CallState,
+    duration_ms: float,
+    timeout_ms: int,
+    memory_mb: int,
+    validator: jsonschema.protocols.Validator | None,
+    counters: dict[str, int],
+) -> RunResult:
+    """The RunResult of a ``done`` frame, or the SandboxError it stands for."""
+    status = done.get("status")
+    reason = str(done.get("reason") or "")[:2000]
+    if status == "timeout":
+        counters["timeouts"] += 1
+        raise SandboxTimeout(f"code ran longer than {timeout_ms} ms")
+    if status == "violation":
+        counters["crashes"] += 1
+        raise SandboxCrashed(f"the sandbox broke the protocol: {reason}")
+    if status == "crashed" and any(m in reason.lower() for m in _MEMORY_TEXT):
+        counters["memory"] += 1
+        raise SandboxMemory(f"code used more than {memory_mb} MiB")
+    if status not in ("ok", "fatal"):
+        counters["crashes"] += 1
+        raise SandboxCrashed(f"the sandbox worker failed: {reason or status}")
+    try:
+        reply = json.loads(str(done.get("reply")))
+        ok = reply["ok"]
+        error = reply.get("error")
+        if not isinstance(ok, bool) or not (error is None or isinstance(error, dict)):
+            raise ValueError("bad reply shape")
+    except (ValueError, KeyError, TypeError):
+        counters["crashes"] += 1
+        raise SandboxCrashed("the sandbox sent a malformed result") from None
+    if not ok and _is_memory_error(reply):
+        counters["memory"] += 1
+        raise SandboxMemory(f"code used more than {memory_mb} MiB")
+    if status == "fatal":
+        counters["crashes"] += 1
+        message = str((error or {}).get("message", ""))[:2000]
+        raise SandboxCrashed(f"the sandbox interpreter failed: {message}")
+    result = reply.get("result") if ok else None
+    if ok and validator is not None:
+        problems = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
+        if problems:
+            ok, result = False, None
+            first = problems[0]
+            error = {"type": "OutputSchemaError", "traceback": "",
+                     "message": f"result does not match output_schema: {first.message}",
+                     "path": "/".join(str(p) for p in first.absolute_path)}
+    counters["ok" if ok else "user_errors"] += 1
+    return RunResult(
+        ok=ok, result=result,
+        stdout="".join(line + "\n" for line in out.stdout),
+        stderr="".join(line + "\n" for line in out.stderr),
+        error=clean_error(error) if not ok else None,
+        host_calls=calls.count, duration_ms=round(duration_ms, 3),
+        output_truncated=out.truncated or bool(done.get("truncated")),
+    )
+
+
+def _is_memory_error(reply: dict[str, Any]) -> bool:
+    """An uncaught refusal of memory: MemoryError in Python, or a JS allocation failure seen
+    through pyodide_js. Only the run's own error code depends on it (it cannot widen a limit)."""
+    if reply.get("memory_error"):
+        return True
+    error = reply.get("error") or {}
+    text = f"{error.get('type', '')} {error.get('message', '')}".lower()[:4096]
+    return any(m in text for m in _MEMORY_TEXT)
+
+
+def output_validator(schema: dict[str, Any] | None) -> jsonschema.protocols.Validator | None:
+    if schema is None:
+        return None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}",
+                             field="output_schema") from None
+    return cls(schema)
+
+
+def clean_error(error: Any) -> dict[str, Any]:
+    """Keep only string fields of bounded size from the sandbox's error report."""
+    if not isinstance(error, dict):
+        return {"type": "Error", "message": "unknown error", "traceback": ""}
+    out: dict[str, Any] = {}
+    for key in ("type", "message", "traceback", "code", "path"):
+        value = error.get(key)
+        if isinstance(value, str):
+            out[key] = value[:20000]
+    out.setdefault("type", "Error")
+    out.setdefault("message", "")
+    out.setdefault("traceback", "")
+    return out
