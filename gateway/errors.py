@@ -24,6 +24,7 @@ __all__ = [
     "PolicyDenied",
     "PolicyError",
     "ResourceExhausted",
+    "ResultInvalid",
     "SandboxCrashed",
     "SandboxError",
     "SandboxMemory",
@@ -138,6 +139,14 @@ class OutputInvalid(GatewayError):
     code = "output_invalid"
 
 
+class ResultInvalid(GatewayError):
+    """A result cannot be carried to the client as JSON: a NaN or infinity, or nesting deeper
+    than the gateway's limit; ``field`` is its path (``result.rows[2].total``). The action
+    itself ran (its effects, stdout and audit record stand)."""
+
+    code = "result_invalid"
+
+
 class ResourceExhausted(GatewayError):
     """A budget ran out: host calls, request size, concurrency."""
 
@@ -176,6 +185,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     BackendUnavailable.code: grpc.StatusCode.UNAVAILABLE,
     BackendError.code: grpc.StatusCode.FAILED_PRECONDITION,
     OutputInvalid.code: grpc.StatusCode.DATA_LOSS,
+    ResultInvalid.code: grpc.StatusCode.DATA_LOSS,
     ResourceExhausted.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
     SandboxError.code: grpc.StatusCode.INTERNAL,
     SandboxTimeout.code: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -6,12 +6,12 @@ Identity, tracing, logging and error mapping happen in :mod:`gateway.interceptor
 from __future__ import annotations
 
 import asyncio
-import re
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
@@ -21,11 +21,21 @@ from gateway.manifest import format_tools
 from gateway.models import Decision
 from gateway.pipeline import Action, CodeAction, Outcome, Pipeline, ToolAction
 from gateway.sandbox import SandboxEvent
+from gateway.values import (
+    ID_PATTERN,
+    MAX_SOURCE_BYTES,
+    check_id,
+    check_input,
+    check_name,
+    check_query,
+    clean_result,
+    clean_text,
+    key_path,
+)
 
 __all__ = ["GatewayServicer"]
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-MAX_SOURCE_BYTES = 256 * 1024
+REQUEST_ID = ID_PATTERN  # kept for importers; the checks live in gateway.values
 _STREAM_END = object()
 
 
@@ -36,10 +46,63 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     return s
 
 
+def _fill(target: struct_pb2.Value, value: Any) -> None:
+    """``target`` := ``value`` (already checked by :func:`clean_result`). Built by hand rather
+    than with ``json_format.ParseDict``, whose recursion limit counts every Struct/Value."""
+    if value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, (int, float)):
+        target.number_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, dict):
+        fields = target.struct_value.fields
+        target.struct_value.SetInParent()
+        for k, v in value.items():
+            _fill(fields[k], v)
+    else:
+        values = target.list_value.values
+        target.list_value.SetInParent()
+        for v in value:
+            _fill(values.add(), v)
+
+
 def _value(value: Any) -> struct_pb2.Value:
+    """A result as a protobuf Value: lone surrogates become U+FFFD; NaN, infinities and
+    nesting beyond ``MAX_DEPTH`` are ``ResultInvalid`` (``field`` = the path)."""
     v = struct_pb2.Value()
-    json_format.ParseDict(value, v)
+    _fill(v, clean_result(value))
     return v
+
+
+def _from_value(v: struct_pb2.Value, path: str) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(v.number_value):
+            raise InvalidRequest(f"{path}: {v.number_value} is not a JSON number (NaN and "
+                                 "infinities are not allowed)", field=path)
+        return v.number_value
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return _from_struct(v.struct_value, path)
+    if kind == "list_value":
+        return [_from_value(item, f"{path}[{i}]") for i, item in enumerate(v.list_value.values)]
+    return None  # null_value, or no kind at all (json_format reads both as null)
+
+
+def _from_struct(s: struct_pb2.Struct, path: str) -> dict[str, Any]:
+    """A Struct as plain JSON, with the same shapes as ``json_format.MessageToDict`` but a
+    stable ``InvalidRequest`` (``field`` = the path, e.g. ``arguments.amount``) for NaN and
+    infinities, which a Struct can carry and JSON cannot. The nesting is bounded by
+    protobuf's decoder; :func:`check_input` then applies the gateway's own bounds."""
+    out = {k: _from_value(v, key_path(path, k)) for k, v in s.fields.items()}
+    check_input(out, path)
+    return out
 
 
 def decision_pb(d: Decision) -> pb.Decision:
@@ -57,49 +120,50 @@ def to_action(request: pb.ExecuteRequest, *, explain: bool = False) -> Action:
     which = request.WhichOneof("action")
     if which is None:
         raise InvalidRequest("exactly one of tool_call or code_run is required", field="action")
-    if request.request_id and not REQUEST_ID.match(request.request_id):
-        raise InvalidRequest("request_id must be 1-128 characters of [A-Za-z0-9._:-]",
-                             field="request_id")
+    if request.request_id:
+        check_id(request.request_id, "request_id")
     labels = dict(request.labels)
     if which == "tool_call":
         call = request.tool_call
-        if not call.name:
-            raise InvalidRequest("tool_call.name is required", field="tool_call.name")
+        check_name(call.name, "tool_call.name")
         if not request.request_id and not explain:
             raise InvalidRequest("request_id is required for tool calls (it is the idempotency "
                                  "key)", field="request_id")
         return ToolAction(request_id=request.request_id, name=call.name,
-                          arguments=json_format.MessageToDict(call.arguments), labels=labels)
+                          arguments=_from_struct(call.arguments, "arguments"), labels=labels)
     run = request.code_run
-    if not run.source.strip():
-        raise InvalidRequest("code_run.source is empty", field="code_run.source")
-    if len(run.source.encode()) > MAX_SOURCE_BYTES:
+    if len(run.source) > MAX_SOURCE_BYTES or len(run.source.encode()) > MAX_SOURCE_BYTES:
         raise InvalidRequest(f"code_run.source exceeds {MAX_SOURCE_BYTES} bytes",
                              field="code_run.source")
-    if run.HasField("session_id") and run.session_id and not REQUEST_ID.match(run.session_id):
-        raise InvalidRequest("session_id must be 1-128 characters of [A-Za-z0-9._:-]",
-                             field="code_run.session_id")
-    schema = json_format.MessageToDict(run.output_schema) if run.HasField("output_schema") else None
+    if not run.source.strip():
+        raise InvalidRequest("code_run.source is empty", field="code_run.source")
+    if run.HasField("session_id") and run.session_id:
+        check_id(run.session_id, "code_run.session_id", "session_id")
+    schema = (_from_struct(run.output_schema, "code_run.output_schema")
+              if run.HasField("output_schema") else None)
     return CodeAction(
         request_id=request.request_id, source=run.source,
-        inputs=json_format.MessageToDict(run.inputs), timeout_ms=run.timeout_ms,
+        inputs=_from_struct(run.inputs, "inputs"), timeout_ms=run.timeout_ms,
         session_id=run.session_id if run.HasField("session_id") and run.session_id else None,
         output_schema=schema or None, labels=labels)
 
 
 def outcome_pb(request_id: str, o: Outcome) -> pb.ExecuteResponse:
     resp = pb.ExecuteResponse(
-        request_id=request_id, decision=decision_pb(o.decision), stdout=o.stdout,
-        stderr=o.stderr, trace_id=o.trace_id, replayed=o.replayed, host_calls=o.host_calls,
-        output_truncated=o.output_truncated)
+        request_id=request_id, decision=decision_pb(o.decision), stdout=clean_text(o.stdout),
+        stderr=clean_text(o.stderr), trace_id=o.trace_id, replayed=o.replayed,
+        host_calls=o.host_calls, output_truncated=o.output_truncated)
     if o.result is not None:
         resp.result.CopyFrom(_value(o.result))
     if o.error:
+        error = clean_result(o.error, "error")
+        details = struct_pb2.Struct()
+        for k, v in error.items():
+            if k not in {"code", "message", "field"}:
+                _fill(details.fields[k], v)
         resp.error.CopyFrom(pb.Error(
-            code=str(o.error.get("code", "")), message=str(o.error.get("message", "")),
-            field=str(o.error.get("field", "")),
-            details=_struct({k: v for k, v in o.error.items()
-                             if k not in {"code", "message", "field"}})))
+            code=str(error.get("code", "")), message=str(error.get("message", "")),
+            field=str(error.get("field", "")), details=details))
     return resp
 
 
@@ -126,8 +190,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def SearchOperations(self, request: pb.SearchOperationsRequest,
                                context: grpc.aio.ServicerContext[Any, Any],
                                ) -> pb.SearchOperationsResponse:
-        if not request.query.strip():
-            raise InvalidRequest("query is empty", field="query")
+        check_query(request.query)
         limit = min(request.limit or 10, 50)
         hits = await self.pipeline.search(current_principal(), request.query, limit)
         return pb.SearchOperationsResponse(operations=[
@@ -137,6 +200,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def DescribeOperation(self, request: pb.DescribeOperationRequest,
                                 context: grpc.aio.ServicerContext[Any, Any],
                                 ) -> pb.OperationDescription:
+        check_name(request.name, "name")
         d = await self.pipeline.describe(current_principal(), request.name)
         return pb.OperationDescription(
             name=d["name"], backend=d["backend"], summary=d["summary"],
@@ -186,10 +250,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
 def _event_pb(event: SandboxEvent) -> pb.ExecuteEvent:
     if event.kind == "stdout":
-        return pb.ExecuteEvent(stdout_line=str(event.data.get("line", "")))
+        return pb.ExecuteEvent(stdout_line=clean_text(str(event.data.get("line", ""))))
     if event.kind == "stderr":
-        return pb.ExecuteEvent(stderr_line=str(event.data.get("line", "")))
+        return pb.ExecuteEvent(stderr_line=clean_text(str(event.data.get("line", ""))))
     return pb.ExecuteEvent(host_call=pb.HostCallEvent(
-        operation=str(event.data.get("operation", "")),
-        outcome=str(event.data.get("outcome", "")),
+        operation=clean_text(str(event.data.get("operation", ""))),
+        outcome=clean_text(str(event.data.get("outcome", ""))),
         duration_ms=float(event.data.get("duration_ms", 0.0))))

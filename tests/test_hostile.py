@@ -182,11 +182,12 @@ def test_errors_about_huge_input_stay_small(gateway: Any, case: str) -> None:
             gateway.stub.Execute(tool_request("ledger.get_balance", {"account": "A" * 1_000_000}),
                                  metadata=md("dev-agent"), timeout=CALL_TIMEOUT)
         elif case == "tool_name":
-            expected = (grpc.StatusCode.NOT_FOUND, "unknown_operation", "")
+            # Over MAX_NAME_LENGTH (256): refused before any lookup or suggestion work.
+            expected = (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", "tool_call.name")
             gateway.stub.Execute(tool_request("ledger." + "y" * 100_000, {}),
                                  metadata=md("dev-agent"), timeout=CALL_TIMEOUT)
         else:
-            expected = (grpc.StatusCode.NOT_FOUND, "unknown_operation", "")
+            expected = (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", "name")
             gateway.stub.DescribeOperation(pb.DescribeOperationRequest(name="x" * 100_000),
                                            metadata=md("dev-agent"), timeout=CALL_TIMEOUT)
     assert time.monotonic() - started < 5.0

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.catalog.search import SearchIndex
 from gateway.errors import ConfigError, UnknownOperation
 from gateway.models import BackendSettings, Operation
+from gateway.values import MAX_NAME_LENGTH, MAX_QUERY_LENGTH, check_name, check_query
 
 __all__ = ["Catalog", "operation_digest"]
 
@@ -81,8 +82,14 @@ class Catalog:
     def get(self, name: str) -> Operation | None:
         return self._by_name.get(name)
 
-    def require(self, name: str) -> Operation:
-        """The operation, or UnknownOperation naming close matches."""
+    def require(self, name: str, *, field: str = "tool_call.name") -> Operation:
+        """The operation, or UnknownOperation naming close matches.
+
+        A name that cannot be an operation name (empty, over ``MAX_NAME_LENGTH`` characters,
+        control or unpaired surrogate characters) is ``InvalidRequest`` before any lookup or
+        suggestion work: that work grows with the name, and the name comes from the caller.
+        """
+        check_name(name, field)
         op = self._by_name.get(name)
         if op is not None:
             return op
@@ -90,11 +97,14 @@ class Catalog:
         message = f"unknown operation {name!r}"
         if suggestions:
             message += f"; did you mean: {', '.join(suggestions)}?"
-        raise UnknownOperation(message, field="tool_call.name",
+        raise UnknownOperation(message, field=field,
                                details={"name": name, "suggestions": suggestions})
 
     def suggest(self, name: str, limit: int = 3) -> list[str]:
-        """Close names: spelling first (difflib), then the search ranking of the words."""
+        """Close names: spelling first (difflib), then the search ranking of the words.
+        Nothing for a name longer than any operation name may be (difflib is quadratic)."""
+        if not name or len(name) > MAX_NAME_LENGTH:
+            return []
         names = list(self._by_name)
         out = difflib.get_close_matches(name, names, n=limit, cutoff=0.6)
         short = {op.short_name: op.name for op in self.operations}
@@ -108,7 +118,11 @@ class Catalog:
         return out[:limit]
 
     def search(self, query: str, limit: int = 10) -> list[tuple[Operation, float]]:
-        """Operations ranked by BM25 relevance to a natural-language query, best first."""
+        """Operations ranked by BM25 relevance to a natural-language query, best first.
+        ``InvalidRequest`` (field ``query``) for a query over ``MAX_QUERY_LENGTH`` characters,
+        before it is tokenised; nothing for a blank one."""
+        if len(query) > MAX_QUERY_LENGTH:
+            check_query(query)
         return [(self.operations[i], score) for i, score in self._index.search(query, limit)]
 
     def for_backend(self, backend: str) -> list[Operation]:
