@@ -22,6 +22,7 @@ from gateway.audit import extract_trace_context, record_outcome
 from gateway.errors import GatewayError, InvalidRequest, grpc_status_for
 from gateway.identity import Authenticator, bearer_token
 from gateway.models import Principal
+from gateway.values import loggable_id
 
 __all__ = ["ERROR_METADATA_KEY", "TRACE_METADATA_KEY", "CallInterceptor", "current_principal"]
 
@@ -98,7 +99,8 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.error: BaseException | None = None
 
-    def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> trace.Span:
+    async def begin(self, request: Any,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> trace.Span:
         metadata = tuple(context.invocation_metadata() or ())
         parent = extract_trace_context(metadata)
         self.span_cm = self.i.tracer.start_as_current_span(
@@ -111,16 +113,21 @@ class _Call:
         span.set_attribute(attr.RPC_METHOD, name)
         ctx = span.get_span_context()
         self.trace_id = format(ctx.trace_id, "032x")
-        request_id = getattr(request, "request_id", "") or next(
-            (str(v) for k, v in metadata if k == "x-request-id"), "") or str(uuid.uuid4())
+        # Recorded before the caller is authenticated or the request checked: only a
+        # well-formed id is recorded as such, anything else as a bounded, escaped stand-in
+        # (its length, digest and a short prefix). The servicer refuses it afterwards.
+        raw_id = getattr(request, "request_id", "") or next(
+            (str(v) for k, v in metadata if k == "x-request-id"), "")
+        request_id = loggable_id(raw_id) if raw_id else str(uuid.uuid4())
         span.set_attribute(attr.REQUEST_ID, request_id)
         structlog.contextvars.bind_contextvars(
             trace_id=self.trace_id, request_id=request_id, rpc_method=name)
         with self.i.tracer.start_as_current_span("identity") as ident:
             try:
-                principal = self.i.authenticator.authenticate(bearer_token(metadata))
+                principal = await self.i.authenticator.authenticate_async(
+                    bearer_token(metadata))
             except GatewayError as exc:
-                ident.set_status(Status(StatusCode.ERROR, exc.message))
+                ident.set_status(Status(StatusCode.ERROR, _clip(exc.message, 256)))
                 raise
             ident.set_attribute(attr.PRINCIPAL_ID, principal.id)
             ident.set_attribute(attr.TENANT, principal.tenant)
@@ -201,7 +208,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             failure = None
             cancelled = False
             try:
-                call.begin(request, context)
+                await call.begin(request, context)
                 response = await behavior(request, context)
                 context.set_trailing_metadata(((TRACE_METADATA_KEY, call.trace_id),))
                 return response
@@ -226,7 +233,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             failure = None
             cancelled = False
             try:
-                call.begin(request, context)
+                await call.begin(request, context)
                 async for item in behavior(request, context):
                     yield item
                 context.set_trailing_metadata(((TRACE_METADATA_KEY, call.trace_id),))

@@ -37,7 +37,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
-from gateway.errors import GatewayError, SchemaInvalid, Unauthenticated, UnknownOperation
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    SchemaInvalid,
+    Unauthenticated,
+    UnknownOperation,
+)
 from gateway.identity import Authenticator, bearer_token
 from gateway.manifest import (
     DESCRIBE_OPERATION,
@@ -49,6 +55,18 @@ from gateway.manifest import (
 )
 from gateway.models import Principal
 from gateway.pipeline import CodeAction, Outcome, Pipeline, ToolAction
+from gateway.values import (
+    MAX_NAME_LENGTH,
+    MAX_SOURCE_BYTES,
+    check_id,
+    check_input,
+    check_name,
+    check_query,
+    clean_result,
+    clean_text,
+    loggable,
+    loggable_id,
+)
 
 __all__ = [
     "MCP_PATH",
@@ -85,23 +103,43 @@ def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
     validator = _META_VALIDATORS[name]
     error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)
     if error is not None:
-        path = ".".join(str(p) for p in error.absolute_path)
+        path = ".".join(str(p)[:64] for p in error.absolute_path)
+        message = error.message  # it quotes the instance, which may be huge: keep it short
+        if len(message) > 300:
+            message = message[:299] + "…"
         raise SchemaInvalid(
-            f"{name}: {error.message}", field=f"arguments.{path}" if path else "arguments"
+            f"{name}: {message}", field=f"arguments.{path}" if path else "arguments"
         )
+
+
+def _bounded_name(name: str) -> str:
+    """The tool name as recorded (span name, attributes, logs) before it is checked."""
+    return name if len(name) <= MAX_NAME_LENGTH and name.isprintable() else loggable(name)
+
+
+def _request_id(meta: Any) -> str:
+    """The client's idempotency key from ``_meta`` (checked like gRPC's), or a fresh one."""
+    value = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
+    if value is None or value == "":
+        return str(uuid.uuid4())
+    field = f"_meta.{REQUEST_ID_META_KEY}"
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string", field=field)
+    return check_id(value, field)
 
 
 def _outcome_dict(outcome: Outcome) -> dict[str, Any]:
     """The model-facing result: the same shape as ``ExecutionResult.to_model()`` plus ids."""
     out: dict[str, Any] = {"ok": outcome.error is None, "route": outcome.decision.route}
     if outcome.result is not None:
-        out["result"] = outcome.result
+        # The same bounds as gRPC: lone surrogates -> U+FFFD, NaN/inf/too deep -> result_invalid.
+        out["result"] = clean_result(outcome.result)
     if outcome.stdout:
-        out["stdout"] = outcome.stdout
+        out["stdout"] = clean_text(outcome.stdout)
     if outcome.stderr:
-        out["stderr"] = outcome.stderr
+        out["stderr"] = clean_text(outcome.stderr)
     if outcome.error:
-        out["error"] = outcome.error
+        out["error"] = clean_result(outcome.error, "error")
     if outcome.output_truncated:
         out["output_truncated"] = True
     if outcome.replayed:
@@ -111,7 +149,8 @@ def _outcome_dict(outcome: Outcome) -> dict[str, Any]:
 
 
 def _result(payload: dict[str, Any], *, is_error: bool) -> types.CallToolResult:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str,
+                      allow_nan=False)
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
         structured_content=payload,
@@ -139,7 +178,7 @@ class _Handlers:
         request = ctx.request
         headers = getattr(request, "headers", None)
         token = bearer_token(headers.items()) if headers is not None else None
-        return await asyncio.to_thread(self.authenticator.authenticate, token)
+        return await self.authenticator.authenticate_async(token)
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -164,9 +203,10 @@ class _Handlers:
         name = params.name
         arguments = dict(params.arguments or {})
         meta: Any = params.meta or {}
-        request_id = str(meta.get(REQUEST_ID_META_KEY) or uuid.uuid4())
+        recorded = _bounded_name(name)
+        raw_id = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
         with self.tracer.start_as_current_span(
-            f"mcp tools/call {name}",
+            f"mcp tools/call {recorded}",
             kind=SpanKind.SERVER,
             record_exception=False,
             set_status_on_exception=False,
@@ -174,10 +214,13 @@ class _Handlers:
             span.set_attribute(attr.TRANSPORT, "mcp")
             span.set_attribute("mcp.method.name", "tools/call")
             span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
-            span.set_attribute(attr.GEN_AI_TOOL_NAME, name)
-            span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
-            span.set_attribute(attr.REQUEST_ID, request_id)
+            span.set_attribute(attr.GEN_AI_TOOL_NAME, recorded)
+            if isinstance(raw_id, str) and raw_id:
+                span.set_attribute(attr.REQUEST_ID, loggable_id(raw_id))  # before it is checked
             try:
+                request_id = _request_id(meta)
+                span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
+                span.set_attribute(attr.REQUEST_ID, request_id)
                 with self.tracer.start_as_current_span(attr.SPAN_IDENTITY) as ident:
                     try:
                         principal = await self.principal(ctx)
@@ -192,7 +235,7 @@ class _Handlers:
                 return _result(payload, is_error=is_error)
             except GatewayError as exc:
                 span.set_attribute(attr.OUTCOME, exc.code)
-                span.set_status(Status(StatusCode.ERROR, exc.message))
+                span.set_status(Status(StatusCode.ERROR, exc.message[:1024]))
                 # Denials and bad arguments are tool results the model should read and act on.
                 err = {"ok": False, "error": exc.to_dict(), "trace_id": _trace_id(span)}
                 return _result(err, is_error=True)
@@ -202,7 +245,7 @@ class _Handlers:
                 raise
             except Exception as exc:
                 # Never hand internals to the model; the log and the span keep the details.
-                log.exception("MCP tool call failed", tool=name)
+                log.exception("MCP tool call failed", tool=recorded)
                 span.set_attribute(attr.OUTCOME, GatewayError.code)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 err = {
@@ -216,8 +259,17 @@ class _Handlers:
         self, principal: Principal, name: str, arguments: dict[str, Any], request_id: str
     ) -> tuple[dict[str, Any], bool]:
         p = self.pipeline
+        # Plain, finite, bounded JSON first: the schema validator, the audit digest and the
+        # backend encoder all assume it (NaN/Infinity literals and lone surrogate escapes
+        # parse as JSON; deep nesting reaches Python's recursion limit).
+        if name == EXECUTE_CODE:
+            check_input(arguments.get("inputs"), "inputs")
+            check_input({k: v for k, v in arguments.items() if k != "inputs"}, "arguments")
+        else:
+            check_input(arguments, "arguments")
         if name == SEARCH_OPERATIONS:
             _check_meta_args(name, arguments)
+            check_query(arguments["query"], "arguments.query")
             hits = await p.search(principal, arguments["query"], int(arguments.get("limit", 10)))
             ops = [
                 {"name": h.name, "summary": h.summary, "tags": list(h.tags), "route": h.route}
@@ -226,9 +278,16 @@ class _Handlers:
             return {"operations": ops}, False
         if name == DESCRIBE_OPERATION:
             _check_meta_args(name, arguments)
+            check_name(arguments["name"], "arguments.name")
             return await p.describe(principal, arguments["name"]), False
         if name == EXECUTE_CODE:
             _check_meta_args(name, arguments)
+            code = arguments["code"]
+            if len(code) > MAX_SOURCE_BYTES or len(code.encode()) > MAX_SOURCE_BYTES:
+                raise InvalidRequest(f"arguments.code exceeds {MAX_SOURCE_BYTES} bytes",
+                                     field="arguments.code")
+            if arguments.get("session_id"):
+                check_id(arguments["session_id"], "arguments.session_id", "session_id")
             action: CodeAction | ToolAction = CodeAction(
                 request_id=request_id,
                 source=arguments["code"],
@@ -238,6 +297,7 @@ class _Handlers:
                 labels={"transport": "mcp"},
             )
         else:
+            check_name(name, "name")
             operation = self.tool_names.get(name)
             if operation is None:
                 raise UnknownOperation(f"unknown tool {name!r}", field="name")
@@ -265,7 +325,7 @@ class _AuthGuard:
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
-            await asyncio.to_thread(self.authenticator.authenticate, bearer_token(headers))
+            await self.authenticator.authenticate_async(bearer_token(headers))
         except Unauthenticated as exc:
             body = json.dumps(
                 {
