@@ -4,7 +4,10 @@
 // write, run, ffi, sys, import). Everything in this isolate is reachable by sandboxed code
 // (through pyodide_js), so nothing here is trusted: the supervisor attributes every message to
 // the worker that sent it and the host re-checks every value. This file only has to be correct
-// for honest runs.
+// for honest runs. Its frames are declared in runtimes/PROTOCOL.md.
+//
+// The snapshot it restores from arrives as its own transferred copy: writing to it (sandboxed
+// code can reach it as pyodide_js._api.config._loadSnapshot) changes nothing anyone else reads.
 
 import { loadPyodide } from "./node_modules/pyodide/pyodide.mjs";
 
@@ -148,14 +151,6 @@ async function init(msg: Any) {
   post({ t: "ready" });
 }
 
-function heapBytes(): number {
-  try {
-    return py._module.HEAPU8.buffer.byteLength;
-  } catch {
-    return 0;
-  }
-}
-
 async function run(msg: Any) {
   const T0 = performance.now();
   resetOutput(Number(msg.maxOut) || 0);
@@ -181,7 +176,7 @@ async function run(msg: Any) {
     });
   }
   flushOutput();
-  post({ t: "done", reply, truncated: out.truncated, heap: heapBytes(), fatal, ms: performance.now() - T0 });
+  post({ t: "done", reply, truncated: out.truncated, fatal, ms: performance.now() - T0 });
 }
 
 scope.onmessage = (e: MessageEvent) => {
