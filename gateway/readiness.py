@@ -1,8 +1,9 @@
 """Readiness: the ``switchboard.v1.Gateway`` health status says whether calls can succeed.
 
 Liveness (service ``""``) stays SERVING while the process runs; readiness turns NOT_SERVING
-when the policy cannot be reached (an OPA sidecar down: every call would be denied), no
-sandbox process is alive, or the audit file cannot be written — so a load balancer sends
+when no valid policy is loaded (the policy files are gone or empty, the ``decision`` rule is
+missing or undefined: every call is denied), the policy cannot be reached (an OPA sidecar
+down), no sandbox process is alive, or the audit file cannot be written — so a load balancer sends
 traffic elsewhere instead of to a gateway that can only fail closed.
 """
 
@@ -28,7 +29,8 @@ log = structlog.get_logger("switchboard.readiness")
 def readiness_checks(policy: PolicyEngine, policy_settings: PolicySettings,
                      sandbox: SandboxPool, telemetry: Telemetry) -> list[Check]:
     async def policy_loaded() -> str | None:
-        return None if policy.revision else "no policy revision loaded"
+        problem = policy.unavailable
+        return None if problem is None else f"no valid policy is loaded: {problem}"
 
     async def opa_reachable() -> str | None:
         url = policy_settings.opa_url.rstrip("/") + "/health"

@@ -2,12 +2,22 @@
 
 Two engines behind :class:`PolicyEngine`: ``embedded`` (regorus, in-process, hot reload) and
 ``opa`` (a real OPA server over its REST API). Both fail closed: any problem deciding is a deny
-with ``error_code="policy_error"``.
+with ``error_code="policy_error"``, and when no valid policy is loaded (files gone, the
+``decision`` rule missing or undefined) every decision is such a deny, carrying the reason
+:data:`POLICY_UNAVAILABLE`, and ``engine.unavailable`` says why (readiness: NOT_SERVING).
 """
 
 from __future__ import annotations
 
-from .base import ENTRYPOINT, PolicyEngine, PolicySettings, default_policy_dir, parse_decision
+from .base import (
+    ENTRYPOINT,
+    POLICY_UNAVAILABLE,
+    NoPolicy,
+    PolicyEngine,
+    PolicySettings,
+    default_policy_dir,
+    parse_decision,
+)
 from .cli import cli_policy_check, cli_policy_eval, cli_policy_test
 from .embedded import EmbeddedPolicyEngine
 from .inputs import build_input, redact
@@ -15,7 +25,9 @@ from .opa import OpaPolicyEngine
 
 __all__ = [
     "ENTRYPOINT",
+    "POLICY_UNAVAILABLE",
     "EmbeddedPolicyEngine",
+    "NoPolicy",
     "OpaPolicyEngine",
     "PolicyEngine",
     "PolicySettings",

@@ -19,6 +19,10 @@ __all__ = [
     "ENTRYPOINT_PACKAGE",
     "ENTRYPOINT_RULE",
     "FAIL_CLOSED_MASK",
+    "NO_REVISION",
+    "POLICY_UNAVAILABLE",
+    "PROBE_INPUT",
+    "NoPolicy",
     "PolicyEngine",
     "PolicySettings",
     "default_policy_dir",
@@ -32,8 +36,25 @@ ENTRYPOINT = f"data.{ENTRYPOINT_PACKAGE}.{ENTRYPOINT_RULE}"
 # When the policy could not decide, nothing tells us what is sensitive: redact all arguments.
 FAIL_CLOSED_MASK: tuple[str, ...] = ("action.arguments",)
 
+# The first reason of every deny given because no valid policy is loaded (stable: match on it).
+POLICY_UNAVAILABLE = "policy_unavailable: no valid policy is loaded"
+# The revision stamped on decisions while the policy files hold no policy at all.
+NO_REVISION = "none"
+# What the load-time probe evaluates the entrypoint on (an action about nothing). A usable
+# policy gives a well-formed decision here (the shipped one: a deny); undefined means the rule
+# is missing or what it needs (data) is absent, and readiness reports NOT_SERVING.
+PROBE_INPUT: dict[str, Any] = {"principal": {}, "action": {}, "operation": {}, "context": {}}
+
 _ROUTES = ("tool", "code", "deny")
 _LIMIT_FIELDS = ("timeout_ms", "memory_mb", "max_host_calls", "max_output_bytes")
+
+
+class NoPolicy(PolicyError):
+    """The policy files hold no policy (directory gone, no non-empty ``.rego`` file).
+
+    Unlike a file that does not compile (rejected: the previous revision keeps serving), this
+    is what the files say, so it is what runs: every decision is a deny until a policy is back.
+    """
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,11 @@ class PolicyEngine(Protocol):
     async def close(self) -> None: ...
 
     async def decide(self, input: dict[str, Any]) -> Decision: ...
+
+    @property
+    def unavailable(self) -> str | None:
+        """None while a usable policy serves; else why not (readiness reports NOT_SERVING)."""
+        ...
 
 
 def _str_list(value: Any, field: str) -> tuple[str, ...]:

@@ -4,6 +4,11 @@ A bundle is every ``*.rego`` file plus every ``data.json`` / ``data.yaml`` under
 data file's directory (relative to the root) is its path under ``data``, as in OPA. Test files
 (``*_test.rego``) are loaded only for ``policy test``/``check`` so editing a test never changes
 the serving revision.
+
+A directory that is gone, or holds no ``.rego`` file with content, is :class:`NoPolicy` (what
+the files say: nothing, so every decision is denied), not a load *error* (which keeps the
+previous revision). An empty (zero-byte or whitespace-only) file counts as absent: a ``.rego``
+says no rules, a data file no data.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import yaml
 
 from gateway.errors import PolicyError
 
-from .base import ENTRYPOINT
+from .base import ENTRYPOINT, PROBE_INPUT, NoPolicy
 
 __all__ = [
+    "UNDEFINED",
     "Bundle",
+    "Snapshot",
     "clean_error",
     "engine_failure",
     "load_bundle",
@@ -71,15 +78,27 @@ def _files(root: Path, with_tests: bool) -> list[Path]:
     return sorted(out)
 
 
-def snapshot(root: Path, with_tests: bool = False) -> tuple[tuple[str, int, int], ...]:
-    """Cheap change detector for hot reload: (path, mtime_ns, size) of every bundle file."""
+Snapshot = tuple[tuple[str, str, int, int, int, int, int], ...]
+
+
+def snapshot(root: Path, with_tests: bool = False) -> Snapshot:
+    """Cheap change detector for hot reload, per bundle file: path, the real path it resolves
+    to, device, inode, mtime, ctime and size.
+
+    mtime and size alone miss a symlink swap (``..data`` pointed elsewhere, or the policy
+    directory's own symlink) to files of the same size whose mtime was preserved or forged
+    (``cp -p``, ``touch -r``): the real path and inode change then, and ctime cannot be set
+    from user space. An empty or vanished directory is the empty snapshot.
+    """
     out = []
     for p in _files(root, with_tests):
         try:
             st = p.stat()
+            real = os.path.realpath(p)
         except OSError:
             continue
-        out.append((str(p), st.st_mtime_ns, st.st_size))
+        out.append((str(p), real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns,
+                    st.st_size))
     return tuple(out)
 
 
@@ -113,9 +132,10 @@ class Bundle:
 
 
 def load_bundle(root: Path, *, with_tests: bool = False) -> Bundle:
-    """Read and hash every policy/data file; raise PolicyError on unreadable or bad data."""
+    """Read and hash every policy/data file; raise PolicyError on unreadable or bad data, and
+    :class:`NoPolicy` when there is no policy at all (no directory, no non-empty ``.rego``)."""
     if not root.is_dir():
-        raise PolicyError(f"policy directory {root} does not exist")
+        raise NoPolicy(f"policy directory {root} does not exist")
     digest = hashlib.sha256()
     modules: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
@@ -126,8 +146,13 @@ def load_bundle(root: Path, *, with_tests: bool = False) -> Bundle:
         except OSError as exc:
             raise PolicyError(f"{rel}: cannot read: {exc}") from exc
         digest.update(rel.encode() + b"\0" + raw + b"\0")
+        if not raw.strip():
+            continue  # an emptied file says nothing: no rules, no data (it is in the revision)
         if p.suffix == ".rego":
-            modules.append((rel, raw.decode("utf-8")))
+            try:
+                modules.append((rel, raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise PolicyError(f"{rel}: not UTF-8: {exc}") from exc
             continue
         try:
             value = json.loads(raw) if p.suffix == ".json" else yaml.safe_load(raw)
@@ -135,7 +160,7 @@ def load_bundle(root: Path, *, with_tests: bool = False) -> Bundle:
             raise PolicyError(f"{rel}: invalid data file: {exc}") from exc
         _merge(data, p.parent.relative_to(root).parts, value or {}, rel)
     if not any(not name.endswith("_test.rego") for name, _ in modules):
-        raise PolicyError(f"no .rego policy files under {root}")
+        raise NoPolicy(f"no .rego policy files (with content) under {root}")
     return Bundle(
         root=root,
         modules=tuple(modules),
@@ -163,19 +188,30 @@ def new_engine(modules: tuple[tuple[str, str], ...], data: dict[str, Any]) -> re
     return engine
 
 
-def probe(engine: regorus.Engine) -> None:
-    """Evaluate every package once, as OPA compiles every rule up front.
+UNDEFINED: Any = object()  # what probe() returns for an undefined entrypoint
+
+
+def probe(engine: regorus.Engine) -> Any:
+    """Evaluate every package once, as OPA compiles every rule up front; return the
+    entrypoint's value for :data:`PROBE_INPUT` (:data:`UNDEFINED` when it is undefined,
+    including when no rule defines it).
 
     regorus only reports unsafe variables, unknown functions and similar errors for rules it
     evaluates, so a broken rule the entrypoint does not reach would otherwise be accepted.
+    A missing entrypoint is *not* an error here: OPA compiles such a bundle and answers every
+    query with undefined, so it is loaded (and then denies everything) rather than rejected.
     """
-    engine.set_input({"principal": {}, "action": {}, "operation": {}, "context": {}})
+    engine.set_input(PROBE_INPUT)
     try:
-        engine.eval_rule(ENTRYPOINT)
+        # eval_query, not eval_rule: eval_rule raises "not a valid rule path" for a rule no
+        # module defines (the load would be rejected and the old revision kept serving) and
+        # returns None for both undefined and null; eval_query answers [] when undefined.
+        results = engine.eval_query(ENTRYPOINT).get("result", [])
     except BaseException as exc:
         if not engine_failure(exc):
             raise
         raise PolicyError(f"{ENTRYPOINT}: {clean_error(exc)}") from exc
+    value = results[0]["expressions"][0]["value"] if results else UNDEFINED
     for package in engine.get_packages():
         try:
             engine.eval_query(package)
@@ -183,3 +219,4 @@ def probe(engine: regorus.Engine) -> None:
             if not engine_failure(exc):
                 raise
             raise PolicyError(f"{package}: {clean_error(exc)}") from exc
+    return value

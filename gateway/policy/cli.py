@@ -12,7 +12,7 @@ from gateway.errors import PolicyError
 
 from .base import ENTRYPOINT, ENTRYPOINT_RULE, default_policy_dir
 from .bundle import load_bundle, probe
-from .embedded import Evaluator
+from .embedded import Evaluator, probe_problem
 from .runner import run_tests
 
 __all__ = ["cli_policy_check", "cli_policy_eval", "cli_policy_test"]
@@ -110,12 +110,14 @@ def cli_policy_check(path: Path | None) -> int:
         bundle = load_bundle(root, with_tests=True)
         engine = bundle.build_engine()  # regorus parses Rego v1 unless set_rego_v0 is called
         serving = load_bundle(root)
-        probe(serving.build_engine())
+        probed = probe_problem(probe(serving.build_engine()), serving)
     except PolicyError as exc:
         print(f"error: {exc.message}")
         return 1
     del engine
     problems = _lint(bundle.modules)
+    if probed:  # the gateway would deny everything and report NOT_SERVING
+        problems.append(f"{probed}; the gateway would report NOT_SERVING")
     for p in problems:
         print(f"lint: {p}")
     print(

@@ -12,10 +12,10 @@ from opentelemetry import trace
 from gateway.audit.tracing import contextual_tracer
 from gateway.models import Decision
 
-from .base import FAIL_CLOSED_MASK
+from .base import FAIL_CLOSED_MASK, POLICY_UNAVAILABLE
 from .inputs import redact
 
-__all__ = ["fail_closed", "finish", "tracer"]
+__all__ = ["fail_closed", "finish", "policy_unavailable", "tracer"]
 
 # Spans go to the provider of the gateway whose call is current (each gateway owns one).
 tracer = contextual_tracer("switchboard.policy")
@@ -26,6 +26,17 @@ def fail_closed(reason: str) -> Decision:
     return Decision(
         route="deny",
         reasons=(reason,),
+        mask=FAIL_CLOSED_MASK,
+        error_code="policy_error",
+    )
+
+
+def policy_unavailable(detail: str) -> Decision:
+    """The deny returned for every action while no valid policy is loaded: the stable reason
+    :data:`POLICY_UNAVAILABLE` first, then what is wrong."""
+    return Decision(
+        route="deny",
+        reasons=(POLICY_UNAVAILABLE, detail),
         mask=FAIL_CLOSED_MASK,
         error_code="policy_error",
     )

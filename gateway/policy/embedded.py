@@ -9,6 +9,13 @@ Decisions are cached per revision, keyed on the parts of ``input`` the policy ca
 (found statically, see :mod:`.inputpaths`): for the shipped policy that is the principal, the
 action kind/operation and the catalog entry, not arguments or time. A policy that reads the
 whole input or calls a non-deterministic built-in is never cached.
+
+What the files say is what runs (OPA's file-watcher semantics): a change that does not compile
+is rejected and the previous revision keeps serving, but files that are gone or empty mean *no*
+policy (every decision a deny with :data:`POLICY_UNAVAILABLE`), and a policy whose ``decision``
+is missing or undefined serves as it is (OPA would answer undefined: a deny) while
+``unavailable`` tells readiness it is not usable. The evaluator, and with it the decision cache,
+belongs to one revision: nothing decided by an old revision is served after a change.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +35,26 @@ import structlog
 from gateway.errors import PolicyError
 from gateway.models import Decision
 
-from .base import ENTRYPOINT, PolicySettings, default_policy_dir, parse_decision
-from .bundle import Bundle, clean_error, engine_failure, load_bundle, probe, snapshot
-from .decisionlog import fail_closed, finish, tracer
+from .base import (
+    ENTRYPOINT,
+    NO_REVISION,
+    POLICY_UNAVAILABLE,
+    NoPolicy,
+    PolicySettings,
+    default_policy_dir,
+    parse_decision,
+)
+from .bundle import (
+    UNDEFINED,
+    Bundle,
+    Snapshot,
+    clean_error,
+    engine_failure,
+    load_bundle,
+    probe,
+    snapshot,
+)
+from .decisionlog import fail_closed, finish, policy_unavailable, tracer
 from .inputpaths import CacheKeyFn, make_key_fn
 
 __all__ = ["EmbeddedPolicyEngine", "Evaluator"]
@@ -48,7 +73,7 @@ class Evaluator:
         self.bundle = bundle
         # Compile + probe on the creating thread: a bad policy fails here, not per decision.
         engine = bundle.build_engine()
-        probe(engine)
+        self.probe_problem: str | None = probe_problem(probe(engine), bundle)
         self._token = object()
         # Even the creating thread's engine lives in the thread-local, never on this object:
         # an Evaluator may be garbage-collected on any thread, and a regorus Engine dropped
@@ -98,6 +123,8 @@ class Evaluator:
             # string "<undefined>", and the native one is ~25 % faster.
             return engine.eval_rule(ENTRYPOINT)
         except Exception as exc:
+            if "not a valid rule path" in str(exc):  # no module defines the entrypoint
+                raise PolicyError(f"{ENTRYPOINT} is undefined: no policy file defines it") from exc
             raise PolicyError(f"policy evaluation failed: {clean_error(exc)}") from exc
         except BaseException as exc:  # pyo3 PanicException derives from BaseException
             if not engine_failure(exc):
@@ -137,6 +164,25 @@ class Evaluator:
         return decision
 
 
+def _holds_values(data: Any) -> bool:
+    """False for data that is only (nested) empty objects: no data file, or only empty ones."""
+    return not isinstance(data, dict) or any(_holds_values(v) for v in data.values())
+
+
+def probe_problem(value: Any, bundle: Bundle) -> str | None:
+    """Why the probe's decision makes the policy unusable (None: it is a well-formed one)."""
+    if value is UNDEFINED or value is None:
+        why = "the rule is missing or depends on something absent"
+        if not _holds_values(bundle.data):
+            why += " (no data file is loaded)"
+        return f"{ENTRYPOINT} is undefined for the probe input: {why}"
+    try:
+        parse_decision(value)
+    except PolicyError as exc:
+        return f"the probe's decision is malformed: {exc.message}"
+    return None
+
+
 class EmbeddedPolicyEngine:
     """:class:`PolicyEngine` over regorus, reloading the policy directory when it changes."""
 
@@ -146,19 +192,44 @@ class EmbeddedPolicyEngine:
         self.settings = settings
         self.root: Path = default_policy_dir(settings.path)
         self._evaluator: Evaluator | None = None
-        self._snapshot: tuple[tuple[str, int, int], ...] = ()
+        self._absent: str | None = None  # why the files hold no policy; None when they do
+        self._snapshot: Snapshot = ()
         self._watcher: asyncio.Task[None] | None = None
         self.last_reload_error: str | None = None
 
     @property
     def revision(self) -> str:
-        return self._evaluator.revision if self._evaluator else ""
+        if self._evaluator is not None:
+            return self._evaluator.revision
+        return NO_REVISION if self._absent else ""
+
+    @property
+    def unavailable(self) -> str | None:
+        """None while a usable policy serves; else why not (readiness: NOT_SERVING)."""
+        if self._absent is not None:
+            return self._absent
+        if self._evaluator is None:
+            return "policy engine is not started"
+        return self._evaluator.probe_problem
 
     async def start(self) -> None:
-        """Load the policy (raises PolicyError if the first load fails) and start watching."""
+        """Load the policy and start watching.
+
+        Raises PolicyError when the directory does not exist or the policy does not compile
+        (``opa run`` refuses to start on both). A directory without policy starts the engine
+        with no policy (every decision denied, ``unavailable`` set), as OPA starts with none.
+        """
+        if not self.root.is_dir():
+            raise PolicyError(f"policy directory {self.root} does not exist")
         self._snapshot = snapshot(self.root)
-        self._evaluator = Evaluator(load_bundle(self.root))
-        _log.info("policy.loaded", revision=self.revision, root=str(self.root))
+        try:
+            self._evaluator = Evaluator(load_bundle(self.root))
+        except NoPolicy as exc:
+            self._absent = exc.message
+            _log.error("policy.unavailable", reason=exc.message, root=str(self.root))
+        else:
+            _log.info("policy.loaded", revision=self.revision, root=str(self.root),
+                      unavailable=self.unavailable)
         if self.settings.reload and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="policy-reload")
 
@@ -172,28 +243,44 @@ class EmbeddedPolicyEngine:
             self._evaluator.release()  # on the serving thread, where its engine lives
 
     def reload_now(self) -> bool:
-        """Reload if the files changed; True when a new revision is serving.
+        """Reload if the files changed; True when what serves changed (a new revision, or
+        no policy at all).
 
-        A bundle that fails to load, compile or probe is rejected and logged; the previous
-        revision keeps serving.
+        A bundle that fails to load, compile or probe is rejected and logged; whatever served
+        before (a revision, or no policy) keeps serving. Files that hold no policy (directory
+        gone or emptied, every ``.rego`` removed or zero-byte) are not an error: nothing serves
+        and every decision is denied until a policy is back.
         """
         current = snapshot(self.root)
         if current == self._snapshot:
             return False
         self._snapshot = current
+        previous = self.revision
         try:
             bundle = load_bundle(self.root)
             if self._evaluator is not None and bundle.revision == self._evaluator.revision:
                 return False
             evaluator = Evaluator(bundle)
+        except NoPolicy as exc:
+            self.last_reload_error = None
+            if self._absent == exc.message and self._evaluator is None:
+                return False
+            self._evaluator = None  # drop the old revision and its cache: nothing serves
+            self._absent = exc.message
+            _log.error("policy.unavailable", reason=exc.message, previous=previous)
+            return True
         except PolicyError as exc:
             self.last_reload_error = exc.message
-            _log.error("policy.reload_rejected", error=exc.message, serving=self.revision)
+            _log.error("policy.reload_rejected", error=exc.message, serving=previous)
             return False
-        previous = self.revision
         self._evaluator = evaluator  # atomic swap; in-flight decisions hold the old evaluator
+        self._absent = None
         self.last_reload_error = None
-        _log.info("policy.reloaded", revision=self.revision, previous=previous)
+        if evaluator.probe_problem:
+            _log.error("policy.reloaded", revision=self.revision, previous=previous,
+                       unavailable=evaluator.probe_problem)
+        else:
+            _log.info("policy.reloaded", revision=self.revision, previous=previous)
         return True
 
     async def _watch(self) -> None:
@@ -209,11 +296,16 @@ class EmbeddedPolicyEngine:
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:
-                decision = fail_closed("policy engine is not started")
-                revision = ""
+                absent = self._absent
+                decision = (policy_unavailable(absent) if absent is not None
+                            else fail_closed("policy engine is not started"))
+                revision = self.revision
             else:
                 decision = evaluator.decide(input)
                 revision = evaluator.revision
+                if decision.error_code and evaluator.probe_problem:
+                    # What serves has no usable decision (rule gone, data gone): say so.
+                    decision = replace(decision, reasons=(*decision.reasons, POLICY_UNAVAILABLE))
             latency_ms = (time.perf_counter() - start) * 1000
             return finish(
                 decision,

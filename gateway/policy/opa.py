@@ -6,6 +6,12 @@ decision`` with ``{"input": ...}``). No retries: a decision that cannot be had w
 bundle revision OPA reports with ``?provenance=true``; when OPA serves plain files (the Helm
 chart's default sidecar: no bundle, so no revision) it is a hash of the policy sources from
 ``GET /v1/policies``, refreshed in the background.
+
+OPA with no policy, or with one whose ``decision`` is missing or needs data that is gone,
+answers ``{}`` (undefined): a deny, like a 404 or anything else that is not a decision. The
+engine probes the decision (at ``start()`` and with every revision refresh) on the same input
+as the embedded engine's load probe; while that gives no well-formed decision, ``unavailable``
+says why (readiness: NOT_SERVING) and fail-closed denies carry :data:`POLICY_UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -14,16 +20,26 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import structlog
 from opa_client import AsyncOpaClient
 
 from gateway.errors import ConfigError, PolicyError
 from gateway.models import Decision
 
-from .base import ENTRYPOINT_PACKAGE, ENTRYPOINT_RULE, PolicySettings, parse_decision
+from .base import (
+    ENTRYPOINT,
+    ENTRYPOINT_PACKAGE,
+    ENTRYPOINT_RULE,
+    POLICY_UNAVAILABLE,
+    PROBE_INPUT,
+    PolicySettings,
+    parse_decision,
+)
 from .decisionlog import fail_closed, finish, tracer
 
 __all__ = ["OpaPolicyEngine"]
@@ -71,10 +87,37 @@ class OpaPolicyEngine:
         self._session: aiohttp.ClientSession | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
+        self._probe_problem: str | None = "OPA has not been probed yet"
 
     @property
     def revision(self) -> str:
         return self._bundle_revision or self._content_revision or self._address_revision
+
+    @property
+    def unavailable(self) -> str | None:
+        """None while OPA's last probe gave a well-formed decision; else why not."""
+        return self._probe_problem if self._started else "policy engine is not started"
+
+    async def probe(self) -> str | None:
+        """Ask OPA for the decision on the probe input; record and return what is wrong."""
+        try:
+            result = await self._query(PROBE_INPUT)
+            if result is None:
+                problem: str | None = (
+                    f"OPA: {ENTRYPOINT} is undefined for the probe input (OPA holds no policy "
+                    "defining it, or the data it needs is missing)"
+                )
+            else:
+                parse_decision(result)
+                problem = None
+        except PolicyError as exc:
+            problem = f"OPA: {exc.message}"
+        if problem != self._probe_problem:
+            log = structlog.get_logger("switchboard.policy")
+            (log.info if problem is None else log.error)(
+                "policy.opa_probe", unavailable=problem, revision=self.revision)
+        self._probe_problem = problem
+        return problem
 
     async def start(self) -> None:
         """Open the HTTP sessions (in the running loop). OPA being down is not fatal here:
@@ -87,6 +130,7 @@ class OpaPolicyEngine:
         )
         self._started = True
         await self.refresh_revision()
+        await self.probe()
         if self.settings.reload:
             self._watcher = asyncio.create_task(self._watch(), name="opa-revision")
 
@@ -127,6 +171,7 @@ class OpaPolicyEngine:
         while True:
             await asyncio.sleep(max(self.settings.reload_interval_s, 1.0))
             await self.refresh_revision()
+            await self.probe()
 
     async def _query(self, input: dict[str, Any]) -> Any:
         try:
@@ -162,6 +207,9 @@ class OpaPolicyEngine:
                     decision = parse_decision(await self._query(input), kind=kind)
                 except PolicyError as exc:
                     decision = fail_closed(exc.message)
+                    if self._probe_problem is not None:
+                        decision = replace(decision, reasons=(*decision.reasons,
+                                                              POLICY_UNAVAILABLE))
             return finish(
                 decision,
                 input=input,
