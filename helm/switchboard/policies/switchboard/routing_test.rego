@@ -167,3 +167,16 @@ test_decision_always_defined if {
 		routing.decision.route == "deny" with input as i
 	}
 }
+
+# Without its data the policy has no decision (limits come only from data.json): the gateway
+# then reports NOT_SERVING and denies everything with "policy_unavailable", never a stale allow.
+test_no_decision_without_data if {
+	not routing.decision with data.switchboard as {}
+	not routing.decision with input as code_run(agent) with data.switchboard as {}
+}
+
+# With its data there is a decision even for an input about nothing (the gateway's load probe).
+test_decision_defined_for_the_probe_input if {
+	d := routing.decision with input as {"principal": {}, "action": {}, "operation": {}, "context": {}}
+	d.route == "deny"
+}
