@@ -413,8 +413,11 @@ class SandboxPool:
             self._end_session(sess)
             raise
         except SandboxError as exc:
+            # The host caught the process misbehaving (or it died): whatever it is still
+            # running is not to be trusted, and it must not serve another run.
             self._count_error(exc)
             self._end_session(sess)
+            await proc.kill()
             raise
         except Exception:
             # e.g. the on_event consumer failed: stop the run rather than leave it running.

@@ -20,6 +20,7 @@ from gateway.errors import SandboxCrashed
 
 __all__ = [
     "HOST_FRAMES",
+    "MAX_CALLS_IN_FLIGHT",
     "MAX_CALL_ARGS",
     "MAX_FRAME",
     "MAX_INBOUND_FRAME",
@@ -38,6 +39,7 @@ MAX_INBOUND_FRAME = 8 * 1024 * 1024
 MAX_OPERATION = 256  # characters of a host call's operation name
 MAX_CALL_ARGS = 1024 * 1024  # characters of a host call's JSON arguments
 MAX_RUN_CALL_ARGS = 8 * 1024 * 1024  # characters of all host-call arguments of one run
+MAX_CALLS_IN_FLIGHT = 8  # host calls of one run awaiting an answer at once
 MAX_REPLY_OVERHEAD = 64 * 1024  # error text and flags around a result of max_result_bytes
 
 # Frames the host sends, with their fields (all required unless noted).

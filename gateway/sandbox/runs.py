@@ -25,6 +25,7 @@ from gateway.errors import (
     SandboxTimeout,
 )
 from gateway.sandbox.process import DenoProcess
+from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT
 from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
 
 __all__ = ["CallState", "Output", "clean_error", "drive", "output_validator", "result_of"]
@@ -83,6 +84,7 @@ async def drive(
     """Serve one run's frames until its ``done`` frame; returns it."""
     tasks: set[asyncio.Task[None]] = set()
     deadline = time.monotonic() + timeout_ms / 1000 + kill_grace_s
+    received = 0
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -98,6 +100,11 @@ async def drive(
             if kind == "event":
                 await _on_output(msg, out, on_event)
             elif kind == "host_call":
+                # The supervisor already enforces these; a process that breaks them anyway is
+                # not the supervisor we started.
+                received += 1
+                if received > calls.limit + 1 or len(tasks) >= MAX_CALLS_IN_FLIGHT:
+                    raise SandboxCrashed("host calls past the budget or too many in flight")
                 task = asyncio.create_task(
                     _serve_call(proc, run_id, msg, calls, host_call, on_event, counters))
                 tasks.add(task)
