@@ -259,6 +259,9 @@ mask := sort({p | some p in data.switchboard.mask.always} | {p |
 	some p in object.get(data.switchboard.mask.tags, t, [])
 })
 
+# Keep the entrypoint the last rule of this file: a truncated write that still parses then has
+# no decision (the gateway denies everything), never a decision without the deny rules above.
+
 # METADATA
 # title: Routing decision
 # description: The gateway evaluates this rule for every action and every host call from code.
