@@ -30,6 +30,8 @@ __all__ = [
     "SandboxMemory",
     "SandboxTimeout",
     "SchemaInvalid",
+    "SessionElsewhere",
+    "SessionLost",
     "Unauthenticated",
     "UnknownOperation",
     "grpc_status_for",
@@ -171,6 +173,19 @@ class SandboxCrashed(SandboxError):
     code = "sandbox_crashed"
 
 
+class SessionElsewhere(GatewayError):
+    """The code session is held by another gateway replica: route the run there."""
+
+    code = "session_elsewhere"
+
+
+class SessionLost(GatewayError):
+    """The code session's interpreter is gone with the replica that held it; the next run with
+    the same session_id starts a fresh session."""
+
+    code = "session_lost"
+
+
 _STATUS: dict[str, grpc.StatusCode] = {
     ConfigError.code: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated.code: grpc.StatusCode.UNAUTHENTICATED,
@@ -191,6 +206,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
     SandboxTimeout.code: grpc.StatusCode.DEADLINE_EXCEEDED,
     SandboxMemory.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
     SandboxCrashed.code: grpc.StatusCode.INTERNAL,
+    SessionElsewhere.code: grpc.StatusCode.FAILED_PRECONDITION,
+    SessionLost.code: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
