@@ -29,6 +29,7 @@ from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
 from gateway.sandbox import SandboxPool
+from gateway.sandbox.registry import SessionRegistry
 from gateway.servicer import GatewayServicer
 from gateway.tools import (
     BackendClient,
@@ -37,6 +38,7 @@ from gateway.tools import (
     discover_reconcilers,
     open_idempotency_store,
 )
+from gateway.tools.idempotency import new_owner_id
 
 __all__ = ["GatewayServer", "create_server"]
 
@@ -118,7 +120,8 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         closers.append(store.aclose)
         purger = asyncio.create_task(_purge_forever(store), name="idempotency-purge")
         closers.append(purger.cancel)
-        sandbox = SandboxPool(settings.sandbox)
+        sandbox = SandboxPool(settings.sandbox, SessionRegistry(
+            store, new_owner_id(), lease_s=settings.sandbox.session_idle_s * 1.5 + 30))
         await sandbox.start()
         closers.append(sandbox.close)
     except BaseException:

@@ -29,9 +29,11 @@ from gateway.errors import (
     InvalidRequest,
     ResourceExhausted,
     SandboxError,
+    SessionLost,
 )
 from gateway.sandbox.process import MIB, DenoProcess, deno_command
 from gateway.sandbox.protocol import MAX_INBOUND_FRAME, MAX_REPLY_OVERHEAD
+from gateway.sandbox.registry import SessionRegistry
 from gateway.sandbox.runs import CallState, Output, drive, output_validator, result_of
 from gateway.sandbox.snapshot import ensure_snapshot
 from gateway.sandbox.types import EventCallback, HostCall, RunRequest, RunResult, SandboxSettings
@@ -68,8 +70,9 @@ def _handed(fut: asyncio.Future[DenoProcess]) -> bool:
 class SandboxPool:
     """Isolated Pyodide interpreters for the code channel, one per process."""
 
-    def __init__(self, settings: SandboxSettings) -> None:
+    def __init__(self, settings: SandboxSettings, registry: SessionRegistry | None = None) -> None:
         self.settings = settings
+        self._registry = registry  # where sessions are claimed across replicas (None: nowhere)
         # Path() also accepts the plain strings a YAML config gives.
         self._runtime_dir = Path(settings.runtime_dir or default_runtime_dir()).resolve()
         self._deno = settings.deno_path or ""
@@ -288,6 +291,15 @@ class SandboxPool:
             sess.closed = True
             self._session_procs.discard(sess.proc)
             self._bg(sess.proc.close())
+            if self._registry is not None and not self._closing:
+                self._bg(self._release_claim(sess.key))
+
+    async def _release_claim(self, key: tuple[str, str]) -> None:
+        assert self._registry is not None
+        try:
+            await self._registry.release(*key)
+        except Exception as exc:  # the claim then runs out with its lease
+            log.warning("could not release a sandbox session claim: %s", exc)
 
     def _make_room(self, key: tuple[str, str]) -> None:
         """Enforce the session quotas. Only the requesting principal's own idle sessions are
@@ -312,8 +324,17 @@ class SandboxPool:
     async def _session(self, key: tuple[str, str]) -> _Session:
         sess = self._sessions.get(key)
         if sess is not None and not sess.closed:
+            if self._registry is not None:
+                try:
+                    await self._registry.touch(*key)
+                except SessionLost:
+                    self._drop_session(sess)  # another replica holds the id now
+                    raise
             return sess
         self._make_room(key)
+        if self._registry is not None:
+            # Held by another replica, or lost with one: say so rather than start afresh.
+            await self._registry.claim(*key)
         self._pending[key[0]] = self._pending.get(key[0], 0) + 1  # counted until registered
         try:
             proc = await self._acquire()

@@ -62,6 +62,8 @@ class SessionRegistry:
         got = await self._store.begin(key, _FINGERPRINT, _OPERATION, owner=self._owner,
                                       lease_s=self._lease_s, ttl_s=self._lease_s * 4)
         record = got.record
+        if not got.claimed and record.owner == self._owner:
+            return  # ours already (another run of this session is starting it here)
         if not got.claimed:
             raise SessionElsewhere(
                 "this code session is held by another gateway replica: send its runs there",
