@@ -126,14 +126,18 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from gateway.audit import cli_audit_show, cli_audit_verify
 
-    settings = _settings(args.config)
-    file = Path(args.file) if args.file else settings.audit.file
-    if file is None:
-        print("no audit file configured (audit.file)", file=sys.stderr)
-        return 2
+    # Files, directories or globs: positional and/or --file (repeatable), e.g. one per replica.
+    named = [*(args.files or []), *(args.file or [])]
+    files: list[Path | str] = list(named)
+    if not files:
+        configured = _settings(args.config).audit.file
+        if configured is None:
+            print("no audit file configured (audit.file)", file=sys.stderr)
+            return 2
+        files = [configured]
     if args.audit_cmd == "show":
-        return cli_audit_show(args.trace_id, file, tenant=args.tenant)
-    return cli_audit_verify(file)
+        return cli_audit_show(args.trace_id, files, tenant=args.tenant)
+    return cli_audit_verify(files)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -190,13 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="read and verify the audit trail")
     asub = p.add_subparsers(dest="audit_cmd", required=True)
+    files_help = ("audit JSONL files, directories (their *.jsonl) or glob patterns, e.g. one "
+                  "per replica (default: audit.file from the config)")
     q = asub.add_parser("show", help="render one call's trace as a tree")
     q.add_argument("trace_id")
+    q.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     q.add_argument("--tenant", help="only the calls of this tenant (an operator's scope)")
-    q.add_argument("--file", help="audit JSONL file (default: from the config)")
+    q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
-    q = asub.add_parser("verify", help="check the audit file's hash chain")
-    q.add_argument("--file", help="audit JSONL file (default: from the config)")
+    q = asub.add_parser("verify", help="check each audit file's hash chain")
+    q.add_argument("files", nargs="*", metavar="FILE", help=files_help)
+    q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
     p.set_defaults(func=_cmd_audit)
 

@@ -3,14 +3,20 @@
 ``show`` renders one trace as an indented span tree with offsets, durations, status and the
 attributes that answer who / what / why allowed / what happened. ``verify`` walks the hash
 chain. Both print and return an exit code; the lead's ``gateway/cli.py`` calls them.
+
+Several replicas write several files (one writer per file, each its own chain): both commands
+take any number of files, directories (their ``*.jsonl``) or glob patterns. ``show`` finds the
+trace in whichever files hold it; ``verify`` checks each file as its own chain and reports
+each.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,6 +26,7 @@ from gateway.audit.chain import iter_records, verify_chain
 from gateway.audit.terminal import escape_lines, escape_text
 
 __all__ = [
+    "audit_files",
     "cli_audit_show",
     "cli_audit_verify",
     "normalize_trace_id",
@@ -64,17 +71,27 @@ def _tenant_of(tree: list[dict[str, Any]], root: dict[str, Any]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def read_trace(file: Path, trace_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
-    """The records of one trace (sorted by start), optionally only the calls of ``tenant``.
+AuditPaths = Path | str | Sequence[Path | str]
 
-    A trace id can be shared by several calls (the agent propagates its own trace), so the
-    tenant filter works per local call tree: a tree is visible when its root span (or, if the
-    root has none, all its spans) carry ``switchboard.tenant == tenant``; unattributed trees
-    (e.g. unauthenticated calls) are visible only without a filter.
-    """
-    tid = normalize_trace_id(trace_id)
-    if not tid or not Path(file).exists():
-        return []
+
+def audit_files(paths: AuditPaths) -> list[Path]:
+    """The files named by ``paths``: a file as given (even if missing, for the caller to
+    report), a directory as its ``*.jsonl`` files, a glob pattern (``audit-*.jsonl``) as its
+    matches; in order, each once."""
+    items = [paths] if isinstance(paths, Path | str) else list(paths)
+    found: dict[Path, None] = {}
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found.update((f, None) for f in sorted(path.glob("*.jsonl")) if f.is_file())
+        elif not path.exists() and glob.has_magic(str(item)):
+            found.update((Path(f), None) for f in sorted(glob.glob(str(item))))
+        else:
+            found[path] = None
+    return list(found)
+
+
+def _read_spans(file: Path, tid: str) -> list[dict[str, Any]]:
     needle = f'"trace_id":"{tid}"'
     spans: list[dict[str, Any]] = []
     with open(file, encoding="utf-8", errors="replace") as fh:
@@ -87,6 +104,27 @@ def read_trace(file: Path, trace_id: str, tenant: str | None = None) -> list[dic
                 continue
             if isinstance(rec, dict) and rec.get("trace_id") == tid:
                 spans.append(rec)
+    return spans
+
+
+def read_trace(file: AuditPaths, trace_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
+    """The records of one trace (sorted by start), optionally only the calls of ``tenant``.
+
+    ``file`` may be several files (or directories, globs: see :func:`audit_files`), e.g. one
+    per replica: the trace's records are gathered from all of them.
+
+    A trace id can be shared by several calls (the agent propagates its own trace), so the
+    tenant filter works per local call tree: a tree is visible when its root span (or, if the
+    root has none, all its spans) carry ``switchboard.tenant == tenant``; unattributed trees
+    (e.g. unauthenticated calls) are visible only without a filter.
+    """
+    tid = normalize_trace_id(trace_id)
+    if not tid:
+        return []
+    spans: list[dict[str, Any]] = []
+    for path in audit_files(file):
+        if path.is_file():
+            spans.extend(_read_spans(path, tid))
     spans.sort(key=lambda r: (r.get("start_ns", 0), r.get("seq", 0)))
     if tenant is None:
         return spans
@@ -176,11 +214,20 @@ def render_trace(spans: list[dict[str, Any]]) -> str:
     return escape_lines(out)
 
 
+def _names(paths: AuditPaths) -> str:
+    return str(paths) if isinstance(paths, Path | str) else " ".join(map(str, paths))
+
+
+def _where(files: list[Path]) -> str:
+    return str(files[0]) if len(files) == 1 else f"{len(files)} audit files"
+
+
 def cli_audit_show(
-    trace_id: str, file: Path, tenant: str | None = None, *, out: TextIO | None = None
+    trace_id: str, file: AuditPaths, tenant: str | None = None, *, out: TextIO | None = None
 ) -> int:
     """Print the call(s) of ``trace_id`` as a span tree; 1 if unknown (or another tenant's).
 
+    ``file``: one audit file or several (directories and globs too), e.g. one per replica.
     Errors go to stderr (or to ``out`` when given).
     """
     stdout = out or sys.stdout
@@ -188,14 +235,20 @@ def cli_audit_show(
     if not normalize_trace_id(trace_id):
         print(escape_text(f"error: {trace_id!r} is not a trace id (32 hex digits)"), file=stderr)
         return 1
-    if not Path(file).exists():
-        print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
+    files = audit_files(file)
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        what = (f"audit file {missing[0]} does not exist" if missing
+                else f"no audit files in {_names(file)}")
+        print(escape_text(f"error: {what}"), file=stderr)
         return 1
-    spans = read_trace(file, trace_id, tenant)
+    spans = read_trace(files, trace_id, tenant)
     if not spans:
         scope = f" for tenant {tenant!r}" if tenant is not None else ""
         print(
-            escape_text(f"error: no audit records for trace {trace_id}{scope} in {file}"),
+            escape_text(
+                f"error: no audit records for trace {trace_id}{scope} in {_where(files)}"
+            ),
             file=stderr,
         )
         return 1
@@ -203,14 +256,11 @@ def cli_audit_show(
     return 0
 
 
-def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
-    """Check the hash chain; print the first broken line. 0 intact, 1 broken or missing."""
-    stdout = out or sys.stdout
-    stderr = out or sys.stderr
-    if not Path(file).exists():
+def _verify_one(file: Path, stdout: TextIO, stderr: TextIO) -> bool:
+    if not file.is_file():
         print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
-        return 1
-    report = verify_chain(Path(file))
+        return False
+    report = verify_chain(file)
     if report.ok:
         print(
             escape_text(
@@ -219,7 +269,7 @@ def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
             ),
             file=stdout,
         )
-        return 0
+        return True
     # An edited line can put anything into the reason (its seq is whatever JSON it holds).
     print(
         escape_lines(
@@ -230,7 +280,28 @@ def cli_audit_verify(file: Path, *, out: TextIO | None = None) -> int:
         ),
         file=stdout,
     )
-    return 1
+    return False
+
+
+def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None) -> int:
+    """Check the hash chain of each file (directories and globs too): each file is its own
+    chain (one writer each, e.g. one per replica) and gets its own OK/BROKEN line, with the
+    first broken line. 0 when every file is intact; 1 when any is broken or missing."""
+    stdout = out or sys.stdout
+    stderr = out or sys.stderr
+    files = audit_files(file)
+    if not files:
+        print(escape_text(f"error: no audit files in {_names(file)}"), file=stderr)
+        return 1
+    results = [_verify_one(f, stdout, stderr) for f in files]
+    if len(files) > 1:
+        bad = results.count(False)
+        print(
+            f"{len(files) - bad} of {len(files)} audit files intact"
+            + (f", {bad} broken or missing" if bad else ""),
+            file=stdout,
+        )
+    return 0 if all(results) else 1
 
 
 def trace_ids(file: Path) -> Iterable[str]:
