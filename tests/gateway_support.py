@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from waiting import scaled
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
@@ -50,7 +51,8 @@ class RunningGateway:
 
         self.thread = threading.Thread(target=run, name="gateway", daemon=True)
         self.thread.start()
-        ready.wait(120)
+        # Starting Deno + Pyodide on a busy machine can take minutes.
+        assert ready.wait(scaled(300)), "the gateway did not start"
         if self.error is not None:
             raise self.error
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -65,7 +67,7 @@ class RunningGateway:
         if self.server is not None:
             self.call(self.server.stop(grace=2.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+        self.thread.join(scaled(60))
 
 
 def md(token: str) -> tuple[tuple[str, str], ...]:
@@ -106,7 +108,7 @@ def demo_backends(state: Path) -> Iterator[dict[str, ServiceProcess]]:
             started[name] = spawn_service(
                 name, [sys.executable, "-m", f"gateway.demo.{name}", "--host", "127.0.0.1",
                        "--port", "0", "--db", str(state / f"{name}.db")],
-                log_file=state / f"{name}.log")
+                log_file=state / f"{name}.log", timeout=scaled(120))
         yield started
     finally:
         for svc in started.values():

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 import yaml
+from waiting import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,8 +128,9 @@ def deno_descendants(pid: int) -> list[int]:
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` (times the load
+    factor, see ``waiting.py``) passes; returns its last value."""
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         value = predicate()
         if value or time.monotonic() >= deadline:
@@ -166,13 +168,16 @@ class FaultyBackend:
     - ``"slow"``: sleeps ``delay_s`` and then answers valid JSON;
     - ``"garbage"``: answers 200 with ``Content-Type: application/json`` and a non-JSON body.
 
-    ``hits`` counts requests per ``METHOD path`` (without the OpenAPI fetch).
+    ``hits`` counts requests per ``METHOD path`` (without the OpenAPI fetch); ``answered``
+    counts the slow answers once their delay is over (whether or not the client still waits),
+    so a test can tell which came first: the gateway giving up or the backend answering.
     """
 
     def __init__(self, mode: str, *, delay_s: float = 5.0) -> None:
         self.mode = mode
         self.delay_s = delay_s
         self.hits: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
         self._lock = threading.Lock()
         spec = json.dumps(ledger_spec()).encode()
         owner = self
@@ -200,10 +205,13 @@ class FaultyBackend:
                 if self.path.split("?")[0] == "/openapi.json":
                     self._answer(200, spec)
                     return
+                key = f"{self.command} {self.path.split('?')[0]}"
                 with owner._lock:
-                    owner.hits[f"{self.command} {self.path.split('?')[0]}"] += 1
+                    owner.hits[key] += 1
                 if owner.mode == "slow":
                     time.sleep(owner.delay_s)
+                    with owner._lock:
+                        owner.answered[key] += 1
                     self._answer(200, b'{"account": "A1", "balance": 1.0, "currency": "USD", '
                                       b'"as_of": "2026-01-01T00:00:00Z"}')
                 else:
@@ -230,13 +238,17 @@ class FaultyBackend:
 # -- policy --------------------------------------------------------------------------------
 
 
-def policy_copy(dest: Path, tenants: dict[str, Any]) -> Path:
-    """A copy of the shipped policy whose ``tenants`` data is replaced by ``tenants``."""
+def policy_copy(dest: Path, tenants: dict[str, Any],
+                role_limits: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A copy of the shipped policy whose ``tenants`` data is replaced by ``tenants`` (and
+    whose per-role limits gain ``role_limits``, e.g. ``{"patient": {"timeout_ms": 600000}}``)."""
     src = REPO / "policies"
     shutil.copytree(src, dest, dirs_exist_ok=True)
     data_file = dest / "switchboard" / "data.json"
     data = json.loads(data_file.read_text())
     data["tenants"] = tenants
+    if role_limits:
+        data["limits"]["roles"].update(role_limits)
     data_file.write_text(json.dumps(data, indent=2))
     return dest
 
@@ -247,7 +259,7 @@ def policy_copy(dest: Path, tenants: dict[str, Any]) -> Path:
 class GatewayProcess:
     """``python -m gateway.cli serve --config FILE`` as a real child process."""
 
-    def __init__(self, config: dict[str, Any], state: Path, *, timeout: float = 120.0) -> None:
+    def __init__(self, config: dict[str, Any], state: Path, *, timeout: float = 240.0) -> None:
         from gateway.demo_stack import spawn_service
 
         state.mkdir(parents=True, exist_ok=True)
@@ -258,7 +270,7 @@ class GatewayProcess:
         self.svc = spawn_service(
             "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config",
                         str(self.config_file)],
-            log_file=self.log_file, timeout=timeout)
+            log_file=self.log_file, timeout=scaled(timeout))
         self.target = self.svc.url.removeprefix("grpc://")
         self.pid = self.svc.proc.pid
         self.channel = grpc.insecure_channel(self.target)
@@ -269,7 +281,7 @@ class GatewayProcess:
         except OSError:
             return ""
 
-    def healthy(self, timeout: float = 5.0) -> bool:
+    def healthy(self, timeout: float = 30.0) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self.channel)
@@ -278,4 +290,4 @@ class GatewayProcess:
 
     def stop(self) -> int:
         self.channel.close()
-        return self.svc.stop(timeout=20.0)
+        return self.svc.stop(timeout=scaled(60))
