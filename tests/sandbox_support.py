@@ -111,7 +111,7 @@ def req(
     principal: str = "demo/agent-1",
     session: str | None = None,
     inputs: dict[str, Any] | None = None,
-    timeout_ms: int = 5000,
+    timeout_ms: int = 60_000,  # generous: a loaded machine runs Pyodide several times slower
     memory_mb: int = 256,
     max_host_calls: int = 50,
     max_output_bytes: int = 65536,

@@ -14,6 +14,8 @@ import pytest
 # The shared fixtures module is also a plugin (below): have its asserts rewritten first.
 pytest.register_assert_rewrite("tests.sandbox_support")
 
+from waiting import scaled, wait_until
+
 from gateway.errors import (
     ConfigError,
     InvalidRequest,
@@ -36,12 +38,31 @@ def pool(sandbox_pool: SandboxPool) -> SandboxPool:
 async def assert_no_leaked_workers(pool: SandboxPool) -> None:
     """Every live process is idle with a fresh interpreter: none is left running a run."""
     stats: list[dict[str, int]] = []
-    for _ in range(600):
-        stats = await pool.isolate_stats()
-        if stats and all(not s["busy"] and s["worker"] and s["ready"] for s in stats):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"leaked workers: {stats}")
+
+    async def all_idle() -> bool:
+        nonlocal stats
+        try:
+            stats = await pool.isolate_stats()
+        except TimeoutError:  # a supervisor slow to answer (busy machine): ask again
+            return False
+        return bool(stats) and all(not s["busy"] and s["worker"] and s["ready"] for s in stats)
+
+    try:
+        await wait_until(all_idle, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"leaked workers: {stats}") from None
+
+
+async def some_run_is_executing(pool: SandboxPool) -> None:
+    """Wait until a supervisor reports its interpreter busy: the run really is executing (on a
+    loaded machine getting there can take far longer than any fixed sleep)."""
+    async def busy() -> bool:
+        try:
+            return any(s["busy"] for s in await pool.isolate_stats())
+        except TimeoutError:  # a supervisor slow to answer (busy machine): ask again
+            return False
+
+    await wait_until(busy, interval=0.1, what="a run executing in the sandbox")
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -301,8 +322,8 @@ async def test_slow_host_call_counts_against_the_deadline(pool: SandboxPool) -> 
 
 async def test_cancel_stops_the_run(pool: SandboxPool) -> None:
     before = pool.stats()["cancelled"]
-    task = asyncio.create_task(pool.run(req("while True: pass", timeout_ms=60000), Host()))
-    await asyncio.sleep(0.5)
+    task = asyncio.create_task(pool.run(req("while True: pass", timeout_ms=600_000), Host()))
+    await some_run_is_executing(pool)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -315,8 +336,8 @@ async def test_cancel_stops_the_run(pool: SandboxPool) -> None:
 
 async def test_killed_process_is_replaced(pool: SandboxPool) -> None:
     respawns = pool.stats()["respawns"]
-    task = asyncio.create_task(pool.run(req("while True: pass", timeout_ms=30000), Host()))
-    await asyncio.sleep(0.5)
+    task = asyncio.create_task(pool.run(req("while True: pass", timeout_ms=600_000), Host()))
+    await some_run_is_executing(pool)
     victims = [p for p in pool._procs() if p.active]
     assert len(victims) == 1
     os.kill(victims[0].pid or 0, signal.SIGKILL)
@@ -325,10 +346,7 @@ async def test_killed_process_is_replaced(pool: SandboxPool) -> None:
     # The other process keeps serving at once; the dead one comes back in the background.
     r = await pool.run(req("'still here'"), Host())
     assert r.result == "still here"
-    for _ in range(300):
-        if pool.stats()["alive"] == 3:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: pool.stats()["alive"] == 3, interval=0.1, what="the respawn")
     assert pool.stats()["alive"] == 3 and pool.stats()["respawns"] == respawns + 1
 
 
@@ -370,11 +388,8 @@ async def test_idle_sessions_expire() -> None:
     await small.start()
     try:
         await small.run(req("kept = 1", session="idle"), Host())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while small.stats()["sessions"]:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: not small.stats()["sessions"], interval=0.1,
+                         what="the idle session expiring")
         assert small.stats()["sessions_expired"] >= 1
         r = await small.run(req("'kept' in globals()", session="idle"), Host())
         assert r.result is False
@@ -387,7 +402,7 @@ async def test_failing_event_consumer_stops_the_run(pool: SandboxPool) -> None:
         raise RuntimeError("client went away")
 
     with pytest.raises(RuntimeError):
-        await pool.run(req("print('x')\nwhile True: pass", timeout_ms=60000), Host(), broken)
+        await pool.run(req("print('x')\nwhile True: pass", timeout_ms=600_000), Host(), broken)
     r = await pool.run(req("'next'"), Host())
     assert r.result == "next" and pool.stats()["active_runs"] == 0
     await assert_no_leaked_workers(pool)
@@ -423,16 +438,20 @@ async def test_deno_processes_die_with_the_host(tmp_path: Path) -> None:
     host = await asyncio.create_subprocess_exec(
         sys.executable, str(script), stdout=asyncio.subprocess.PIPE)
     assert host.stdout is not None
-    line = await asyncio.wait_for(host.stdout.readline(), 120)
+    line = await asyncio.wait_for(host.stdout.readline(), scaled(240))
     deno_pid = int(line)
     os.kill(deno_pid, 0)  # alive
     host.kill()
     await host.wait()
-    for _ in range(100):
+    def gone() -> bool:
         try:
             os.kill(deno_pid, 0)
         except ProcessLookupError:
-            return
-        await asyncio.sleep(0.1)
-    os.kill(deno_pid, signal.SIGKILL)
-    raise AssertionError("the Deno process outlived its host")
+            return True
+        return False
+
+    try:
+        await wait_until(gone, 60, interval=0.1)
+    except AssertionError:
+        os.kill(deno_pid, signal.SIGKILL)
+        raise AssertionError("the Deno process outlived its host") from None
