@@ -7,18 +7,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
 from gateway_support import code_request, md
+from waiting import scaled, wait_until_sync
 
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.demo_stack import spawn_service, write_demo_config
 
-BUSY = "import time\nt = time.time()\nwhile time.time() - t < 1.5:\n    pass\n'finished'"
+# Prints first, so the test knows the run is in flight (not merely sent) before SIGTERM.
+BUSY = ("import time\nprint('started', flush=True)\nt = time.time()\n"
+        "while time.time() - t < 1.5:\n    pass\n'finished'")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -48,37 +50,47 @@ def test_sigterm_drains_in_flight_calls(backends: dict[str, Any], tmp_path: Path
     cfg = write_demo_config(tmp_path / "gw.yaml", ledger_url=backends["ledger"].url,
                             workspace_url=backends["workspace"].url, state=tmp_path)
     raw = yaml.safe_load(cfg.read_text())
-    raw["sandbox"] = {"workers": 1, "spares": 1}
+    raw["sandbox"] = {"workers": 1}
     cfg.write_text(yaml.safe_dump(raw))
     gw = spawn_service("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config",
-                                   str(cfg)], log_file=tmp_path / "gw.log")
+                                   str(cfg)], log_file=tmp_path / "gw.log",
+                     timeout=scaled(240))
     try:
         target = gw.url.removeprefix("grpc://")
         deno = {p for p in _descendants(gw.proc.pid)}
         assert deno, "the sandbox pool should have started Deno processes"
         result: dict[str, Any] = {}
+        started = threading.Event()
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.GatewayStub(channel)
 
             def call() -> None:
                 try:
-                    result["response"] = stub.Execute(code_request(BUSY, timeout_ms=5000),
-                                                      metadata=md("dev-agent"), timeout=30)
+                    for event in stub.ExecuteStream(code_request(BUSY, timeout_ms=5000),
+                                                    metadata=md("dev-agent"),
+                                                    timeout=scaled(120)):
+                        kind = event.WhichOneof("event")
+                        if kind == "stdout_line":
+                            started.set()
+                        elif kind == "response":
+                            result["response"] = event.response
                 except grpc.RpcError as err:  # pragma: no cover - reported below
                     result["error"] = err
+                finally:
+                    started.set()  # never leave the test waiting on a call that ended
 
             worker = threading.Thread(target=call)
             worker.start()
-            time.sleep(0.5)  # the run is in flight
-            gw.proc.send_signal(signal.SIGTERM)
-            worker.join(30)
+            assert started.wait(scaled(120)), "the run never started"
+            assert not result, f"the call ended before SIGTERM: {result}"
+            gw.proc.send_signal(signal.SIGTERM)  # the run is in flight: it printed
+            worker.join(scaled(120))
+            assert not worker.is_alive(), "the in-flight call hung after SIGTERM"
         assert "error" not in result, result
         assert result["response"].result.string_value == "finished"
-        assert gw.proc.wait(30) == 0
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in deno) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(p) for p in deno), "Deno processes outlived the gateway"
+        assert gw.proc.wait(scaled(120)) == 0
+        wait_until_sync(lambda: not any(_alive(p) for p in deno), 60, interval=0.1,
+                        what="Deno processes outlived the gateway")
     finally:
         gw.stop()
 
@@ -93,7 +105,7 @@ def test_serve_starts_the_mcp_front_door(backends: dict[str, Any], tmp_path: Pat
     cfg = write_demo_config(tmp_path / "gw.yaml", ledger_url=backends["ledger"].url,
                             workspace_url=backends["workspace"].url, state=tmp_path)
     raw = yaml.safe_load(cfg.read_text())
-    raw["sandbox"] = {"workers": 1, "spares": 1}
+    raw["sandbox"] = {"workers": 1}
     raw["mcp"] = {"enabled": True, "listen": "127.0.0.1:0"}
     cfg.write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
@@ -101,7 +113,17 @@ def test_serve_starts_the_mcp_front_door(backends: dict[str, Any], tmp_path: Pat
                             stdin=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
+        # The LISTENING lines, in order; log lines (a warning, say) may come before them.
+        lines: list[str] = []
+        for _ in range(200):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("LISTENING "):
+                lines.append(line)
+                if len(lines) == 2:
+                    break
+        assert len(lines) == 2, lines
         assert lines[0].startswith("LISTENING grpc://127.0.0.1:")
         assert lines[1].startswith("LISTENING mcp http://127.0.0.1:")
         url = lines[1].split()[-1]
@@ -119,4 +141,4 @@ def test_serve_starts_the_mcp_front_door(backends: dict[str, Any], tmp_path: Pat
         assert any("create_transfer" in n for n in names)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(scaled(120)) == 0
