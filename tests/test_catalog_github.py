@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import random
-import time
 from typing import Any
 
 import pytest
@@ -97,13 +96,11 @@ def test_every_signature_is_valid_python_and_json_ready(github: Catalog) -> None
     assert json.loads(json.dumps(described))["signature"].startswith("pulls_get(owner: str")
 
 
-def test_load_time_is_reported(github: Catalog) -> None:
-    # Not a speed gate (benchmarks own those): a sanity bound that catches an accidental
-    # quadratic blow-up in ref resolution or indexing.
-    start = time.perf_counter()
+def test_reloading_gives_the_same_revision(github: Catalog) -> None:
+    # How long loading takes is measured by `make bench` (bench/), not asserted here.
     again = load_catalog_sync([BackendSettings(name="github", openapi=str(GITHUB_SPEC))])
-    assert time.perf_counter() - start < 30
     assert again.revision == github.revision
+    assert [op.name for op in again.operations] == [op.name for op in github.operations]
 
 
 def _hits(catalog: Catalog, queries: list[dict[str, Any]], k: int) -> float:
@@ -124,9 +121,11 @@ def test_search_quality_on_labelled_queries(which: str, github: Catalog, demo: C
         assert _hits(catalog, queries, k) >= threshold, f"hit@{k} fell below {threshold}"
 
 
-def test_search_is_fast_on_a_large_catalog(github: Catalog) -> None:
-    start = time.perf_counter()
-    for _ in range(20):
-        github.search("list open pull requests for a repository", limit=10)
-    # generous bound; measured ~1 ms per query (docs/catalog.md)
-    assert (time.perf_counter() - start) / 20 < 0.25
+def test_search_on_a_large_catalog_is_stable(github: Catalog) -> None:
+    # Speed is measured by `make bench` (~1 ms per query, docs/catalog.md), not asserted here:
+    # repeated searches give the same ranked answer, and it holds the operation asked for.
+    query = "list open pull requests for a repository"
+    first = [op.name for op, _ in github.search(query, limit=10)]
+    assert "github.pulls_list" in first, first
+    for _ in range(19):
+        assert [op.name for op, _ in github.search(query, limit=10)] == first
