@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 NPM_STAMP := runtimes/node_modules/.stamp-$(shell cat runtimes/package.json runtimes/package-lock.json | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+STRESS_BURNERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -37,6 +38,19 @@ test: setup ## Run lint, type checks, policy tests and the test suite
 	helm/sync-policies.sh --check
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
+# Contention: the suite while STRESS_BURNERS busy loops compete for the CPUs (as on a shared,
+# loaded machine). The burners are this recipe's children and are killed on every exit path:
+# pass, failure, Ctrl-C (the INT trap) or TERM.
+test-stress: setup ## The test suite under CPU contention: STRESS_BURNERS (2) `yes` burners, always killed after
+	@pids=(); \
+	cleanup() { [ $${#pids[@]} -eq 0 ] || { kill $${pids[@]} 2>/dev/null; wait $${pids[@]} 2>/dev/null; }; pids=(); }; \
+	trap cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM HUP; \
+	for _ in $$(seq $(STRESS_BURNERS)); do yes > /dev/null & pids+=($$!); done; \
+	echo "test-stress: $(STRESS_BURNERS) CPU burners (pids $${pids[*]}); load average $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	rc=0; $(BIN)/pytest -n 2 $(PYTEST_ARGS) || rc=$$?; \
+	echo "test-stress: load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end; pytest exit $$rc"; \
+	exit $$rc
+
 demo: setup ## Start the demo backends and the gateway, run the example agent, stop everything
 	$(BIN)/switchboard demo
 
@@ -60,4 +74,4 @@ lock: ## Re-resolve the Python dependency pins into requirements.lock
 clean: ## Remove the venv, node_modules and caches
 	rm -rf $(VENV) runtimes/node_modules .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help setup proto test demo serve lint bench soak lock clean
+.PHONY: help setup proto test test-stress demo serve lint bench soak lock clean
