@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from waiting import scaled
 
 __all__ = ["GITHUB_SPEC", "QUERIES", "DemoService", "demo_service"]
 
@@ -73,9 +74,9 @@ def demo_service(
     )
     service = None
     try:
-        url = _read_listening(proc, time.monotonic() + 30)
+        url = _read_listening(proc, time.monotonic() + scaled(120))
         service = DemoService(proc, url, db)
-        httpx.get(f"{url}/healthz", timeout=10).raise_for_status()
+        httpx.get(f"{url}/healthz", timeout=30).raise_for_status()
         yield service
     finally:
         if service is not None:

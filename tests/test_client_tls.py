@@ -36,7 +36,7 @@ def test_mtls_with_client_certificate(mtls_target: str, pki: dict[str, bytes]) -
         root_certificates=pki["ca"],
         client_key=pki["client_key"],
         client_cert_chain=pki["client"],
-        timeout=5,
+        timeout=60,
     ) as sb:
         assert sb.run_code("1").ok
 
@@ -49,7 +49,7 @@ async def test_async_mtls(mtls_target: str, pki: dict[str, bytes]) -> None:
         root_certificates=pki["ca"],
         client_key=pki["client_key"],
         client_cert_chain=pki["client"],
-        timeout=5,
+        timeout=60,
     ) as sb:
         assert [h.name for h in await sb.search("q", 1)] == ["svc.op0"]
 
@@ -59,7 +59,7 @@ def test_handshake_fails_without_client_certificate_or_trust(
 ) -> None:
     with (
         SwitchboardClient(
-            mtls_target, "dev-agent", tls=True, root_certificates=pki["ca"], timeout=3, retries=0
+            mtls_target, "dev-agent", tls=True, root_certificates=pki["ca"], timeout=60, retries=0
         ) as sb,
         pytest.raises(SwitchboardError) as no_cert,
     ):
@@ -72,7 +72,7 @@ def test_handshake_fails_without_client_certificate_or_trust(
             tls=True,
             client_key=pki["client_key"],
             client_cert_chain=pki["client"],
-            timeout=3,
+            timeout=60,
             retries=0,
         ) as sb,
         pytest.raises(SwitchboardError) as untrusted,

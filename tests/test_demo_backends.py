@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from waiting import scaled
 
 from gateway.catalog import load_catalog
 from gateway.errors import ConfigError
@@ -156,13 +157,13 @@ def test_respond_delay_happens_after_commit(tmp_path: Path) -> None:
 
         caller = threading.Thread(target=call)
         caller.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + scaled(60)
         while not _rows(db, "SELECT 1 FROM transfers") and time.monotonic() < deadline:
             time.sleep(0.02)
         # The effect is durable while the response is still being held back.
         assert _rows(db, "SELECT idempotency_key FROM transfers") == [("slow-1",)]
         assert caller.is_alive() and not result
-        caller.join(timeout=30)
+        caller.join(timeout=scaled(60))
         assert result["status"] == 201
         assert result["elapsed"] >= 2.0  # type: ignore[operator]
         assert svc.stop() == 0  # SIGTERM: graceful exit

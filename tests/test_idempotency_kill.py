@@ -26,6 +26,7 @@ from tools_support import (
     Ledger,
     run_ledger,
 )
+from waiting import scaled
 
 from gateway.errors import BackendError
 from gateway.models import BackendSettings
@@ -71,7 +72,7 @@ def test_kill_after_commit_before_response_then_retry(ledger: Ledger, tmp_path: 
     store = tmp_path / "state" / "idempotency.db"
     first = subprocess.Popen(gateway_cmd(ledger, store, rid, args, reconcile),
                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(120)
     while not rows_for(ledger, key):  # the ledger committed the transfer...
         assert first.poll() is None, "the gateway finished before it could be killed"
         assert time.monotonic() < deadline, "the transfer never reached the ledger"
@@ -82,7 +83,7 @@ def test_kill_after_commit_before_response_then_retry(ledger: Ledger, tmp_path: 
     assert first.stdout is not None and "OUTCOME" not in first.stdout.read()
 
     retry = subprocess.run(gateway_cmd(ledger, store, rid, args, reconcile),
-                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                           capture_output=True, text=True, cwd=tmp_path, timeout=scaled(180))
     out = outcome(retry.stdout)
     rows = rows_for(ledger, key)
     assert len(rows) == 1  # exactly one transfer, whatever the retry reports
@@ -90,7 +91,7 @@ def test_kill_after_commit_before_response_then_retry(ledger: Ledger, tmp_path: 
         assert out["replayed"] is True
         assert out["result"]["id"] == rows[0]["id"] and out["result"]["amount"] == 1.25
         again = subprocess.run(gateway_cmd(ledger, store, rid, args, reconcile),
-                               capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                               capture_output=True, text=True, cwd=tmp_path, timeout=scaled(180))
         assert outcome(again.stdout)["result"] == out["result"]
     else:
         assert out["error"]["code"] == "outcome_unknown"
@@ -175,7 +176,7 @@ def _serve(config: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=log.open("a"), text=True, cwd=ROOT)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + scaled(240)  # Deno + Pyodide start, on a busy machine
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith("LISTENING grpc://"):
@@ -215,11 +216,11 @@ def test_real_gateway_killed_between_effect_and_response(ledger: Ledger, tmp_pat
         def call_in_background() -> None:
             with SwitchboardClient(target, "test-finance", retries=0) as c, \
                     contextlib.suppress(Exception):
-                c.call_tool("ledger.create_transfer", args, request_id=rid, timeout=30)
+                c.call_tool("ledger.create_transfer", args, request_id=rid, timeout=scaled(120))
 
         caller = threading.Thread(target=call_in_background, daemon=True)
         caller.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(120)
         while not rows_for(ledger, key):
             assert time.monotonic() < deadline, f"no transfer reached the ledger: {log.read_text()}"
             time.sleep(0.02)
@@ -236,7 +237,7 @@ def test_real_gateway_killed_between_effect_and_response(ledger: Ledger, tmp_pat
         with SwitchboardClient(target, "test-finance", retries=0) as client:
             try:
                 result = client.call_tool("ledger.create_transfer", args, request_id=rid,
-                                          timeout=30)
+                                          timeout=scaled(120))
                 outcome: dict[str, Any] = (
                     {"result": result.result, "replayed": result.replayed} if result.ok
                     else {"code": (result.error or {}).get("code")})
@@ -244,7 +245,7 @@ def test_real_gateway_killed_between_effect_and_response(ledger: Ledger, tmp_pat
                 outcome = {"code": exc.code}
     finally:
         second.terminate()
-        second.wait(30)
+        second.wait(scaled(60))
     rows = rows_for(ledger, key)
     assert len(rows) == 1, rows  # exactly one transfer, however the retry is answered
     # The server's reconciler (GET /transfers?idempotency_key=) found the committed transfer:

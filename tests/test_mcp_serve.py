@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from waiting import scaled
 
 from gateway.client import SwitchboardClient
 
@@ -110,7 +111,7 @@ async def test_mcp_and_grpc_from_one_serve_process(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            code_ = proc.wait(30)
+            code_ = proc.wait(scaled(60))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

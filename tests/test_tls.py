@@ -43,7 +43,7 @@ def mtls_gateway(backends: dict[str, Any], pki: dict[str, Any],
 def _manifest(target: str, creds: grpc.ChannelCredentials) -> pb.Manifest:
     with grpc.secure_channel(target, creds) as channel:
         return pb_grpc.GatewayStub(channel).GetManifest(
-            pb.GetManifestRequest(), metadata=md("dev-agent"), timeout=10)
+            pb.GetManifestRequest(), metadata=md("dev-agent"), timeout=60)
 
 
 def test_mtls_client_with_certificate_is_served(mtls_gateway: RunningGateway,
@@ -64,5 +64,5 @@ def test_plaintext_client_is_refused(mtls_gateway: RunningGateway) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{mtls_gateway.port}") as channel, \
             pytest.raises(grpc.RpcError) as info:
         pb_grpc.GatewayStub(channel).GetManifest(pb.GetManifestRequest(),
-                                                 metadata=md("dev-agent"), timeout=5)
+                                                 metadata=md("dev-agent"), timeout=60)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
