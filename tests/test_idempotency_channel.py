@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tools_support import PRINCIPAL, Backend, Scripted, free_port_refusing, op, serve_backend
+from waiting import wait_until
 
 from gateway.errors import (
     BackendError,
@@ -131,7 +132,8 @@ async def test_concurrent_duplicate_gives_up_after_wait(rig: Rig) -> None:
     rig.backend.script("pay", Scripted(201, {"id": "T1"}, delay_s=1.0))
     ch = rig.channel(settings=IdempotencySettings(wait_s=0.2))
     first = asyncio.create_task(run(ch, pay()))
-    await asyncio.sleep(0.1)
+    # The first call holds the claim once it reached the backend (a condition, not a sleep).
+    await wait_until(lambda: rig.backend.hits["pay"] == 1, what="the first call in flight")
     with pytest.raises(DuplicateInFlight) as exc:
         await run(ch, pay())
     assert exc.value.code == "duplicate_in_flight" and exc.value.field == "request_id"
@@ -272,10 +274,12 @@ async def test_reconciler_not_settled_within_wait_is_in_flight(rig: Rig) -> None
 
 
 async def test_cancelled_mid_call_leaves_an_unknown_outcome(rig: Rig) -> None:
-    rig.backend.script("pay", Scripted(201, {"id": "T1"}, delay_s=0.4))
+    rig.backend.script("pay", Scripted(201, {"id": "T1"}, delay_s=1.5))
     ch = rig.channel()
     task = asyncio.create_task(run(ch, pay()))
-    await asyncio.sleep(0.15)
+    # Cancel once the call is at the backend (it holds the answer for 1.5 s).
+    await wait_until(lambda: rig.backend.hits["pay"] == 1, what="the call in flight")
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
