@@ -29,6 +29,7 @@ from gateway.audit.redact import (
 from gateway.catalog import Catalog, python_signature, sdk_doc
 from gateway.errors import (
     GatewayError,
+    InvalidRequest,
     PolicyDenied,
     PolicyError,
     ResourceExhausted,
@@ -300,7 +301,7 @@ class Pipeline:
         return hits
 
     async def describe(self, principal: Principal, name: str) -> dict[str, Any]:
-        op = self.catalog.require(name)
+        op = self.catalog.require(name, field="name")
         route = await self.route_for(principal, op)
         if route == "deny":
             raise UnknownOperation(f"unknown operation {name!r}", field="name")
@@ -346,7 +347,10 @@ class _HostBridge:
     async def call(self, operation: str, arguments: dict[str, Any]) -> Any:
         if operation == "sdk.search":
             query = str(arguments.get("query", ""))
-            limit = int(arguments.get("limit", 10) or 10)
+            try:
+                limit = int(arguments.get("limit", 10) or 10)
+            except (TypeError, ValueError):
+                raise InvalidRequest("limit must be an integer", field="limit") from None
             hits = await self.p.search(self.principal, query, min(max(limit, 1), 50))
             return [{"name": h.name, "summary": h.summary, "route": h.route,
                      "signature": python_signature(self.p.catalog.require(h.name))}

@@ -24,8 +24,13 @@ from pyodide.code import eval_code
 from pyodide.ffi import run_sync
 
 FILENAME = "<code>"
+# Mirrors the wire protocol's limits (runtimes/PROTOCOL.md): honest code gets a clear error here,
+# only forged frames reach the supervisor's checks.
+MAX_CALL_ARGS = 1024 * 1024
+MAX_OPERATION = 256
+MAX_RUN_CALL_ARGS = 8 * 1024 * 1024
 _MISSING = object()
-_state: dict[str, Any] = {"host": None, "rev": None, "session_ns": None}
+_state: dict[str, Any] = {"host": None, "rev": None, "session_ns": None, "arg_chars": 0}
 
 
 class SdkError(Exception):
@@ -46,6 +51,14 @@ def _call(operation: str, kwargs: dict[str, Any]) -> Any:
         payload = json.dumps(kwargs, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SdkError("invalid_request", f"arguments are not JSON: {exc}") from None
+    if len(payload) > MAX_CALL_ARGS or len(operation) > MAX_OPERATION:
+        raise SdkError("resource_exhausted",
+                       f"the arguments of one call are limited to {MAX_CALL_ARGS} characters "
+                       f"of JSON (these are {len(payload)})")
+    if _state["arg_chars"] + len(payload) > MAX_RUN_CALL_ARGS:
+        raise SdkError("resource_exhausted", "the host-call arguments of one run are limited "
+                       f"to {MAX_RUN_CALL_ARGS} characters of JSON")
+    _state["arg_chars"] += len(payload)
     reply = json.loads(run_sync(host(operation, payload)))
     if reply.get("ok"):
         return reply.get("value")
@@ -193,6 +206,7 @@ def run(source: str, inputs_json: str, sdk_json: str | None, sdk_rev: str, host:
         session: bool, max_result_bytes: int) -> str:
     """Run one program; returns a JSON string ``{ok, result, error, memory_error}``."""
     _state["host"] = host
+    _state["arg_chars"] = 0
     if sdk_json is not None and (sdk_rev != _state["rev"] or not sdk_rev):
         install_sdk(sdk_json)
         _state["rev"] = sdk_rev

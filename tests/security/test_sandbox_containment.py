@@ -37,8 +37,10 @@ VICTIM = principal_key("demo", "victim")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool() -> AsyncIterator[SandboxPool]:
+    # Generous queueing: on a loaded machine process starts are slow, and a victim that waits
+    # for an idle process must not be mistaken for one the attack hurt.
     p = SandboxPool(SandboxSettings(workers=3, max_sessions=6, max_sessions_per_principal=2,
-                                    session_idle_s=120))
+                                    session_idle_s=600, queue_timeout_s=240))
     await p.start()
     yield p
     await p.close()
@@ -265,19 +267,38 @@ async def test_one_principal_cannot_evict_another_s_sessions(pool: SandboxPool) 
     assert still.ok and still.result == "victim"
 
 
+class Gate(Host):
+    """A host whose calls wait until the test opens the gate: runs stay busy on a condition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def __call__(self, operation: str, args: dict[str, Any]) -> Any:
+        self.waiting += 1
+        await self.open.wait()
+        return await super().__call__(operation, args)
+
+
 async def test_a_busy_quota_is_a_clear_error(pool: SandboxPool) -> None:
-    hold = [asyncio.create_task(pool.run(req("import time\ntime.sleep(2)", principal=ATTACKER,
-                                             session=f"busy{i}"), Host())) for i in range(2)]
+    gate = Gate()
+    busy = "from sdk import ledger\nledger.get_balance(account='A1')['balance']"
+    hold = [asyncio.create_task(pool.run(req(busy, principal=ATTACKER, session=f"busy{i}",
+                                             timeout_ms=600_000), gate)) for i in range(2)]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while sum(1 for k, s in pool._sessions.items() if k[0] == ATTACKER and s.lock.locked()) < 2:
-        assert loop.time() < deadline
+    deadline = loop.time() + 240
+    while gate.waiting < 2:  # both sessions are running, blocked in a host call
+        assert loop.time() < deadline, pool.stats()
+        assert not any(t.done() for t in hold), [t.result() for t in hold if t.done()]
         await asyncio.sleep(0.02)
     with pytest.raises(ResourceExhausted) as info:
         await pool.run(req("1", principal=ATTACKER, session="third"), Host())
     assert info.value.field == "session_id"
+    gate.open.set()
     for task in hold:
-        assert (await task).ok
+        r = await task
+        assert r.ok and r.result == 100
 
 
 async def test_concurrent_session_starts_respect_the_quota(pool: SandboxPool) -> None:
@@ -293,3 +314,12 @@ async def test_principal_keys_are_unambiguous() -> None:
     assert principal_key("a/b", "c") != principal_key("a", "b/c")
     assert principal_key("a", "b") != principal_key("a\"", "b")
     assert principal_key("t", "x") == principal_key("t", "x")
+
+
+async def test_an_honest_oversized_call_is_a_user_error_not_a_violation(pool: SandboxPool) -> None:
+    """Only forged frames break the protocol: the SDK refuses an oversized call itself."""
+    host = Host()
+    src = "from sdk import workspace\nworkspace.send_email(to='a@b.c', subject='s', body='x' * (2 * 1024 * 1024))"
+    r = await pool.run(req(src, principal=VICTIM), host)
+    assert not r.ok and r.error is not None and r.error.get("code") == "resource_exhausted"
+    assert host.calls == []
