@@ -124,6 +124,7 @@ class OpaRestServer:
         self.serve_bundle = True  # False: like `opa run DIR` (provenance has no bundle revision)
         self.delay_s = 2.0
         self.requests = 0
+        self.slow_answers = 0  # slow answers the server finished (after its delay)
         self._local = threading.local()
         outer = self
 
@@ -177,6 +178,7 @@ class OpaRestServer:
     def answer(self, rule: str, input: Any, query: dict[str, list[str]]) -> tuple[int, bytes]:
         if self.mode == "slow":
             time.sleep(self.delay_s)
+            self.slow_answers += 1
         if self.mode == "error500":
             return 500, b'{"code":"internal_error","message":"boom"}'
         if self.mode == "garbage":

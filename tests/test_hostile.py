@@ -146,7 +146,6 @@ def test_invalid_utf8_in_code_is_refused(gateway: Any) -> None:
     status, _body, err, elapsed = raw_execute(gateway, payload)
     assert status != grpc.StatusCode.OK
     check_clear(status, None, err, elapsed, decodable=decodes(payload))
-    assert elapsed < 5.0
     assert_serving(gateway)
 
 
@@ -175,7 +174,6 @@ def test_undecodable_request_is_invalid_argument(gateway: Any, payload: bytes) -
 @pytest.mark.parametrize("case", ["argument", "tool_name", "describe"])
 def test_errors_about_huge_input_stay_small(gateway: Any, case: str) -> None:
     expected: tuple[grpc.StatusCode, str, str]
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         if case == "argument":
             expected = (grpc.StatusCode.INVALID_ARGUMENT, "schema_invalid", "arguments.account")
@@ -190,7 +188,6 @@ def test_errors_about_huge_input_stay_small(gateway: Any, case: str) -> None:
             expected = (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", "name")
             gateway.stub.DescribeOperation(pb.DescribeOperationRequest(name="x" * 100_000),
                                            metadata=md("dev-agent"), timeout=CALL_TIMEOUT)
-    assert time.monotonic() - started < 5.0
     err = error_of(info.value)
     assert info.value.code() == expected[0], (info.value.details()[:200], err)
     assert err.get("code") == expected[1], err
@@ -220,11 +217,9 @@ def test_code_over_the_source_limit_is_invalid_request(gateway: Any) -> None:
 def test_message_over_max_message_bytes_is_resource_exhausted(gateway: Any) -> None:
     limit = gateway.settings.max_message_bytes
     req = code_request("1", inputs={"blob": "y" * (limit + 1024)})
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         gateway.stub.Execute(req, metadata=md("dev-agent"), timeout=CALL_TIMEOUT)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - started < 10.0
     assert_serving(gateway)
 
 
@@ -271,7 +266,6 @@ def test_deeply_nested_arguments(gateway: Any, depth: int) -> None:
     decodable = decodes(payload)
     status, body, err, elapsed = raw_execute(gateway, payload)
     check_clear(status, body, err, elapsed, decodable=decodable)
-    assert elapsed < 5.0
     if decodable:
         assert status == grpc.StatusCode.OK, err
         assert body is not None
@@ -320,11 +314,9 @@ def test_schema_violating_transfers_never_reach_the_ledger(
     before = _transfer_count(backends)
     args = {"from_account": from_account, "to_account": "A2", "amount": amount,
             "currency": "USD", **extra}
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         gateway.stub.Execute(tool_request("ledger.create_transfer", args),
                              metadata=md("dev-finance"), timeout=CALL_TIMEOUT)
-    assert time.monotonic() - started < 5.0
     err = error_of(info.value)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err
     assert err["code"] == "schema_invalid", err
