@@ -7,9 +7,10 @@ Run by hand (it prints a markdown table):
 
 All three run in this one process tree on the same snippets:
 
-* pool: gateway.sandbox.SandboxPool (2 Deno processes, spare isolates restored from a snapshot).
-  "fresh isolate" runs get a new V8 isolate + interpreter each (the default: no session);
-  "session" runs reuse one interpreter bound to one principal.
+* pool: gateway.sandbox.SandboxPool (Deno processes holding one interpreter each, restored from
+  a cached snapshot). "fresh isolate" runs get a new V8 isolate + interpreter each (the default:
+  no session); "session" runs reuse one interpreter (a process of its own) bound to one
+  principal.
 * cold: what pydantic's mcp-run-python does per execution (its package cannot start here: its
   Deno code imports from JSR), reproduced with the same Deno and Pyodide: start Deno, cold
   ``loadPyodide``, run, print the result, exit.
@@ -74,9 +75,9 @@ async def host(op: str, args: dict[str, Any]) -> Any:
     return {"account": args.get("account"), "balance": 100}
 
 
-def request(src: str, session: str | None = None) -> RunRequest:
+def request(src: str, session: str | None = None, principal: str = "bench/agent") -> RunRequest:
     return RunRequest(source=src, inputs={}, limits=Limits(timeout_ms=10000),
-                      principal_key="bench/agent", session_id=session, sdk=SDK,
+                      principal_key=principal, session_id=session, sdk=SDK,
                       sdk_revision="bench")
 
 
@@ -92,11 +93,10 @@ async def timed(n: int, fn: Callable[[], Awaitable[Any]],
     return out
 
 
-async def spares_ready(pool: SandboxPool, target: int = 2) -> None:
-    """Wait until every process has its spare isolates started (bounded: 10 s)."""
+async def pool_ready(pool: SandboxPool) -> None:
+    """Wait until every process of the pool is idle with a fresh interpreter (bounded: 10 s)."""
     for _ in range(1000):
-        stats = await pool.isolate_stats()
-        if all(s["spares"] >= target and s["creating"] == 0 for s in stats):
+        if pool.stats()["idle"] >= pool.settings.workers:
             return
         await asyncio.sleep(0.01)
 
@@ -119,17 +119,18 @@ async def throughput(seconds: float, clients: int, fn: Callable[[int], Awaitable
 async def bench_pool(
     args: argparse.Namespace, rows: list[list[str]], facts: dict[str, Any]
 ) -> None:
-    pool = SandboxPool(SandboxSettings(workers=2, spares=2))
+    pool = SandboxPool(SandboxSettings(workers=3))
     t0 = time.perf_counter()
     await pool.start()
-    facts["pool start (2 processes, s)"] = f"{time.perf_counter() - t0:.2f}"
+    facts[f"pool start ({pool.settings.workers} processes, s)"] = (
+        f"{time.perf_counter() - t0:.2f}")
     await asyncio.sleep(1.0)
     try:
         for name, src in [*SNIPPETS.items(), ("1 SDK host call", SDK_SNIPPET)]:
             await pool.run(request(src), host)
-            # Warm latency: one run at a time, each with its spare isolates ready.
+            # Warm latency: one run at a time, each with every process idle and ready.
             fresh = await timed(args.runs, lambda s=src: pool.run(request(s), host),
-                                before=lambda: spares_ready(pool))
+                                before=lambda: pool_ready(pool))
             rows.append(["pool, fresh isolate per run", name, *fmt(fresh)])
             sess = await timed(args.runs * 2, lambda s=src: pool.run(request(s, "b"), host))
             rows.append(["pool, session (same interpreter)", name, *fmt(sess)])
@@ -138,17 +139,24 @@ async def bench_pool(
         secs = args.seconds
         facts["pool fresh-isolate runs/s (8 clients)"] = (
             f"{await throughput(secs, 8, lambda i: pool.run(request('1 + 1'), host)):.1f}")
+        # One principal per session (a principal has at most max_sessions_per_principal), each
+        # session a process of its own: open them first, so the rate is of runs, not of starts.
+        for i in range(8):
+            await pool.run(request("1 + 1", f"s{i}", f"bench/agent{i}"), host)
+        await pool_ready(pool)
         facts["pool session runs/s (8 clients, 8 sessions)"] = f"""{await throughput(
-            secs, 8, lambda i: pool.run(request('1 + 1', f's{i}'), host)):.0f}"""
+            secs, 8, lambda i: pool.run(request('1 + 1', f's{i}', f'bench/agent{i}'), host)):.0f}"""
         rss = [v for v in pool.stats()["rss_bytes"].values() if v]
-        facts["pool RSS per Deno process (2 spares + sessions), MiB"] = ", ".join(
+        facts["pool RSS per Deno process (idle + session processes), MiB"] = ", ".join(
             f"{v / 2**20:.0f}" for v in rss)
-        # Marginal RSS of one more live interpreter: open 6 sessions, measure the growth.
+        # Marginal RSS of one more session (its own process; the pool replaces it): open 6.
+        await pool_ready(pool)
         before = sum(pool.stats()["rss_bytes"].values())
         for i in range(6):
-            await pool.run(request("x = 1", f"rss{i}"), host)
+            await pool.run(request("x = 1", f"rss{i}", f"bench/rss{i}"), host)
+        await pool_ready(pool)
         after = sum(pool.stats()["rss_bytes"].values())
-        facts["pool RSS per extra isolate (session), MiB"] = f"{(after - before) / 6 / 2**20:.0f}"
+        facts["pool RSS per extra session (a process), MiB"] = f"{(after - before) / 6 / 2**20:.0f}"
     finally:
         await pool.close()
 
