@@ -245,7 +245,8 @@ def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart)
     assert config["idempotency"]["dsn"] == "sqlite:////var/lib/switchboard/idempotency.db"
     assert config["audit"]["file"] == "/var/lib/switchboard/audit.jsonl"
     assert "otlp_endpoint" not in config["audit"]
-    assert config["sandbox"] == {"workers": 2, "session_idle_s": 300}
+    assert config["sandbox"] == {"workers": 2, "session_idle_s": 300, "max_sessions": 4,
+                                 "max_sessions_per_principal": 2}
     assert yaml.safe_load(yaml.safe_dump(config)) == config
 
 

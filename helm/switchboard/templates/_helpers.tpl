@@ -196,7 +196,7 @@ checksum/policies rolls the pods on every change.
   "identity" $identity
   "policy" $policy
   "backends" $backends
-  "sandbox" (dict "workers" (int $v.sandbox.workers) "session_idle_s" $v.sandbox.sessionIdleSeconds)
+  "sandbox" (dict "workers" (int $v.sandbox.workers) "session_idle_s" $v.sandbox.sessionIdleSeconds "max_sessions" (int $v.sandbox.maxSessions) "max_sessions_per_principal" (int $v.sandbox.maxSessionsPerPrincipal))
   "idempotency" (dict "dsn" $dsn)
   "audit" $audit
   "mcp" (dict "enabled" $v.mcp.enabled "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.mcp.port)))
