@@ -173,7 +173,13 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     if settings.mcp.enabled:
         try:
             handle = await start_mcp_server(
-                create_mcp_app(pipeline, authenticator, version=__version__),
+                create_mcp_app(
+                    pipeline, authenticator, version=__version__,
+                    allowed_hosts=settings.mcp.allowed_hosts,
+                    allowed_origins=settings.mcp.allowed_origins,
+                    resource_url=settings.mcp.resource_url,
+                    authorization_servers=[settings.identity.issuer]
+                    if settings.identity.issuer else ()),
                 settings.mcp.listen)
         except BaseException:
             await server.stop(None)
