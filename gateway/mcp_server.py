@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import mcp_types as types
 import structlog
@@ -570,18 +571,23 @@ class _AuthGuard:
         self.path = path
         self.resource_url = resource_url
         self.authorization_servers = list(authorization_servers)
-        self.metadata_paths = {PROTECTED_RESOURCE_PATH, PROTECTED_RESOURCE_PATH + path}
 
-    def _base(self, scope: MutableMapping[str, Any]) -> str:
+    def resource(self, scope: MutableMapping[str, Any]) -> str:
+        """The endpoint's public URL: ``mcp.resource_url``, else the one the client used (set
+        it behind a proxy that rewrites Host, adds a path prefix or terminates TLS)."""
         if self.resource_url:
-            return self.resource_url.rstrip("/").removesuffix(self.path)
-        # Without a configured URL, the one the client used (set mcp.resource_url behind a
-        # proxy that rewrites Host or terminates TLS).
+            return self.resource_url
         host = _header(scope, b"host")
         if not host:
             server = scope.get("server") or ("127.0.0.1", 0)
             host = f"{server[0]}:{server[1]}"
-        return f"{scope.get('scheme', 'http')}://{host}"
+        return f"{scope.get('scheme', 'http')}://{host}{self.path}"
+
+    def metadata_url(self, scope: MutableMapping[str, Any]) -> str:
+        """Where the metadata is: RFC 9728 puts the well-known segment between the origin and
+        the resource's path."""
+        url = urlsplit(self.resource(scope))
+        return f"{url.scheme}://{url.netloc}{PROTECTED_RESOURCE_PATH}{url.path.rstrip('/')}"
 
     def metadata(self, scope: MutableMapping[str, Any]) -> dict[str, Any]:
         """RFC 9728 protected-resource metadata. ``authorization_servers`` is the JWT issuer
@@ -593,7 +599,7 @@ class _AuthGuard:
         if self.authenticator.jwks is not None:
             token_types.append("jwt")
         out: dict[str, Any] = {
-            "resource": self._base(scope) + self.path,
+            "resource": self.resource(scope),
             "resource_name": "Switchboard gateway",
             "bearer_methods_supported": ["header"],
             "switchboard_token_types": token_types,
@@ -620,7 +626,8 @@ class _AuthGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope.get("path") in self.metadata_paths:
+        path = str(scope.get("path", ""))
+        if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
             if scope.get("method") not in ("GET", "HEAD"):
                 await self._json(send, 405, {"error": "method not allowed"},
                                  [(b"allow", b"GET, HEAD")])
@@ -633,8 +640,8 @@ class _AuthGuard:
         try:
             await self.authenticator.authenticate_async(bearer_token(headers))
         except Unauthenticated as exc:
-            metadata_url = self._base(scope) + PROTECTED_RESOURCE_PATH + self.path
-            challenge = f'Bearer realm="switchboard", resource_metadata="{metadata_url}"'
+            challenge = (f'Bearer realm="switchboard", '
+                         f'resource_metadata="{self.metadata_url(scope)}"')
             if bearer_token(headers) is not None:
                 challenge += ', error="invalid_token"'
             await self._json(

@@ -366,3 +366,37 @@ async def test_protected_resource_metadata_without_auth(mcp_url: str) -> None:
     assert meta["switchboard_token_types"] == ["static"]  # the token table, no JWT issuer
     assert "authorization_servers" not in meta
     assert post.status_code == 405
+
+
+async def test_metadata_follows_the_configured_resource_url() -> None:
+    from gateway.identity import Authenticator
+    from gateway.mcp_server import _AuthGuard
+    from gateway.models import Principal
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("an unauthenticated request reached the MCP app")
+
+    guard = _AuthGuard(app, Authenticator({"t": Principal("p", "demo")}), path="/mcp",
+                       resource_url="https://gw.example/agents/mcp",
+                       authorization_servers=["https://idp.example"])
+    transport = httpx.ASGITransport(app=guard)
+    async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.7:8765") as http:
+        meta = await http.get("/.well-known/oauth-protected-resource/agents/mcp")
+        denied = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert meta.json()["resource"] == "https://gw.example/agents/mcp"
+    assert meta.json()["authorization_servers"] == ["https://idp.example"]
+    assert denied.status_code == 401
+    assert ('resource_metadata="https://gw.example/.well-known/oauth-protected-resource/'
+            'agents/mcp"') in denied.headers["www-authenticate"]
+
+
+async def test_both_protocol_eras_are_negotiated(mcp_url: str) -> None:
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
+
+    assert (LATEST_MODERN_VERSION, LATEST_HANDSHAKE_VERSION) == ("2026-07-28", "2025-11-25")
+    async with connect(mcp_url, "dev-agent", "auto") as modern:
+        assert modern.protocol_version == "2026-07-28"  # server/discover, no initialize
+        assert (await modern.list_tools()).tools
+    async with connect(mcp_url, "dev-agent", "legacy") as legacy:
+        assert legacy.protocol_version == "2025-11-25"  # initialize handshake
+        assert (await legacy.list_tools()).tools
