@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import uuid
 import warnings
@@ -110,6 +111,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Tags an OpenAPI document can put on an operation to say it destroys or only reads data.
 _DESTRUCTIVE_TAGS = frozenset({"destructive", "delete"})
 _READ_ONLY_TAGS = frozenset({"read-only", "readonly"})
+_HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 _MAX_COMPLETIONS = 100  # the spec's cap on completion values per response
 
 ASGIApp = Callable[
@@ -578,7 +580,7 @@ class _AuthGuard:
         if self.resource_url:
             return self.resource_url
         host = _header(scope, b"host")
-        if not host:
+        if not _HOST_HEADER.fullmatch(host):  # it goes into a header and JSON: only host[:port]
             server = scope.get("server") or ("127.0.0.1", 0)
             host = f"{server[0]}:{server[1]}"
         return f"{scope.get('scheme', 'http')}://{host}{self.path}"

@@ -400,3 +400,14 @@ async def test_both_protocol_eras_are_negotiated(mcp_url: str) -> None:
     async with connect(mcp_url, "dev-agent", "legacy") as legacy:
         assert legacy.protocol_version == "2025-11-25"  # initialize handshake
         assert (await legacy.list_tools()).tools
+
+
+async def test_metadata_ignores_a_malformed_host_header(mcp_url: str) -> None:
+    port = mcp_url.split(":")[2].split("/")[0]
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.post(mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               headers={"Host": 'evil"x, error="y'})
+    assert resp.status_code == 401
+    challenge = resp.headers["www-authenticate"]
+    assert "evil" not in challenge
+    assert f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp" in challenge
