@@ -656,7 +656,71 @@ class _AuthGuard:
                 [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )
             return
-        await self.app(scope, receive, send)
+        await _json_only_bridge(self.app, scope, receive, send)
+
+
+def _last_jsonrpc_response(body: bytes) -> bytes | None:
+    """The JSON-RPC response in an SSE body (the last event with an id and a result/error)."""
+    found = None
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
+                          if line.startswith(b"data:"))
+        if not data:
+            continue
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "id" in message and (
+                "result" in message or "error" in message):
+            found = data
+    return found
+
+
+async def _json_only_bridge(app: ASGIApp, scope: MutableMapping[str, Any], receive: Any,
+                            send: Any) -> None:
+    """Keeps clients that accept only ``application/json`` working: the SDK answers
+    handshake-era requests as SSE (and refuses such clients with 406), so their POSTs are
+    served as if they accepted SSE and the stream is turned back into the one JSON-RPC
+    response (notifications are dropped: such a client cannot receive them)."""
+    accept = _header(scope, b"accept").lower()
+    if scope.get("method") != "POST" or "text/event-stream" in accept or (
+            "application/json" not in accept):
+        await app(scope, receive, send)
+        return
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]
+    headers.append((b"accept", b"application/json, text/event-stream"))
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def capture(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            content_type = next((v for k, v in message.get("headers", [])
+                                 if k.lower() == b"content-type"), b"")
+            if not content_type.startswith(b"text/event-stream"):
+                start["passthrough"] = True
+                await send(message)
+            return
+        if start.get("passthrough"):
+            await send(message)
+            return
+        if message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body = _last_jsonrpc_response(b"".join(chunks))
+                status = int(start.get("status", 200))
+                if body is None:
+                    status, body = 502, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,' \
+                        b'"message":"no response in the event stream"}}'
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    await app({**scope, "headers": headers}, receive, capture)
 
 
 def _security(allowed_hosts: Sequence[str] | None,

@@ -411,3 +411,21 @@ async def test_metadata_ignores_a_malformed_host_header(mcp_url: str) -> None:
     challenge = resp.headers["www-authenticate"]
     assert "evil" not in challenge
     assert f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp" in challenge
+
+
+async def test_clients_accepting_only_json_get_json(mcp_url: str) -> None:
+    headers = {"Accept": "application/json", "Authorization": "Bearer dev-agent"}
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "execute_code", "arguments": {"code": "print('x')\n1 + 1"},
+                       "_meta": {"progressToken": "p1"}}}
+    both = {**headers, "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        only_json = await http.post(mcp_url, json=call, headers=headers)
+        streamed = await http.post(mcp_url, json=call, headers=both)
+    assert only_json.status_code == 200
+    assert only_json.headers["content-type"] == "application/json"
+    body = only_json.json()
+    assert body["id"] == 7 and body["result"]["structuredContent"]["result"] == 2
+    # a client that accepts SSE gets the notifications too
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert '"notifications/progress"' in streamed.text and '"id":7' in streamed.text
