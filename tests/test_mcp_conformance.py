@@ -156,7 +156,8 @@ def _scenario_results(out: Path) -> dict[str, list[dict[str, Any]]]:
 def test_official_conformance_suite(url: str, tmp_path: Path) -> None:
     _require_tools()
     out = tmp_path / "results"
-    env = {**_node_env(tmp_path), "MCP_BEARER_TOKEN": jwt_token()}
+    # finance: tools/list then includes a dedicated tool (annotations, outputSchema)
+    env = {**_node_env(tmp_path), "MCP_BEARER_TOKEN": jwt_token(roles=["agent", "finance"])}
     proc = subprocess.run(
         [str(NODE), "--import", str(PRELOAD), str(CONFORMANCE), "server", "--url", url,
          "-o", str(out)],
