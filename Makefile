@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 NPM_STAMP := runtimes/node_modules/.stamp-$(shell cat runtimes/package.json runtimes/package-lock.json | sha256sum | cut -c1-12)
+MCP_TOOLS := tools/mcp-conformance
+MCP_STAMP := $(MCP_TOOLS)/node_modules/.stamp-$(shell cat $(MCP_TOOLS)/package.json $(MCP_TOOLS)/package-lock.json | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 STRESS_BURNERS ?= 2
 
@@ -13,7 +15,7 @@ STRESS_BURNERS ?= 2
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(NPM_STAMP) ## Create .venv, install pinned Python deps, Deno (PyPI) and Pyodide (npm)
+setup: $(STAMP) $(NPM_STAMP) $(MCP_STAMP) ## Create .venv, install pinned Python deps, Deno (PyPI), Pyodide and the MCP test clients (npm)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +28,10 @@ $(STAMP): pyproject.toml requirements.lock
 $(NPM_STAMP): runtimes/package.json runtimes/package-lock.json
 	cd runtimes && npm ci --no-audit --no-fund --loglevel=error
 	rm -f runtimes/node_modules/.stamp-* && touch $@
+
+$(MCP_STAMP): $(MCP_TOOLS)/package.json $(MCP_TOOLS)/package-lock.json
+	cd $(MCP_TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	rm -f $(MCP_TOOLS)/node_modules/.stamp-* && touch $@
 
 proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (generated code lives in gateway/_proto)
 	$(BIN)/python tools/gen_proto.py
@@ -72,6 +78,6 @@ lock: ## Re-resolve the Python dependency pins into requirements.lock
 	( echo '# Pinned dependency set for the venv (make setup). Regenerate with: make lock'; /tmp/sb-lock/bin/pip freeze --exclude-editable | grep -v '^-e' ) > requirements.lock
 
 clean: ## Remove the venv, node_modules and caches
-	rm -rf $(VENV) runtimes/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runtimes/node_modules $(MCP_TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: help setup proto test test-stress demo serve lint bench soak lock clean

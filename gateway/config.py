@@ -162,6 +162,12 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "enabled": {"type": "boolean"},
                 "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
+                # Host/Origin checks (DNS-rebinding protection): host:port or host:*.
+                "allowed_hosts": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "allowed_origins": {"type": "array", "items": {"type": "string",
+                                                               "minLength": 1}},
+                # Public URL of the endpoint, for the protected-resource metadata (RFC 9728).
+                "resource_url": {"type": "string", "pattern": r"^https?://\S+$"},
             },
         },
     },
@@ -194,6 +200,10 @@ class TlsSettings:
 class McpSettings:
     enabled: bool = False
     listen: str = "127.0.0.1:8765"
+    # None: no Host/Origin checks (every request needs a bearer token anyway).
+    allowed_hosts: tuple[str, ...] | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    resource_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -329,7 +339,11 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
     if "file" in aud:
         aud["file"] = _resolve(base, aud["file"])
     audit = AuditSettings(**aud)
-    mcp = McpSettings(**raw.get("mcp", {}))
+    mcp_raw = dict(raw.get("mcp", {}))
+    for key in ("allowed_hosts", "allowed_origins"):
+        if key in mcp_raw:
+            mcp_raw[key] = tuple(mcp_raw[key])
+    mcp = McpSettings(**mcp_raw)
     tls = None
     if "tls" in raw:
         t = raw["tls"]

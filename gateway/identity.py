@@ -246,6 +246,11 @@ class Authenticator:
         self._audience = audience
         self.jwks = jwks if jwks is not None else (JwksCache(jwks_url) if jwks_url else None)
 
+    @property
+    def has_static_tokens(self) -> bool:
+        """Whether the static token table has any entry (for discovery metadata)."""
+        return bool(self._tokens)
+
     def authenticate(self, token: str | None) -> Principal:
         found, kid = self._precheck(token)
         if found is not None:

@@ -13,6 +13,13 @@ sessions; code-channel sessions are named explicitly by ``session_id``.
 
 Identity is the HTTP ``Authorization: Bearer`` header, checked twice: by an ASGI guard that
 answers 401 before any MCP processing, and again per tool call inside the call's audit span.
+The guard also serves the OAuth protected-resource metadata (RFC 9728) without auth, and its
+401s point at it (``WWW-Authenticate: Bearer resource_metadata="..."``).
+
+Besides tools: ``execute_code`` streams its output as progress (when the request carries a
+``progressToken``) and log notifications while it runs; the catalog is readable as resources
+(``switchboard://operations/{name}``, the ``describe_operation`` document) with completion of
+the template's ``name``; ``logging/setLevel`` is accepted (stateless: nothing is remembered).
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import uuid
+import warnings
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import mcp_types as types
 import structlog
@@ -33,6 +44,7 @@ from jsonschema import Draft202012Validator
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -53,8 +65,9 @@ from gateway.manifest import (
     meta_tools,
     tool_name,
 )
-from gateway.models import Principal
+from gateway.models import Operation, Principal
 from gateway.pipeline import CodeAction, Outcome, Pipeline, ToolAction
+from gateway.sandbox import SandboxEvent
 from gateway.values import (
     MAX_NAME_LENGTH,
     MAX_SOURCE_BYTES,
@@ -70,6 +83,8 @@ from gateway.values import (
 
 __all__ = [
     "MCP_PATH",
+    "OPERATION_URI_PREFIX",
+    "PROTECTED_RESOURCE_PATH",
     "REQUEST_ID_META_KEY",
     "McpHandle",
     "create_mcp_app",
@@ -83,6 +98,21 @@ MCP_PATH = "/mcp"
 REQUEST_ID_META_KEY = "switchboard/request_id"
 _META_VALIDATORS = {t.name: Draft202012Validator(t.input_schema) for t in meta_tools()}
 _READ_ONLY = types.ToolAnnotations(read_only_hint=True, open_world_hint=False)
+# RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
+# under it.
+PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
+# The catalog as MCP resources: one document per operation the caller may use.
+OPERATION_URI_PREFIX = "switchboard://operations/"
+_OPERATION_TEMPLATE = OPERATION_URI_PREFIX + "{name}"
+# JSON-RPC codes of the MCP spec: invalid params (unknown tool/prompt), resource not found.
+INVALID_PARAMS = -32602
+RESOURCE_NOT_FOUND = -32002
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Tags an OpenAPI document can put on an operation to say it destroys or only reads data.
+_DESTRUCTIVE_TAGS = frozenset({"destructive", "delete"})
+_READ_ONLY_TAGS = frozenset({"read-only", "readonly"})
+_HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+_MAX_COMPLETIONS = 100  # the spec's cap on completion values per response
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -90,13 +120,60 @@ ASGIApp = Callable[
 ]
 
 
-def _annotations(tool: ToolDef) -> types.ToolAnnotations | None:
-    if tool.name in (SEARCH_OPERATIONS, DESCRIBE_OPERATION):
-        return _READ_ONLY
-    if tool.kind == "dedicated":
-        # Exactly-once by request id; the gateway, not the model, decides what it may change.
-        return types.ToolAnnotations(idempotent_hint=True, open_world_hint=True)
-    return None
+def _is_read_only(op: Operation) -> bool:
+    return op.method.upper() in _SAFE_METHODS or bool(_READ_ONLY_TAGS & set(op.tags))
+
+
+def _is_destructive(op: Operation) -> bool:
+    if _is_read_only(op):
+        return False
+    return op.method.upper() == "DELETE" or bool(_DESTRUCTIVE_TAGS & set(op.tags))
+
+
+def operation_annotations(op: Operation) -> types.ToolAnnotations:
+    """A dedicated tool's hints, from its HTTP method and tags. Every dedicated call is
+    exactly-once by request id, so it is idempotent whatever the method."""
+    return types.ToolAnnotations(
+        read_only_hint=_is_read_only(op),
+        destructive_hint=_is_destructive(op),
+        idempotent_hint=True,
+        open_world_hint=True,
+    )
+
+
+def code_annotations(reachable: Sequence[Operation]) -> types.ToolAnnotations:
+    """``execute_code``'s hints for one caller, from the operations the policy lets that caller
+    reach (conservatively: any route but deny). Code may call them in any order, any number of
+    times, so it is never idempotent."""
+    return types.ToolAnnotations(
+        read_only_hint=all(_is_read_only(op) for op in reachable),
+        destructive_hint=any(_is_destructive(op) for op in reachable),
+        idempotent_hint=False,
+        open_world_hint=True,
+    )
+
+
+def _output_schema(op: Operation) -> dict[str, Any]:
+    """A dedicated tool's ``outputSchema``: the result envelope, with the operation's own
+    response schema as ``result`` when the catalog has one."""
+    result: dict[str, Any] = dict(op.output_schema) if op.output_schema else {}
+    return {
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "route": {"type": "string"},
+            "result": result,
+            "error": {"type": "object"},
+            "replayed": {"type": "boolean"},
+            "output_truncated": {"type": "boolean"},
+            "trace_id": {"type": "string"},
+        },
+        "required": ["ok", "trace_id"],
+    }
+
+
+class _UnknownTool(Exception):
+    """A tool name that is neither a meta-tool nor any operation's: a JSON-RPC error."""
 
 
 def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
@@ -173,6 +250,49 @@ class _Handlers:
         # Every operation's tool name, not only the caller's dedicated tools: calling one the
         # policy does not route to the tool channel gets the policy's denial and reasons.
         self.tool_names = {tool_name(op.name): op.name for op in pipeline.catalog.operations}
+        # execute_code's annotations per (caller, policy revision): a policy decision per
+        # operation is too much work for every tools/list.
+        self._code_hints: OrderedDict[tuple[Principal, str], types.ToolAnnotations] = (
+            OrderedDict())
+
+    async def _reachable(self, principal: Principal) -> list[tuple[Operation, str]]:
+        """Every operation with the route the policy gives this caller, unless deny."""
+        out = []
+        for op in self.pipeline.catalog.operations:
+            route = await self.pipeline.route_for(principal, op)
+            if route != "deny":
+                out.append((op, route))
+        return out
+
+    async def _code_annotations(self, principal: Principal) -> types.ToolAnnotations:
+        key = (principal, str(getattr(self.pipeline.policy, "revision", "")))
+        hints = self._code_hints.get(key)
+        if hints is None:
+            hints = code_annotations([op for op, _ in await self._reachable(principal)])
+            self._code_hints[key] = hints
+            while len(self._code_hints) > 1024:
+                self._code_hints.popitem(last=False)
+        return hints
+
+    def _tool(self, tool: ToolDef, code_hints: types.ToolAnnotations) -> types.Tool:
+        annotations: types.ToolAnnotations | None = None
+        output_schema: dict[str, Any] | None = None
+        if tool.name in (SEARCH_OPERATIONS, DESCRIBE_OPERATION):
+            annotations = _READ_ONLY
+        elif tool.name == EXECUTE_CODE:
+            annotations = code_hints
+        elif tool.operation is not None:
+            op = self.pipeline.catalog.get(tool.operation)
+            if op is not None:
+                annotations = operation_annotations(op)
+                output_schema = _output_schema(op)
+        return types.Tool(
+            name=tool.name,
+            description=tool.description,
+            input_schema=tool.input_schema,
+            output_schema=output_schema,
+            annotations=annotations,
+        )
 
     async def principal(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
         request = ctx.request
@@ -185,16 +305,92 @@ class _Handlers:
     ) -> types.ListToolsResult:
         principal = await self.principal(ctx)
         tools = await self.pipeline.manifest(principal)
-        return types.ListToolsResult(
-            tools=[
-                types.Tool(
-                    name=t.name,
-                    description=t.description,
-                    input_schema=t.input_schema,
-                    annotations=_annotations(t),
+        code_hints = await self._code_annotations(principal)
+        return types.ListToolsResult(tools=[self._tool(t, code_hints) for t in tools])
+
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        # Stateless: there is no session to remember the level in. Handshake-era clients get
+        # execute_code's output at info (stdout) and warning (stderr); 2026-07-28 clients opt
+        # in per request with the `_meta` log level, which the SDK applies.
+        await self.principal(ctx)
+        return types.EmptyResult()
+
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        principal = await self.principal(ctx)
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(
+                    uri=OPERATION_URI_PREFIX + op.name,
+                    name=op.name,
+                    title=op.summary or None,
+                    description=f"{op.method} {op.path} ({route} route): " + (
+                        op.description or op.summary or op.name)[:500],
+                    mime_type="application/json",
                 )
-                for t in tools
+                for op, route in await self._reachable(principal)
             ]
+        )
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        await self.principal(ctx)
+        return types.ListResourceTemplatesResult(
+            resource_templates=[
+                types.ResourceTemplate(
+                    uri_template=_OPERATION_TEMPLATE,
+                    name="operation",
+                    title="Catalog operation",
+                    description="One catalog operation as describe_operation returns it: "
+                    "schemas, Python signature and the caller's route.",
+                    mime_type="application/json",
+                )
+            ]
+        )
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        principal = await self.principal(ctx)
+        uri = str(params.uri)
+        name = uri[len(OPERATION_URI_PREFIX):] if uri.startswith(OPERATION_URI_PREFIX) else ""
+        try:
+            check_name(name, "uri")
+            doc = await self.pipeline.describe(principal, name)
+        except GatewayError:
+            # Unknown and denied look the same, as in search_operations.
+            raise MCPError(RESOURCE_NOT_FOUND, "Resource not found",
+                           {"uri": loggable(uri)}) from None
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type="application/json",
+                                                 text=text)]
+        )
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        principal = await self.principal(ctx)
+        ref = params.ref
+        if not (isinstance(ref, types.ResourceTemplateReference)
+                and ref.uri == _OPERATION_TEMPLATE):
+            what = "prompt" if isinstance(ref, types.PromptReference) else "reference"
+            raise MCPError(INVALID_PARAMS, f"no such {what}")
+        if params.argument.name != "name":
+            return types.CompleteResult(completion=types.Completion(values=[]))
+        prefix = params.argument.value
+        names = sorted(op.name for op, _ in await self._reachable(principal)
+                       if op.name.startswith(prefix))
+        return types.CompleteResult(
+            completion=types.Completion(
+                values=names[:_MAX_COMPLETIONS],
+                total=len(names),
+                has_more=len(names) > _MAX_COMPLETIONS,
+            )
         )
 
     async def call_tool(
@@ -229,10 +425,19 @@ class _Handlers:
                         raise
                 span.set_attribute(attr.PRINCIPAL_ID, principal.id)
                 span.set_attribute(attr.TENANT, principal.tenant)
-                payload, is_error = await self._dispatch(principal, name, arguments, request_id)
+                payload, is_error = await self._dispatch(
+                    principal, name, arguments, request_id, _Notifier(ctx))
                 outcome = (payload.get("error") or {}).get("code", attr.OUTCOME_OK)
                 span.set_attribute(attr.OUTCOME, str(outcome))
                 return _result(payload, is_error=is_error)
+            except _UnknownTool:
+                # Neither a meta-tool nor any operation's name: a protocol error (-32602), as
+                # the MCP spec has it, not a tool result.
+                span.set_attribute(attr.OUTCOME, UnknownOperation.code)
+                span.set_status(Status(StatusCode.ERROR, "unknown tool"))
+                raise MCPError(INVALID_PARAMS, f"Unknown tool: {recorded}",
+                               {"code": UnknownOperation.code, "field": "name",
+                                "trace_id": _trace_id(span)}) from None
             except GatewayError as exc:
                 span.set_attribute(attr.OUTCOME, exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message[:1024]))
@@ -256,7 +461,8 @@ class _Handlers:
                 return _result(err, is_error=True)
 
     async def _dispatch(
-        self, principal: Principal, name: str, arguments: dict[str, Any], request_id: str
+        self, principal: Principal, name: str, arguments: dict[str, Any], request_id: str,
+        notifier: _Notifier,
     ) -> tuple[dict[str, Any], bool]:
         p = self.pipeline
         # Plain, finite, bounded JSON first: the schema validator, the audit digest and the
@@ -300,67 +506,236 @@ class _Handlers:
             check_name(name, "name")
             operation = self.tool_names.get(name)
             if operation is None:
-                raise UnknownOperation(f"unknown tool {name!r}", field="name")
+                raise _UnknownTool(name)
             action = ToolAction(
                 request_id=request_id,
                 name=operation,
                 arguments=arguments,
                 labels={"transport": "mcp"},
             )
-        outcome = await p.execute(principal, action)
+        on_event = notifier.on_event if isinstance(action, CodeAction) else None
+        outcome = await p.execute(principal, action, on_event=on_event)
         return _outcome_dict(outcome), outcome.error is not None
+
+
+class _Notifier:
+    """Streams a code run's events to the caller while it runs: every event as a progress
+    notification (when the request carries a ``progressToken``; the count so far, no total)
+    and stdout/stderr lines as log notifications (``info``/``warning``, logger
+    ``switchboard.stdout``/``switchboard.stderr``). The response then comes as SSE; a
+    notification that cannot be delivered never fails the run."""
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        self.ctx = ctx
+        self.count = 0
+
+    async def on_event(self, event: SandboxEvent) -> None:
+        self.count += 1
+        line = clean_text(str(event.data.get("line", "")))
+        if event.kind == "host_call":
+            progress = "host call {}: {}".format(
+                clean_text(str(event.data.get("operation", ""))),
+                clean_text(str(event.data.get("outcome", ""))))
+        else:
+            progress = f"{event.kind}: {line}"
+        session = self.ctx.session
+        try:
+            await session.report_progress(float(self.count), None, progress)
+            if event.kind in ("stdout", "stderr"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", MCPDeprecationWarning)
+                    await session.send_log_message(
+                        "info" if event.kind == "stdout" else "warning",
+                        line,
+                        logger=f"switchboard.{event.kind}",
+                        related_request_id=self.ctx.request_id,
+                    )
+        except Exception as exc:  # a gone client must not fail the run
+            log.debug("MCP notification dropped", error=type(exc).__name__)
+
+
+def _header(scope: MutableMapping[str, Any], name: bytes) -> str:
+    for k, v in scope["headers"]:
+        if k.lower() == name:
+            return str(v.decode("latin-1"))
+    return ""
 
 
 class _AuthGuard:
     """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
-    request; lifespan and other paths pass through."""
+    request, and serves the protected-resource metadata (no auth needed); lifespan and other
+    paths pass through."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
+                 resource_url: str | None, authorization_servers: Sequence[str]) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.path = path
+        self.resource_url = resource_url
+        self.authorization_servers = list(authorization_servers)
+
+    def resource(self, scope: MutableMapping[str, Any]) -> str:
+        """The endpoint's public URL: ``mcp.resource_url``, else the one the client used (set
+        it behind a proxy that rewrites Host, adds a path prefix or terminates TLS)."""
+        if self.resource_url:
+            return self.resource_url
+        host = _header(scope, b"host")
+        if not _HOST_HEADER.fullmatch(host):  # it goes into a header and JSON: only host[:port]
+            server = scope.get("server") or ("127.0.0.1", 0)
+            host = f"{server[0]}:{server[1]}"
+        return f"{scope.get('scheme', 'http')}://{host}{self.path}"
+
+    def metadata_url(self, scope: MutableMapping[str, Any]) -> str:
+        """Where the metadata is: RFC 9728 puts the well-known segment between the origin and
+        the resource's path."""
+        url = urlsplit(self.resource(scope))
+        return f"{url.scheme}://{url.netloc}{PROTECTED_RESOURCE_PATH}{url.path.rstrip('/')}"
+
+    def metadata(self, scope: MutableMapping[str, Any]) -> dict[str, Any]:
+        """RFC 9728 protected-resource metadata. ``authorization_servers`` is the JWT issuer
+        when one is configured; ``switchboard_token_types`` says which bearer tokens this
+        gateway takes (its static token table, JWTs checked against its JWKS)."""
+        token_types = []
+        if self.authenticator.has_static_tokens:
+            token_types.append("static")
+        if self.authenticator.jwks is not None:
+            token_types.append("jwt")
+        out: dict[str, Any] = {
+            "resource": self.resource(scope),
+            "resource_name": "Switchboard gateway",
+            "bearer_methods_supported": ["header"],
+            "switchboard_token_types": token_types,
+        }
+        if self.authorization_servers:
+            out["authorization_servers"] = self.authorization_servers
+        return out
+
+    async def _json(self, send: Any, status: int, payload: Any,
+                    extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        body = json.dumps(payload).encode()
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        })
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
+            if scope.get("method") not in ("GET", "HEAD"):
+                await self._json(send, 405, {"error": "method not allowed"},
+                                 [(b"allow", b"GET, HEAD")])
+                return
+            await self._json(send, 200, self.metadata(scope),
+                             [(b"cache-control", b"public, max-age=300"),
+                              (b"access-control-allow-origin", b"*")])
+            return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
             await self.authenticator.authenticate_async(bearer_token(headers))
         except Unauthenticated as exc:
-            body = json.dumps(
+            challenge = (f'Bearer realm="switchboard", '
+                         f'resource_metadata="{self.metadata_url(scope)}"')
+            if bearer_token(headers) is not None:
+                challenge += ', error="invalid_token"'
+            await self._json(
+                send, 401,
                 {
                     "jsonrpc": "2.0",
                     "id": None,
                     "error": {"code": -32001, "message": exc.message, "data": exc.to_dict()},
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"www-authenticate", b'Bearer realm="switchboard"'),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
+                },
+                [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )
-            await send({"type": "http.response.body", "body": body})
             return
-        await self.app(scope, receive, send)
+        await _json_only_bridge(self.app, scope, receive, send)
 
 
-def _security(allowed_hosts: Sequence[str] | None) -> TransportSecuritySettings:
-    if allowed_hosts is None:
+def _last_jsonrpc_response(body: bytes) -> bytes | None:
+    """The JSON-RPC response in an SSE body (the last event with an id and a result/error)."""
+    found = None
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
+                          if line.startswith(b"data:"))
+        if not data:
+            continue
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "id" in message and (
+                "result" in message or "error" in message):
+            found = data
+    return found
+
+
+async def _json_only_bridge(app: ASGIApp, scope: MutableMapping[str, Any], receive: Any,
+                            send: Any) -> None:
+    """Keeps clients that accept only ``application/json`` working: the SDK answers
+    handshake-era requests as SSE (and refuses such clients with 406), so their POSTs are
+    served as if they accepted SSE and the stream is turned back into the one JSON-RPC
+    response (notifications are dropped: such a client cannot receive them)."""
+    accept = _header(scope, b"accept").lower()
+    if scope.get("method") != "POST" or "text/event-stream" in accept or (
+            "application/json" not in accept):
+        await app(scope, receive, send)
+        return
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]
+    headers.append((b"accept", b"application/json, text/event-stream"))
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def capture(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            content_type = next((v for k, v in message.get("headers", [])
+                                 if k.lower() == b"content-type"), b"")
+            if not content_type.startswith(b"text/event-stream"):
+                start["passthrough"] = True
+                await send(message)
+            return
+        if start.get("passthrough"):
+            await send(message)
+            return
+        if message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body = _last_jsonrpc_response(b"".join(chunks))
+                status = int(start.get("status", 200))
+                if body is None:
+                    status, body = 502, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,' \
+                        b'"message":"no response in the event stream"}}'
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    await app({**scope, "headers": headers}, receive, capture)
+
+
+def _security(allowed_hosts: Sequence[str] | None,
+              allowed_origins: Sequence[str] | None) -> TransportSecuritySettings:
+    if allowed_hosts is None and allowed_origins is None:
         # Bearer tokens already gate every request; DNS-rebinding checks are opt-in (give the
         # Host values a browser could not be tricked into sending).
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = list(allowed_hosts or ())
+    if allowed_origins is None:
+        origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+    else:
+        origins = list(allowed_origins)
     return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=list(allowed_hosts),
-        allowed_origins=[f"http://{h}" for h in allowed_hosts]
-        + [f"https://{h}" for h in allowed_hosts],
-    )
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 def create_mcp_app(
@@ -369,30 +744,50 @@ def create_mcp_app(
     *,
     path: str = MCP_PATH,
     allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    resource_url: str | None = None,
+    authorization_servers: Sequence[str] = (),
     version: str = "",
 ) -> ASGIApp:
-    """The MCP streamable-HTTP ASGI app at ``path``; run its lifespan (uvicorn does)."""
+    """The MCP streamable-HTTP ASGI app at ``path``; run its lifespan (uvicorn does).
+
+    ``allowed_hosts`` (``host:port``, ``host:*``) turns on Host/Origin checks (DNS-rebinding
+    protection); ``allowed_origins`` defaults to those hosts over http and https.
+    ``resource_url`` is the public URL of the endpoint for the protected-resource metadata
+    (default: from the request's Host); ``authorization_servers`` goes into it (the JWT
+    issuer)."""
     handlers = _Handlers(pipeline, authenticator)
-    server: Server[Any] = Server(
-        "switchboard",
-        version=version,
-        title="Switchboard gateway",
-        instructions=(
-            "Search the catalog with search_operations, then write Python for execute_code "
-            "that calls backends through `from sdk import <backend>`. Compliance-sensitive "
-            "operations are separate tools with strict schemas."
-        ),
-        on_list_tools=handlers.list_tools,
-        on_call_tool=handlers.call_tool,
-    )
+    with warnings.catch_warnings():
+        # logging/setLevel is deprecated from 2026-07-28 on, but handshake-era clients use it.
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        server: Server[Any] = Server(
+            "switchboard",
+            version=version,
+            title="Switchboard gateway",
+            instructions=(
+                "Search the catalog with search_operations, then write Python for execute_code "
+                "that calls backends through `from sdk import <backend>`. Compliance-sensitive "
+                "operations are separate tools with strict schemas."
+            ),
+            on_list_tools=handlers.list_tools,
+            on_call_tool=handlers.call_tool,
+            on_list_resources=handlers.list_resources,
+            on_list_resource_templates=handlers.list_resource_templates,
+            on_read_resource=handlers.read_resource,
+            on_completion=handlers.complete,
+            on_set_logging_level=handlers.set_logging_level,
+        )
     app = server.streamable_http_app(
         streamable_http_path=path,
         stateless_http=True,
-        json_response=True,
-        transport_security=_security(allowed_hosts),
+        # SSE when a call streams notifications (execute_code); 2026-07-28 requests that emit
+        # none are still answered application/json.
+        json_response=False,
+        transport_security=_security(allowed_hosts, allowed_origins),
         host="0.0.0.0",  # only consulted for the default DNS-rebinding settings we override
     )
-    return _AuthGuard(app, authenticator)
+    return _AuthGuard(app, authenticator, path=path, resource_url=resource_url,
+                      authorization_servers=authorization_servers)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
@@ -22,6 +21,7 @@ from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.audit import Telemetry, register_secret, setup_telemetry
 from gateway.catalog import load_catalog
 from gateway.config import Settings
+from gateway.grpc_services import HealthServicer, enable_reflection
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
 from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
@@ -153,10 +153,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     )
     pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
         GatewayServicer(pipeline), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()  # with Health/List
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1alpha and v1
     if settings.tls is not None:
         tls = settings.tls
         credentials = grpc.ssl_server_credentials(
@@ -173,7 +172,13 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     if settings.mcp.enabled:
         try:
             handle = await start_mcp_server(
-                create_mcp_app(pipeline, authenticator, version=__version__),
+                create_mcp_app(
+                    pipeline, authenticator, version=__version__,
+                    allowed_hosts=settings.mcp.allowed_hosts,
+                    allowed_origins=settings.mcp.allowed_origins,
+                    resource_url=settings.mcp.resource_url,
+                    authorization_servers=[settings.identity.issuer]
+                    if settings.identity.issuer else ()),
                 settings.mcp.listen)
         except BaseException:
             await server.stop(None)

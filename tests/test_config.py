@@ -91,3 +91,16 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings({"tls": {"cert_file": "cert.pem"}}, base_dir=tmp_path)
     assert info.value.field == "tls" and "key_file" in info.value.message
+
+
+def test_mcp_host_checks_and_resource_url() -> None:
+    s = parse_settings({"mcp": {"enabled": True, "allowed_hosts": ["127.0.0.1:*", "gw:8765"],
+                                "allowed_origins": ["https://app.example"],
+                                "resource_url": "https://gw.example/mcp"}})
+    assert s.mcp.allowed_hosts == ("127.0.0.1:*", "gw:8765")
+    assert s.mcp.allowed_origins == ("https://app.example",)
+    assert s.mcp.resource_url == "https://gw.example/mcp"
+    assert parse_settings({}).mcp.allowed_hosts is None  # no Host/Origin checks by default
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"mcp": {"allowed_hosts": "localhost"}})
+    assert info.value.field.startswith("mcp.allowed_hosts")

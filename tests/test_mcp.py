@@ -162,7 +162,6 @@ async def test_search_describe_and_argument_errors(mcp_url: str) -> None:
             await c.call_tool("describe_operation", {"name": "workspace.send_email"})
         )
         bad = await c.call_tool("search_operations", {"query": "x", "limit": 500})
-        unknown = await c.call_tool("no_such_tool", {})
     assert found["operations"][0]["name"] == "workspace.send_email"
     assert len(found["operations"]) <= 3
     assert described["python_signature"].startswith("send_email(")
@@ -170,7 +169,6 @@ async def test_search_describe_and_argument_errors(mcp_url: str) -> None:
     bad_payload = structured(bad)
     assert bad.is_error and bad_payload["error"]["code"] == "schema_invalid"
     assert bad_payload["error"]["field"] == "arguments.limit"
-    assert unknown.is_error and structured(unknown)["error"]["code"] == "unknown_operation"
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token"])
@@ -182,7 +180,11 @@ async def test_missing_or_invalid_token_is_401(mcp_url: str, token: str | None) 
     async with httpx.AsyncClient(timeout=10) as http:
         resp = await http.post(mcp_url, json=body, headers=headers)
     assert resp.status_code == 401
-    assert resp.headers["www-authenticate"].startswith("Bearer")
+    challenge = resp.headers["www-authenticate"]
+    assert challenge.startswith("Bearer")
+    metadata = mcp_url.removesuffix("/mcp") + "/.well-known/oauth-protected-resource/mcp"
+    assert f'resource_metadata="{metadata}"' in challenge
+    assert ('error="invalid_token"' in challenge) == (token is not None)
     assert resp.json()["error"]["data"]["code"] == "unauthenticated"
     with pytest.raises(BaseException) as info:  # the official client refuses to go on
         async with connect(mcp_url, token) as c:
@@ -235,3 +237,195 @@ async def test_unexpected_failures_do_not_leak_internals(
         if r["name"] == "mcp tools/call search_operations"
     )
     assert root["attributes"]["switchboard.outcome"] == "internal"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_unknown_tool_is_a_jsonrpc_invalid_params_error(mcp_url: str, mode: str) -> None:
+    async with connect(mcp_url, "dev-agent", mode) as c:
+        with pytest.raises(MCPError) as info:
+            await c.call_tool("no_such_tool", {})
+        # a catalog operation the caller may not use is still the policy's denial
+        denied = await c.call_tool("ledger__create_transfer", TRANSFER)
+    assert info.value.error.code == -32602
+    assert "no_such_tool" in info.value.error.message
+    assert (info.value.error.data or {})["code"] == "unknown_operation"
+    assert denied.is_error and structured(denied)["error"]["code"] == "policy_denied"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_execute_code_streams_progress_and_log_notifications(
+    mcp_url: str, mode: str
+) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+    logs: list[Any] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
+    async def on_log(params: Any) -> None:
+        logs.append(params)
+
+    code = (
+        "import sys\n"
+        "from sdk import workspace\n"
+        "print('step one')\n"
+        "n = len(workspace.list_events())\n"
+        "print('step two', file=sys.stderr)\n"
+        "print('done')\n"
+        "n\n"
+    )
+    headers = {"Authorization": "Bearer dev-agent"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(mcp_url, http_client=http), mode=mode,  # type: ignore[arg-type]
+               logging_callback=on_log, log_level="info") as c,
+    ):
+        result = await c.call_tool("execute_code", {"code": code}, progress_callback=on_progress)
+    payload = structured(result)
+    assert result.is_error is False, payload
+    messages = [m for _, _, m in progress]
+    assert messages[0] == "stdout: step one", messages
+    assert "stderr: step two" in messages and messages[-1] == "stdout: done"
+    assert any(m and m.startswith("host call workspace.list_events: ok") for m in messages)
+    values = [v for v, _, _ in progress]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    got = [(p.level, p.logger, p.data) for p in logs]
+    assert got == [
+        ("info", "switchboard.stdout", "step one"),
+        ("warning", "switchboard.stderr", "step two"),
+        ("info", "switchboard.stdout", "done"),
+    ]
+    assert payload["stdout"] == "step one\ndone\n"  # the result still has the whole output
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_logging_set_level_is_accepted(mcp_url: str) -> None:
+    async with connect(mcp_url, "dev-agent", "legacy") as c:
+        assert (await c.set_logging_level("debug")).model_dump(exclude_none=True) == {}
+
+
+async def test_annotations_follow_method_and_policy(mcp_url: str) -> None:
+    async with connect(mcp_url, "dev-finance") as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+    transfer = tools["ledger__create_transfer"]
+    assert transfer.annotations is not None
+    assert transfer.annotations.read_only_hint is False  # POST
+    assert transfer.annotations.destructive_hint is False
+    assert transfer.annotations.idempotent_hint is True  # exactly-once by request id
+    assert transfer.output_schema is not None
+    assert transfer.output_schema["properties"]["result"]["type"] == "object"
+    code = tools["execute_code"].annotations
+    assert code is not None
+    # the caller's code may reach POST operations (send_email): not read-only, not idempotent
+    assert code.read_only_hint is False and code.idempotent_hint is False
+    assert code.open_world_hint is True
+    assert tools["describe_operation"].annotations is not None
+    assert tools["describe_operation"].annotations.read_only_hint is True
+    assert tools["search_operations"].output_schema is None
+
+
+async def test_catalog_resources_templates_and_completion(mcp_url: str) -> None:
+    from mcp_types import PromptReference, ResourceTemplateReference
+
+    async with connect(mcp_url, "dev-agent") as c:
+        listed = {str(r.uri): r for r in (await c.list_resources()).resources}
+        templates = (await c.list_resource_templates()).resource_templates
+        doc = await c.read_resource("switchboard://operations/workspace.send_email")
+        with pytest.raises(MCPError) as denied:  # a denied operation is as unknown as none
+            await c.read_resource("switchboard://operations/ledger.create_transfer")
+        with pytest.raises(MCPError) as unknown:
+            await c.read_resource("switchboard://operations/nope.nothing")
+        ref = ResourceTemplateReference(type="ref/resource",
+                                        uri="switchboard://operations/{name}")
+        completed = await c.complete(ref, {"name": "name", "value": "workspace.l"})
+        with pytest.raises(MCPError) as no_prompt:
+            await c.complete(PromptReference(type="ref/prompt", name="p"),
+                             {"name": "a", "value": ""})
+    assert "switchboard://operations/workspace.send_email" in listed
+    assert "switchboard://operations/ledger.create_transfer" not in listed  # denied to agent
+    assert listed["switchboard://operations/workspace.send_email"].mime_type == "application/json"
+    assert [t.uri_template for t in templates] == ["switchboard://operations/{name}"]
+    content = doc.contents[0]
+    described = json.loads(content.text)  # type: ignore[union-attr]
+    assert described["python_signature"].startswith("send_email(")
+    assert denied.value.error.code == unknown.value.error.code == -32002
+    values = completed.completion.values
+    assert values and all(v.startswith("workspace.l") for v in values)
+    assert "workspace.list_events" in values
+    assert no_prompt.value.error.code == -32602
+
+
+async def test_protected_resource_metadata_without_auth(mcp_url: str) -> None:
+    base = mcp_url.removesuffix("/mcp")
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.get(base + "/.well-known/oauth-protected-resource/mcp")
+        post = await http.post(base + "/.well-known/oauth-protected-resource", json={})
+    assert resp.status_code == 200
+    meta = resp.json()
+    assert meta["resource"] == mcp_url
+    assert meta["switchboard_token_types"] == ["static"]  # the token table, no JWT issuer
+    assert "authorization_servers" not in meta
+    assert post.status_code == 405
+
+
+async def test_metadata_follows_the_configured_resource_url() -> None:
+    from gateway.identity import Authenticator
+    from gateway.mcp_server import _AuthGuard
+    from gateway.models import Principal
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("an unauthenticated request reached the MCP app")
+
+    guard = _AuthGuard(app, Authenticator({"t": Principal("p", "demo")}), path="/mcp",
+                       resource_url="https://gw.example/agents/mcp",
+                       authorization_servers=["https://idp.example"])
+    transport = httpx.ASGITransport(app=guard)
+    async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.7:8765") as http:
+        meta = await http.get("/.well-known/oauth-protected-resource/agents/mcp")
+        denied = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert meta.json()["resource"] == "https://gw.example/agents/mcp"
+    assert meta.json()["authorization_servers"] == ["https://idp.example"]
+    assert denied.status_code == 401
+    assert ('resource_metadata="https://gw.example/.well-known/oauth-protected-resource/'
+            'agents/mcp"') in denied.headers["www-authenticate"]
+
+
+async def test_both_protocol_eras_are_negotiated(mcp_url: str) -> None:
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
+
+    assert (LATEST_MODERN_VERSION, LATEST_HANDSHAKE_VERSION) == ("2026-07-28", "2025-11-25")
+    async with connect(mcp_url, "dev-agent", "auto") as modern:
+        assert modern.protocol_version == "2026-07-28"  # server/discover, no initialize
+        assert (await modern.list_tools()).tools
+    async with connect(mcp_url, "dev-agent", "legacy") as legacy:
+        assert legacy.protocol_version == "2025-11-25"  # initialize handshake
+        assert (await legacy.list_tools()).tools
+
+
+async def test_metadata_ignores_a_malformed_host_header(mcp_url: str) -> None:
+    port = mcp_url.split(":")[2].split("/")[0]
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.post(mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               headers={"Host": 'evil"x, error="y'})
+    assert resp.status_code == 401
+    challenge = resp.headers["www-authenticate"]
+    assert "evil" not in challenge
+    assert f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp" in challenge
+
+
+async def test_clients_accepting_only_json_get_json(mcp_url: str) -> None:
+    headers = {"Accept": "application/json", "Authorization": "Bearer dev-agent"}
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "execute_code", "arguments": {"code": "print('x')\n1 + 1"},
+                       "_meta": {"progressToken": "p1"}}}
+    both = {**headers, "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        only_json = await http.post(mcp_url, json=call, headers=headers)
+        streamed = await http.post(mcp_url, json=call, headers=both)
+    assert only_json.status_code == 200
+    assert only_json.headers["content-type"] == "application/json"
+    body = only_json.json()
+    assert body["id"] == 7 and body["result"]["structuredContent"]["result"] == 2
+    # a client that accepts SSE gets the notifications too
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert '"notifications/progress"' in streamed.text and '"id":7' in streamed.text

@@ -172,7 +172,11 @@ def mcp_call(url: str, name: str, arguments_json: str,
         "authorization": f"Bearer {token}", "content-type": "application/json",
         "accept": "application/json, text/event-stream"})
     assert resp.status_code == 200, resp.text[:500]
-    result = resp.json()["result"]
+    if resp.headers["content-type"].startswith("text/event-stream"):  # the response is an event
+        data = [ln[5:] for ln in resp.text.splitlines() if ln.startswith("data:")]
+        result = json.loads(data[-1])["result"]
+    else:
+        result = resp.json()["result"]
     payload: dict[str, Any] = result["structuredContent"]
     assert json.loads(result["content"][0]["text"]) == payload
     return payload
