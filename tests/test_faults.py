@@ -145,7 +145,7 @@ def stack(backends: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
                 {"name": "garbage", "openapi": f"{garbage.url}/openapi.json",
                  "base_url": garbage.url, "retries": 0},
             ],
-            "sandbox": {"workers": 1, "spares": 1},
+            "sandbox": {"workers": 1},
             "idempotency": {"dsn": f"sqlite:///{state / 'idempotency.db'}"},
             # The OTLP collector is a dead port for the whole module: every test below also
             # proves that calls are served while the exporter fails.
@@ -407,7 +407,7 @@ def test_opa_unreachable_fails_closed_fast_and_keeps_serving(
                 for name, svc in backends.items()
             ],
             # Nothing runs in this gateway's sandbox (every call is denied): the smallest pool.
-            "sandbox": {"workers": 1, "spares": 0},
+            "sandbox": {"workers": 1},
             "idempotency": {"dsn": f"sqlite:///{tmp_path / 'idempotency.db'}"},
             "audit": {"file": str(tmp_path / "audit.jsonl"), "log_format": "json"},
         }

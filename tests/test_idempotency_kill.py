@@ -204,7 +204,7 @@ def test_real_gateway_killed_between_effect_and_response(ledger: Ledger, tmp_pat
                       "base_url": ledger.url, "timeout_ms": 10_000, "retries": 0}],
         "idempotency": {"dsn": f"sqlite:///{tmp_path / 'idempotency.db'}"},
         "audit": {"file": str(tmp_path / "audit.jsonl")},
-        "sandbox": {"workers": 1, "spares": 0},
+        "sandbox": {"workers": 1},
     }))
     rid = f"serve-kill-{uuid.uuid4()}"
     key = key_for(PRINCIPAL.__class__(id="finance-1", tenant="demo"), rid)
