@@ -86,7 +86,9 @@ async def test_lists_code_mode_tools_per_principal(mcp_url: str, mode: str) -> N
     assert agent_tools["search_operations"].annotations.read_only_hint is True
     async with connect(mcp_url, "dev-finance", mode) as c:
         finance_tools = {t.name: t for t in (await c.list_tools()).tools}
-    assert set(finance_tools) - set(agent_tools) == {"ledger__create_transfer"}
+    # Every payments-tagged ledger operation is tool-only for finance (the policy's advertise).
+    assert set(finance_tools) - set(agent_tools) == {
+        "ledger__create_transfer", "ledger__get_transfer", "ledger__list_transfers"}
     schema = finance_tools["ledger__create_transfer"].input_schema
     assert schema["type"] == "object"
     assert {"from_account", "to_account", "amount"} <= set(schema["required"])

@@ -191,7 +191,9 @@ def test_manifest_and_search(gateway: RunningGateway) -> None:
     desc = gateway.stub.DescribeOperation(pb.DescribeOperationRequest(name="workspace.send_email"),
                                           metadata=md("dev-agent"), timeout=10)
     assert desc.python_signature.startswith("send_email(")
-    assert desc.route == "tool"  # the shipped policy lets agents call plain reads/writes as tools
+    # Plain operations show route "code" (callable from execute_code); only the dedicated
+    # tools the policy advertises show "tool".
+    assert desc.route == "code"
     finance = gateway.stub.SearchOperations(
         pb.SearchOperationsRequest(query="transfer money between accounts"),
         metadata=md("dev-finance"), timeout=10)
