@@ -27,7 +27,14 @@ from gateway.audit.redact import (
     scrub_data,
     scrub_error,
 )
-from gateway.catalog import Catalog, python_signature, sdk_doc
+from gateway.catalog import (
+    Catalog,
+    TokenCounter,
+    describe_bounded,
+    describe_document,
+    python_signature,
+    sdk_doc,
+)
 from gateway.errors import (
     GatewayError,
     PolicyDenied,
@@ -161,6 +168,7 @@ class Pipeline:
         self._discovery_ops = [op.to_input() for op in catalog.operations]
         self._discovery: OrderedDict[DiscoveryKey, Discovery] = OrderedDict()
         self.discovery_evaluations = 0  # advertise evaluations (cache misses), for tests
+        self._tokens = TokenCounter()  # memoised subtree sizes for bounded descriptions
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -336,24 +344,19 @@ class Pipeline:
                 break
         return hits
 
-    async def describe(self, principal: Principal, name: str) -> dict[str, Any]:
-        op = self.catalog.require(name)
+    async def describe(self, principal: Principal, name: str, path: str | None = None,
+                       page: int | None = None, *, field_prefix: str = "") -> dict[str, Any]:
+        """The operation within ``MAX_DESCRIBE_TOKENS`` (gateway/catalog/describe.py): the
+        overview, or with ``path`` the subtree it names (``page`` pages a big one). Bad
+        ``path``/``page`` are ``InvalidRequest`` with ``field`` = ``field_prefix`` + name."""
+        op = self.catalog.require(name, field=f"{field_prefix}name")
         route = await self.route_for(principal, op)
         if route == "deny":
-            raise UnknownOperation(f"unknown operation {name!r}", field="name")
-        return {
-            "name": op.name,
-            "backend": op.backend,
-            "summary": op.summary,
-            "description": op.description,
-            "tags": list(op.tags),
-            "method": op.method,
-            "path": op.path,
-            "input_schema": op.input_schema,
-            "output_schema": op.output_schema,
-            "python_signature": python_signature(op),
-            "route": route,
-        }
+            raise UnknownOperation(f"unknown operation {name!r}", field=f"{field_prefix}name")
+        return describe_bounded(describe_document(op, route, python_signature(op)),
+                                path=path, page=page, counter=self._tokens,
+                                path_field=f"{field_prefix}path",
+                                page_field=f"{field_prefix}page")
 
     async def manifest(self, principal: Principal) -> list[ToolDef]:
         """The meta-tools plus the dedicated tools the policy's ``advertise`` rule names for
@@ -389,7 +392,10 @@ class _HostBridge:
                      "signature": python_signature(self.p.catalog.require(h.name))}
                     for h in hits]
         if operation == "sdk.describe":
-            return await self.p.describe(self.principal, str(arguments.get("name", "")))
+            path = arguments.get("path")
+            return await self.p.describe(self.principal, str(arguments.get("name", "")),
+                                         None if path is None else str(path),
+                                         arguments.get("page"))
         self.calls += 1
         with self.p.tracer.start_as_current_span(f"host_call {operation}", context=self.ctx,
                                                  kind=SpanKind.INTERNAL) as span:

@@ -163,12 +163,20 @@ async def test_search_describe_and_argument_errors(mcp_url: str) -> None:
         described = structured(
             await c.call_tool("describe_operation", {"name": "workspace.send_email"})
         )
+        part = structured(await c.call_tool(
+            "describe_operation", {"name": "workspace.send_email", "path": "input_schema"}))
+        bad_path = await c.call_tool(
+            "describe_operation", {"name": "workspace.send_email", "path": "nope", "page": 1})
         bad = await c.call_tool("search_operations", {"query": "x", "limit": 500})
         unknown = await c.call_tool("no_such_tool", {})
     assert found["operations"][0]["name"] == "workspace.send_email"
     assert len(found["operations"]) <= 3
     assert described["python_signature"].startswith("send_email(")
     assert described["route"] in ("tool", "code")  # the policy may allow either; not deny
+    assert part["at"] == "input_schema" and "to" in part["value"]["properties"]
+    assert bad_path.is_error
+    assert structured(bad_path)["error"]["code"] == "invalid_request"
+    assert structured(bad_path)["error"]["field"] == "arguments.path"
     bad_payload = structured(bad)
     assert bad.is_error and bad_payload["error"]["code"] == "schema_invalid"
     assert bad_payload["error"]["field"] == "arguments.limit"

@@ -194,6 +194,20 @@ def test_manifest_and_search(gateway: RunningGateway) -> None:
     # Plain operations show route "code" (callable from execute_code); only the dedicated
     # tools the policy advertises show "tool".
     assert desc.route == "code"
+    assert desc.view.struct_value.fields["name"].string_value == "workspace.send_email"
+    assert desc.page == desc.pages == 1
+    # A named subtree, and a path naming nothing: invalid_request with the field.
+    to = gateway.stub.DescribeOperation(
+        pb.DescribeOperationRequest(name="workspace.send_email", path="input_schema.properties.to"),
+        metadata=md("dev-agent"), timeout=10)
+    assert to.view.struct_value.fields["at"].string_value == "input_schema.properties.to"
+    assert to.view.struct_value.fields["value"].struct_value.fields["type"].string_value == "array"
+    with pytest.raises(grpc.RpcError) as err:
+        gateway.stub.DescribeOperation(
+            pb.DescribeOperationRequest(name="workspace.send_email", path="input_schema.nope"),
+            metadata=md("dev-agent"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(err.value)["field"] == "path"
     finance = gateway.stub.SearchOperations(
         pb.SearchOperationsRequest(query="transfer money between accounts"),
         metadata=md("dev-finance"), timeout=10)
