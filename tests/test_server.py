@@ -219,6 +219,20 @@ def test_manifest_and_search(gateway: RunningGateway) -> None:
     assert "ledger.create_transfer" not in {o.name for o in agent_hits.operations}
 
 
+def test_sdk_describe_reads_a_path_from_code(gateway: RunningGateway) -> None:
+    src = ("import sdk\n"
+           "part = sdk.describe('workspace.send_email', path='input_schema.properties.to')\n"
+           "try:\n    sdk.describe('workspace.send_email', path='nope')\n"
+           "except sdk.SdkError as e:\n    err = [e.code, e.message]\n"
+           "from sdk import workspace\nhelp(workspace.send_email)\n"
+           "[part['at'], part['value']['type'], err]")
+    resp = gateway.stub.Execute(code_request(src), metadata=md("dev-agent"), timeout=60)
+    result = json_format.MessageToDict(resp.result)
+    assert result[:2] == ["input_schema.properties.to", "array"], resp
+    assert result[2][0] == "invalid_request" and "nothing at 'nope'" in result[2][1]
+    assert "Help on sdk.workspace.send_email" in resp.stdout and "send_email(to: " in resp.stdout
+
+
 def test_execute_stream_yields_lines_then_response(gateway: RunningGateway) -> None:
     src = ("for i in range(3):\n    print('line', i)\n"
            "from sdk import ledger\nledger.list_accounts()\n'ok'")
