@@ -232,8 +232,11 @@ class SwitchboardClient(_Base):
         )
         return [match_from_pb(m) for m in resp.operations]
 
-    def describe(self, name: str) -> OperationInfo:
-        req = pb.DescribeOperationRequest(name=name)
+    def describe(self, name: str, path: str | None = None,
+                 page: int | None = None) -> OperationInfo:
+        """The operation within 2,000 tokens (``view``); ``path`` reads an ``$elided`` part,
+        ``page`` a page of a long one."""
+        req = pb.DescribeOperationRequest(name=name, path=path or "", page=page or 0)
         resp = self._retrying(
             lambda: self._unary("DescribeOperation", req, pb.OperationDescription, None)
         )
@@ -277,7 +280,8 @@ class SwitchboardClient(_Base):
             if plan.kind == "search":
                 return {"operations": [m.to_dict() for m in self.search(*plan.args)]}
             if plan.kind == "describe":
-                return self.describe(*plan.args).to_dict()
+                info = self.describe(*plan.args)
+                return info.view if isinstance(info.view, dict) else info.to_dict()
             if plan.kind == "code":
                 return self.run_code(**plan.kwargs).to_model()
             return self.call_tool(*plan.args).to_model()
@@ -400,8 +404,9 @@ class AsyncSwitchboardClient(_Base):
         resp = await self._retrying("SearchOperations", req, pb.SearchOperationsResponse)
         return [match_from_pb(m) for m in resp.operations]
 
-    async def describe(self, name: str) -> OperationInfo:
-        req = pb.DescribeOperationRequest(name=name)
+    async def describe(self, name: str, path: str | None = None,
+                       page: int | None = None) -> OperationInfo:
+        req = pb.DescribeOperationRequest(name=name, path=path or "", page=page or 0)
         return operation_from_pb(
             await self._retrying("DescribeOperation", req, pb.OperationDescription)
         )
@@ -438,7 +443,8 @@ class AsyncSwitchboardClient(_Base):
             if plan.kind == "search":
                 return {"operations": [m.to_dict() for m in await self.search(*plan.args)]}
             if plan.kind == "describe":
-                return (await self.describe(*plan.args)).to_dict()
+                info = await self.describe(*plan.args)
+                return info.view if isinstance(info.view, dict) else info.to_dict()
             if plan.kind == "code":
                 return (await self.run_code(**plan.kwargs)).to_model()
             return (await self.call_tool(*plan.args)).to_model()

@@ -226,6 +226,11 @@ class OperationInfo:
     output_schema: dict[str, Any] | None = None
     python_signature: str = ""
     route: str = ""
+    # The bounded JSON the gateway rendered (<= 2,000 tokens): the overview, or the subtree a
+    # ``path`` named (``{name, at, value, page?, pages?}``); what a model should read.
+    view: Any = None
+    page: int = 1
+    pages: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -359,6 +364,9 @@ def operation_from_pb(d: pb.OperationDescription) -> OperationInfo:
         output_schema=from_struct(d.output_schema) if d.HasField("output_schema") else None,
         python_signature=d.python_signature,
         route=d.route,
+        view=from_value(d.view) if d.HasField("view") else None,
+        page=d.page or 1,
+        pages=d.pages or 1,
     )
 
 
@@ -393,7 +401,10 @@ def dispatch_plan(
     if name == SEARCH_OPERATIONS:
         return DispatchPlan("search", (str(args.get("query", "")), int(args.get("limit", 10))))
     if name == DESCRIBE_OPERATION:
-        return DispatchPlan("describe", (str(args.get("name", "")),))
+        page = args.get("page")
+        return DispatchPlan("describe", (str(args.get("name", "")),
+                                         args.get("path") or None,
+                                         int(page) if isinstance(page, int | float) else None))
     if name == EXECUTE_CODE:
         kwargs: dict[str, Any] = {"source": str(args.get("code", ""))}
         if isinstance(args.get("inputs"), dict):

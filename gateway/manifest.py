@@ -82,8 +82,9 @@ _SEARCH_DESCRIPTION = (
 )
 
 _DESCRIBE_DESCRIPTION = (
-    "Show one operation in full: its arguments as JSON Schema, its output, its docs and the "
-    "Python signature to call it with from execute_code."
+    "Show one operation: its arguments as JSON Schema, its output, its docs and the Python "
+    "signature to call it with from execute_code. Big parts come back as "
+    '{"$elided": "<path>", "tokens": n}: pass that path (and page for long ones) to read them.'
 )
 
 _EXECUTE_DESCRIPTION = """\
@@ -140,6 +141,17 @@ def meta_tools() -> list[ToolDef]:
                         "maxLength": 200,
                         "description": "Operation name as returned by search_operations, "
                         "e.g. 'ledger.get_balance'.",
+                    },
+                    "path": {
+                        "type": "string",
+                        "maxLength": 1000,
+                        "description": "Optional: an $elided path to read, e.g. "
+                        "'output_schema.properties.owner'.",
+                    },
+                    "page": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Optional: page of a long part (see 'pages').",
                     },
                 },
                 "required": ["name"],

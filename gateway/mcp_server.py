@@ -485,7 +485,8 @@ class _Handlers:
         if name == DESCRIBE_OPERATION:
             _check_meta_args(name, arguments)
             check_name(arguments["name"], "arguments.name")
-            return await p.describe(principal, arguments["name"]), False
+            return await p.describe(principal, arguments["name"], arguments.get("path"),
+                                    arguments.get("page"), field_prefix="arguments."), False
         if name == EXECUTE_CODE:
             _check_meta_args(name, arguments)
             code = arguments["code"]

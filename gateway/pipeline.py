@@ -9,6 +9,7 @@ user-code errors come back as data in :class:`Outcome`.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,14 @@ from gateway.audit.redact import (
     scrub_data,
     scrub_error,
 )
-from gateway.catalog import Catalog, python_signature, sdk_doc
+from gateway.catalog import (
+    Catalog,
+    TokenCounter,
+    describe_bounded,
+    describe_document,
+    python_signature,
+    sdk_doc,
+)
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -37,7 +45,7 @@ from gateway.errors import (
 )
 from gateway.manifest import ToolDef, dedicated_tools, meta_tools
 from gateway.models import Decision, Limits, Operation, Principal
-from gateway.policy import PolicyEngine, build_input
+from gateway.policy import Discovery, PolicyEngine, build_input
 from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
 from gateway.tools import BackendClient, ToolChannel, validate_arguments
 
@@ -53,6 +61,9 @@ __all__ = [
 
 EventSink = Callable[[SandboxEvent], Awaitable[None]]
 COMPLIANCE_TAG = "compliance"
+# Discovery results kept (one per tenant + role set + catalog and policy revision).
+DISCOVERY_CACHE_SIZE = 256
+DiscoveryKey = tuple[str, tuple[str, ...], str, str]
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,11 @@ class Pipeline:
             )
             for op in catalog.operations
         )
+        # What the advertise rule sees of the catalog: built once, shared by every evaluation.
+        self._discovery_ops = [op.to_input() for op in catalog.operations]
+        self._discovery: OrderedDict[DiscoveryKey, Discovery] = OrderedDict()
+        self.discovery_evaluations = 0  # advertise evaluations (cache misses), for tests
+        self._tokens = TokenCounter()  # memoised subtree sizes for bounded descriptions
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -281,18 +297,47 @@ class Pipeline:
 
     # -- discovery -------------------------------------------------------------------------
 
+    async def discovery(self, principal: Principal) -> Discovery:
+        """What the policy's ``advertise`` rule gives this principal's tenant and role set.
+
+        ONE evaluation over the whole catalog per (tenant, roles, catalog revision, policy
+        revision), cached; the input carries no principal id, so the answer may only depend
+        on what the key holds. Fail closed: while no usable policy serves, or when the rule is
+        missing, undefined or malformed, nothing is advertised (and nothing is cached, so the
+        next call asks again)."""
+        roles = tuple(sorted(set(principal.roles)))
+        key: DiscoveryKey = (principal.tenant, roles, self.catalog.revision,
+                             self.policy.revision)
+        hit = self._discovery.get(key)
+        if hit is not None:
+            self._discovery.move_to_end(key)
+            return hit
+        unusable = self.policy.unavailable
+        if unusable is not None:
+            return Discovery(policy_revision=self.policy.revision, error=unusable)
+        self.discovery_evaluations += 1
+        result = await self.policy.advertise({
+            "principal": {"tenant": principal.tenant, "roles": list(roles)},
+            "operations": self._discovery_ops,
+        })
+        if result.error is None:
+            # Keyed on the revision that answered (a reload may have happened meanwhile).
+            self._discovery[(key[0], key[1], key[2], result.policy_revision)] = result
+            while len(self._discovery) > DISCOVERY_CACHE_SIZE:
+                self._discovery.popitem(last=False)
+        return result
+
     async def route_for(self, principal: Principal, op: Operation) -> str:
-        """The route this principal would get for ``op``: tool, code (from code) or deny."""
-        as_tool = await self._decide(principal, "tool", op, op.name)
-        if as_tool.route == "tool":
-            return "tool"
-        as_host = await self._decide(principal, "host_call", op, op.name)
-        return "code" if as_host.route != "deny" else "deny"
+        """How this principal can use ``op``: ``tool`` (an advertised dedicated tool),
+        ``code`` (callable from execute_code) or ``deny``; from :meth:`discovery`, so no
+        policy evaluation per operation. Every actual call is still decided on its own."""
+        return (await self.discovery(principal)).route(op.name)
 
     async def search(self, principal: Principal, query: str, limit: int) -> list[SearchHit]:
+        found = await self.discovery(principal)
         hits: list[SearchHit] = []
         for op, score in self.catalog.search(query, limit=max(limit * 3, limit)):
-            route = await self.route_for(principal, op)
+            route = found.route(op.name)
             if route == "deny":
                 continue  # operations the caller can never use are not advertised
             hits.append(SearchHit(op.name, op.summary, op.tags, score, route))
@@ -300,30 +345,25 @@ class Pipeline:
                 break
         return hits
 
-    async def describe(self, principal: Principal, name: str) -> dict[str, Any]:
-        op = self.catalog.require(name, field="name")
+    async def describe(self, principal: Principal, name: str, path: str | None = None,
+                       page: int | None = None, *, field_prefix: str = "") -> dict[str, Any]:
+        """The operation within ``MAX_DESCRIBE_TOKENS`` (gateway/catalog/describe.py): the
+        overview, or with ``path`` the subtree it names (``page`` pages a big one). Bad
+        ``path``/``page`` are ``InvalidRequest`` with ``field`` = ``field_prefix`` + name."""
+        op = self.catalog.require(name, field=f"{field_prefix}name")
         route = await self.route_for(principal, op)
         if route == "deny":
-            raise UnknownOperation(f"unknown operation {name!r}", field="name")
-        return {
-            "name": op.name,
-            "backend": op.backend,
-            "summary": op.summary,
-            "description": op.description,
-            "tags": list(op.tags),
-            "method": op.method,
-            "path": op.path,
-            "input_schema": op.input_schema,
-            "output_schema": op.output_schema,
-            "python_signature": python_signature(op),
-            "route": route,
-        }
+            raise UnknownOperation(f"unknown operation {name!r}", field=f"{field_prefix}name")
+        return describe_bounded(describe_document(op, route, python_signature(op)),
+                                path=path, page=page, counter=self._tokens,
+                                path_field=f"{field_prefix}path",
+                                page_field=f"{field_prefix}page")
 
     async def manifest(self, principal: Principal) -> list[ToolDef]:
-        dedicated = []
-        for op in self.catalog.operations:
-            if _is_compliance(op) and await self.route_for(principal, op) == "tool":
-                dedicated.append(op)
+        """The meta-tools plus the dedicated tools the policy's ``advertise`` rule names for
+        this principal (names not in the catalog are ignored)."""
+        found = await self.discovery(principal)
+        dedicated = [op for op in self.catalog.operations if op.name in found.tools]
         return meta_tools() + dedicated_tools(dedicated)
 
 
@@ -356,7 +396,10 @@ class _HostBridge:
                      "signature": python_signature(self.p.catalog.require(h.name))}
                     for h in hits]
         if operation == "sdk.describe":
-            return await self.p.describe(self.principal, str(arguments.get("name", "")))
+            path = arguments.get("path")
+            return await self.p.describe(self.principal, str(arguments.get("name", "")),
+                                         None if path is None else str(path),
+                                         arguments.get("page"))
         self.calls += 1
         with self.p.tracer.start_as_current_span(f"host_call {operation}", context=self.ctx,
                                                  kind=SpanKind.INTERNAL) as span:

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.catalog import python_signature
 from gateway.errors import InvalidRequest
 from gateway.interceptors import current_principal
 from gateway.manifest import format_tools
@@ -201,12 +202,25 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                                 context: grpc.aio.ServicerContext[Any, Any],
                                 ) -> pb.OperationDescription:
         check_name(request.name, "name")
-        d = await self.pipeline.describe(current_principal(), request.name)
-        return pb.OperationDescription(
-            name=d["name"], backend=d["backend"], summary=d["summary"],
-            description=d["description"], tags=d["tags"], method=d["method"], path=d["path"],
-            input_schema=_struct(d["input_schema"]), output_schema=_struct(d["output_schema"]),
-            python_signature=d["python_signature"], route=d["route"])
+        d = await self.pipeline.describe(current_principal(), request.name,
+                                         request.path or None, request.page or None)
+        op = self.pipeline.catalog.require(request.name, field="name")
+        overview = not request.path
+        desc = d.get("description") if overview else None
+        out = pb.OperationDescription(
+            name=op.name, backend=op.backend, summary=op.summary,
+            description=desc if isinstance(desc, str) else "", tags=list(op.tags),
+            method=op.method, path=op.path, python_signature=python_signature(op),
+            route=str(d.get("route", "")) if overview else "",
+            page=int(d.get("page", 1)), pages=int(d.get("pages", 1)))
+        if overview:
+            for key in ("input_schema", "output_schema"):
+                if isinstance(d.get(key), dict):
+                    getattr(out, key).CopyFrom(_struct(d[key]))
+        else:
+            out.route = (await self.pipeline.route_for(current_principal(), op))
+        out.view.CopyFrom(_value(d))
+        return out
 
     async def Execute(self, request: pb.ExecuteRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.ExecuteResponse:

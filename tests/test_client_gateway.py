@@ -132,7 +132,7 @@ async def test_async_client(gateway: RunningGateway) -> None:
         first = await sb.call_tool("ledger.create_transfer", TRANSFER, request_id=rid)
         second = await sb.call_tool("ledger.create_transfer", TRANSFER, request_id=rid)
         assert second.replayed and second.result == first.result
-        assert (await sb.manifest()).tools[-1].name == "ledger__create_transfer"
+        assert "ledger__create_transfer" in [t.name for t in (await sb.manifest()).tools]
 
 
 def test_smolagents_code_agent_runs_on_the_gateway(

@@ -86,7 +86,9 @@ async def test_lists_code_mode_tools_per_principal(mcp_url: str, mode: str) -> N
     assert agent_tools["search_operations"].annotations.read_only_hint is True
     async with connect(mcp_url, "dev-finance", mode) as c:
         finance_tools = {t.name: t for t in (await c.list_tools()).tools}
-    assert set(finance_tools) - set(agent_tools) == {"ledger__create_transfer"}
+    # Every payments-tagged ledger operation is tool-only for finance (the policy's advertise).
+    assert set(finance_tools) - set(agent_tools) == {
+        "ledger__create_transfer", "ledger__get_transfer", "ledger__list_transfers"}
     schema = finance_tools["ledger__create_transfer"].input_schema
     assert schema["type"] == "object"
     assert {"from_account", "to_account", "amount"} <= set(schema["required"])
@@ -161,11 +163,19 @@ async def test_search_describe_and_argument_errors(mcp_url: str) -> None:
         described = structured(
             await c.call_tool("describe_operation", {"name": "workspace.send_email"})
         )
+        part = structured(await c.call_tool(
+            "describe_operation", {"name": "workspace.send_email", "path": "input_schema"}))
+        bad_path = await c.call_tool(
+            "describe_operation", {"name": "workspace.send_email", "path": "nope", "page": 1})
         bad = await c.call_tool("search_operations", {"query": "x", "limit": 500})
     assert found["operations"][0]["name"] == "workspace.send_email"
     assert len(found["operations"]) <= 3
     assert described["python_signature"].startswith("send_email(")
     assert described["route"] in ("tool", "code")  # the policy may allow either; not deny
+    assert part["at"] == "input_schema" and "to" in part["value"]["properties"]
+    assert bad_path.is_error
+    assert structured(bad_path)["error"]["code"] == "invalid_request"
+    assert structured(bad_path)["error"]["field"] == "arguments.path"
     bad_payload = structured(bad)
     assert bad.is_error and bad_payload["error"]["code"] == "schema_invalid"
     assert bad_payload["error"]["field"] == "arguments.limit"

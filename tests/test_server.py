@@ -191,7 +191,23 @@ def test_manifest_and_search(gateway: RunningGateway) -> None:
     desc = gateway.stub.DescribeOperation(pb.DescribeOperationRequest(name="workspace.send_email"),
                                           metadata=md("dev-agent"), timeout=10)
     assert desc.python_signature.startswith("send_email(")
-    assert desc.route == "tool"  # the shipped policy lets agents call plain reads/writes as tools
+    # Plain operations show route "code" (callable from execute_code); only the dedicated
+    # tools the policy advertises show "tool".
+    assert desc.route == "code"
+    assert desc.view.struct_value.fields["name"].string_value == "workspace.send_email"
+    assert desc.page == desc.pages == 1
+    # A named subtree, and a path naming nothing: invalid_request with the field.
+    to = gateway.stub.DescribeOperation(
+        pb.DescribeOperationRequest(name="workspace.send_email", path="input_schema.properties.to"),
+        metadata=md("dev-agent"), timeout=10)
+    assert to.view.struct_value.fields["at"].string_value == "input_schema.properties.to"
+    assert to.view.struct_value.fields["value"].struct_value.fields["type"].string_value == "array"
+    with pytest.raises(grpc.RpcError) as err:
+        gateway.stub.DescribeOperation(
+            pb.DescribeOperationRequest(name="workspace.send_email", path="input_schema.nope"),
+            metadata=md("dev-agent"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(err.value)["field"] == "path"
     finance = gateway.stub.SearchOperations(
         pb.SearchOperationsRequest(query="transfer money between accounts"),
         metadata=md("dev-finance"), timeout=10)
@@ -201,6 +217,20 @@ def test_manifest_and_search(gateway: RunningGateway) -> None:
         pb.SearchOperationsRequest(query="transfer money between accounts"),
         metadata=md("dev-agent"), timeout=10)
     assert "ledger.create_transfer" not in {o.name for o in agent_hits.operations}
+
+
+def test_sdk_describe_reads_a_path_from_code(gateway: RunningGateway) -> None:
+    src = ("import sdk\n"
+           "part = sdk.describe('workspace.send_email', path='input_schema.properties.to')\n"
+           "try:\n    sdk.describe('workspace.send_email', path='nope')\n"
+           "except sdk.SdkError as e:\n    err = [e.code, e.message]\n"
+           "from sdk import workspace\nhelp(workspace.send_email)\n"
+           "[part['at'], part['value']['type'], err]")
+    resp = gateway.stub.Execute(code_request(src), metadata=md("dev-agent"), timeout=60)
+    result = json_format.MessageToDict(resp.result)
+    assert result[:2] == ["input_schema.properties.to", "array"], resp
+    assert result[2][0] == "invalid_request" and "nothing at 'nope'" in result[2][1]
+    assert "Help on sdk.workspace.send_email" in resp.stdout and "send_email(to: " in resp.stdout
 
 
 def test_execute_stream_yields_lines_then_response(gateway: RunningGateway) -> None:

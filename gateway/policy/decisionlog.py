@@ -12,10 +12,10 @@ from opentelemetry import trace
 from gateway.audit.tracing import contextual_tracer
 from gateway.models import Decision
 
-from .base import FAIL_CLOSED_MASK, POLICY_UNAVAILABLE
+from .base import FAIL_CLOSED_MASK, POLICY_UNAVAILABLE, Discovery
 from .inputs import redact
 
-__all__ = ["fail_closed", "finish", "policy_unavailable", "tracer"]
+__all__ = ["fail_closed", "finish", "finish_discovery", "policy_unavailable", "tracer"]
 
 # Spans go to the provider of the gateway whose call is current (each gateway owns one).
 tracer = contextual_tracer("switchboard.policy")
@@ -82,3 +82,25 @@ def finish(
         },
     )
     return decision
+
+
+def finish_discovery(result: Discovery, *, engine: str, latency_ms: float,
+                     span: trace.Span | None = None) -> Discovery:
+    """Span attributes and the ``policy.advertise`` log event (counts, not the names)."""
+    if span is not None and span.is_recording():
+        span.set_attribute("switchboard.policy_revision", result.policy_revision)
+        span.set_attribute("switchboard.advertise.tools", len(result.tools))
+        span.set_attribute("switchboard.advertise.code", len(result.code))
+        if result.error:
+            span.set_attribute("switchboard.error_code", "policy_error")
+    log = structlog.get_logger("switchboard.policy")
+    (log.warning if result.error else log.info)(
+        "policy.advertise",
+        engine=engine,
+        policy_revision=result.policy_revision,
+        latency_ms=round(latency_ms, 3),
+        tools=len(result.tools),
+        code=len(result.code),
+        error=result.error,
+    )
+    return result

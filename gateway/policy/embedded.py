@@ -36,12 +36,15 @@ from gateway.errors import PolicyError
 from gateway.models import Decision
 
 from .base import (
+    ADVERTISE,
     ENTRYPOINT,
     NO_REVISION,
     POLICY_UNAVAILABLE,
+    Discovery,
     NoPolicy,
     PolicySettings,
     default_policy_dir,
+    parse_advertise,
     parse_decision,
 )
 from .bundle import (
@@ -54,7 +57,7 @@ from .bundle import (
     probe,
     snapshot,
 )
-from .decisionlog import fail_closed, finish, policy_unavailable, tracer
+from .decisionlog import fail_closed, finish, finish_discovery, policy_unavailable, tracer
 from .inputpaths import CacheKeyFn, make_key_fn
 
 __all__ = ["EmbeddedPolicyEngine", "Evaluator"]
@@ -114,17 +117,17 @@ class Evaluator:
                 del engines[next(iter(engines))]
         return engine
 
-    def evaluate(self, input: dict[str, Any]) -> Any:
-        """The entrypoint's value (None when undefined or null); PolicyError on failure."""
+    def evaluate(self, input: dict[str, Any], rule: str = ENTRYPOINT) -> Any:
+        """The rule's value (None when undefined or null); PolicyError on failure."""
         engine = self._engine()
         try:
             engine.set_input(input)
             # eval_rule, not eval_rule_as_json: the JSON variant renders undefined as the
             # string "<undefined>", and the native one is ~25 % faster.
-            return engine.eval_rule(ENTRYPOINT)
+            return engine.eval_rule(rule)
         except Exception as exc:
-            if "not a valid rule path" in str(exc):  # no module defines the entrypoint
-                raise PolicyError(f"{ENTRYPOINT} is undefined: no policy file defines it") from exc
+            if "not a valid rule path" in str(exc):  # no module defines the rule
+                raise PolicyError(f"{rule} is undefined: no policy file defines it") from exc
             raise PolicyError(f"policy evaluation failed: {clean_error(exc)}") from exc
         except BaseException as exc:  # pyo3 PanicException derives from BaseException
             if not engine_failure(exc):
@@ -315,3 +318,21 @@ class EmbeddedPolicyEngine:
                 latency_ms=latency_ms,
                 span=span,
             )
+
+    async def advertise(self, input: dict[str, Any]) -> Discovery:
+        """Evaluate :data:`ADVERTISE` (uncached here: the pipeline caches per role set and
+        revision); a missing, undefined or malformed result advertises nothing."""
+        with tracer.start_as_current_span("policy.advertise") as span:
+            start = time.perf_counter()
+            evaluator = self._evaluator
+            if evaluator is None:
+                result = Discovery(policy_revision=self.revision,
+                                   error=self._absent or "policy engine is not started")
+            else:
+                try:
+                    tools, code = parse_advertise(evaluator.evaluate(input, ADVERTISE))
+                    result = Discovery(tools, code, evaluator.revision)
+                except PolicyError as exc:
+                    result = Discovery(policy_revision=evaluator.revision, error=exc.message)
+            return finish_discovery(result, engine=self.engine_name, span=span,
+                                    latency_ms=(time.perf_counter() - start) * 1000)

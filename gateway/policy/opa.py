@@ -32,15 +32,19 @@ from gateway.errors import ConfigError, PolicyError
 from gateway.models import Decision
 
 from .base import (
+    ADVERTISE,
+    ADVERTISE_RULE,
     ENTRYPOINT,
     ENTRYPOINT_PACKAGE,
     ENTRYPOINT_RULE,
     POLICY_UNAVAILABLE,
     PROBE_INPUT,
+    Discovery,
     PolicySettings,
+    parse_advertise,
     parse_decision,
 )
-from .decisionlog import fail_closed, finish, tracer
+from .decisionlog import fail_closed, finish, finish_discovery, tracer
 
 __all__ = ["OpaPolicyEngine"]
 
@@ -173,11 +177,11 @@ class OpaPolicyEngine:
             await self.refresh_revision()
             await self.probe()
 
-    async def _query(self, input: dict[str, Any]) -> Any:
+    async def _query(self, input: dict[str, Any], rule: str = ENTRYPOINT_RULE) -> Any:
         try:
             response = await asyncio.wait_for(
                 self._client.query_rule(
-                    input, ENTRYPOINT_PACKAGE, ENTRYPOINT_RULE, query_params={"provenance": True}
+                    input, ENTRYPOINT_PACKAGE, rule, query_params={"provenance": True}
                 ),
                 self._timeout_s,
             )
@@ -218,3 +222,21 @@ class OpaPolicyEngine:
                 latency_ms=(time.perf_counter() - start) * 1000,
                 span=span,
             )
+
+    async def advertise(self, input: dict[str, Any]) -> Discovery:
+        """``POST /v1/data/switchboard/routing/advertise``; undefined, an error or a malformed
+        answer advertises nothing."""
+        with tracer.start_as_current_span("policy.advertise") as span:
+            start = time.perf_counter()
+            if not self._started:
+                result = Discovery(policy_revision=self.revision,
+                                   error="policy engine is not started")
+            else:
+                try:
+                    tools, code = parse_advertise(await self._query(input, ADVERTISE_RULE))
+                    result = Discovery(tools, code, self.revision)
+                except PolicyError as exc:
+                    result = Discovery(policy_revision=self.revision,
+                                       error=f"{ADVERTISE}: {exc.message}")
+            return finish_discovery(result, engine=self.engine_name, span=span,
+                                    latency_ms=(time.perf_counter() - start) * 1000)

@@ -45,24 +45,36 @@ roles := {r | some r in input.principal.roles}
 
 # Tags from the catalog plus the ones data.json pins on operations (the policy does not trust
 # the catalog alone to tag a payment).
-tags := {t | some t in object.get(op, "tags", [])} | {t |
-	some t in object.get(data.switchboard.operation_tags, op_name, [])
+# The same functions serve `decision` (one operation) and `advertise` (the whole catalog), so the
+# two cannot disagree about what is compliance-sensitive or who holds its grants.
+tags_of(o) := {t | some t in object.get(o, "tags", [])} | {t |
+	some t in object.get(data.switchboard.operation_tags, object.get(o, "name", ""), [])
 }
 
-sensitive_tags := tags & {t | some t in data.switchboard.compliance_tags}
+compliance_tag_set := {t | some t in data.switchboard.compliance_tags}
+
+sensitive_of(o) := tags_of(o) & compliance_tag_set
+
+# For each sensitive tag that has a grant: the roles that may use it.
+granted_roles(sensitive) := {t: rs | some t in sensitive; rs := data.switchboard.grants[t]}
+
+tags := tags_of(op)
+
+sensitive_tags := sensitive_of(op)
 
 compliance if count(sensitive_tags) > 0
 
-# For each sensitive tag that has a grant: the roles that may use it.
-required_roles := {t: rs | some t in sensitive_tags; rs := data.switchboard.grants[t]}
+required_roles := granted_roles(sensitive_tags)
 
 tenant_known if data.switchboard.tenants[tenant]
 
 tenant_backends := {b | some b in data.switchboard.tenants[tenant].backends}
 
-backend_allowed if op_backend in tenant_backends
+backend_permitted(b) if b in tenant_backends
 
-backend_allowed if "*" in tenant_backends
+backend_permitted(_) if "*" in tenant_backends
+
+backend_allowed if backend_permitted(op_backend)
 
 has_any_role(wanted) if {
 	some r in wanted
@@ -100,12 +112,14 @@ compliance_tool if {
 	compliance
 }
 
-grants_held if {
-	count(required_roles) > 0
-	every _, rs in required_roles {
+holds_grants(required) if {
+	count(required) > 0
+	every _, rs in required {
 		has_any_role(rs)
 	}
 }
+
+grants_held if holds_grants(required_roles)
 
 # Everything an operation-targeting action needs, whatever its channel.
 operation_reachable if {
@@ -258,6 +272,46 @@ mask := sort({p | some p in data.switchboard.mask.always} | {p |
 	some t in tags
 	some p in object.get(data.switchboard.mask.tags, t, [])
 })
+
+# ---------------------------------------------------------------------------------------------
+# Discovery: what the manifest advertises and how search shows each operation to a principal.
+# Evaluated ONCE per (tenant, roles, catalog revision, policy revision) over the whole catalog,
+# never per operation: input is {"principal": {"tenant", "roles"}, "operations": [{name,
+# backend, tags, method, path}, ...]} (no principal id, no action: the answer is per role set).
+
+# Dedicated tools: compliance operations this principal would be routed to as a tool.
+advertised_tools contains name if {
+	tenant_known
+	some o in input.operations
+	name := o.name
+	is_string(name)
+	sensitive := sensitive_of(o)
+	count(sensitive) > 0
+	backend_permitted(object.get(o, "backend", ""))
+	holds_grants(granted_roles(sensitive))
+}
+
+# Callable from execute_code: the run is allowed and so is the host call.
+code_callable contains name if {
+	tenant_known
+	has_any_role(object.get(data.switchboard.channels, "code", []))
+	has_any_role(object.get(data.switchboard.channels, "host_call", []))
+	some o in input.operations
+	name := o.name
+	is_string(name)
+	count(sensitive_of(o)) == 0
+	backend_permitted(object.get(o, "backend", ""))
+}
+
+# METADATA
+# title: Discovery
+# description: |
+#   The gateway evaluates this rule once per (tenant, roles, catalog revision, policy revision)
+#   and caches it: "tools" become the caller's dedicated tools in the manifest (and route "tool"
+#   in search/describe), "code" the operations shown with route "code"; anything in neither is
+#   hidden. Missing, undefined or malformed: nothing is advertised (fail closed).
+# entrypoint: true
+advertise := {"tools": advertised_tools, "code": code_callable}
 
 # Keep the entrypoint the last rule of this file: a truncated write that still parses then has
 # no decision (the gateway denies everything), never a decision without the deny rules above.

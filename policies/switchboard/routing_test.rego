@@ -180,3 +180,128 @@ test_decision_defined_for_the_probe_input if {
 	d := routing.decision with input as {"principal": {}, "action": {}, "operation": {}, "context": {}}
 	d.route == "deny"
 }
+
+# ---------------------------------------------------------------------------------------------
+# Discovery (`advertise`): one evaluation over the whole catalog per role set, as the gateway
+# builds it (gateway/pipeline.py Pipeline.discovery): principal without id, every operation.
+
+secadmin := {"id": "sec-1", "tenant": "demo", "roles": ["agent", "security-admin"]}
+
+catalog := [o | some o in ops]
+
+discovery_input(p) := {"principal": {"tenant": p.tenant, "roles": p.roles}, "operations": catalog}
+
+discover(p) := d if {
+	d := routing.advertise with input as discovery_input(p)
+}
+
+plain_demo_ops := {"ledger.get_balance", "ledger.list_accounts", "workspace.send_email"}
+
+# [name, principal, dedicated tools advertised, operations callable from code]
+advertise_cases := [
+	["finance sees the payment tool", finance, {"ledger.create_transfer"}, plain_demo_ops],
+	["agent sees no dedicated tool", agent, set(), plain_demo_ops],
+	["security-admin sees the acl tool", secadmin, {"workspace.share_document"}, plain_demo_ops],
+	["no roles: nothing", nobody, set(), set()],
+	["unknown tenant: nothing", outsider, set(), set()],
+]
+
+advertise_failures contains name if {
+	some [name, p, want_tools, want_code] in advertise_cases
+	d := discover(p)
+	not advertise_matches(d, want_tools, want_code)
+}
+
+advertise_matches(d, want_tools, want_code) if {
+	d.tools == want_tools
+	d.code == want_code
+}
+
+test_advertise_table if {
+	print("failing advertise cases:", advertise_failures)
+	count(advertise_failures) == 0
+}
+
+# `advertise` and `decision` never disagree: a dedicated tool is exactly an operation the
+# principal may call as a tool and not from code; "code" exactly what a code run may call.
+principals := [agent, finance, secadmin, nobody, outsider]
+
+expect_tool(p, name) if {
+	routing.decision.route == "tool" with input as call(p, "tool", name)
+	routing.decision.route == "deny" with input as call(p, "host_call", name)
+}
+
+expect_code(p, name) if {
+	routing.decision.route == "code" with input as call(p, "host_call", name)
+	routing.decision.route == "code" with input as code_run(p)
+}
+
+advertise_disagreements contains [p.id, name, "tools"] if {
+	some p in principals
+	some name, _ in ops
+	d := discover(p)
+	expect_tool(p, name)
+	not name in d.tools
+}
+
+advertise_disagreements contains [p.id, name, "tools"] if {
+	some p in principals
+	d := discover(p)
+	some name in d.tools
+	not expect_tool(p, name)
+}
+
+advertise_disagreements contains [p.id, name, "code"] if {
+	some p in principals
+	some name, _ in ops
+	d := discover(p)
+	expect_code(p, name)
+	not name in d.code
+}
+
+advertise_disagreements contains [p.id, name, "code"] if {
+	some p in principals
+	d := discover(p)
+	some name in d.code
+	not expect_code(p, name)
+}
+
+test_advertise_agrees_with_decision if {
+	print("advertise vs decision:", advertise_disagreements)
+	count(advertise_disagreements) == 0
+}
+
+test_advertise_grants_from_data if {
+	d := discover(agent) with data.switchboard.grants as {"payments": ["agent"]}
+	d.tools == {"ledger.create_transfer"}
+}
+
+test_advertise_tenant_backends_from_data if {
+	d := discover(agent) with data.switchboard.tenants as {"demo": {"backends": ["*"]}}
+	"hr.list_salaries" in d.code
+}
+
+test_advertise_catalog_tag_alone_makes_a_tool if {
+	i := {"principal": {"tenant": "demo", "roles": ["finance"]}, "operations": [{"name": "square.create_payment", "backend": "ledger", "tags": ["payments"], "method": "POST", "path": "/v2/payments"}]}
+	d := routing.advertise with input as i
+	d.tools == {"square.create_payment"}
+	d.code == set()
+}
+
+test_advertise_ignores_malformed_entries if {
+	i := {"principal": {"tenant": "demo", "roles": ["agent"]}, "operations": [1, "x", {"backend": "ledger"}, {"name": 5, "backend": "ledger"}, {"name": "ledger.get_balance", "backend": "ledger"}]}
+	d := routing.advertise with input as i
+	d == {"tools": set(), "code": {"ledger.get_balance"}}
+}
+
+test_advertise_defined_for_the_probe_input if {
+	d := routing.advertise with input as {"principal": {}, "action": {}, "operation": {}, "context": {}}
+	d == {"tools": set(), "code": set()}
+}
+
+test_advertise_nothing_without_tenants_or_grants if {
+	d := discover(finance) with data.switchboard.tenants as {}
+	d == {"tools": set(), "code": set()}
+	e := discover(finance) with data.switchboard.grants as {}
+	e.tools == set()
+}

@@ -193,13 +193,17 @@ class SearchOperationsResponse(_message.Message):
     def __init__(self, operations: _Optional[_Iterable[_Union[OperationSummary, _Mapping]]] = ...) -> None: ...
 
 class DescribeOperationRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "path", "page")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    path: str
+    page: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., page: _Optional[int] = ...) -> None: ...
 
 class OperationDescription(_message.Message):
-    __slots__ = ("name", "backend", "summary", "description", "tags", "method", "path", "input_schema", "output_schema", "python_signature", "route")
+    __slots__ = ("name", "backend", "summary", "description", "tags", "method", "path", "input_schema", "output_schema", "python_signature", "route", "view", "page", "pages")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +215,9 @@ class OperationDescription(_message.Message):
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     PYTHON_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     backend: str
     summary: str
@@ -222,4 +229,7 @@ class OperationDescription(_message.Message):
     output_schema: _struct_pb2.Struct
     python_signature: str
     route: str
-    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., summary: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., python_signature: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+    view: _struct_pb2.Value
+    page: int
+    pages: int
+    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., summary: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., python_signature: _Optional[str] = ..., route: _Optional[str] = ..., view: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., page: _Optional[int] = ..., pages: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,196 @@
+"""Describe is bounded: every operation of every real spec available offline describes within
+2,000 o200k_base tokens, elided parts are named and readable by path, big ones page.
+
+Specs: GitHub's (api.github.com, GHEC, GHES 3.17-3.19 from ``@octokit/openapi``), Digdir's
+Dialogporten (``@digdir/dialogporten-schema``), rclone's RC API (``rclone-openapi``), all
+pinned in runtimes/package.json, and the demo ledger + workspace.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.catalog import (
+    MAX_DESCRIBE_TOKENS,
+    Catalog,
+    TokenCounter,
+    describe_bounded,
+    describe_document,
+    load_catalog_sync,
+    python_signature,
+    sdk_doc,
+)
+from gateway.catalog.describe import join_path, split_path
+from gateway.catalog.render import MAX_HELP_TOKENS, help_tokens
+from gateway.errors import InvalidRequest
+from gateway.models import BackendSettings, Operation
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ROOT / "runtimes" / "node_modules"
+SPECS = {
+    "github": MODULES / "@octokit/openapi/generated/api.github.com.json",
+    "ghec": MODULES / "@octokit/openapi/generated/ghec.json",
+    "ghes-3.17": MODULES / "@octokit/openapi/generated/ghes-3.17.json",
+    "ghes-3.18": MODULES / "@octokit/openapi/generated/ghes-3.18.json",
+    "ghes-3.19": MODULES / "@octokit/openapi/generated/ghes-3.19.json",
+    "dialogporten": MODULES / "@digdir/dialogporten-schema/swagger.verified.json",
+    "rclone": MODULES / "rclone-openapi/openapi.json",
+}
+COUNTER = TokenCounter()
+
+
+def tokens(value: Any) -> int:
+    return COUNTER.text(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def load(spec: str) -> Catalog:
+    if spec == "demo":
+        return load_catalog_sync([BackendSettings(name="ledger", app="gateway.demo.ledger:app"),
+                                  BackendSettings(name="workspace",
+                                                  app="gateway.demo.workspace:app")])
+    path = SPECS[spec]
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make setup` (npm ci in runtimes/)")
+    return load_catalog_sync([BackendSettings(name="api", openapi=str(path))])
+
+
+def doc(op: Operation, route: str = "code") -> dict[str, Any]:
+    return describe_document(op, route, python_signature(op))
+
+
+def markers(value: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(value, dict):
+        if isinstance(value.get("$elided"), str):
+            out.append(value["$elided"])
+        for v in value.values():
+            out += markers(v)
+    elif isinstance(value, list):
+        for v in value:
+            out += markers(v)
+    return out
+
+
+@pytest.mark.parametrize("spec", ["demo", *SPECS])
+def test_every_operation_describes_within_the_budget(spec: str) -> None:
+    catalog = load(spec)
+    worst, worst_help = (0, ""), (0, "")
+    sizes = []
+    for op in catalog.operations:
+        d = doc(op)
+        out = describe_bounded(d, counter=COUNTER)
+        n = tokens(out)
+        worst = max(worst, (n, op.name))
+        sizes.append((tokens(d), op))
+        h = help_tokens(python_signature(op)) + help_tokens(sdk_doc(op))
+        worst_help = max(worst_help, (h, op.name))
+    print(f"{spec}: {len(catalog.operations)} operations, worst describe {worst}, "
+          f"worst help {worst_help}, largest unbounded {max(s for s, _ in sizes)}")
+    assert worst[0] <= MAX_DESCRIBE_TOKENS, worst
+    assert worst_help[0] <= MAX_HELP_TOKENS, worst_help
+    # Every elided part of the largest descriptions can be read, page by page, within budget.
+    for _, op in sorted(sizes, key=lambda s: -s[0])[:5]:
+        d = doc(op)
+        for path in markers(describe_bounded(d, counter=COUNTER))[:12]:
+            first = describe_bounded(d, path=path, counter=COUNTER)
+            assert tokens(first) <= MAX_DESCRIBE_TOKENS and first["at"] == path
+            for page in range(2, int(first.get("pages", 1)) + 1):
+                assert tokens(describe_bounded(d, path=path, page=page,
+                                               counter=COUNTER)) <= MAX_DESCRIBE_TOKENS
+
+
+@pytest.fixture(scope="module")
+def github() -> Catalog:
+    return load("github")
+
+
+def test_small_operations_are_shown_whole() -> None:
+    catalog = load("demo")
+    op = catalog.require("ledger.create_transfer")
+    out = describe_bounded(doc(op, "tool"), counter=COUNTER)
+    assert markers(out) == [] and "$hint" not in out
+    assert out["input_schema"] == op.input_schema and out["output_schema"] == op.output_schema
+    assert out["route"] == "tool" and out["python_signature"].startswith("create_transfer(")
+
+
+def test_a_huge_output_schema_is_elided_by_name_and_paged(github: Catalog) -> None:
+    op = github.require("api.repos_get")
+    d = doc(op)
+    full = tokens(d["output_schema"])
+    assert full > 5 * MAX_DESCRIBE_TOKENS  # the reason for all this
+    out = describe_bounded(d, counter=COUNTER)
+    assert tokens(out) <= MAX_DESCRIBE_TOKENS
+    props = out["output_schema"]["properties"]
+    assert props["$elided"] == "output_schema.properties"
+    assert props["tokens"] == tokens(op.output_schema["properties"])  # exact, not a guess
+    assert "owner" in props["keys"]  # what the caller can ask for
+    assert "$elided" in out["$hint"]
+    # The named subtree is paged; the pages cover every property exactly once.
+    first = describe_bounded(d, path="output_schema.properties", counter=COUNTER)
+    assert first["pages"] >= 2 and first["page"] == 1
+    seen: list[str] = []
+    for page in range(1, first["pages"] + 1):
+        part = describe_bounded(d, path="output_schema.properties", page=page, counter=COUNTER)
+        assert tokens(part) <= MAX_DESCRIBE_TOKENS
+        seen += list(part["value"])
+    assert seen == list(op.output_schema["properties"])
+    owner = describe_bounded(d, path="output_schema.properties.owner", counter=COUNTER)
+    assert owner["value"]["type"] == "object" and "login" in owner["value"]["properties"]
+    # The whole description text is one path away (the overview cuts it).
+    text = describe_bounded(d, path="description", counter=COUNTER)
+    assert text["value"] == op.description
+    assert out["description"].endswith("[cut: path='description' has it all]")
+
+
+def test_a_smaller_budget_is_honoured(github: Catalog) -> None:
+    for name in ("api.repos_get", "api.pulls_create", "api.issues_list_for_repo"):
+        d = doc(github.require(name))
+        for budget in (1000, 1500):
+            assert tokens(describe_bounded(d, max_tokens=budget, counter=COUNTER)) <= budget
+
+
+def test_paths_escape_dots_and_tildes() -> None:
+    assert split_path(join_path(join_path("a", "b.c"), "d~e")) == ["a", "b.c", "d~e"]
+    op = Operation(name="x.op", backend="x", operation_id="op", input_schema={
+        "type": "object", "properties": {"a.b": {"type": "string", "description": "z" * 900}}})
+    d = doc(op)
+    out = describe_bounded(d, path="input_schema.properties.a~1b.description", counter=COUNTER)
+    assert out["value"] == "z" * 900
+
+
+@pytest.mark.parametrize(("path", "page", "field", "fragment"), [
+    ("input_schema.properties.nope", None, "path", "nothing at 'input_schema.properties.nope'"),
+    ("output_schema.x", None, "path", "nothing at 'output_schema.x'"),
+    ("x" * 1001, None, "path", "at most 1000"),
+    ("a\nb", None, "path", "printable"),
+    ("output_schema.properties", 99, "page", "past the last page"),
+    ("", 2, "page", "one page"),
+    ("", -1, "page", "between 1"),
+])
+def test_bad_path_or_page_is_invalid_request_with_the_field(
+        github: Catalog, path: str, page: int | None, field: str, fragment: str) -> None:
+    d = doc(github.require("api.repos_get"))
+    with pytest.raises(InvalidRequest) as err:
+        describe_bounded(d, path=path, page=page, counter=COUNTER, path_field="arguments.path",
+                         page_field="arguments.page")
+    assert err.value.code == "invalid_request"
+    assert err.value.field == f"arguments.{field}"
+    assert fragment in err.value.message
+
+
+def test_help_docstrings_are_shortened_and_say_so() -> None:
+    props = {f"arg_{i}": {"type": "string", "description": f"argument {i} " + "words " * 80}
+             for i in range(120)}
+    big = Operation(name="x.big", backend="x", operation_id="big", summary="Big",
+                    description="long text " * 600,
+                    input_schema={"type": "object", "properties": props})
+    assert help_tokens(sdk_doc(big, max_tokens=10**9)) > MAX_HELP_TOKENS
+    text = sdk_doc(big)
+    assert help_tokens(python_signature(big)) + help_tokens(text) <= MAX_HELP_TOKENS
+    assert "sdk.describe('x.big')" in text
+    small = load("demo").require("workspace.send_email")
+    assert "shortened" not in sdk_doc(small)
