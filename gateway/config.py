@@ -367,7 +367,7 @@ def load_settings(path: Path) -> Settings:
 
 
 def embedded_defaults(state_dir: Path | None = None) -> Settings:
-    """The no-config setup: two demo principals, the demo catalog served in-process."""
+    """The no-config setup: three demo principals (agent, finance, approver), the demo catalog served in-process."""
     state = state_dir or Path("state")
     return Settings(
         identity=IdentitySettings(
@@ -375,6 +375,8 @@ def embedded_defaults(state_dir: Path | None = None) -> Settings:
                 "dev-agent": Principal(id="agent-1", tenant="demo", roles=("agent",)),
                 "dev-finance": Principal(id="finance-1", tenant="demo",
                                          roles=("agent", "finance")),
+                # Approves what the policy holds for approval (docs/approvals.md).
+                "dev-approver": Principal(id="approver-1", tenant="demo", roles=("approver",)),
             }
         ),
         backends=(

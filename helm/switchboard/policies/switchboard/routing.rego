@@ -259,6 +259,48 @@ mask := sort({p | some p in data.switchboard.mask.always} | {p |
 	some p in object.get(data.switchboard.mask.tags, t, [])
 })
 
+# ---------------------------------------------------------------------------------------------
+# BEGIN approvals (docs/approvals.md): actions allowed only once a person holding an approver
+# role approved this exact action. Rules in data.json (approvals.rules); the decision carries
+# them as `require_approval`, {} when none applies.
+
+default approval_arguments := {}
+
+approval_arguments := input.action.arguments
+
+default approval_rules := []
+
+approval_rules := data.switchboard.approvals.rules
+
+# Each rule: {operation, kinds?, argument, above, roles, expires_s?, reason?}. An argument that
+# is absent or not a number never matches (the schema check rejects such calls anyway).
+approval_hits contains i if {
+	count(deny) == 0
+	some i, r in approval_rules
+	r.operation == op_name
+	kind in object.get(r, "kinds", ["tool", "host_call"])
+	v := approval_arguments[r.argument]
+	is_number(v)
+	v > r.above
+}
+
+approval_reason(r) := r.reason if r.reason
+
+approval_reason(r) := sprintf("%s: %s above %v needs approval by %s", [r.operation, r.argument, r.above, concat(" or ", sort(r.roles))]) if {
+	not r.reason
+}
+
+default require_approval := {}
+
+require_approval := {
+	"reasons": sort({approval_reason(approval_rules[i]) | some i in approval_hits}),
+	"roles": sort({role | some i in approval_hits; some role in approval_rules[i].roles}),
+	"expires_s": min({s | some i in approval_hits; s := object.get(approval_rules[i], "expires_s", 3600)}),
+} if count(approval_hits) > 0
+
+# END approvals
+# ---------------------------------------------------------------------------------------------
+
 # Keep the entrypoint the last rule of this file: a truncated write that still parses then has
 # no decision (the gateway denies everything), never a decision without the deny rules above.
 
@@ -272,4 +314,5 @@ decision := {
 	"limits": limits,
 	"obligations": obligations,
 	"mask": mask,
+	"require_approval": require_approval,
 }
