@@ -367,7 +367,8 @@ def load_settings(path: Path) -> Settings:
 
 
 def embedded_defaults(state_dir: Path | None = None) -> Settings:
-    """The no-config setup: three demo principals (agent, finance, approver), the demo catalog served in-process."""
+    """The no-config setup: three demo principals (agent, finance, approver), the demo
+    catalog served in-process."""
     state = state_dir or Path("state")
     return Settings(
         identity=IdentitySettings(

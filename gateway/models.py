@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequirement", "BackendSettings", "Decision", "Limits", "Operation", "Parameter", "Principal", "Route"]
+__all__ = ["ApprovalRequirement", "BackendSettings", "Decision", "Limits", "Operation",
+           "Parameter", "Principal", "Route"]
 
 Route = Literal["tool", "code", "deny"]
 

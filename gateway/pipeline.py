@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.approvals import ApprovalService
 from gateway.audit import attributes as attr
 from gateway.audit import digest, json_attr, redact
 from gateway.audit.redact import (
@@ -136,8 +137,11 @@ class Pipeline:
         tools: ToolChannel,
         sandbox: SandboxPool,
         tracer: trace.Tracer,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.catalog = catalog
+        # Without a store, actions the policy holds for approval are denied (fail closed).
+        self.approvals = approvals or ApprovalService(None)
         self.policy = policy
         self.client = client
         self.tools = tools
@@ -212,6 +216,14 @@ class Pipeline:
                     "execute_code", reasons=list(decision.reasons) or ["route is code"],
                     details={"decision_id": decision.decision_id},
                 )
+            if decision.approval is not None:
+                # Nobody is asked to approve arguments the schema rejects; nothing reaches the
+                # idempotency store or the backend before the approval is there.
+                validate_arguments(op, action.arguments, strict=_is_compliance(op),
+                                   mask=decision.mask)
+                await self.approvals.gate(
+                    principal, decision, request_id=action.request_id, kind="tool",
+                    operation=op.name, arguments=action.arguments)
             # The channel validates (in its own span) before anything reaches the store or
             # backend.
             outcome = await self.tools.execute(

@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from gateway import __version__
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.approvals import ApprovalService, open_approval_store
+from gateway.approvals.servicer import add_approvals_service
 from gateway.audit import Telemetry, register_secret, setup_telemetry
 from gateway.catalog import load_catalog
 from gateway.config import Settings
@@ -118,6 +120,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         closers.append(client.aclose)
         store = open_idempotency_store(settings.idempotency)
         closers.append(store.aclose)
+        approval_store = open_approval_store(settings.idempotency)
+        if approval_store is not None:
+            closers.append(approval_store.aclose)
         purger = asyncio.create_task(_purge_forever(store), name="idempotency-purge")
         closers.append(purger.cancel)
         sandbox = SandboxPool(settings.sandbox, SessionRegistry(
@@ -139,7 +144,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
                         tools=ToolChannel(client, store, settings=settings.idempotency,
                                           reconcilers=discover_reconcilers(catalog.operations)),
                         sandbox=sandbox,
-                        tracer=telemetry.tracer)
+                        tracer=telemetry.tracer,
+                        approvals=ApprovalService(approval_store,
+                                                  replay_s=settings.idempotency.ttl_s))
     authenticator = Authenticator(
         settings.identity.tokens, jwks_url=settings.identity.jwks_url,
         issuer=settings.identity.issuer, audience=settings.identity.audience)
@@ -153,10 +160,11 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     )
     pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
         GatewayServicer(pipeline), server)
+    approvals_service = add_approvals_service(pipeline.approvals, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, approvals_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     if settings.tls is not None:
         tls = settings.tls
         credentials = grpc.ssl_server_credentials(

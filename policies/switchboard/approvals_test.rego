@@ -26,13 +26,13 @@ transfer(amount) := {"from_account": "A1", "to_account": "A2", "amount": amount,
 # [name, input, whether approval is required]
 cases := [
 	["transfer below the threshold", act(finance, "tool", transfer_op, transfer(5)), false],
-	["transfer at the threshold", act(finance, "tool", transfer_op, transfer(10000)), false],
-	["transfer above the threshold", act(finance, "tool", transfer_op, transfer(10000.5)), true],
-	["large transfer", act(finance, "tool", transfer_op, transfer(250000)), true],
+	["transfer at the threshold", act(finance, "tool", transfer_op, transfer(1000)), false],
+	["transfer above the threshold", act(finance, "tool", transfer_op, transfer(1000.5)), true],
+	["large transfer", act(finance, "tool", transfer_op, transfer(5000)), true],
 	["amount not a number", act(finance, "tool", transfer_op, transfer("999999")), false],
 	["amount absent", act(finance, "tool", transfer_op, {"from_account": "A1"}), false],
-	["denied transfer asks for no approval", act(agent, "tool", transfer_op, transfer(250000)), false],
-	["denied host call asks for no approval", act(finance, "host_call", transfer_op, transfer(250000)), false],
+	["denied transfer asks for no approval", act(agent, "tool", transfer_op, transfer(5000)), false],
+	["denied host call asks for no approval", act(finance, "host_call", transfer_op, transfer(5000)), false],
 	["other operation", act(agent, "host_call", email_op, {"amount": 999999}), false],
 ]
 
@@ -51,12 +51,12 @@ test_approval_table if {
 test_every_case_has_a_distinct_name if count({c[0] | some c in cases}) == count(cases)
 
 test_large_transfer_names_roles_reason_and_expiry if {
-	d := routing.decision with input as act(finance, "tool", transfer_op, transfer(20000))
+	d := routing.decision with input as act(finance, "tool", transfer_op, transfer(2000))
 	d.route == "tool"
 	d.require_approval.roles == ["approver"]
 	d.require_approval.expires_s == 3600
 	some r in d.require_approval.reasons
-	contains(r, "amount above 10000 needs approval by approver")
+	contains(r, "amount above 1000 needs approval by approver")
 }
 
 test_threshold_comes_from_data if {
@@ -74,7 +74,7 @@ test_rule_for_host_calls if {
 }
 
 test_no_rules_no_approval if {
-	d := routing.decision with input as act(finance, "tool", transfer_op, transfer(20000))
+	d := routing.decision with input as act(finance, "tool", transfer_op, transfer(2000))
 		with data.switchboard.approvals as {}
 	d.require_approval == {}
 }
