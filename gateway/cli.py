@@ -1,4 +1,4 @@
-"""The ``switchboard`` command line: serve, demo, policy, catalog, audit, bench."""
+"""The ``switchboard`` command line: serve, demo, policy, catalog, audit, approvals, bench."""
 
 from __future__ import annotations
 
@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
     p.set_defaults(func=_cmd_audit)
+
+    from gateway.approvals.cli import add_parser as add_approvals_parser
+
+    add_approvals_parser(sub)
 
     p = sub.add_parser("bench", help="run the benchmarks in bench/ and print their tables")
     p.add_argument("which", nargs="?", default="all",

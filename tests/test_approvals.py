@@ -249,3 +249,30 @@ def test_approvals_survive_reopening_the_store(state: Path) -> None:
             await store.aclose()
 
     assert asyncio.run(read()) > 0
+
+
+def test_cli_lists_shows_and_approves(gw: RunningGateway, backends: dict[str, Any],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
+    target = ["--target", f"127.0.0.1:{gw.port}", "--token", "dev-approver"]
+    capsys.readouterr()
+    assert main(["approvals", "list", *target]) == 0
+    out = capsys.readouterr().out
+    assert approval_id in out and "ledger.create_transfer" in out and memo in out
+    assert "A1" not in out  # the masked accounts stay masked
+    assert main(["approvals", "show", approval_id, *target]) == 0
+    printed = capsys.readouterr().out  # (the in-process gateway logs to stdout too)
+    shown = json.loads(printed[printed.index("{\n"):printed.index("\n}\n") + 2])
+    assert shown["action"]["arguments"]["to_account"] == "[REDACTED]"
+    assert shown["state"] == "pending"
+    # The requester cannot approve their own request from the CLI either.
+    assert main(["approvals", "approve", approval_id, "--target", f"127.0.0.1:{gw.port}",
+                 "--token", "dev-finance"]) == 1
+    assert "approval_forbidden" in capsys.readouterr().err
+    assert main(["approvals", "approve", approval_id, "-m", "checked", *target]) == 0
+    assert "approved by approver-1 (checked)" in capsys.readouterr().out
+    execute(gw, big(memo), rid)
+    assert ledger_transfers(backends, memo) == 1
