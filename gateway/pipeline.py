@@ -370,6 +370,7 @@ class _HostBridge:
                                                  kind=SpanKind.INTERNAL) as span:
             span.set_attribute(attr.OPERATION, operation)
             span.set_attribute(attr.ARGUMENTS_SHA256, digest(arguments))
+            span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
             try:
                 if self.calls > self.limits.max_host_calls:
                     raise ResourceExhausted(

@@ -276,3 +276,99 @@ def test_cli_lists_shows_and_approves(gw: RunningGateway, backends: dict[str, An
     assert "approved by approver-1 (checked)" in capsys.readouterr().out
     execute(gw, big(memo), rid)
     assert ledger_transfers(backends, memo) == 1
+
+
+async def test_mcp_reports_the_pending_approval(gw: RunningGateway, backends: dict[str, Any],
+                                                approvals: apb_grpc.ApprovalsStub) -> None:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from gateway.mcp_server import (
+        REQUEST_ID_META_KEY,
+        McpHandle,
+        create_mcp_app,
+        start_mcp_server,
+    )
+
+    server = gw.server
+    assert server is not None
+
+    async def start() -> McpHandle:
+        return await start_mcp_server(create_mcp_app(server.pipeline, server.authenticator),
+                                      "127.0.0.1:0")
+
+    handle: McpHandle = gw.call(start())
+    memo, rid = f"m-{uuid.uuid4().hex[:8]}", f"mcp-{uuid.uuid4()}"
+    try:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": "Bearer dev-finance"},
+                               timeout=60) as http,
+            Client(streamable_http_client(handle.url, http_client=http)) as c,  # type: ignore[arg-type]
+        ):
+            first = await c.call_tool("ledger__create_transfer", big(memo),
+                                      meta={REQUEST_ID_META_KEY: rid})
+            payload = first.structured_content
+            assert isinstance(payload, dict) and first.is_error
+            assert payload["status"] == "approval_required"
+            approval_id = payload["approval"]["approval_id"]
+            assert payload["approval"]["approver_roles"] == ["approver"]
+            assert ledger_transfers(backends, memo) == 0
+            approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+                              metadata=md("dev-approver"), timeout=10)
+            done = await c.call_tool("ledger__create_transfer", big(memo),
+                                     meta={REQUEST_ID_META_KEY: rid})
+            assert done.is_error is False, done.structured_content
+    finally:
+        gw.call(handle.stop(grace=2.0))
+    assert ledger_transfers(backends, memo) == 1
+
+
+def _audit(gw: RunningGateway) -> list[dict[str, Any]]:
+    server = gw.server
+    assert server is not None and gw.settings.audit.file is not None
+    server.telemetry.force_flush()
+    return [json.loads(line) for line in Path(gw.settings.audit.file).read_text().splitlines()]
+
+
+def test_audit_links_request_decision_and_consumption(
+        gw: RunningGateway, approvals: apb_grpc.ApprovalsStub) -> None:
+    memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    err = held(gw, big(memo), rid)
+    approval_id, held_trace = err["details"]["approval_id"], err["trace_id"]
+    approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id, comment="audited"),
+                      metadata=md("dev-approver"), timeout=10)
+    execute(gw, big(memo), rid)
+    records = [r for r in _audit(gw)
+               if r.get("attributes", {}).get("switchboard.approval.id") == approval_id]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_name.setdefault(r["name"], []).append(r)
+    checks = by_name["approval.check"]
+    outcomes = [c["attributes"]["switchboard.approval.outcome"] for c in checks
+                if "switchboard.approval.outcome" in c["attributes"]]
+    assert "consumed" in outcomes
+    (approve,) = by_name["approval.approve"]
+    assert approve["attributes"]["switchboard.approval.trace_id"] == held_trace
+    assert approve["attributes"]["switchboard.approval.comment"] == "audited"
+    assert approve["attributes"]["switchboard.principal.id"] == "approver-1"
+    assert any(link["trace_id"] == held_trace for link in approve.get("links", []))
+    consumed = next(c for c in checks
+                    if c["attributes"].get("switchboard.approval.outcome") == "consumed")
+    assert any(link["trace_id"] == held_trace for link in consumed.get("links", []))
+    assert consumed["trace_id"] != held_trace
+
+
+def test_host_call_spans_carry_the_parent_decision(gw: RunningGateway) -> None:
+    from gateway_support import code_request
+
+    source = "from sdk import ledger\nledger.get_balance(account='A1')"
+    resp = gw.stub.Execute(code_request(source), metadata=md("dev-agent"), timeout=180)
+    spans = [r for r in _audit(gw) if r["trace_id"] == resp.trace_id]
+    run_decision = resp.decision.decision_id
+    host = [s for s in spans if s["name"].startswith("host_call ")]
+    decides = [s for s in spans if s["name"] == "policy.decide"
+               and s["attributes"].get("switchboard.decision_id") != run_decision]
+    assert host and decides
+    for s in host + decides:
+        assert s["attributes"]["switchboard.parent_decision_id"] == run_decision
