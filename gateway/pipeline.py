@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway.approvals import ApprovalService
+from gateway.approvals import ApprovalService, action_digest
 from gateway.audit import attributes as attr
 from gateway.audit import digest, json_attr, redact
 from gateway.audit.redact import (
@@ -29,6 +29,11 @@ from gateway.audit.redact import (
 )
 from gateway.catalog import Catalog, python_signature, sdk_doc
 from gateway.errors import (
+    ApprovalConsumed,
+    ApprovalExpired,
+    ApprovalMismatch,
+    ApprovalRejected,
+    ApprovalRequired,
     GatewayError,
     PolicyDenied,
     PolicyError,
@@ -52,6 +57,8 @@ __all__ = [
 ]
 
 EventSink = Callable[[SandboxEvent], Awaitable[None]]
+APPROVAL_ERRORS = (ApprovalRequired, ApprovalRejected, ApprovalExpired, ApprovalMismatch,
+                   ApprovalConsumed)
 COMPLIANCE_TAG = "compliance"
 
 
@@ -258,7 +265,10 @@ class Pipeline:
             run_span.set_attribute("switchboard.sandbox.timeout_ms", limits.timeout_ms)
             if action.session_id:
                 run_span.set_attribute("switchboard.session_id", action.session_id)
-            host = _HostBridge(self, principal, decision, limits, run_span)
+            host = _HostBridge(self, principal, decision, limits, run_span,
+                               request_id=action.request_id, source_sha256=sha)
+            # A retry of a run that paused for approval: its earlier host calls replay.
+            host.log = await self.approvals.run_log(principal, action.request_id)
             req = RunRequest(
                 source=action.source,
                 inputs=dict(action.inputs),
@@ -272,6 +282,14 @@ class Pipeline:
             result = await self.sandbox.run(req, host.call, on_event)
             run_span.set_attribute(attr.HOST_CALLS, host.calls)
             run_span.set_attribute("switchboard.sandbox.ok", result.ok)
+        if host.paused is None and (host.log or host.approved):
+            # A run resumed after approval finished: record every call it made, so a further
+            # retry of this request_id replays the whole run instead of repeating its effects.
+            await self.approvals.record_calls(principal, action.request_id, host.results)
+        if host.paused is not None:
+            # A host call is held for approval: the run ends with that status, whatever the
+            # code did with the error (docs/approvals.md, "Code runs").
+            raise host.paused
         span.set_attribute(attr.HOST_CALLS, host.calls)
         error = None
         if not result.ok:
@@ -344,8 +362,18 @@ class _HostBridge:
     and traced as a child of the sandbox span."""
 
     def __init__(self, pipeline: Pipeline, principal: Principal, decision: Decision,
-                 limits: Limits, parent: trace.Span) -> None:
+                 limits: Limits, parent: trace.Span, *, request_id: str = "",
+                 source_sha256: str = "") -> None:
         self.p = pipeline
+        self.request_id = request_id
+        self.source_sha256 = source_sha256
+        # Approvals: results recorded by an earlier run of this request_id that paused
+        # (index → (digest, result)), this run's results (flushed when it pauses), and the
+        # approval the run is paused on.
+        self.log: dict[int, tuple[str, Any]] = {}
+        self.results: dict[int, tuple[str, Any]] = {}
+        self.paused: GatewayError | None = None
+        self.approved = False  # an approval was used in this run
         self.principal = principal
         self.decision = decision
         self.limits = limits
@@ -385,7 +413,48 @@ class _HostBridge:
                 if decision.route == "deny":
                     raise _deny(decision, op.name)
                 validate_arguments(op, arguments, strict=_is_compliance(op), mask=decision.mask)
+                if self.paused is not None:
+                    raise self.paused  # nothing runs after a call held for approval
+                index = self.calls
+                call_digest = action_digest(self.principal, "host_call", op.name, arguments,
+                                            self.source_sha256)
+                approved = False
+                try:
+                    if index in self.log:
+                        return self._replay(span, index, call_digest)
+                    if decision.approval is not None:
+                        rec = await self.p.approvals.gate(
+                            self.principal, decision, request_id=self.request_id,
+                            kind="host_call", operation=op.name, arguments=arguments,
+                            source_sha256=self.source_sha256, step=f"host:{index}")
+                        if rec.state == "consumed":
+                            # Consumed by another run of this request (concurrent, or one
+                            # that died): replay its recorded result; without one it may have
+                            # taken effect, so it is never sent again.
+                            fresh = await self.p.approvals.run_log(self.principal,
+                                                                   self.request_id)
+                            if index in fresh:
+                                self.log = fresh
+                                return self._replay(span, index, call_digest)
+                            raise ApprovalConsumed(
+                                f"{op.name}: approval {rec.id} was used by another run of "
+                                "this request whose outcome is not recorded; it is not sent "
+                                "again", field="request_id", details={"approval_id": rec.id})
+                        approved = True
+                except APPROVAL_ERRORS as exc:
+                    # Held, rejected, expired or a different action: the run ends with this
+                    # status whatever the code does with the error; what ran so far is
+                    # recorded for the retry.
+                    self.paused = exc
+                    await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                        self.results)
+                    raise
                 result = await self.p.client.call(op, arguments)
+                self.results[index] = (call_digest, result)
+                if approved:
+                    self.approved = True
+                    await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                        {index: (call_digest, result)})
                 span.set_attribute(attr.OUTCOME, "ok")
                 return result
             except GatewayError as exc:
@@ -393,3 +462,15 @@ class _HostBridge:
                 span.set_attribute(attr.OUTCOME, exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise
+
+    def _replay(self, span: trace.Span, index: int, call_digest: str) -> Any:
+        recorded_digest, result = self.log[index]
+        if recorded_digest != call_digest:
+            raise ApprovalMismatch(
+                f"host call {index} of this run differs from the one its paused run made; "
+                "a run resumed after approval must make the same calls (use a new "
+                "request_id for different code or inputs)", field="request_id")
+        self.results[index] = (call_digest, result)
+        span.set_attribute(attr.REPLAYED, True)
+        span.set_attribute(attr.OUTCOME, "ok")
+        return result

@@ -218,6 +218,22 @@ class ApprovalService:
             "was used; a new request_id asks for approval again", field="request_id",
             details=_details(rec))
 
+    # -- the run call log (code runs that paused for approval) -----------------------------
+
+    async def run_log(self, principal: Principal, request_id: str) -> dict[int, tuple[str, Any]]:
+        """Host calls a run with this request_id recorded before it paused ({} if none)."""
+        if self.store is None or not request_id:
+            return {}
+        return await self.store.run_calls(approval_key(principal, request_id, "run"))
+
+    async def record_calls(self, principal: Principal, request_id: str,
+                           calls: Mapping[int, tuple[str, Any]]) -> None:
+        if self.store is None or not request_id:
+            return
+        key = approval_key(principal, request_id, "run")
+        for index, (digest, result) in sorted(calls.items()):
+            await self.store.record_call(key, index, digest, result)
+
     # -- the approvers' side ---------------------------------------------------------------
 
     def _store(self) -> ApprovalStore:

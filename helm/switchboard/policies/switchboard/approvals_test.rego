@@ -78,3 +78,19 @@ test_no_rules_no_approval if {
 		with data.switchboard.approvals as {}
 	d.require_approval == {}
 }
+
+test_rule_without_argument_holds_every_call if {
+	d := routing.decision with input as act(agent, "host_call", email_op, {"to": ["a@example.com"]})
+		with data.switchboard.approvals.rules as [{"operation": "workspace.send_email", "roles": ["approver"]}]
+	d.require_approval.reasons == ["workspace.send_email needs approval by approver"]
+}
+
+test_list_argument_counts_its_items if {
+	rules := [{"operation": "workspace.send_email", "argument": "to", "above": 1, "roles": ["approver"]}]
+	one := routing.decision with input as act(agent, "host_call", email_op, {"to": ["a@example.com"]})
+		with data.switchboard.approvals.rules as rules
+	two := routing.decision with input as act(agent, "host_call", email_op, {"to": ["a@example.com", "b@example.com"]})
+		with data.switchboard.approvals.rules as rules
+	one.require_approval == {}
+	two.require_approval.roles == ["approver"]
+}

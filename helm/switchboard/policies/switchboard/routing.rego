@@ -272,22 +272,42 @@ default approval_rules := []
 
 approval_rules := data.switchboard.approvals.rules
 
-# Each rule: {operation, kinds?, argument, above, roles, expires_s?, reason?}. An argument that
-# is absent or not a number never matches (the schema check rejects such calls anyway).
+# Each rule: {operation, kinds?, argument?, above?, roles, expires_s?, reason?}. Without an
+# argument a rule holds every call of the operation; with one it holds calls whose argument is
+# a number above `above`, or a list longer than `above`. An argument that is absent or of
+# another type never matches (the schema check rejects such calls anyway).
 approval_hits contains i if {
 	count(deny) == 0
 	some i, r in approval_rules
 	r.operation == op_name
 	kind in object.get(r, "kinds", ["tool", "host_call"])
+	approval_matches(r)
+}
+
+approval_matches(r) if not r.argument
+
+approval_matches(r) if {
 	v := approval_arguments[r.argument]
 	is_number(v)
 	v > r.above
+}
+
+approval_matches(r) if {
+	v := approval_arguments[r.argument]
+	is_array(v)
+	count(v) > r.above
 }
 
 approval_reason(r) := r.reason if r.reason
 
 approval_reason(r) := sprintf("%s: %s above %v needs approval by %s", [r.operation, r.argument, r.above, concat(" or ", sort(r.roles))]) if {
 	not r.reason
+	r.argument
+}
+
+approval_reason(r) := sprintf("%s needs approval by %s", [r.operation, concat(" or ", sort(r.roles))]) if {
+	not r.reason
+	not r.argument
 }
 
 default require_approval := {}
