@@ -35,6 +35,7 @@ from gateway.errors import (
     ApprovalRejected,
     ApprovalRequired,
     GatewayError,
+    IdempotencyConflict,
     PolicyDenied,
     PolicyError,
     ResourceExhausted,
@@ -44,7 +45,8 @@ from gateway.manifest import ToolDef, dedicated_tools, meta_tools
 from gateway.models import Decision, Limits, Operation, Principal
 from gateway.policy import PolicyEngine, build_input
 from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
-from gateway.tools import BackendClient, ToolChannel, validate_arguments
+from gateway.tools import BackendClient, ToolChannel, idempotency_key, validate_arguments
+from gateway.tools.channel import fingerprint
 
 __all__ = [
     "Action",
@@ -228,6 +230,7 @@ class Pipeline:
                 # idempotency store or the backend before the approval is there.
                 validate_arguments(op, action.arguments, strict=_is_compliance(op),
                                    mask=decision.mask)
+                await self._check_request_id(principal, op, action)
                 await self.approvals.gate(
                     principal, decision, request_id=action.request_id, kind="tool",
                     operation=op.name, arguments=action.arguments)
@@ -242,6 +245,19 @@ class Pipeline:
         span.set_attribute(attr.REPLAYED, outcome.replayed)
         return Outcome(decision=decision, result=outcome.result, trace_id=current_trace_id(),
                        replayed=outcome.replayed)
+
+    async def _check_request_id(self, principal: Principal, op: Operation,
+                                action: ToolAction) -> None:
+        """A request_id already used for another call is refused before an approval is asked
+        for (the channel would refuse it after the approval anyway)."""
+        if not action.request_id:
+            return
+        rec = await self.tools.store.get(idempotency_key(principal, action.request_id))
+        if rec is not None and rec.fingerprint != fingerprint(op, action.arguments):
+            raise IdempotencyConflict(
+                f"request_id {action.request_id!r} was already used for a different call "
+                f"({rec.operation} with other arguments); use a new request_id",
+                field="request_id", details={"operation": rec.operation})
 
     async def _execute_code(self, principal: Principal, action: CodeAction, span: trace.Span,
                             on_event: EventSink | None) -> Outcome:

@@ -372,3 +372,17 @@ def test_host_call_spans_carry_the_parent_decision(gw: RunningGateway) -> None:
     assert host and decides
     for s in host + decides:
         assert s["attributes"]["switchboard.parent_decision_id"] == run_decision
+
+
+def test_request_id_of_another_call_is_refused_before_asking(
+        gw: RunningGateway, approvals: apb_grpc.ApprovalsStub) -> None:
+    rid = str(uuid.uuid4())
+    execute(gw, SMALL, rid)
+    before = len(approvals.ListApprovals(apb.ListApprovalsRequest(state="all", limit=500),
+                                         metadata=md("dev-approver"), timeout=10).approvals)
+    with pytest.raises(grpc.RpcError) as info:
+        execute(gw, big("reused"), rid)
+    assert error_of(info.value)["code"] == "idempotency_conflict"
+    after = len(approvals.ListApprovals(apb.ListApprovalsRequest(state="all", limit=500),
+                                        metadata=md("dev-approver"), timeout=10).approvals)
+    assert after == before
