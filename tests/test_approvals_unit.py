@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.approvals import SQLiteApprovalStore, action_digest
+from gateway.approvals import ApprovalStore, SQLiteApprovalStore, action_digest
 from gateway.approvals.store import ApprovalRecord
 from gateway.errors import PolicyError
 from gateway.models import Principal
@@ -57,25 +59,56 @@ def test_digest_binds_principal_arguments_and_source() -> None:
     assert base != action_digest(p, "tool", "ledger.create_transfer", {"amount": 100}, "ab")
 
 
-def test_store_transitions_are_conditional(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A real PostgreSQL, as tests/test_idempotency_store.py starts it (an error, not a skip,
+    when the dev extra's server binaries are missing)."""
+    from tools_support import postgres_server
+
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ApprovalStore]:
+    if request.param == "sqlite":
+        return lambda: SQLiteApprovalStore(tmp_path / "a.db")
+    from gateway.approvals.postgres_store import PostgresApprovalStore
+
+    dsn = request.getfixturevalue("pg_dsn")
+    return lambda: PostgresApprovalStore(dsn)
+
+
+def test_store_transitions_are_conditional(open_store: Callable[[], ApprovalStore]) -> None:
     async def go() -> None:
-        store = SQLiteApprovalStore(tmp_path / "a.db")
+        store = open_store()
         now = time.time()
+        approval_id = f"apr-{uuid.uuid4().hex[:8]}"
         rec = ApprovalRecord(
-            id="apr-1", key="k", tenant="t", requester_id="r", request_id="q", kind="tool",
-            operation="o", digest="d", action={}, reasons=(), roles=("approver",),
-            state="pending", created_at=now, expires_at=now + 60)
-        assert (await store.create(rec)).id == "apr-1"
+            id=approval_id, key=approval_id, tenant="t", requester_id="r", request_id="q",
+            kind="tool", operation="o", digest="d", action={"arguments": {"a": 1}},
+            reasons=("why",), roles=("approver",), state="pending", created_at=now,
+            expires_at=now + 60)
+        assert (await store.create(rec)).id == approval_id
         # Same key again: the stored one, not a second approval.
-        again = await store.create(ApprovalRecord(**{**rec.__dict__, "id": "apr-2"}))
-        assert again.id == "apr-1"
-        assert not await store.consume("apr-1", now)  # pending: cannot be consumed
-        assert await store.decide("apr-1", approve=True, by="x", comment="", now=now)
-        assert not await store.decide("apr-1", approve=False, by="y", comment="", now=now)
-        assert await store.consume("apr-1", now)
-        assert not await store.consume("apr-1", now)  # once
-        got = await store.get("apr-1")
-        assert got is not None and got.state == "consumed"
+        again = await store.create(ApprovalRecord(**{**rec.__dict__, "id": "apr-other"}))
+        assert again.id == approval_id and again.action == {"arguments": {"a": 1}}
+        assert not await store.consume(approval_id, now)  # pending: cannot be consumed
+        assert await store.decide(approval_id, approve=True, by="x", comment="c", now=now)
+        assert not await store.decide(approval_id, approve=False, by="y", comment="", now=now)
+        # Concurrent consumers: exactly one wins.
+        wins = await asyncio.gather(*(store.consume(approval_id, now) for _ in range(8)))
+        assert wins.count(True) == 1
+        got = await store.get(approval_id)
+        assert got is not None and got.state == "consumed" and got.decided_by == "x"
+        assert [r.id for r in await store.list("t", "consumed", 500)].count(approval_id) == 1
+        await store.record_call(approval_id, 1, "d1", {"ok": True})
+        await store.record_call(approval_id, 1, "d2", {"ok": False})  # first write wins
+        assert await store.run_calls(approval_id) == {1: ("d1", {"ok": True})}
         await store.aclose()
+        reopened = open_store()  # durable: a new store (a restarted gateway) sees it all
+        got = await reopened.get(approval_id)
+        assert got is not None and got.state == "consumed"
+        await reopened.aclose()
 
     asyncio.run(go())

@@ -110,13 +110,19 @@ def _details(rec: ApprovalRecord) -> dict[str, Any]:
 
 
 def open_approval_store(settings: IdempotencySettings) -> ApprovalStore | None:
-    """Approvals live beside the idempotency records: the same SQLite file, own tables. None
-    for the other stores (not yet supported there): actions needing approval are then denied."""
-    if urlsplit(settings.dsn).scheme != "sqlite":
-        return None
-    from gateway.tools.stores import _sqlite_path
+    """Approvals live beside the idempotency records: the same SQLite file or PostgreSQL
+    database, in their own tables. None for Redis (not supported yet): actions needing
+    approval are then denied."""
+    scheme = urlsplit(settings.dsn).scheme
+    if scheme == "sqlite":
+        from gateway.tools.stores import _sqlite_path
 
-    return SQLiteApprovalStore(_sqlite_path(settings.dsn))
+        return SQLiteApprovalStore(_sqlite_path(settings.dsn))
+    if scheme in ("postgresql", "postgres"):
+        from gateway.approvals.postgres_store import PostgresApprovalStore
+
+        return PostgresApprovalStore(settings.dsn)
+    return None
 
 
 class ApprovalService:
@@ -140,7 +146,7 @@ class ApprovalService:
             if self.store is None:
                 raise PolicyDenied(
                     f"{operation}: the policy requires approval, and approvals need the "
-                    "SQLite idempotency store (idempotency.dsn sqlite:///PATH)",
+                    "SQLite or PostgreSQL idempotency store (idempotency.dsn)",
                     reasons=list(need.reasons) or ["approval required"])
             if not request_id:
                 raise InvalidRequest("request_id: required for actions that need approval",
@@ -238,8 +244,8 @@ class ApprovalService:
 
     def _store(self) -> ApprovalStore:
         if self.store is None:
-            raise ApprovalNotFound("approvals are not enabled (they need the SQLite "
-                                   "idempotency store)")
+            raise ApprovalNotFound("approvals are not enabled (they need the SQLite or "
+                                   "PostgreSQL idempotency store)")
         return self.store
 
     async def list(self, principal: Principal, state: str | None = "pending",
