@@ -104,6 +104,17 @@ def test_held_transfer_has_no_effect_and_is_listed(gw: RunningGateway, backends:
     # Masked fields stay masked for approvers; the rest is the exact action.
     assert action["arguments"]["from_account"] == "[REDACTED]"
     assert action["arguments"]["amount"] == 1500 and action["arguments"]["memo"] == memo
+    # The requester sees their own; a principal who could not decide it does not.
+    own = approvals.ListApprovals(apb.ListApprovalsRequest(), metadata=md("dev-finance"),
+                                  timeout=10)
+    assert d["approval_id"] in {x.approval_id for x in own.approvals}
+    bystander = approvals.ListApprovals(apb.ListApprovalsRequest(state="all"),
+                                        metadata=md("dev-agent"), timeout=10)
+    assert d["approval_id"] not in {x.approval_id for x in bystander.approvals}
+    with pytest.raises(grpc.RpcError) as info:
+        approvals.GetApproval(apb.GetApprovalRequest(approval_id=d["approval_id"]),
+                              metadata=md("dev-agent"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
     # Another tenant's approver does not see it.
     other = approvals.ListApprovals(apb.ListApprovalsRequest(state="all"),
                                     metadata=md("other-tenant-approver"), timeout=10)

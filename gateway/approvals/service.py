@@ -252,11 +252,12 @@ class ApprovalService:
                    limit: int = 100) -> list[ApprovalRecord]:
         if state not in (None, "", "pending", "approved", "rejected", "consumed", "expired"):
             raise InvalidRequest(f"state: unknown approval state {state!r}", field="state")
-        return await self._store().list(principal.tenant, state or None, max(1, min(limit, 500)))
+        found = await self._store().list(principal.tenant, state or None, 10_000)
+        return [r for r in found if _may_see(principal, r)][:max(1, min(limit, 500))]
 
     async def get(self, principal: Principal, approval_id: str) -> ApprovalRecord:
         rec = await self._store().get(approval_id)
-        if rec is None or rec.tenant != principal.tenant:
+        if rec is None or not _may_see(principal, rec):
             raise ApprovalNotFound(f"no approval {approval_id!r} in tenant "
                                    f"{principal.tenant!r}", field="approval_id")
         return rec
@@ -265,7 +266,10 @@ class ApprovalService:
                      comment: str = "") -> ApprovalRecord:
         verb = "approve" if approve else "reject"
         comment = comment.strip()[:MAX_COMMENT]
-        rec = await self.get(principal, approval_id)
+        rec = await self._store().get(approval_id)
+        if rec is None or rec.tenant != principal.tenant:
+            raise ApprovalNotFound(f"no approval {approval_id!r} in tenant "
+                                   f"{principal.tenant!r}", field="approval_id")
         with _tracer.start_as_current_span(f"approval.{verb}",
                                            links=_link(rec)) as span:
             span.set_attribute(APPROVAL_ID, rec.id)
@@ -287,6 +291,12 @@ class ApprovalService:
             done = await self.get(principal, approval_id)
             span.set_attribute(APPROVAL_STATE, done.state)
             return done
+
+
+def _may_see(principal: Principal, rec: ApprovalRecord) -> bool:
+    """The requester and the principals who could decide it (same tenant, an approver role)."""
+    return rec.tenant == principal.tenant and (
+        rec.requester_id == principal.id or bool(set(principal.roles) & set(rec.roles)))
 
 
 def _check_approver(principal: Principal, rec: ApprovalRecord, verb: str) -> None:
