@@ -154,6 +154,8 @@ SCHEMA: dict[str, Any] = {
                 "otlp_headers": {"type": "object", "additionalProperties": _STR},
                 "service_name": _STR,
                 "log_format": {"enum": ["auto", "json", "console"]},
+                "checkpoint_key_file": {"type": ["string", "null"]},
+                "checkpoint_interval_s": {"type": "number", "exclusiveMinimum": 0},
             },
         },
         "mcp": {
@@ -328,6 +330,8 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
     aud = dict(raw.get("audit", {}))
     if "file" in aud:
         aud["file"] = _resolve(base, aud["file"])
+    if "checkpoint_key_file" in aud:
+        aud["checkpoint_key_file"] = _resolve(base, aud["checkpoint_key_file"])
     audit = AuditSettings(**aud)
     mcp = McpSettings(**raw.get("mcp", {}))
     tls = None

@@ -21,7 +21,7 @@ from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.approvals import ApprovalService, open_approval_store
 from gateway.approvals.servicer import add_approvals_service
-from gateway.audit import Telemetry, register_secret, setup_telemetry
+from gateway.audit import AuditSettings, Telemetry, register_secret, setup_telemetry
 from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.identity import Authenticator
@@ -61,6 +61,7 @@ class GatewayServer:
     _closers: list[Any] = field(default_factory=list)
     mcp: McpHandle | None = None
     _stopped: bool = False
+    audit: AuditSettings | None = None  # for the final signed checkpoint
 
     @property
     def mcp_port(self) -> int | None:
@@ -79,6 +80,8 @@ class GatewayServer:
         await _close_all(self._closers)
         self.telemetry.force_flush()
         self.telemetry.shutdown()
+        if self.audit is not None and self.audit.file and self.audit.checkpoint_key_file:
+            _checkpoint(self.audit)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -94,6 +97,25 @@ async def _purge_forever(store: IdempotencyStore, every_s: float = 300.0) -> Non
         except Exception:
             log.exception("idempotency purge failed")
         await asyncio.sleep(every_s)
+
+
+def _checkpoint(settings: AuditSettings) -> None:
+    """Sign the audit file's last record (docs/audit.md, "Signed checkpoints")."""
+    from gateway.audit.checkpoint import sign_checkpoint
+
+    if settings.file is None or settings.checkpoint_key_file is None:
+        return
+    try:
+        sign_checkpoint(settings.file, settings.checkpoint_key_file)
+    except (OSError, ValueError) as exc:
+        log.warning("audit.checkpoint_failed", error=str(exc))
+
+
+async def _checkpoint_forever(telemetry: Telemetry, settings: AuditSettings) -> None:
+    while True:
+        await asyncio.sleep(settings.checkpoint_interval_s)
+        telemetry.force_flush()
+        await asyncio.to_thread(_checkpoint, settings)
 
 
 async def _close_all(closers: list[Any]) -> None:
@@ -195,9 +217,14 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await readiness.refresh()
     watcher = asyncio.create_task(readiness.run(), name="readiness")
     closers.append(watcher.cancel)
+    if settings.audit.file and settings.audit.checkpoint_key_file:
+        signer = asyncio.create_task(_checkpoint_forever(telemetry, settings.audit),
+                                     name="audit-checkpoint")
+        closers.append(signer.cancel)
     gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
                        authenticator=authenticator, telemetry=telemetry,
-                       health=health_servicer, _closers=closers, mcp=mcp)
+                       health=health_servicer, _closers=closers, mcp=mcp,
+                       audit=settings.audit)
     log.info("serving", listen=settings.listen, port=port, operations=len(catalog.operations),
              policy_revision=policy.revision)
     return gw, port

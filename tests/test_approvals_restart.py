@@ -20,6 +20,7 @@ from waiting import scaled
 from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.audit.checkpoint import generate_key, verify_checkpoints
 from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
 
 
@@ -39,6 +40,9 @@ def test_restart_between_approval_and_retry(backends: dict[str, Any], tmp_path: 
                             workspace_url=backends["workspace"].url, state=tmp_path)
     raw = yaml.safe_load(cfg.read_text())
     raw["sandbox"] = {"workers": 1}
+    # Signed audit checkpoints on (the final one is written at shutdown).
+    generate_key(tmp_path / "audit.key")
+    raw["audit"]["checkpoint_key_file"] = str(tmp_path / "audit.key")
     cfg.write_text(yaml.safe_dump(raw))
     memo, rid = f"restart-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     args = {"from_account": "A1", "to_account": "A3", "amount": 1200.0, "currency": "USD",
@@ -77,5 +81,10 @@ def test_restart_between_approval_and_retry(backends: dict[str, Any], tmp_path: 
             assert not r1.replayed and r2.replayed
             assert r1.result.struct_value["id"] == r2.result.struct_value["id"]
     finally:
-        second.stop()
+        assert second.stop() == 0
     assert transfers_with(backends["ledger"].url, memo) == 1
+    # The audit trail of both processes verifies against the checkpoint signed at shutdown.
+    audit = Path(raw["audit"]["file"])
+    report = verify_checkpoints(audit, tmp_path / "audit.key.pub")
+    assert report.ok, report.problems
+    assert report.checkpoints >= 1 and report.unsigned_after == 0
