@@ -69,10 +69,23 @@ def pg_dsn() -> Iterator[str]:
         yield dsn
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    from tools_support import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ApprovalStore]:
     if request.param == "sqlite":
         return lambda: SQLiteApprovalStore(tmp_path / "a.db")
+    if request.param == "redis":
+        from gateway.approvals.redis_store import RedisApprovalStore
+
+        url = request.getfixturevalue("redis_url")
+        return lambda: RedisApprovalStore(url)
     from gateway.approvals.postgres_store import PostgresApprovalStore
 
     dsn = request.getfixturevalue("pg_dsn")

@@ -110,8 +110,8 @@ def _details(rec: ApprovalRecord) -> dict[str, Any]:
 
 
 def open_approval_store(settings: IdempotencySettings) -> ApprovalStore | None:
-    """Approvals live beside the idempotency records: the same SQLite file or PostgreSQL
-    database, in their own tables. None for Redis (not supported yet): actions needing
+    """Approvals live beside the idempotency records: the same SQLite file, PostgreSQL
+    database or Redis, under their own tables/keys. None for anything else: actions needing
     approval are then denied."""
     scheme = urlsplit(settings.dsn).scheme
     if scheme == "sqlite":
@@ -122,6 +122,10 @@ def open_approval_store(settings: IdempotencySettings) -> ApprovalStore | None:
         from gateway.approvals.postgres_store import PostgresApprovalStore
 
         return PostgresApprovalStore(settings.dsn)
+    if scheme in ("redis", "rediss", "unix"):
+        from gateway.approvals.redis_store import RedisApprovalStore
+
+        return RedisApprovalStore(settings.dsn)
     return None
 
 
@@ -146,7 +150,7 @@ class ApprovalService:
             if self.store is None:
                 raise PolicyDenied(
                     f"{operation}: the policy requires approval, and approvals need the "
-                    "SQLite or PostgreSQL idempotency store (idempotency.dsn)",
+                    "idempotency store (idempotency.dsn)",
                     reasons=list(need.reasons) or ["approval required"])
             if not request_id:
                 raise InvalidRequest("request_id: required for actions that need approval",
@@ -244,8 +248,8 @@ class ApprovalService:
 
     def _store(self) -> ApprovalStore:
         if self.store is None:
-            raise ApprovalNotFound("approvals are not enabled (they need the SQLite or "
-                                   "PostgreSQL idempotency store)")
+            raise ApprovalNotFound("approvals are not enabled (they need an idempotency "
+                                   "store: idempotency.dsn)")
         return self.store
 
     async def list(self, principal: Principal, state: str | None = "pending",
