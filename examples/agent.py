@@ -4,7 +4,10 @@ It does the core scenario of the demo:
   1. through the code channel, finds today's longest meeting and emails the team about it —
      the event list never leaves the sandbox; only "Done" comes back;
   2. through the dedicated tool, transfers money between two accounts;
-  3. shows one denied action with the policy's reasons.
+  3. shows one denied action with the policy's reasons;
+  4. a transfer above the policy's approval threshold: held (nothing happens), approved by a
+     second principal (dev-approver) through the Approvals API, completed exactly once by
+     retrying with the same request_id.
 
 Usage: python examples/agent.py --target 127.0.0.1:50051
 """
@@ -19,6 +22,8 @@ import uuid
 import grpc
 from google.protobuf import json_format
 
+from gateway._proto.switchboard.v1 import approvals_pb2 as apb
+from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -98,8 +103,58 @@ def main() -> int:
         else:
             print("\nERROR: the transfer by agent-1 was not denied", file=sys.stderr)
             return 1
+        if not approved_transfer(stub, apb_grpc.ApprovalsStub(channel)):
+            return 1
     ok = code.HasField("result") and code.result.string_value == "Done" and not tool.error.code
     return 0 if ok else 1
+
+
+def approved_transfer(stub: pb_grpc.GatewayStub, approvals: apb_grpc.ApprovalsStub) -> bool:
+    """A large transfer: held for approval, approved by someone else, run once on retry."""
+    listing = pb.ExecuteRequest(request_id=str(uuid.uuid4()),
+                                tool_call=pb.ToolCall(name="ledger.list_accounts"))
+    accounts = json_format.MessageToDict(
+        stub.Execute(listing, metadata=metadata("dev-finance"), timeout=30).result)
+    # From the richer of A1/A2 to the other, so repeated demo runs never run out of money.
+    pair = sorted((a for a in accounts if a["id"] in ("A1", "A2")), key=lambda a: a["balance"])
+    big = {"from_account": pair[-1]["id"], "to_account": pair[0]["id"], "amount": 1200.0,
+           "currency": "USD", "memo": "demo transfer above the approval threshold"}
+    request = pb.ExecuteRequest(request_id=str(uuid.uuid4()),
+                                tool_call=pb.ToolCall(name="ledger.create_transfer"))
+    request.tool_call.arguments.update(big)
+    try:
+        stub.Execute(request, metadata=metadata("dev-finance"), timeout=30)
+    except grpc.RpcError as err:
+        trailers = dict(err.trailing_metadata() or ())
+        detail = json.loads(trailers.get("switchboard-error", "{}"))
+        status = err.code().name
+        if detail.get("code") != "approval_required":
+            print(f"\nERROR: expected approval_required, got {detail}", file=sys.stderr)
+            return False
+    else:
+        print("\nERROR: the large transfer was not held for approval", file=sys.stderr)
+        return False
+    held = detail["details"]
+    print("\n== held for approval: ledger.create_transfer of 1200.00 USD as finance-1")
+    print(f"   status:   {status}  code: {detail['code']}  (nothing was executed)")
+    print(f"   approval: {held['approval_id']} by role {', '.join(held['approver_roles'])} "
+          f"until {held['expires_at']}")
+    pending = approvals.ListApprovals(apb.ListApprovalsRequest(),
+                                      metadata=metadata("dev-approver"), timeout=30)
+    shown = next(a for a in pending.approvals if a.approval_id == held["approval_id"])
+    print(f"   approver-1 sees: {json.dumps(json_format.MessageToDict(shown.action))}")
+    approvals.Approve(apb.DecideApprovalRequest(approval_id=shown.approval_id,
+                                                comment="checked with finance"),
+                      metadata=metadata("dev-approver"), timeout=30)
+    print(f"   approved by approver-1 "
+          f"(CLI: switchboard approvals approve {shown.approval_id} --token dev-approver)")
+    first = stub.Execute(request, metadata=metadata("dev-finance"), timeout=30)
+    again = stub.Execute(request, metadata=metadata("dev-finance"), timeout=30)
+    show("retried with the same request_id after approval", first)
+    once = (first.result.struct_value["id"] == again.result.struct_value["id"]
+            and again.replayed and not first.replayed)
+    print(f"   second retry replayed the same transfer (exactly once): {once}")
+    return once
 
 
 if __name__ == "__main__":

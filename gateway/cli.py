@@ -1,4 +1,4 @@
-"""The ``switchboard`` command line: serve, demo, policy, catalog, audit, bench."""
+"""The ``switchboard`` command line: serve, demo, policy, catalog, audit, approvals, bench."""
 
 from __future__ import annotations
 
@@ -126,6 +126,17 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from gateway.audit import cli_audit_show, cli_audit_verify
 
+    if args.audit_cmd == "keygen":
+        from gateway.audit.checkpoint import generate_key
+
+        try:
+            public = generate_key(Path(args.private_key))
+        except OSError as exc:
+            print(f"switchboard audit keygen: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.private_key} (keep it secret) and {public}")
+        return 0
+
     # Files, directories or globs: positional and/or --file (repeatable), e.g. one per replica.
     named = [*(args.files or []), *(args.file or [])]
     files: list[Path | str] = list(named)
@@ -137,7 +148,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         files = [configured]
     if args.audit_cmd == "show":
         return cli_audit_show(args.trace_id, files, tenant=args.tenant)
-    return cli_audit_verify(files)
+    if args.audit_cmd == "checkpoint":
+        from gateway.audit.checkpoint import sign_checkpoint
+        from gateway.audit.cli import audit_files
+
+        rc = 0
+        for f in audit_files(files):
+            try:
+                entry = sign_checkpoint(f, Path(args.key))
+            except (OSError, ValueError) as exc:
+                print(f"switchboard audit checkpoint: {exc}", file=sys.stderr)
+                rc = 1
+                continue
+            print(f"signed {f}: seq {entry['seq']} {entry['hash']} (key {entry['key_id']})")
+        return rc
+    return cli_audit_verify(files, public_key=Path(args.public_key) if args.public_key else None)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -206,7 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
+    q.add_argument("--public-key", help="also check the signed checkpoints (Ed25519 PEM)")
+    q = asub.add_parser("checkpoint", help="sign each audit file's last record (Ed25519)")
+    q.add_argument("files", nargs="*", metavar="FILE", help=files_help)
+    q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
+    q.add_argument("--config")
+    q.add_argument("--key", required=True, help="Ed25519 private key (PEM), see keygen")
+    q = asub.add_parser("keygen", help="write an Ed25519 key pair for checkpoints")
+    q.add_argument("private_key", help="where to write the private key (.pub beside it)")
     p.set_defaults(func=_cmd_audit)
+
+    from gateway.approvals.cli import add_parser as add_approvals_parser
+
+    add_approvals_parser(sub)
 
     p = sub.add_parser("bench", help="run the benchmarks in bench/ and print their tables")
     p.add_argument("which", nargs="?", default="all",

@@ -154,6 +154,8 @@ SCHEMA: dict[str, Any] = {
                 "otlp_headers": {"type": "object", "additionalProperties": _STR},
                 "service_name": _STR,
                 "log_format": {"enum": ["auto", "json", "console"]},
+                "checkpoint_key_file": {"type": ["string", "null"]},
+                "checkpoint_interval_s": {"type": "number", "exclusiveMinimum": 0},
             },
         },
         "mcp": {
@@ -338,6 +340,8 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
     aud = dict(raw.get("audit", {}))
     if "file" in aud:
         aud["file"] = _resolve(base, aud["file"])
+    if "checkpoint_key_file" in aud:
+        aud["checkpoint_key_file"] = _resolve(base, aud["checkpoint_key_file"])
     audit = AuditSettings(**aud)
     mcp_raw = dict(raw.get("mcp", {}))
     for key in ("allowed_hosts", "allowed_origins"):
@@ -381,7 +385,8 @@ def load_settings(path: Path) -> Settings:
 
 
 def embedded_defaults(state_dir: Path | None = None) -> Settings:
-    """The no-config setup: two demo principals, the demo catalog served in-process."""
+    """The no-config setup: three demo principals (agent, finance, approver), the demo
+    catalog served in-process."""
     state = state_dir or Path("state")
     return Settings(
         identity=IdentitySettings(
@@ -389,6 +394,8 @@ def embedded_defaults(state_dir: Path | None = None) -> Settings:
                 "dev-agent": Principal(id="agent-1", tenant="demo", roles=("agent",)),
                 "dev-finance": Principal(id="finance-1", tenant="demo",
                                          roles=("agent", "finance")),
+                # Approves what the policy holds for approval (docs/approvals.md).
+                "dev-approver": Principal(id="approver-1", tenant="demo", roles=("approver",)),
             }
         ),
         backends=(

@@ -88,6 +88,7 @@ def write_demo_config(path: Path, *, ledger_url: str, workspace_url: str, state:
         "identity": {"tokens": {
             "dev-agent": {"id": "agent-1", "tenant": "demo", "roles": ["agent"]},
             "dev-finance": {"id": "finance-1", "tenant": "demo", "roles": ["agent", "finance"]},
+            "dev-approver": {"id": "approver-1", "tenant": "demo", "roles": ["approver"]},
         }},
         "backends": [
             {"name": "ledger", "openapi": f"{ledger_url}/openapi.json", "base_url": ledger_url},

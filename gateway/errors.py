@@ -12,6 +12,14 @@ from typing import Any, ClassVar
 import grpc
 
 __all__ = [
+    "ApprovalConsumed",
+    "ApprovalExpired",
+    "ApprovalForbidden",
+    "ApprovalMismatch",
+    "ApprovalNotFound",
+    "ApprovalNotPending",
+    "ApprovalRejected",
+    "ApprovalRequired",
     "BackendError",
     "BackendUnavailable",
     "ConfigError",
@@ -186,6 +194,54 @@ class SessionLost(GatewayError):
     code = "session_lost"
 
 
+class ApprovalRequired(GatewayError):
+    """The policy holds this action for approval; nothing took effect. ``details`` carry
+    ``approval_id``, ``approver_roles``, ``reasons`` and ``expires_at``: once approved, retry
+    with the same request_id and the same arguments (docs/approvals.md)."""
+
+    code = "approval_required"
+
+
+class ApprovalRejected(GatewayError):
+    """An approver rejected this action (``details.comment``); it will never run."""
+
+    code = "approval_rejected"
+
+
+class ApprovalExpired(GatewayError):
+    """The approval of this action expired before it was used; a new request_id asks again."""
+
+    code = "approval_expired"
+
+
+class ApprovalMismatch(GatewayError):
+    """The request_id's approval was for a different action (other arguments or code)."""
+
+    code = "approval_mismatch"
+
+
+class ApprovalConsumed(GatewayError):
+    """The approval was already used up and its outcome can no longer be replayed."""
+
+    code = "approval_consumed"
+
+
+class ApprovalNotFound(GatewayError):
+    code = "approval_not_found"
+
+
+class ApprovalForbidden(GatewayError):
+    """The caller may not decide this approval (lacks the role, or it is their own request)."""
+
+    code = "approval_forbidden"
+
+
+class ApprovalNotPending(GatewayError):
+    """The approval was already decided, or expired."""
+
+    code = "approval_not_pending"
+
+
 _STATUS: dict[str, grpc.StatusCode] = {
     ConfigError.code: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated.code: grpc.StatusCode.UNAUTHENTICATED,
@@ -208,6 +264,14 @@ _STATUS: dict[str, grpc.StatusCode] = {
     SandboxCrashed.code: grpc.StatusCode.INTERNAL,
     SessionElsewhere.code: grpc.StatusCode.FAILED_PRECONDITION,
     SessionLost.code: grpc.StatusCode.FAILED_PRECONDITION,
+    ApprovalRequired.code: grpc.StatusCode.FAILED_PRECONDITION,
+    ApprovalRejected.code: grpc.StatusCode.PERMISSION_DENIED,
+    ApprovalExpired.code: grpc.StatusCode.FAILED_PRECONDITION,
+    ApprovalMismatch.code: grpc.StatusCode.FAILED_PRECONDITION,
+    ApprovalConsumed.code: grpc.StatusCode.FAILED_PRECONDITION,
+    ApprovalNotFound.code: grpc.StatusCode.NOT_FOUND,
+    ApprovalForbidden.code: grpc.StatusCode.PERMISSION_DENIED,
+    ApprovalNotPending.code: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -443,6 +443,9 @@ class _Handlers:
                 span.set_status(Status(StatusCode.ERROR, exc.message[:1024]))
                 # Denials and bad arguments are tool results the model should read and act on.
                 err = {"ok": False, "error": exc.to_dict(), "trace_id": _trace_id(span)}
+                if exc.code == "approval_required":  # docs/approvals.md: held, not failed
+                    err["status"] = "approval_required"
+                    err["approval"] = dict(exc.details)
                 return _result(err, is_error=True)
             except asyncio.CancelledError:
                 span.set_attribute(attr.OUTCOME, "cancelled")

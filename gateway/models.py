@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["BackendSettings", "Decision", "Limits", "Operation", "Parameter", "Principal", "Route"]
+__all__ = ["ApprovalRequirement", "BackendSettings", "Decision", "Limits", "Operation",
+           "Parameter", "Principal", "Route"]
 
 Route = Literal["tool", "code", "deny"]
 
@@ -30,6 +31,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ApprovalRequirement:
+    """The policy's ``require_approval`` obligation: the action may run only once a principal
+    holding one of ``roles`` (not the requester) approved this exact action (docs/approvals.md)."""
+
+    reasons: tuple[str, ...]
+    roles: tuple[str, ...]
+    expires_s: int = 3600
+
+
+@dataclass(frozen=True)
 class Decision:
     route: Route
     reasons: tuple[str, ...] = ()
@@ -40,6 +51,8 @@ class Decision:
     policy_revision: str = ""
     # Set when the decision is a fail-closed deny caused by a policy problem, not by a rule.
     error_code: str = ""
+    # The ``require_approval`` obligation, when the policy attached one (only on allows).
+    approval: ApprovalRequirement | None = None
 
     @property
     def allowed(self) -> bool:

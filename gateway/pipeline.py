@@ -17,6 +17,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.approvals import ApprovalService, action_digest
 from gateway.audit import attributes as attr
 from gateway.audit import digest, json_attr, redact
 from gateway.audit.redact import (
@@ -36,7 +37,13 @@ from gateway.catalog import (
     sdk_doc,
 )
 from gateway.errors import (
+    ApprovalConsumed,
+    ApprovalExpired,
+    ApprovalMismatch,
+    ApprovalRejected,
+    ApprovalRequired,
     GatewayError,
+    IdempotencyConflict,
     InvalidRequest,
     PolicyDenied,
     PolicyError,
@@ -47,7 +54,8 @@ from gateway.manifest import ToolDef, dedicated_tools, meta_tools
 from gateway.models import Decision, Limits, Operation, Principal
 from gateway.policy import Discovery, PolicyEngine, build_input
 from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
-from gateway.tools import BackendClient, ToolChannel, validate_arguments
+from gateway.tools import BackendClient, ToolChannel, idempotency_key, validate_arguments
+from gateway.tools.channel import fingerprint
 
 __all__ = [
     "Action",
@@ -60,6 +68,8 @@ __all__ = [
 ]
 
 EventSink = Callable[[SandboxEvent], Awaitable[None]]
+APPROVAL_ERRORS = (ApprovalRequired, ApprovalRejected, ApprovalExpired, ApprovalMismatch,
+                   ApprovalConsumed)
 COMPLIANCE_TAG = "compliance"
 # Discovery results kept (one per tenant + role set + catalog and policy revision).
 DISCOVERY_CACHE_SIZE = 256
@@ -148,8 +158,11 @@ class Pipeline:
         tools: ToolChannel,
         sandbox: SandboxPool,
         tracer: trace.Tracer,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.catalog = catalog
+        # Without a store, actions the policy holds for approval are denied (fail closed).
+        self.approvals = approvals or ApprovalService(None)
         self.policy = policy
         self.client = client
         self.tools = tools
@@ -229,6 +242,15 @@ class Pipeline:
                     "execute_code", reasons=list(decision.reasons) or ["route is code"],
                     details={"decision_id": decision.decision_id},
                 )
+            if decision.approval is not None:
+                # Nobody is asked to approve arguments the schema rejects; nothing reaches the
+                # idempotency store or the backend before the approval is there.
+                validate_arguments(op, action.arguments, strict=_is_compliance(op),
+                                   mask=decision.mask)
+                await self._check_request_id(principal, op, action)
+                await self.approvals.gate(
+                    principal, decision, request_id=action.request_id, kind="tool",
+                    operation=op.name, arguments=action.arguments)
             # The channel validates (in its own span) before anything reaches the store or
             # backend.
             outcome = await self.tools.execute(
@@ -240,6 +262,19 @@ class Pipeline:
         span.set_attribute(attr.REPLAYED, outcome.replayed)
         return Outcome(decision=decision, result=outcome.result, trace_id=current_trace_id(),
                        replayed=outcome.replayed)
+
+    async def _check_request_id(self, principal: Principal, op: Operation,
+                                action: ToolAction) -> None:
+        """A request_id already used for another call is refused before an approval is asked
+        for (the channel would refuse it after the approval anyway)."""
+        if not action.request_id:
+            return
+        rec = await self.tools.store.get(idempotency_key(principal, action.request_id))
+        if rec is not None and rec.fingerprint != fingerprint(op, action.arguments):
+            raise IdempotencyConflict(
+                f"request_id {action.request_id!r} was already used for a different call "
+                f"({rec.operation} with other arguments); use a new request_id",
+                field="request_id", details={"operation": rec.operation})
 
     async def _execute_code(self, principal: Principal, action: CodeAction, span: trace.Span,
                             on_event: EventSink | None) -> Outcome:
@@ -263,7 +298,10 @@ class Pipeline:
             run_span.set_attribute("switchboard.sandbox.timeout_ms", limits.timeout_ms)
             if action.session_id:
                 run_span.set_attribute("switchboard.session_id", action.session_id)
-            host = _HostBridge(self, principal, decision, limits, run_span)
+            host = _HostBridge(self, principal, decision, limits, run_span,
+                               request_id=action.request_id, source_sha256=sha)
+            # A retry of a run that paused for approval: its earlier host calls replay.
+            host.log = await self.approvals.run_log(principal, action.request_id)
             req = RunRequest(
                 source=action.source,
                 inputs=dict(action.inputs),
@@ -277,6 +315,14 @@ class Pipeline:
             result = await self.sandbox.run(req, host.call, on_event)
             run_span.set_attribute(attr.HOST_CALLS, host.calls)
             run_span.set_attribute("switchboard.sandbox.ok", result.ok)
+        if host.paused is None and (host.log or host.approved):
+            # A run resumed after approval finished: record every call it made, so a further
+            # retry of this request_id replays the whole run instead of repeating its effects.
+            await self.approvals.record_calls(principal, action.request_id, host.results)
+        if host.paused is not None:
+            # A host call is held for approval: the run ends with that status, whatever the
+            # code did with the error (docs/approvals.md, "Code runs").
+            raise host.paused
         span.set_attribute(attr.HOST_CALLS, host.calls)
         error = None
         if not result.ok:
@@ -373,8 +419,18 @@ class _HostBridge:
     and traced as a child of the sandbox span."""
 
     def __init__(self, pipeline: Pipeline, principal: Principal, decision: Decision,
-                 limits: Limits, parent: trace.Span) -> None:
+                 limits: Limits, parent: trace.Span, *, request_id: str = "",
+                 source_sha256: str = "") -> None:
         self.p = pipeline
+        self.request_id = request_id
+        self.source_sha256 = source_sha256
+        # Approvals: results recorded by an earlier run of this request_id that paused
+        # (index → (digest, result)), this run's results (flushed when it pauses), and the
+        # approval the run is paused on.
+        self.log: dict[int, tuple[str, Any]] = {}
+        self.results: dict[int, tuple[str, Any]] = {}
+        self.paused: GatewayError | None = None
+        self.approved = False  # an approval was used in this run
         self.principal = principal
         self.decision = decision
         self.limits = limits
@@ -405,6 +461,7 @@ class _HostBridge:
                                                  kind=SpanKind.INTERNAL) as span:
             span.set_attribute(attr.OPERATION, operation)
             span.set_attribute(attr.ARGUMENTS_SHA256, digest(arguments))
+            span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
             try:
                 if self.calls > self.limits.max_host_calls:
                     raise ResourceExhausted(
@@ -419,7 +476,48 @@ class _HostBridge:
                 if decision.route == "deny":
                     raise _deny(decision, op.name)
                 validate_arguments(op, arguments, strict=_is_compliance(op), mask=decision.mask)
+                if self.paused is not None:
+                    raise self.paused  # nothing runs after a call held for approval
+                index = self.calls
+                call_digest = action_digest(self.principal, "host_call", op.name, arguments,
+                                            self.source_sha256)
+                approved = False
+                try:
+                    if index in self.log:
+                        return self._replay(span, index, call_digest)
+                    if decision.approval is not None:
+                        rec = await self.p.approvals.gate(
+                            self.principal, decision, request_id=self.request_id,
+                            kind="host_call", operation=op.name, arguments=arguments,
+                            source_sha256=self.source_sha256, step=f"host:{index}")
+                        if rec.state == "consumed":
+                            # Consumed by another run of this request (concurrent, or one
+                            # that died): replay its recorded result; without one it may have
+                            # taken effect, so it is never sent again.
+                            fresh = await self.p.approvals.run_log(self.principal,
+                                                                   self.request_id)
+                            if index in fresh:
+                                self.log = fresh
+                                return self._replay(span, index, call_digest)
+                            raise ApprovalConsumed(
+                                f"{op.name}: approval {rec.id} was used by another run of "
+                                "this request whose outcome is not recorded; it is not sent "
+                                "again", field="request_id", details={"approval_id": rec.id})
+                        approved = True
+                except APPROVAL_ERRORS as exc:
+                    # Held, rejected, expired or a different action: the run ends with this
+                    # status whatever the code does with the error; what ran so far is
+                    # recorded for the retry.
+                    self.paused = exc
+                    await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                        self.results)
+                    raise
                 result = await self.p.client.call(op, arguments)
+                self.results[index] = (call_digest, result)
+                if approved:
+                    self.approved = True
+                    await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                        {index: (call_digest, result)})
                 span.set_attribute(attr.OUTCOME, "ok")
                 return result
             except GatewayError as exc:
@@ -427,3 +525,15 @@ class _HostBridge:
                 span.set_attribute(attr.OUTCOME, exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise
+
+    def _replay(self, span: trace.Span, index: int, call_digest: str) -> Any:
+        recorded_digest, result = self.log[index]
+        if recorded_digest != call_digest:
+            raise ApprovalMismatch(
+                f"host call {index} of this run differs from the one its paused run made; "
+                "a run resumed after approval must make the same calls (use a new "
+                "request_id for different code or inputs)", field="request_id")
+        self.results[index] = (call_digest, result)
+        span.set_attribute(attr.REPLAYED, True)
+        span.set_attribute(attr.OUTCOME, "ok")
+        return result

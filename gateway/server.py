@@ -18,7 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway import __version__
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.audit import Telemetry, register_secret, setup_telemetry
+from gateway.approvals import ApprovalService, open_approval_store
+from gateway.approvals.servicer import add_approvals_service
+from gateway.audit import AuditSettings, Telemetry, register_secret, setup_telemetry
 from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.grpc_services import HealthServicer, enable_reflection
@@ -59,6 +61,7 @@ class GatewayServer:
     _closers: list[Any] = field(default_factory=list)
     mcp: McpHandle | None = None
     _stopped: bool = False
+    audit: AuditSettings | None = None  # for the final signed checkpoint
 
     @property
     def mcp_port(self) -> int | None:
@@ -77,6 +80,8 @@ class GatewayServer:
         await _close_all(self._closers)
         self.telemetry.force_flush()
         self.telemetry.shutdown()
+        if self.audit is not None and self.audit.file and self.audit.checkpoint_key_file:
+            _checkpoint(self.audit)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -92,6 +97,25 @@ async def _purge_forever(store: IdempotencyStore, every_s: float = 300.0) -> Non
         except Exception:
             log.exception("idempotency purge failed")
         await asyncio.sleep(every_s)
+
+
+def _checkpoint(settings: AuditSettings) -> None:
+    """Sign the audit file's last record (docs/audit.md, "Signed checkpoints")."""
+    from gateway.audit.checkpoint import sign_checkpoint
+
+    if settings.file is None or settings.checkpoint_key_file is None:
+        return
+    try:
+        sign_checkpoint(settings.file, settings.checkpoint_key_file)
+    except (OSError, ValueError) as exc:
+        log.warning("audit.checkpoint_failed", error=str(exc))
+
+
+async def _checkpoint_forever(telemetry: Telemetry, settings: AuditSettings) -> None:
+    while True:
+        await asyncio.sleep(settings.checkpoint_interval_s)
+        telemetry.force_flush()
+        await asyncio.to_thread(_checkpoint, settings)
 
 
 async def _close_all(closers: list[Any]) -> None:
@@ -118,6 +142,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         closers.append(client.aclose)
         store = open_idempotency_store(settings.idempotency)
         closers.append(store.aclose)
+        approval_store = open_approval_store(settings.idempotency)
+        if approval_store is not None:
+            closers.append(approval_store.aclose)
         purger = asyncio.create_task(_purge_forever(store), name="idempotency-purge")
         closers.append(purger.cancel)
         sandbox = SandboxPool(settings.sandbox, SessionRegistry(
@@ -139,7 +166,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
                         tools=ToolChannel(client, store, settings=settings.idempotency,
                                           reconcilers=discover_reconcilers(catalog.operations)),
                         sandbox=sandbox,
-                        tracer=telemetry.tracer)
+                        tracer=telemetry.tracer,
+                        approvals=ApprovalService(approval_store,
+                                                  replay_s=settings.idempotency.ttl_s))
     authenticator = Authenticator(
         settings.identity.tokens, jwks_url=settings.identity.jwks_url,
         issuer=settings.identity.issuer, audience=settings.identity.audience)
@@ -153,9 +182,11 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     )
     pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
         GatewayServicer(pipeline), server)
+    approvals_service = add_approvals_service(pipeline.approvals, server)
     health_servicer = HealthServicer()  # with Health/List
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1alpha and v1
+    # Reflection v1alpha and v1.
+    enable_reflection((SERVICE_NAME, approvals_service, health.SERVICE_NAME), server)
     if settings.tls is not None:
         tls = settings.tls
         credentials = grpc.ssl_server_credentials(
@@ -192,9 +223,14 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await readiness.refresh()
     watcher = asyncio.create_task(readiness.run(), name="readiness")
     closers.append(watcher.cancel)
+    if settings.audit.file and settings.audit.checkpoint_key_file:
+        signer = asyncio.create_task(_checkpoint_forever(telemetry, settings.audit),
+                                     name="audit-checkpoint")
+        closers.append(signer.cancel)
     gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
                        authenticator=authenticator, telemetry=telemetry,
-                       health=health_servicer, _closers=closers, mcp=mcp)
+                       health=health_servicer, _closers=closers, mcp=mcp,
+                       audit=settings.audit)
     log.info("serving", listen=settings.listen, port=port, operations=len(catalog.operations),
              policy_revision=policy.revision)
     return gw, port

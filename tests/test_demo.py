@@ -18,7 +18,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_demo_prints_three_outcomes_and_stops_everything(tmp_path: Path) -> None:
+def test_demo_prints_its_outcomes_and_stops_everything(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "demo", "--state-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
@@ -29,8 +29,13 @@ def test_demo_prints_three_outcomes_and_stops_everything(tmp_path: Path) -> None
     assert re.search(r"dedicated tool.*\n\s+route:\s+tool .*\n\s+result:\s+\{.*\"A2\"", out)
     assert re.search(r"denied.*\n\s+status:\s+PERMISSION_DENIED\s+code: policy_denied", out)
     assert "reason:" in out
+    # A transfer above the approval threshold: held, approved by approver-1, run once.
+    assert re.search(r"held for approval.*\n\s+status:\s+FAILED_PRECONDITION\s+code: "
+                     r"approval_required", out)
+    assert "approved by approver-1" in out
+    assert "second retry replayed the same transfer (exactly once): True" in out
     trace_ids = re.findall(r"trace id: ([0-9a-f]{32})", out)
-    assert len(trace_ids) == 3
+    assert len(trace_ids) == 4
     # The event list never left the sandbox: nothing but "Done" came back from the code run.
     assert "Architecture review" not in out.split("dedicated tool")[0]
     # Every printed trace is in the audit file, whose chain is intact.

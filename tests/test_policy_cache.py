@@ -48,15 +48,19 @@ def test_input_path_analysis(src: str, want: object) -> None:
     assert paths_of(src) == want
 
 
-def test_shipped_policy_key_ignores_arguments_and_time() -> None:
+def test_shipped_policy_key_ignores_time_and_reads_arguments_for_approvals() -> None:
     engine = load_bundle(ps.POLICY_DIR).build_engine()
     key_fn = make_key_fn(engine.get_ast_as_json())
     assert key_fn is not None
     assert ("action", "kind") in key_fn.paths
-    assert not any(p[:2] == ("action", "arguments") or p[0] == "context" for p in key_fn.paths)
+    assert not any(p[0] == "context" for p in key_fn.paths)
+    # The approval rules (docs/approvals.md) compare argument values (amount above a
+    # threshold): the arguments are part of the key, nothing else the call carries is.
+    assert ("action", "arguments") in key_fn.paths
     a = ps.tool(ps.FINANCE, "ledger.create_transfer", amount=1)
     b = ps.tool(ps.FINANCE, "ledger.create_transfer", amount=2)
-    assert key_fn(a) == key_fn(b)
+    assert key_fn(a) != key_fn(b)
+    assert key_fn(a) == key_fn(ps.tool(ps.FINANCE, "ledger.create_transfer", amount=1))
     assert key_fn(a) != key_fn(ps.tool(ps.AGENT, "ledger.create_transfer", amount=1))
     assert key_fn(a) != key_fn(ps.host_call(ps.FINANCE, "ledger.create_transfer", amount=1))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.audit import attributes as A
-from gateway.audit.chain import iter_records, verify_chain
+from gateway.audit.chain import ChainReport, iter_records, verify_chain
 from gateway.audit.terminal import escape_lines, escape_text
 
 __all__ = [
@@ -256,11 +256,32 @@ def cli_audit_show(
     return 0
 
 
-def _verify_one(file: Path, stdout: TextIO, stderr: TextIO) -> bool:
+def _verify_signed(file: Path, public_key: Path, stdout: TextIO) -> bool:
+    from gateway.audit.checkpoint import verify_checkpoints
+
+    report = verify_checkpoints(file, public_key)
+    if report.ok:
+        print(escape_text(f"OK: {file}: {report.checkpoints} signed checkpoints valid, up to "
+                          f"seq {report.last_seq}; {report.unsigned_after} records after the "
+                          "last checkpoint"), file=stdout)
+        return True
+    print(escape_lines([f"TAMPERED: {file}: {p}" for p in report.problems]), file=stdout)
+    return False
+
+
+def _verify_one(file: Path, stdout: TextIO, stderr: TextIO,
+                public_key: Path | None = None) -> bool:
     if not file.is_file():
         print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
         return False
     report = verify_chain(file)
+    if public_key is not None:
+        signed = _verify_signed(file, public_key, stdout)
+        if not report.ok:
+            _verify_broken(file, report, stdout)
+            return False
+        if not signed:
+            return False
     if report.ok:
         print(
             escape_text(
@@ -270,6 +291,11 @@ def _verify_one(file: Path, stdout: TextIO, stderr: TextIO) -> bool:
             file=stdout,
         )
         return True
+    _verify_broken(file, report, stdout)
+    return False
+
+
+def _verify_broken(file: Path, report: ChainReport, stdout: TextIO) -> None:
     # An edited line can put anything into the reason (its seq is whatever JSON it holds).
     print(
         escape_lines(
@@ -280,10 +306,10 @@ def _verify_one(file: Path, stdout: TextIO, stderr: TextIO) -> bool:
         ),
         file=stdout,
     )
-    return False
 
 
-def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None) -> int:
+def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None,
+                     public_key: Path | None = None) -> int:
     """Check the hash chain of each file (directories and globs too): each file is its own
     chain (one writer each, e.g. one per replica) and gets its own OK/BROKEN line, with the
     first broken line. 0 when every file is intact; 1 when any is broken or missing."""
@@ -293,7 +319,7 @@ def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None) -> int:
     if not files:
         print(escape_text(f"error: no audit files in {_names(file)}"), file=stderr)
         return 1
-    results = [_verify_one(f, stdout, stderr) for f in files]
+    results = [_verify_one(f, stdout, stderr, public_key) for f in files]
     if len(files) > 1:
         bad = results.count(False)
         print(

@@ -60,6 +60,10 @@ class AuditSettings:
     fsync_interval_s: float = 1.0
     otlp_timeout_s: float = 10.0  # per export attempt incl. retries
     otlp_schedule_delay_ms: int = 1000
+    # Signed checkpoints of the audit file (gateway/audit/checkpoint.py): an Ed25519 private
+    # key (PEM) and how often to sign; also once at shutdown.
+    checkpoint_key_file: Path | None = None
+    checkpoint_interval_s: float = 60.0
 
 
 def _otlp_exporter(settings: AuditSettings) -> SpanExporter:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from gateway.errors import PolicyError
-from gateway.models import Decision, Limits
+from gateway.models import ApprovalRequirement, Decision, Limits
 
 __all__ = [
     "ADVERTISE",
     "ADVERTISE_RULE",
+    "APPROVAL_OBLIGATION",
     "ENTRYPOINT",
     "ENTRYPOINT_PACKAGE",
     "ENTRYPOINT_RULE",
@@ -160,6 +161,30 @@ def _limits(value: Any) -> Limits:
     return Limits(**kwargs)
 
 
+APPROVAL_OBLIGATION = "require_approval"
+
+
+def _approval(value: Any, route: str) -> ApprovalRequirement | None:
+    """``decision.require_approval``: absent, null or {} for none; else reasons, roles (at least
+    one) and expires_s (a positive integer, default 3600). Ignored on a deny."""
+    if value is None or value == {} or route == "deny":
+        return None
+    if not isinstance(value, dict):
+        raise PolicyError("decision.require_approval must be an object", field="require_approval")
+    roles = _str_list(value.get("roles"), "require_approval.roles")
+    if not roles:
+        raise PolicyError("decision.require_approval.roles must name at least one role",
+                          field="require_approval.roles")
+    expires = value.get("expires_s", 3600)
+    if isinstance(expires, float) and expires.is_integer():
+        expires = int(expires)
+    if not isinstance(expires, int) or isinstance(expires, bool) or expires <= 0:
+        raise PolicyError("decision.require_approval.expires_s must be a positive integer",
+                          field="require_approval.expires_s")
+    return ApprovalRequirement(reasons=_str_list(value.get("reasons"), "require_approval.reasons"),
+                               roles=roles, expires_s=expires)
+
+
 def parse_decision(result: Any, *, kind: str = "") -> Decision:
     """Turn the policy's JSON result into a :class:`Decision`; raise PolicyError if malformed.
 
@@ -175,12 +200,17 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
     if route == "tool" and kind in ("code", "host_call"):
         raise PolicyError(f"decision.route 'tool' is not valid for a {kind} action", field="route")
     reasons = _str_list(result.get("reasons"), "reasons")
+    approval = _approval(result.get("require_approval"), route)
+    obligations = _str_list(result.get("obligations"), "obligations")
+    if approval is not None and APPROVAL_OBLIGATION not in obligations:
+        obligations = (*obligations, APPROVAL_OBLIGATION)
     return Decision(
         route=route,
         reasons=reasons,
         limits=_limits(result.get("limits")),
-        obligations=_str_list(result.get("obligations"), "obligations"),
+        obligations=obligations,
         mask=_str_list(result.get("mask"), "mask"),
+        approval=approval,
     )
 
 

@@ -74,6 +74,7 @@ def cli_policy_eval(path: Path | None, input_file: Path) -> int:
                 "limits": vars(d.limits),
                 "obligations": list(d.obligations),
                 "mask": list(d.mask),
+                "require_approval": vars(d.approval) if d.approval else None,
                 "policy_revision": evaluator.revision,
                 "error_code": d.error_code or None,
             },

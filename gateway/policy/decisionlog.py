@@ -59,6 +59,10 @@ def finish(
         span.set_attribute("switchboard.policy_revision", revision)
         if decision.error_code:
             span.set_attribute("switchboard.error_code", decision.error_code)
+        action = input.get("action")
+        parent = action.get("parent_decision_id") if isinstance(action, dict) else None
+        if isinstance(parent, str) and parent:
+            span.set_attribute("switchboard.parent_decision_id", parent)
     mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
     # Resolved per call so logging configured after import (gateway/audit) is honoured.
     log = structlog.get_logger("switchboard.policy")

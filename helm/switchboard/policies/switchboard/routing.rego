@@ -313,6 +313,67 @@ code_callable contains name if {
 # entrypoint: true
 advertise := {"tools": advertised_tools, "code": code_callable}
 
+# BEGIN approvals (docs/approvals.md): actions allowed only once a person holding an approver
+# role approved this exact action. Rules in data.json (approvals.rules); the decision carries
+# them as `require_approval`, {} when none applies.
+
+default approval_arguments := {}
+
+approval_arguments := input.action.arguments
+
+default approval_rules := []
+
+approval_rules := data.switchboard.approvals.rules
+
+# Each rule: {operation, kinds?, argument?, above?, roles, expires_s?, reason?}. Without an
+# argument a rule holds every call of the operation; with one it holds calls whose argument is
+# a number above `above`, or a list longer than `above`. An argument that is absent or of
+# another type never matches (the schema check rejects such calls anyway).
+approval_hits contains i if {
+	count(deny) == 0
+	some i, r in approval_rules
+	r.operation == op_name
+	kind in object.get(r, "kinds", ["tool", "host_call"])
+	approval_matches(r)
+}
+
+approval_matches(r) if not r.argument
+
+approval_matches(r) if {
+	v := approval_arguments[r.argument]
+	is_number(v)
+	v > r.above
+}
+
+approval_matches(r) if {
+	v := approval_arguments[r.argument]
+	is_array(v)
+	count(v) > r.above
+}
+
+approval_reason(r) := r.reason if r.reason
+
+approval_reason(r) := sprintf("%s: %s above %v needs approval by %s", [r.operation, r.argument, r.above, concat(" or ", sort(r.roles))]) if {
+	not r.reason
+	r.argument
+}
+
+approval_reason(r) := sprintf("%s needs approval by %s", [r.operation, concat(" or ", sort(r.roles))]) if {
+	not r.reason
+	not r.argument
+}
+
+default require_approval := {}
+
+require_approval := {
+	"reasons": sort({approval_reason(approval_rules[i]) | some i in approval_hits}),
+	"roles": sort({role | some i in approval_hits; some role in approval_rules[i].roles}),
+	"expires_s": min({s | some i in approval_hits; s := object.get(approval_rules[i], "expires_s", 3600)}),
+} if count(approval_hits) > 0
+
+# END approvals
+# ---------------------------------------------------------------------------------------------
+
 # Keep the entrypoint the last rule of this file: a truncated write that still parses then has
 # no decision (the gateway denies everything), never a decision without the deny rules above.
 
@@ -326,4 +387,5 @@ decision := {
 	"limits": limits,
 	"obligations": obligations,
 	"mask": mask,
+	"require_approval": require_approval,
 }
