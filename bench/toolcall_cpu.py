@@ -159,6 +159,10 @@ def drive(port: int, backend: int, seq: int, count: int, duration: float) -> Non
                 for _ in range(50):
                     await gw(kind)
                     await direct(kind)
+            mark("idle")  # what the gateway burns doing nothing (in every phase's figure)
+            await asyncio.sleep(2.0)
+            mark("idle_end")
+            results["idle"] = {"n": 0}
             for kind in ("get", "post"):
                 gw_lat: list[float] = []
                 http_lat: list[float] = []
@@ -284,7 +288,7 @@ def _run_gateway(settings: Any, env: dict[str, str], bport: int, args: argparse.
         elif line.startswith("result "):
             out.update(json.loads(line[7:]))
     assert driver.wait(60) == 0, "the driver failed"
-    for phase in ("seq_get", "seq_post", "conc_get", "conc_post"):
+    for phase in ("idle", "seq_get", "seq_post", "conc_get", "conc_post"):
         cpu = marks[f"{phase}_end"][0] - marks[phase][0]
         out[phase]["cpu_ms_per_call"] = cpu / max(1, out[phase]["n"]) * 1e3
         out[phase]["cpu_util"] = cpu / (marks[f"{phase}_end"][1] - marks[phase][1])
@@ -323,6 +327,7 @@ def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| tree | phase | n | gateway CPU ms/call | CPU util | p50 gw ms | p50 HTTP ms "
              "| p50 overhead ms | calls/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in rows:
+        lines.append(f"| {label} | idle 2 s | 0 | - | {r['idle']['cpu_util']:.3f} | | | | |")
         for phase in ("seq_get", "seq_post", "conc_get", "conc_post"):
             p = r[phase]
             if phase.startswith("seq"):

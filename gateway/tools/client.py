@@ -178,6 +178,7 @@ class BackendClient:
         }
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._hosts: dict[str, str] = {}
         for name, settings in self.settings.items():
             transport = transport_for(settings) if transport_for else None
             base_url = settings.base_url
@@ -201,6 +202,12 @@ class BackendClient:
                 follow_redirects=False, trust_env=False,
             )
             self._breakers[name] = CircuitBreaker(breaker or BreakerPolicy())
+
+    def _host(self, backend: str, base_url: str) -> str:
+        host = self._hosts.get(backend)
+        if host is None:
+            host = self._hosts[backend] = httpx.URL(base_url).host  # parsed once, not per call
+        return host
 
     def honours_idempotency_key(self, backend: str) -> bool:
         """Does this backend deduplicate by ``Idempotency-Key`` (declared in the config)?"""
@@ -264,7 +271,7 @@ class BackendClient:
         span = trace.get_current_span()
         if settings.base_url:
             span.set_attribute(A.URL_FULL, safe_url(settings.base_url.rstrip("/") + path))
-            span.set_attribute(A.SERVER_ADDRESS, httpx.URL(settings.base_url).host)
+            span.set_attribute(A.SERVER_ADDRESS, self._host(op.backend, settings.base_url))
         repeat_safe = method in SAFE_METHODS or (
             idempotency_key is not None and self.honours_idempotency_key(op.backend))
         max_attempts = 1 + max(0, settings.retries)

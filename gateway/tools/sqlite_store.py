@@ -129,7 +129,10 @@ class SQLiteIdempotencyStore:
                     self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                     self._full = durable
                 self._db.execute("BEGIN IMMEDIATE")
-                for job in batch:
+                if len(batch) == 1:  # alone: a failure rolls the transaction back, below
+                    job = batch[0]
+                    results.append((job.fn(*job.args), None))
+                for job in batch if len(batch) > 1 else ():
                     self._db.execute("SAVEPOINT job")
                     try:
                         out = job.fn(*job.args)
