@@ -22,7 +22,8 @@ C core included) over a phase, divided by the gateway calls of that phase — no
 ``--tree DIR`` imports ``gateway`` (and the policy) from DIR instead of this checkout, e.g. a
 ``git archive`` of the base commit; ``--compare DIR`` alternates rounds of this checkout and
 DIR in fresh processes and prints both side by side. ``--profile FILE`` runs cProfile over the
-concurrent GET phase (gateway thread only).
+phase (``--profile-phase``, default
+``conc_get``; the gateway's event-loop thread only).
 """
 
 from __future__ import annotations
@@ -277,10 +278,10 @@ def _run_gateway(settings: Any, env: dict[str, str], bport: int, args: argparse.
     for line in driver.stdout:
         if line.startswith("mark "):
             name = line.split()[1]
-            if args.profile and name == "conc_get":
+            if args.profile and name == args.profile_phase:
                 profiler = _start_profile(loop)
             marks[name] = (time.process_time(), time.perf_counter())
-            if profiler is not None and name == "conc_get_end":
+            if profiler is not None and name == f"{args.profile_phase}_end":
                 _stop_profile(loop, profiler, args.profile)
                 profiler = None
             driver.stdin.write("ok\n")
@@ -351,7 +352,9 @@ def main() -> None:
     ap.add_argument("--tree", default="", help="import gateway from this directory")
     ap.add_argument("--compare", default="", help="A/B: alternate rounds with this tree")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--profile", default="", help="cProfile the concurrent GET phase to FILE")
+    ap.add_argument("--profile", default="", help="cProfile one phase (gateway thread) to FILE")
+    ap.add_argument("--profile-phase", default="conc_get",
+                    choices=("seq_get", "seq_post", "conc_get", "conc_post"))
     ap.add_argument("--json", action="store_true", help="print the raw result as JSON")
     ap.add_argument("--serve-backend", default="", help=argparse.SUPPRESS)
     ap.add_argument("--drive", nargs=5, default=None, help=argparse.SUPPRESS)
