@@ -249,7 +249,7 @@ class ToolChannel:
         args = dict(arguments)
         if is_read(op):
             # A read has no effect for exactly-once to guard: no record, no claim, no replay
-            # (docs/tools.md, "Reads"). A retry simply reads again.
+            # (docs/tools.md, "Reads skip it"). A retry simply reads again.
             trace.get_current_span().set_attribute(A.IDEMPOTENCY_KEY_STATE, "read")
             result = await self.client.call(op, args, timeout_ms=timeout_ms)
             check_output(op, result)
