@@ -342,3 +342,29 @@ def test_fingerprint_ignores_key_order_and_int_float_spelling(args: dict[str, An
     assert fingerprint(pay(), args) == fingerprint(pay(), as_floats)
     assert fingerprint(pay(), args) != fingerprint(pay(), {**args, "\x00extra": 1})
     assert fingerprint(pay(), args) != fingerprint(pay("refund"), args)
+
+
+async def test_reads_skip_the_store_and_read_again_on_retry(rig: Rig) -> None:
+    """A GET has no effect to keep at most once: no record, no replay, no conflict."""
+    ch = rig.channel()
+    read = op("look", "GET")
+    first = await run(ch, read, {})
+    assert not first.replayed and first.result["echo"]["method"] == "GET"
+    assert "idempotency-key" not in first.result["echo"]["headers"]
+    assert await rig.store.get(idempotency_key(PRINCIPAL, "req-1")) is None
+    again = await run(ch, read, {})
+    assert not again.replayed and rig.backend.hits["look"] == 2
+    # The same request_id may still be used for a payment afterwards: the read left nothing.
+    paid = await run(ch, pay())
+    assert not paid.replayed and rig.backend.hits["pay"] == 1
+
+
+async def test_concurrent_payments_share_commits_and_each_takes_effect_once(rig: Rig) -> None:
+    ch = rig.channel()
+    outs = await asyncio.gather(*(run(ch, pay(), rid=f"req-{i}") for i in range(24)))
+    assert not any(o.replayed for o in outs) and rig.backend.hits["pay"] == 24
+    for i in range(24):
+        rec = await rig.store.get(idempotency_key(PRINCIPAL, f"req-{i}"))
+        assert rec is not None and rec.state == "done" and rec.attempts == 1
+    again = await asyncio.gather(*(run(ch, pay(), rid=f"req-{i}") for i in range(24)))
+    assert all(o.replayed for o in again) and rig.backend.hits["pay"] == 24

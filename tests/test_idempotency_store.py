@@ -254,3 +254,28 @@ async def test_replicas_share_one_effect(server: str, request: pytest.FixtureReq
     assert backend.hits["pay"] == 1
     assert {o.result["id"] for o in outs} == {"T9"}
     assert sum(not o.replayed for o in outs) == 1
+
+
+async def test_sqlite_batched_calls_stay_atomic_each(tmp_path: Path) -> None:
+    """Concurrent calls share one writer transaction; each still sees the ones before it, and
+    one call's failure rolls back only that call."""
+    store = SQLiteIdempotencyStore(tmp_path / "batch.db")
+    try:
+        same = await asyncio.gather(*(
+            store.begin("k", "fp", "op", owner=f"{ME}-{i}", lease_s=30, ttl_s=60)
+            for i in range(12)))
+        assert sum(r.claimed for r in same) == 1
+
+        def boom() -> None:
+            store._db.execute("INSERT INTO idempotency (key) VALUES ('half')")  # NOT NULLs
+
+        results = await asyncio.gather(
+            store.begin("a", "fp", "op", owner=ME, lease_s=30, ttl_s=60),
+            store._run(boom),
+            store.begin("b", "fp", "op", owner=ME, lease_s=30, ttl_s=60),
+            return_exceptions=True)
+        assert isinstance(results[1], Exception)
+        assert await store.get("a") is not None and await store.get("b") is not None
+        assert await store.get("half") is None
+    finally:
+        await store.aclose()

@@ -110,15 +110,24 @@ def _apply(value: Any, parts: Sequence[str]) -> Any:
 
 def _relative(mask: Sequence[str], prefix: str) -> Iterator[list[str]]:
     """Each mask path as a path inside the value that sits at ``prefix`` (see :func:`redact`)."""
+    for parts in _relative_paths(tuple(mask), prefix):
+        yield list(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative_paths(mask: tuple[str, ...], prefix: str) -> tuple[tuple[str, ...], ...]:
+    # Pure in its arguments, and a decision's mask repeats on every call: worked out once.
     pre = _split(prefix)
     tails = [pre[i:] for i in range(len(pre) + 1)]
+    out: list[tuple[str, ...]] = []
     for path in mask:
         parts = _split(path)
         for tail in tails:
             if len(parts) > len(tail) and all(
                 p in (t, _WILDCARD) for p, t in zip(parts, tail, strict=False)
             ):
-                yield parts[len(tail) :]
+                out.append(tuple(parts[len(tail) :]))
+    return tuple(out)
 
 
 def redact(value: Any, mask: Sequence[str], prefix: str = "") -> Any:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from gateway import errors
 from gateway.audit import attributes as A
@@ -51,6 +52,7 @@ __all__ = [
     "discover_reconcilers",
     "fingerprint",
     "idempotency_key",
+    "is_read",
 ]
 
 log = structlog.get_logger(__name__)
@@ -122,6 +124,14 @@ def _items(answer: Any) -> list[Any]:
                 return list(answer[name])
         return [answer]
     return []
+
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def is_read(op: Operation) -> bool:
+    """Does ``op`` only read (a safe HTTP method)? Reads skip the idempotency store."""
+    return op.method.upper() in READ_METHODS
 
 
 def _canonical(value: Any) -> Any:
@@ -237,6 +247,13 @@ class ToolChannel:
                 record_outcome(vspan, exc)
                 raise
         args = dict(arguments)
+        if is_read(op):
+            # A read has no effect for exactly-once to guard: no record, no claim, no replay
+            # (docs/tools.md, "Reads skip it"). A retry simply reads again.
+            trace.get_current_span().set_attribute(A.IDEMPOTENCY_KEY_STATE, "read")
+            result = await self.client.call(op, args, timeout_ms=timeout_ms)
+            check_output(op, result)
+            return ToolOutcome(result, replayed=False)
         key, fp = idempotency_key(principal, request_id), fingerprint(op, args)
         deadline = asyncio.get_running_loop().time() + self.settings.wait_s
         with _tracer.start_as_current_span(

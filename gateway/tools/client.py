@@ -33,6 +33,7 @@ from gateway.audit.tracing import contextual_tracer
 from gateway.errors import BackendError, BackendUnavailable, ConfigError, GatewayError
 from gateway.models import BackendSettings, Operation
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
+from gateway.tools.http1 import Http1Transport
 
 __all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
 
@@ -177,11 +178,16 @@ class BackendClient:
         }
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._hosts: dict[str, str] = {}
         for name, settings in self.settings.items():
             transport = transport_for(settings) if transport_for else None
             base_url = settings.base_url
             if transport is None and not base_url and settings.app:
                 transport = httpx.ASGITransport(app=_load_app(settings.app))
+            if transport is None and (base_url or "").startswith("http://"):
+                # Keep-alive HTTP/1.1 on asyncio streams (TCP_NODELAY is asyncio's default):
+                # a fraction of httpcore's CPU per request (gateway/tools/http1.py).
+                transport = Http1Transport()
             if transport is None and base_url:
                 # Like Envoy upstreams: no Nagle delay on small request writes.
                 transport = httpx.AsyncHTTPTransport(
@@ -196,6 +202,12 @@ class BackendClient:
                 follow_redirects=False, trust_env=False,
             )
             self._breakers[name] = CircuitBreaker(breaker or BreakerPolicy())
+
+    def _host(self, backend: str, base_url: str) -> str:
+        host = self._hosts.get(backend)
+        if host is None:
+            host = self._hosts[backend] = httpx.URL(base_url).host  # parsed once, not per call
+        return host
 
     def honours_idempotency_key(self, backend: str) -> bool:
         """Does this backend deduplicate by ``Idempotency-Key`` (declared in the config)?"""
@@ -259,7 +271,7 @@ class BackendClient:
         span = trace.get_current_span()
         if settings.base_url:
             span.set_attribute(A.URL_FULL, safe_url(settings.base_url.rstrip("/") + path))
-            span.set_attribute(A.SERVER_ADDRESS, httpx.URL(settings.base_url).host)
+            span.set_attribute(A.SERVER_ADDRESS, self._host(op.backend, settings.base_url))
         repeat_safe = method in SAFE_METHODS or (
             idempotency_key is not None and self.honours_idempotency_key(op.backend))
         max_attempts = 1 + max(0, settings.retries)
