@@ -33,7 +33,6 @@ from gateway.audit.tracing import contextual_tracer
 from gateway.errors import BackendError, BackendUnavailable, ConfigError, GatewayError
 from gateway.models import BackendSettings, Operation
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
-from gateway.tools.http1 import Http1Transport
 
 __all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
 
@@ -184,10 +183,6 @@ class BackendClient:
             base_url = settings.base_url
             if transport is None and not base_url and settings.app:
                 transport = httpx.ASGITransport(app=_load_app(settings.app))
-            if transport is None and (base_url or "").startswith("http://"):
-                # Keep-alive HTTP/1.1 on asyncio streams (TCP_NODELAY is asyncio's default):
-                # a fraction of httpcore's CPU per request (gateway/tools/http1.py).
-                transport = Http1Transport()
             if transport is None and base_url:
                 # Like Envoy upstreams: no Nagle delay on small request writes.
                 transport = httpx.AsyncHTTPTransport(
