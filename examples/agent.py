@@ -103,13 +103,13 @@ def main() -> int:
         else:
             print("\nERROR: the transfer by agent-1 was not denied", file=sys.stderr)
             return 1
-        if not approved_transfer(stub, apb_grpc.ApprovalsStub(channel)):
+        if not approved_transfer(stub, apb_grpc.ApprovalsServiceStub(channel)):
             return 1
     ok = code.HasField("result") and code.result.string_value == "Done" and not tool.error.code
     return 0 if ok else 1
 
 
-def approved_transfer(stub: pb_grpc.GatewayStub, approvals: apb_grpc.ApprovalsStub) -> bool:
+def approved_transfer(stub: pb_grpc.GatewayStub, approvals: apb_grpc.ApprovalsServiceStub) -> bool:
     """A large transfer: held for approval, approved by someone else, run once on retry."""
     listing = pb.ExecuteRequest(request_id=str(uuid.uuid4()),
                                 tool_call=pb.ToolCall(name="ledger.list_accounts"))
@@ -143,8 +143,8 @@ def approved_transfer(stub: pb_grpc.GatewayStub, approvals: apb_grpc.ApprovalsSt
                                       metadata=metadata("dev-approver"), timeout=30)
     shown = next(a for a in pending.approvals if a.approval_id == held["approval_id"])
     print(f"   approver-1 sees: {json.dumps(json_format.MessageToDict(shown.action))}")
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=shown.approval_id,
-                                                comment="checked with finance"),
+    approvals.Approve(apb.ApproveRequest(approval_id=shown.approval_id,
+                                         comment="checked with finance"),
                       metadata=metadata("dev-approver"), timeout=30)
     print(f"   approved by approver-1 "
           f"(CLI: switchboard approvals approve {shown.approval_id} --token dev-approver)")

@@ -49,8 +49,8 @@ def gw(backends: dict[str, Any], state: Path) -> Iterator[RunningGateway]:
 
 
 @pytest.fixture(scope="module")
-def approvals(gw: RunningGateway) -> apb_grpc.ApprovalsStub:
-    return apb_grpc.ApprovalsStub(gw.channel)
+def approvals(gw: RunningGateway) -> apb_grpc.ApprovalsServiceStub:
+    return apb_grpc.ApprovalsServiceStub(gw.channel)
 
 
 def ledger_transfers(backends: dict[str, Any], memo: str) -> int:
@@ -82,8 +82,9 @@ def held(gw: RunningGateway, args: dict[str, Any], request_id: str,
     return err
 
 
-def test_held_transfer_has_no_effect_and_is_listed(gw: RunningGateway, backends: dict[str, Any],
-                                                   approvals: apb_grpc.ApprovalsStub) -> None:
+def test_held_transfer_has_no_effect_and_is_listed(
+        gw: RunningGateway, backends: dict[str, Any],
+        approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     err = held(gw, big(memo), rid)
     d = err["details"]
@@ -131,11 +132,11 @@ def test_small_transfer_needs_no_approval(gw: RunningGateway) -> None:
 
 
 def test_approve_then_retry_runs_exactly_once(gw: RunningGateway, backends: dict[str, Any],
-                                              approvals: apb_grpc.ApprovalsStub) -> None:
+                                              approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
-    done = approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id, comment="ok"),
-                             metadata=md("dev-approver"), timeout=10)
+    done = approvals.Approve(apb.ApproveRequest(approval_id=approval_id, comment="ok"),
+                             metadata=md("dev-approver"), timeout=10).approval
     assert done.state == "approved" and done.decided_by == "approver-1"
     first = execute(gw, big(memo), rid)
     again = execute(gw, big(memo), rid)
@@ -144,20 +145,20 @@ def test_approve_then_retry_runs_exactly_once(gw: RunningGateway, backends: dict
         again.result.struct_value["id"]
     assert again.replayed
     shown = approvals.GetApproval(apb.GetApprovalRequest(approval_id=approval_id),
-                                  metadata=md("dev-approver"), timeout=10)
+                                  metadata=md("dev-approver"), timeout=10).approval
     assert shown.state == "consumed"
     # Deciding again is refused.
     with pytest.raises(grpc.RpcError) as info:
-        approvals.Reject(apb.DecideApprovalRequest(approval_id=approval_id),
+        approvals.Reject(apb.RejectRequest(approval_id=approval_id),
                          metadata=md("dev-approver-2"), timeout=10)
     assert error_of(info.value)["code"] == "approval_not_pending"
 
 
 def test_changed_arguments_need_a_new_approval(gw: RunningGateway, backends: dict[str, Any],
-                                               approvals: apb_grpc.ApprovalsStub) -> None:
+                                               approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+    approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                       metadata=md("dev-approver"), timeout=10)
     with pytest.raises(grpc.RpcError) as info:
         execute(gw, big(memo, amount=2500.0), rid)
@@ -170,10 +171,10 @@ def test_changed_arguments_need_a_new_approval(gw: RunningGateway, backends: dic
 
 
 def test_rejected_ends_the_retry(gw: RunningGateway, backends: dict[str, Any],
-                                 approvals: apb_grpc.ApprovalsStub) -> None:
+                                 approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
-    approvals.Reject(apb.DecideApprovalRequest(approval_id=approval_id, comment="too much"),
+    approvals.Reject(apb.RejectRequest(approval_id=approval_id, comment="too much"),
                      metadata=md("dev-approver"), timeout=10)
     with pytest.raises(grpc.RpcError) as info:
         execute(gw, big(memo), rid)
@@ -185,7 +186,7 @@ def test_rejected_ends_the_retry(gw: RunningGateway, backends: dict[str, Any],
 
 
 def test_self_approval_and_missing_role_refused(gw: RunningGateway,
-                                                approvals: apb_grpc.ApprovalsStub) -> None:
+                                                approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid, token="dev-finance-approver")["details"][
         "approval_id"]
@@ -193,21 +194,21 @@ def test_self_approval_and_missing_role_refused(gw: RunningGateway,
                        ("dev-finance", "needs the role approver"),
                        ("dev-agent", "needs the role approver")):
         with pytest.raises(grpc.RpcError) as info:
-            approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+            approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                               metadata=md(token), timeout=10)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         err = error_of(info.value)
         assert err["code"] == "approval_forbidden" and why in err["message"], err
     shown = approvals.GetApproval(apb.GetApprovalRequest(approval_id=approval_id),
-                                  metadata=md("dev-approver"), timeout=10)
+                                  metadata=md("dev-approver"), timeout=10).approval
     assert shown.state == "pending"
 
 
 def test_expired_approval(gw: RunningGateway, backends: dict[str, Any], state: Path,
-                          approvals: apb_grpc.ApprovalsStub) -> None:
+                          approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+    approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                       metadata=md("dev-approver"), timeout=10)
     # Move its deadline into the past (as if an hour went by) in the store itself.
     with sqlite3.connect(state / "idempotency.db") as conn:
@@ -218,16 +219,16 @@ def test_expired_approval(gw: RunningGateway, backends: dict[str, Any], state: P
     assert err["code"] == "approval_expired", err
     assert ledger_transfers(backends, memo) == 0
     with pytest.raises(grpc.RpcError) as info:
-        approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+        approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                           metadata=md("dev-approver-2"), timeout=10)
     assert error_of(info.value)["code"] == "approval_not_pending"
 
 
 def test_concurrent_retries_take_effect_once(gw: RunningGateway, backends: dict[str, Any],
-                                             approvals: apb_grpc.ApprovalsStub) -> None:
+                                             approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     approval_id = held(gw, big(memo), rid)["details"]["approval_id"]
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+    approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                       metadata=md("dev-approver"), timeout=10)
     results: list[Any] = []
     start = threading.Barrier(8)
@@ -290,7 +291,7 @@ def test_cli_lists_shows_and_approves(gw: RunningGateway, backends: dict[str, An
 
 
 async def test_mcp_reports_the_pending_approval(gw: RunningGateway, backends: dict[str, Any],
-                                                approvals: apb_grpc.ApprovalsStub) -> None:
+                                                approvals: apb_grpc.ApprovalsServiceStub) -> None:
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -325,7 +326,7 @@ async def test_mcp_reports_the_pending_approval(gw: RunningGateway, backends: di
             approval_id = payload["approval"]["approval_id"]
             assert payload["approval"]["approver_roles"] == ["approver"]
             assert ledger_transfers(backends, memo) == 0
-            approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id),
+            approvals.Approve(apb.ApproveRequest(approval_id=approval_id),
                               metadata=md("dev-approver"), timeout=10)
             done = await c.call_tool("ledger__create_transfer", big(memo),
                                      meta={REQUEST_ID_META_KEY: rid})
@@ -343,11 +344,11 @@ def _audit(gw: RunningGateway) -> list[dict[str, Any]]:
 
 
 def test_audit_links_request_decision_and_consumption(
-        gw: RunningGateway, approvals: apb_grpc.ApprovalsStub) -> None:
+        gw: RunningGateway, approvals: apb_grpc.ApprovalsServiceStub) -> None:
     memo, rid = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     err = held(gw, big(memo), rid)
     approval_id, held_trace = err["details"]["approval_id"], err["trace_id"]
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=approval_id, comment="audited"),
+    approvals.Approve(apb.ApproveRequest(approval_id=approval_id, comment="audited"),
                       metadata=md("dev-approver"), timeout=10)
     execute(gw, big(memo), rid)
     records = [r for r in _audit(gw)
@@ -386,7 +387,7 @@ def test_host_call_spans_carry_the_parent_decision(gw: RunningGateway) -> None:
 
 
 def test_request_id_of_another_call_is_refused_before_asking(
-        gw: RunningGateway, approvals: apb_grpc.ApprovalsStub) -> None:
+        gw: RunningGateway, approvals: apb_grpc.ApprovalsServiceStub) -> None:
     rid = str(uuid.uuid4())
     execute(gw, SMALL, rid)
     before = len(approvals.ListApprovals(apb.ListApprovalsRequest(state="all", limit=500),

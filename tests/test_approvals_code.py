@@ -75,12 +75,12 @@ def test_paused_run_resumes_once(gw: RunningGateway, backends: dict[str, Any]) -
     assert err["details"]["operation"] == "workspace.send_email"
     # The call before the pause took effect; the held one and everything after did not.
     assert [outbox(backends, f"{tag}-{i}") for i in (1, 2, 3)] == [1, 0, 0]
-    approvals = apb_grpc.ApprovalsStub(gw.channel)
+    approvals = apb_grpc.ApprovalsServiceStub(gw.channel)
     shown = approvals.GetApproval(apb.GetApprovalRequest(approval_id=err["details"][
-        "approval_id"]), metadata=md("dev-approver"), timeout=10)
+        "approval_id"]), metadata=md("dev-approver"), timeout=10).approval
     assert shown.kind == "host_call" and shown.requester_id == "agent-1"
     assert dict(shown.action)["source_sha256"]
-    approvals.Approve(apb.DecideApprovalRequest(approval_id=shown.approval_id),
+    approvals.Approve(apb.ApproveRequest(approval_id=shown.approval_id),
                       metadata=md("dev-approver"), timeout=10)
     done = run(gw, source(tag), rid)
     assert not done.error.code, done.error
@@ -96,8 +96,8 @@ def test_changed_code_is_refused_on_resume(gw: RunningGateway, backends: dict[st
     with pytest.raises(grpc.RpcError) as info:
         run(gw, source(tag), rid)
     approval_id = error_of(info.value)["details"]["approval_id"]
-    apb_grpc.ApprovalsStub(gw.channel).Approve(
-        apb.DecideApprovalRequest(approval_id=approval_id), metadata=md("dev-approver"),
+    apb_grpc.ApprovalsServiceStub(gw.channel).Approve(
+        apb.ApproveRequest(approval_id=approval_id), metadata=md("dev-approver"),
         timeout=10)
     changed = source(tag).replace("body='two'", "body='TWO'")
     with pytest.raises(grpc.RpcError) as info:

@@ -57,9 +57,9 @@ def test_restart_between_approval_and_retry(backends: dict[str, Any], tmp_path: 
             err = error_of(info.value)
             assert err["code"] == "approval_required"
             approval_id = err["details"]["approval_id"]
-            approved = apb_grpc.ApprovalsStub(ch).Approve(
-                apb.DecideApprovalRequest(approval_id=approval_id, comment="fine"),
-                metadata=md("dev-approver"), timeout=30)
+            approved = apb_grpc.ApprovalsServiceStub(ch).Approve(
+                apb.ApproveRequest(approval_id=approval_id, comment="fine"),
+                metadata=md("dev-approver"), timeout=30).approval
             assert approved.state == "approved"
     finally:
         first.proc.send_signal(signal.SIGKILL)
@@ -70,9 +70,9 @@ def test_restart_between_approval_and_retry(backends: dict[str, Any], tmp_path: 
     try:
         with grpc.insecure_channel(second.url.removeprefix("grpc://")) as ch:
             stub = pb_grpc.GatewayStub(ch)
-            shown = apb_grpc.ApprovalsStub(ch).GetApproval(
+            shown = apb_grpc.ApprovalsServiceStub(ch).GetApproval(
                 apb.GetApprovalRequest(approval_id=approval_id), metadata=md("dev-approver"),
-                timeout=30)
+                timeout=30).approval
             assert shown.state == "approved" and shown.comment == "fine"
             r1 = stub.Execute(tool_request("ledger.create_transfer", args, rid),
                               metadata=md("dev-finance"), timeout=60)

@@ -45,8 +45,8 @@ def test_held_approved_once(gw: RunningGateway, backends: dict[str, Any]) -> Non
         gw.stub.Execute(req, metadata=md("dev-finance"), timeout=60)
     err = error_of(info.value)
     assert err["code"] == "approval_required"
-    apb_grpc.ApprovalsStub(gw.channel).Approve(
-        apb.DecideApprovalRequest(approval_id=err["details"]["approval_id"]),
+    apb_grpc.ApprovalsServiceStub(gw.channel).Approve(
+        apb.ApproveRequest(approval_id=err["details"]["approval_id"]),
         metadata=md("dev-approver"), timeout=10)
     first = gw.stub.Execute(req, metadata=md("dev-finance"), timeout=60)
     again = gw.stub.Execute(req, metadata=md("dev-finance"), timeout=60)

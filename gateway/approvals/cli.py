@@ -1,5 +1,5 @@
 """``switchboard approvals list|show|approve|reject``: the approvers' command line, a client of
-the ``switchboard.v1.Approvals`` service (so it acts as the principal its token names)."""
+the ``switchboard.v1.ApprovalsService`` service (so it acts as the principal its token names)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     metadata = (("authorization", f"Bearer {token}"),)
     with _channel(args) as channel:
-        stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
+        stub = apb_grpc.ApprovalsServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             if args.approvals_cmd == "list":
                 found = stub.ListApprovals(
@@ -68,13 +68,18 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
             if args.approvals_cmd == "show":
                 shown = stub.GetApproval(apb.GetApprovalRequest(approval_id=args.approval_id),
-                                         metadata=metadata, timeout=args.timeout)
+                                         metadata=metadata, timeout=args.timeout).approval
                 print(json.dumps(approval_json(shown), indent=2))
                 return 0
-            decide = stub.Approve if args.approvals_cmd == "approve" else stub.Reject
-            done = decide(apb.DecideApprovalRequest(approval_id=args.approval_id,
-                                                    comment=args.comment or ""),
-                          metadata=metadata, timeout=args.timeout)
+            comment = args.comment or ""
+            if args.approvals_cmd == "approve":
+                done = stub.Approve(apb.ApproveRequest(approval_id=args.approval_id,
+                                                       comment=comment),
+                                    metadata=metadata, timeout=args.timeout).approval
+            else:
+                done = stub.Reject(apb.RejectRequest(approval_id=args.approval_id,
+                                                     comment=comment),
+                                   metadata=metadata, timeout=args.timeout).approval
             print(f"{done.approval_id}: {done.state} by {done.decided_by}"
                   + (f" ({done.comment})" if done.comment else ""))
             return 0

@@ -1,5 +1,5 @@
-"""The ``switchboard.v1.Approvals`` gRPC service. Identity, tracing and error mapping come from
-the gateway's interceptor, as for ``Gateway``."""
+"""The ``switchboard.v1.ApprovalsService`` gRPC service. Identity, tracing and error mapping come
+from the gateway's interceptor, as for ``Gateway``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gateway.values import check_id
 
 __all__ = ["ApprovalsServicer", "add_approvals_service", "approval_pb"]
 
-SERVICE_NAME: str = apb.DESCRIPTOR.services_by_name["Approvals"].full_name
+SERVICE_NAME: str = apb.DESCRIPTOR.services_by_name["ApprovalsService"].full_name
 
 
 def approval_pb(rec: ApprovalRecord) -> apb.Approval:
@@ -33,7 +33,7 @@ def approval_pb(rec: ApprovalRecord) -> apb.Approval:
         trace_id=rec.trace_id, action_sha256=rec.digest)
 
 
-class ApprovalsServicer(apb_grpc.ApprovalsServicer):
+class ApprovalsServicer(apb_grpc.ApprovalsServiceServicer):
     def __init__(self, service: ApprovalService) -> None:
         self.service = service
 
@@ -46,25 +46,27 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
         return apb.ListApprovalsResponse(approvals=[approval_pb(r) for r in found])
 
     async def GetApproval(self, request: apb.GetApprovalRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]) -> apb.Approval:
+                          context: grpc.aio.ServicerContext[Any, Any],
+                          ) -> apb.GetApprovalResponse:
         check_id(request.approval_id, "approval_id", "approval_id")
-        return approval_pb(await self.service.get(current_principal(), request.approval_id))
+        return apb.GetApprovalResponse(approval=approval_pb(
+            await self.service.get(current_principal(), request.approval_id)))
 
-    async def Approve(self, request: apb.DecideApprovalRequest,
-                      context: grpc.aio.ServicerContext[Any, Any]) -> apb.Approval:
+    async def Approve(self, request: apb.ApproveRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]) -> apb.ApproveResponse:
         check_id(request.approval_id, "approval_id", "approval_id")
-        return approval_pb(await self.service.decide(
-            current_principal(), request.approval_id, approve=True, comment=request.comment))
+        return apb.ApproveResponse(approval=approval_pb(await self.service.decide(
+            current_principal(), request.approval_id, approve=True, comment=request.comment)))
 
-    async def Reject(self, request: apb.DecideApprovalRequest,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> apb.Approval:
+    async def Reject(self, request: apb.RejectRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> apb.RejectResponse:
         check_id(request.approval_id, "approval_id", "approval_id")
-        return approval_pb(await self.service.decide(
-            current_principal(), request.approval_id, approve=False, comment=request.comment))
+        return apb.RejectResponse(approval=approval_pb(await self.service.decide(
+            current_principal(), request.approval_id, approve=False, comment=request.comment)))
 
 
 def add_approvals_service(service: ApprovalService, server: grpc.aio.Server) -> str:
     """Register the service on ``server``; returns its full name (for reflection)."""
-    apb_grpc.add_ApprovalsServicer_to_server(  # type: ignore[no-untyped-call]
+    apb_grpc.add_ApprovalsServiceServicer_to_server(  # type: ignore[no-untyped-call]
         ApprovalsServicer(service), server)
     return SERVICE_NAME

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eswitchboard/v1/approvals.proto\x12\x0eswitchboard.v1\x1a\x1cgoogle/protobuf/struct.proto\"4\n\x14ListApprovalsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x15ListApprovalsResponse\x12+\n\tapprovals\x18\x01 \x03(\x0b\x32\x18.switchboard.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"=\n\x15\x44\x65\x63ideApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\xd1\x02\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0crequester_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x11\n\toperation\x18\x07 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x16\n\x0e\x61pprover_roles\x18\n \x03(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x12\n\nexpires_at\x18\x0c \x01(\t\x12\x12\n\ndecided_by\x18\r \x01(\t\x12\x0f\n\x07\x63omment\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x15\n\raction_sha256\x18\x10 \x01(\t2\xcd\x02\n\tApprovals\x12\\\n\rListApprovals\x12$.switchboard.v1.ListApprovalsRequest\x1a%.switchboard.v1.ListApprovalsResponse\x12K\n\x0bGetApproval\x12\".switchboard.v1.GetApprovalRequest\x1a\x18.switchboard.v1.Approval\x12J\n\x07\x41pprove\x12%.switchboard.v1.DecideApprovalRequest\x1a\x18.switchboard.v1.Approval\x12I\n\x06Reject\x12%.switchboard.v1.DecideApprovalRequest\x1a\x18.switchboard.v1.Approvalb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eswitchboard/v1/approvals.proto\x12\x0eswitchboard.v1\x1a\x1cgoogle/protobuf/struct.proto\"4\n\x14ListApprovalsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x15ListApprovalsResponse\x12+\n\tapprovals\x18\x01 \x03(\x0b\x32\x18.switchboard.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"A\n\x13GetApprovalResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x18.switchboard.v1.Approval\"6\n\x0e\x41pproveRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"=\n\x0f\x41pproveResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x18.switchboard.v1.Approval\"5\n\rRejectRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"<\n\x0eRejectResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x18.switchboard.v1.Approval\"\xd1\x02\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0crequester_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x11\n\toperation\x18\x07 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x16\n\x0e\x61pprover_roles\x18\n \x03(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x12\n\nexpires_at\x18\x0c \x01(\t\x12\x12\n\ndecided_by\x18\r \x01(\t\x12\x0f\n\x07\x63omment\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x15\n\raction_sha256\x18\x10 \x01(\t2\xdd\x02\n\x10\x41pprovalsService\x12\\\n\rListApprovals\x12$.switchboard.v1.ListApprovalsRequest\x1a%.switchboard.v1.ListApprovalsResponse\x12V\n\x0bGetApproval\x12\".switchboard.v1.GetApprovalRequest\x1a#.switchboard.v1.GetApprovalResponse\x12J\n\x07\x41pprove\x12\x1e.switchboard.v1.ApproveRequest\x1a\x1f.switchboard.v1.ApproveResponse\x12G\n\x06Reject\x12\x1d.switchboard.v1.RejectRequest\x1a\x1e.switchboard.v1.RejectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAPPROVALSRESPONSE']._serialized_end=202
   _globals['_GETAPPROVALREQUEST']._serialized_start=204
   _globals['_GETAPPROVALREQUEST']._serialized_end=245
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=247
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=308
-  _globals['_APPROVAL']._serialized_start=311
-  _globals['_APPROVAL']._serialized_end=648
-  _globals['_APPROVALS']._serialized_start=651
-  _globals['_APPROVALS']._serialized_end=984
+  _globals['_GETAPPROVALRESPONSE']._serialized_start=247
+  _globals['_GETAPPROVALRESPONSE']._serialized_end=312
+  _globals['_APPROVEREQUEST']._serialized_start=314
+  _globals['_APPROVEREQUEST']._serialized_end=368
+  _globals['_APPROVERESPONSE']._serialized_start=370
+  _globals['_APPROVERESPONSE']._serialized_end=431
+  _globals['_REJECTREQUEST']._serialized_start=433
+  _globals['_REJECTREQUEST']._serialized_end=486
+  _globals['_REJECTRESPONSE']._serialized_start=488
+  _globals['_REJECTRESPONSE']._serialized_end=548
+  _globals['_APPROVAL']._serialized_start=551
+  _globals['_APPROVAL']._serialized_end=888
+  _globals['_APPROVALSSERVICE']._serialized_start=891
+  _globals['_APPROVALSSERVICE']._serialized_end=1240
 # @@protoc_insertion_point(module_scope)

@@ -27,13 +27,39 @@ class GetApprovalRequest(_message.Message):
     approval_id: str
     def __init__(self, approval_id: _Optional[str] = ...) -> None: ...
 
-class DecideApprovalRequest(_message.Message):
+class GetApprovalResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class ApproveRequest(_message.Message):
     __slots__ = ("approval_id", "comment")
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     approval_id: str
     comment: str
     def __init__(self, approval_id: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class ApproveResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class RejectRequest(_message.Message):
+    __slots__ = ("approval_id", "comment")
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    approval_id: str
+    comment: str
+    def __init__(self, approval_id: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class RejectResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
 
 class Approval(_message.Message):
     __slots__ = ("approval_id", "state", "tenant", "requester_id", "request_id", "kind", "operation", "action", "reasons", "approver_roles", "created_at", "expires_at", "decided_by", "comment", "trace_id", "action_sha256")

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ApprovalsStub:
+class ApprovalsServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,28 +35,28 @@ class ApprovalsStub:
             channel: A grpc.Channel.
         """
         self.ListApprovals = channel.unary_unary(
-                '/switchboard.v1.Approvals/ListApprovals',
+                '/switchboard.v1.ApprovalsService/ListApprovals',
                 request_serializer=switchboard_dot_v1_dot_approvals__pb2.ListApprovalsRequest.SerializeToString,
                 response_deserializer=switchboard_dot_v1_dot_approvals__pb2.ListApprovalsResponse.FromString,
                 _registered_method=True)
         self.GetApproval = channel.unary_unary(
-                '/switchboard.v1.Approvals/GetApproval',
+                '/switchboard.v1.ApprovalsService/GetApproval',
                 request_serializer=switchboard_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
-                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.GetApprovalResponse.FromString,
                 _registered_method=True)
         self.Approve = channel.unary_unary(
-                '/switchboard.v1.Approvals/Approve',
-                request_serializer=switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+                '/switchboard.v1.ApprovalsService/Approve',
+                request_serializer=switchboard_dot_v1_dot_approvals__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.ApproveResponse.FromString,
                 _registered_method=True)
         self.Reject = channel.unary_unary(
-                '/switchboard.v1.Approvals/Reject',
-                request_serializer=switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+                '/switchboard.v1.ApprovalsService/Reject',
+                request_serializer=switchboard_dot_v1_dot_approvals__pb2.RejectRequest.SerializeToString,
+                response_deserializer=switchboard_dot_v1_dot_approvals__pb2.RejectResponse.FromString,
                 _registered_method=True)
 
 
-class ApprovalsServicer:
+class ApprovalsServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListApprovals(self, request, context):
@@ -85,7 +85,7 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ApprovalsServicer_to_server(servicer, server):
+def add_ApprovalsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListApprovals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApprovals,
@@ -95,27 +95,27 @@ def add_ApprovalsServicer_to_server(servicer, server):
             'GetApproval': grpc.unary_unary_rpc_method_handler(
                     servicer.GetApproval,
                     request_deserializer=switchboard_dot_v1_dot_approvals__pb2.GetApprovalRequest.FromString,
-                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.GetApprovalResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
-                    request_deserializer=switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.FromString,
-                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    request_deserializer=switchboard_dot_v1_dot_approvals__pb2.ApproveRequest.FromString,
+                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.ApproveResponse.SerializeToString,
             ),
             'Reject': grpc.unary_unary_rpc_method_handler(
                     servicer.Reject,
-                    request_deserializer=switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.FromString,
-                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    request_deserializer=switchboard_dot_v1_dot_approvals__pb2.RejectRequest.FromString,
+                    response_serializer=switchboard_dot_v1_dot_approvals__pb2.RejectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'switchboard.v1.Approvals', rpc_method_handlers)
+            'switchboard.v1.ApprovalsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('switchboard.v1.Approvals', rpc_method_handlers)
+    server.add_registered_method_handlers('switchboard.v1.ApprovalsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Approvals:
+class ApprovalsService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -132,7 +132,7 @@ class Approvals:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.v1.Approvals/ListApprovals',
+            '/switchboard.v1.ApprovalsService/ListApprovals',
             switchboard_dot_v1_dot_approvals__pb2.ListApprovalsRequest.SerializeToString,
             switchboard_dot_v1_dot_approvals__pb2.ListApprovalsResponse.FromString,
             options,
@@ -159,9 +159,9 @@ class Approvals:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.v1.Approvals/GetApproval',
+            '/switchboard.v1.ApprovalsService/GetApproval',
             switchboard_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
-            switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+            switchboard_dot_v1_dot_approvals__pb2.GetApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,9 +186,9 @@ class Approvals:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.v1.Approvals/Approve',
-            switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-            switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+            '/switchboard.v1.ApprovalsService/Approve',
+            switchboard_dot_v1_dot_approvals__pb2.ApproveRequest.SerializeToString,
+            switchboard_dot_v1_dot_approvals__pb2.ApproveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,9 +213,9 @@ class Approvals:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.v1.Approvals/Reject',
-            switchboard_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-            switchboard_dot_v1_dot_approvals__pb2.Approval.FromString,
+            '/switchboard.v1.ApprovalsService/Reject',
+            switchboard_dot_v1_dot_approvals__pb2.RejectRequest.SerializeToString,
+            switchboard_dot_v1_dot_approvals__pb2.RejectResponse.FromString,
             options,
             channel_credentials,
             insecure,
