@@ -22,12 +22,12 @@ def main() -> int:
     )
     if rc:
         return int(rc)
-    for path in OUT.rglob("*.py*"):
+    for path in [*OUT.rglob("*.py"), *OUT.rglob("*.pyi")]:  # never __pycache__'s .pyc
         text = path.read_text()
         fixed = re.sub(r"^from switchboard\.v1 import", "from gateway._proto.switchboard.v1 import",
                        text, flags=re.M)
         path.write_text(fixed)
-    for d in [OUT, *[p for p in OUT.rglob("*") if p.is_dir()]]:
+    for d in [OUT, *[p for p in OUT.rglob("*") if p.is_dir() and p.name != "__pycache__"]]:
         (d / "__init__.py").touch()
     return 0
 
