@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from gateway.approvals.store import ApprovalRecord
+from gateway.approvals.store import _COLUMNS, ApprovalRecord, _row
 from gateway.tools.postgres_store import PostgresIdempotencyStore
 
 __all__ = ["PostgresApprovalStore"]
@@ -48,21 +48,6 @@ CREATE TABLE IF NOT EXISTS switchboard_approval_run_calls (
     result  TEXT NOT NULL,
     PRIMARY KEY (run_key, idx)
 )"""
-_COLUMNS = ("id, key, tenant, requester_id, request_id, kind, operation, digest, action, "
-            "reasons, roles, state, created_at, expires_at, decided_by, decided_at, comment, "
-            "consumed_at, trace_id, span_id, decision_id, policy_revision")
-
-
-def _row(row: tuple[Any, ...]) -> ApprovalRecord:
-    return ApprovalRecord(
-        id=row[0], key=row[1], tenant=row[2], requester_id=row[3], request_id=row[4],
-        kind=row[5], operation=row[6], digest=row[7], action=json.loads(row[8]),
-        reasons=tuple(json.loads(row[9])), roles=tuple(json.loads(row[10])), state=row[11],
-        created_at=row[12], expires_at=row[13], decided_by=row[14], decided_at=row[15],
-        comment=row[16], consumed_at=row[17], trace_id=row[18], span_id=row[19],
-        decision_id=row[20], policy_revision=row[21])
-
-
 class PostgresApprovalStore:
     """:class:`~gateway.approvals.store.ApprovalStore` over PostgreSQL (reuses the idempotency
     store's small connection pool and transaction helper)."""

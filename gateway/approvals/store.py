@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS approval_run_calls (
     PRIMARY KEY (run_key, idx)
 ) WITHOUT ROWID;
 """
+# One column list and row mapping for every SQL approval store (SQLite here, PostgreSQL too).
 _COLUMNS = ("id, key, tenant, requester_id, request_id, kind, operation, digest, action, "
             "reasons, roles, state, created_at, expires_at, decided_by, decided_at, comment, "
             "consumed_at, trace_id, span_id, decision_id, policy_revision")
