@@ -1,15 +1,14 @@
 """One error hierarchy with stable string codes.
 
 Every failure the gateway reports carries a ``code`` that clients and dashboards can rely on,
-an optional ``field`` path naming the offending input, and ``details``. The mapping to gRPC
-status codes lives in exactly one place: :func:`grpc_status_for`.
+an optional ``field`` path naming the offending input, and ``details``. This module knows no
+transport: gRPC maps codes to its status codes in :mod:`gateway.grpc_status`, MCP to JSON-RPC
+errors and tool results in :mod:`gateway.mcp_server`.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-import grpc
 
 __all__ = [
     "ApprovalConsumed",
@@ -42,7 +41,6 @@ __all__ = [
     "SessionLost",
     "Unauthenticated",
     "UnknownOperation",
-    "grpc_status_for",
 ]
 
 
@@ -240,43 +238,3 @@ class ApprovalNotPending(GatewayError):
     """The approval was already decided, or expired."""
 
     code = "approval_not_pending"
-
-
-_STATUS: dict[str, grpc.StatusCode] = {
-    ConfigError.code: grpc.StatusCode.FAILED_PRECONDITION,
-    Unauthenticated.code: grpc.StatusCode.UNAUTHENTICATED,
-    InvalidRequest.code: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownOperation.code: grpc.StatusCode.NOT_FOUND,
-    SchemaInvalid.code: grpc.StatusCode.INVALID_ARGUMENT,
-    PolicyDenied.code: grpc.StatusCode.PERMISSION_DENIED,
-    PolicyError.code: grpc.StatusCode.PERMISSION_DENIED,
-    DuplicateInFlight.code: grpc.StatusCode.ABORTED,
-    IdempotencyConflict.code: grpc.StatusCode.ALREADY_EXISTS,
-    OutcomeUnknown.code: grpc.StatusCode.FAILED_PRECONDITION,
-    BackendUnavailable.code: grpc.StatusCode.UNAVAILABLE,
-    BackendError.code: grpc.StatusCode.FAILED_PRECONDITION,
-    OutputInvalid.code: grpc.StatusCode.DATA_LOSS,
-    ResultInvalid.code: grpc.StatusCode.DATA_LOSS,
-    ResourceExhausted.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    SandboxError.code: grpc.StatusCode.INTERNAL,
-    SandboxTimeout.code: grpc.StatusCode.DEADLINE_EXCEEDED,
-    SandboxMemory.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    SandboxCrashed.code: grpc.StatusCode.INTERNAL,
-    SessionElsewhere.code: grpc.StatusCode.FAILED_PRECONDITION,
-    SessionLost.code: grpc.StatusCode.FAILED_PRECONDITION,
-    ApprovalRequired.code: grpc.StatusCode.FAILED_PRECONDITION,
-    ApprovalRejected.code: grpc.StatusCode.PERMISSION_DENIED,
-    ApprovalExpired.code: grpc.StatusCode.FAILED_PRECONDITION,
-    ApprovalMismatch.code: grpc.StatusCode.FAILED_PRECONDITION,
-    ApprovalConsumed.code: grpc.StatusCode.FAILED_PRECONDITION,
-    ApprovalNotFound.code: grpc.StatusCode.NOT_FOUND,
-    ApprovalForbidden.code: grpc.StatusCode.PERMISSION_DENIED,
-    ApprovalNotPending.code: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def grpc_status_for(error: BaseException) -> grpc.StatusCode:
-    """The single mapping from gateway errors to gRPC status codes."""
-    if isinstance(error, GatewayError):
-        return _STATUS.get(error.code, grpc.StatusCode.INTERNAL)
-    return grpc.StatusCode.INTERNAL

@@ -19,7 +19,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
 from gateway.audit import extract_trace_context, record_outcome
-from gateway.errors import GatewayError, InvalidRequest, grpc_status_for
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.grpc_status import grpc_status_for
 from gateway.identity import Authenticator, bearer_token
 from gateway.models import Principal
 from gateway.values import loggable_id

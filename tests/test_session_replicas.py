@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway.errors import SessionElsewhere, SessionLost, grpc_status_for
+from gateway.errors import SessionElsewhere, SessionLost
+from gateway.grpc_status import grpc_status_for
 from gateway.sandbox import SandboxPool, SandboxSettings, principal_key
 from gateway.sandbox.registry import SessionRegistry
 from gateway.tools.idempotency import new_owner_id
