@@ -149,20 +149,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_cmd == "show":
         return cli_audit_show(args.trace_id, files, tenant=args.tenant)
     if args.audit_cmd == "checkpoint":
-        from gateway.audit.checkpoint import sign_checkpoint
-        from gateway.audit.cli import audit_files
+        from gateway.audit.cli import cli_audit_checkpoint
 
-        rc = 0
-        for f in audit_files(files):
-            try:
-                entry = sign_checkpoint(f, Path(args.key))
-            except (OSError, ValueError) as exc:
-                print(f"switchboard audit checkpoint: {exc}", file=sys.stderr)
-                rc = 1
-                continue
-            print(f"signed {f}: seq {entry['seq']} {entry['hash']} (key {entry['key_id']})")
-        return rc
-    return cli_audit_verify(files, public_key=Path(args.public_key) if args.public_key else None)
+        return cli_audit_checkpoint(files, key=Path(args.key) if args.key else None,
+                                    export=Path(args.export) if args.export else None,
+                                    print_json=args.print_json)
+    return cli_audit_verify(files, public_key=Path(args.public_key) if args.public_key else None,
+                            checkpoints=Path(args.checkpoints) if args.checkpoints else None)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -232,11 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
     q.add_argument("--public-key", help="also check the signed checkpoints (Ed25519 PEM)")
-    q = asub.add_parser("checkpoint", help="sign each audit file's last record (Ed25519)")
+    q.add_argument("--checkpoints", metavar="EXTERNAL",
+                   help="with --public-key: also check against this external copy of the "
+                        "checkpoints (a file, or a directory of <file>.checkpoints)")
+    q = asub.add_parser("checkpoint", help="sign each audit file's last record (Ed25519), "
+                        "or print the latest checkpoint")
     q.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     q.add_argument("--file", action="append", help="an audit file (repeatable); as FILE")
     q.add_argument("--config")
-    q.add_argument("--key", required=True, help="Ed25519 private key (PEM), see keygen")
+    q.add_argument("--key", help="sign with this Ed25519 private key (PEM), see keygen")
+    q.add_argument("--export", metavar="PATH",
+                   help="with --key: also append the checkpoint to PATH (a file, or a directory "
+                        "for <file>.checkpoints), e.g. on another volume or a WORM mount")
+    q.add_argument("--print", dest="print_json", action="store_true",
+                   help="print each file's latest checkpoint as one JSON line (to ship it to "
+                        "an external store); with --key, the one just signed")
     q = asub.add_parser("keygen", help="write an Ed25519 key pair for checkpoints")
     q.add_argument("private_key", help="where to write the private key (.pub beside it)")
     p.set_defaults(func=_cmd_audit)

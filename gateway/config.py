@@ -156,6 +156,7 @@ SCHEMA: dict[str, Any] = {
                 "log_format": {"enum": ["auto", "json", "console"]},
                 "checkpoint_key_file": {"type": ["string", "null"]},
                 "checkpoint_interval_s": {"type": "number", "exclusiveMinimum": 0},
+                "checkpoint_export": {"type": ["string", "null"]},
             },
         },
         "mcp": {
@@ -342,6 +343,8 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         aud["file"] = _resolve(base, aud["file"])
     if "checkpoint_key_file" in aud:
         aud["checkpoint_key_file"] = _resolve(base, aud["checkpoint_key_file"])
+    if "checkpoint_export" in aud:
+        aud["checkpoint_export"] = _resolve(base, aud["checkpoint_export"])
     audit = AuditSettings(**aud)
     mcp_raw = dict(raw.get("mcp", {}))
     for key in ("allowed_hosts", "allowed_origins"):

@@ -106,7 +106,8 @@ def _checkpoint(settings: AuditSettings) -> None:
     if settings.file is None or settings.checkpoint_key_file is None:
         return
     try:
-        sign_checkpoint(settings.file, settings.checkpoint_key_file)
+        sign_checkpoint(settings.file, settings.checkpoint_key_file,
+                        export=settings.checkpoint_export)
     except (OSError, ValueError) as exc:
         log.warning("audit.checkpoint_failed", error=str(exc))
 

@@ -27,6 +27,7 @@ from gateway.audit.terminal import escape_lines, escape_text
 
 __all__ = [
     "audit_files",
+    "cli_audit_checkpoint",
     "cli_audit_show",
     "cli_audit_verify",
     "normalize_trace_id",
@@ -256,27 +257,35 @@ def cli_audit_show(
     return 0
 
 
-def _verify_signed(file: Path, public_key: Path, stdout: TextIO) -> bool:
+def _verify_signed(file: Path, public_key: Path, stdout: TextIO,
+                   checkpoints: Path | None = None) -> bool:
     from gateway.audit.checkpoint import verify_checkpoints
 
-    report = verify_checkpoints(file, public_key)
+    report = verify_checkpoints(file, public_key, external=checkpoints)
     if report.ok:
-        print(escape_text(f"OK: {file}: {report.checkpoints} signed checkpoints valid, up to "
-                          f"seq {report.last_seq}; {report.unsigned_after} records after the "
-                          "last checkpoint"), file=stdout)
+        line = (f"OK: {file}: {report.checkpoints} signed checkpoints valid, up to "
+                f"seq {report.last_seq}; {report.unsigned_after} records after the "
+                "last checkpoint")
+        if report.external is not None:
+            line += (f"; external copy: {report.external} checkpoints, all in the file and the "
+                     f"sidecar, up to seq {report.external_last_seq}; "
+                     f"{report.unexported_after} records after the last exported checkpoint")
+            if report.local_only:
+                line += f" ({report.local_only} local checkpoints not exported)"
+        print(escape_text(line), file=stdout)
         return True
     print(escape_lines([f"TAMPERED: {file}: {p}" for p in report.problems]), file=stdout)
     return False
 
 
 def _verify_one(file: Path, stdout: TextIO, stderr: TextIO,
-                public_key: Path | None = None) -> bool:
+                public_key: Path | None = None, checkpoints: Path | None = None) -> bool:
     if not file.is_file():
         print(escape_text(f"error: audit file {file} does not exist"), file=stderr)
         return False
     report = verify_chain(file)
     if public_key is not None:
-        signed = _verify_signed(file, public_key, stdout)
+        signed = _verify_signed(file, public_key, stdout, checkpoints)
         if not report.ok:
             _verify_broken(file, report, stdout)
             return False
@@ -309,17 +318,24 @@ def _verify_broken(file: Path, report: ChainReport, stdout: TextIO) -> None:
 
 
 def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None,
-                     public_key: Path | None = None) -> int:
+                     public_key: Path | None = None, checkpoints: Path | None = None) -> int:
     """Check the hash chain of each file (directories and globs too): each file is its own
     chain (one writer each, e.g. one per replica) and gets its own OK/BROKEN line, with the
-    first broken line. 0 when every file is intact; 1 when any is broken or missing."""
+    first broken line. 0 when every file is intact; 1 when any is broken or missing.
+
+    ``public_key``: also check the signed checkpoints in each file's sidecar; ``checkpoints``
+    (needs ``public_key``): and against an external copy of them (a file, or a directory of
+    ``<file>.checkpoints``; see :func:`gateway.audit.checkpoint.verify_checkpoints`)."""
     stdout = out or sys.stdout
     stderr = out or sys.stderr
+    if checkpoints is not None and public_key is None:
+        print("error: --checkpoints needs --public-key", file=stderr)
+        return 2
     files = audit_files(file)
     if not files:
         print(escape_text(f"error: no audit files in {_names(file)}"), file=stderr)
         return 1
-    results = [_verify_one(f, stdout, stderr, public_key) for f in files]
+    results = [_verify_one(f, stdout, stderr, public_key, checkpoints) for f in files]
     if len(files) > 1:
         bad = results.count(False)
         print(
@@ -328,6 +344,50 @@ def cli_audit_verify(file: AuditPaths, *, out: TextIO | None = None,
             file=stdout,
         )
     return 0 if all(results) else 1
+
+
+def cli_audit_checkpoint(file: AuditPaths, *, key: Path | None = None,
+                         export: Path | None = None, print_json: bool = False,
+                         out: TextIO | None = None) -> int:
+    """``switchboard audit checkpoint``: with ``key``, sign each file's last record into its
+    sidecar (and append it to ``export``); with ``print_json``, print each file's latest
+    checkpoint (the one just signed, or the sidecar's newest) as one JSON line on stdout and
+    nothing else, for cron/CI to ship to an external store. 0 when all went well."""
+    from gateway.audit.checkpoint import export_path, latest_checkpoint, sign_checkpoint
+
+    stdout = out or sys.stdout
+    stderr = out or sys.stderr
+    if key is None and not print_json:
+        print("error: give --key (sign) and/or --print (print the latest)", file=stderr)
+        return 2
+    if export is not None and key is None:
+        print("error: --export needs --key (it exports what it signs)", file=stderr)
+        return 2
+    files = audit_files(file)
+    if not files:
+        print(escape_text(f"error: no audit files in {_names(file)}"), file=stderr)
+        return 1
+    rc = 0
+    for f in files:
+        try:
+            entry = (sign_checkpoint(f, key, export=export) if key is not None
+                     else latest_checkpoint(f))
+        except (OSError, ValueError) as exc:
+            print(escape_text(f"switchboard audit checkpoint: {exc}"), file=stderr)
+            rc = 1
+            continue
+        if entry is None:
+            print(escape_text(f"switchboard audit checkpoint: {f}: no checkpoints"), file=stderr)
+            rc = 1
+        elif print_json:
+            print(json.dumps(entry, sort_keys=True, separators=(",", ":")), file=stdout)
+        else:
+            print(escape_text(f"signed {f}: seq {entry['seq']} {entry['hash']} "
+                              f"(key {entry['key_id']})"
+                              + (f", exported to {export_path(export, f)}"
+                                 if export is not None else "")),
+                  file=stdout)
+    return rc
 
 
 def trace_ids(file: Path) -> Iterable[str]:

@@ -64,6 +64,9 @@ class AuditSettings:
     # key (PEM) and how often to sign; also once at shutdown.
     checkpoint_key_file: Path | None = None
     checkpoint_interval_s: float = 60.0
+    # Also append every checkpoint there (a file, or a directory: <file>.checkpoints in it), on
+    # another volume / a WORM mount: `verify --checkpoints` checks the file against that copy.
+    checkpoint_export: Path | None = None
 
 
 def _otlp_exporter(settings: AuditSettings) -> SpanExporter:
