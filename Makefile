@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e clients/python
 	chmod +x $$($(BIN)/python -c 'import deno; print(deno.find_deno_bin())')
 	rm -f $(VENV)/.stamp-* && touch $@
 
@@ -37,7 +37,7 @@ proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (generated code lives i
 	$(BIN)/python tools/gen_proto.py
 
 test: setup ## Run lint, type checks, policy tests and the test suite
-	$(BIN)/ruff check gateway tests bench examples tools
+	$(BIN)/ruff check gateway tests bench examples tools clients
 	$(BIN)/mypy
 	$(BIN)/switchboard policy check
 	$(BIN)/switchboard policy test
@@ -64,7 +64,7 @@ serve: setup ## Run the gateway on the embedded defaults (127.0.0.1:50051)
 	$(BIN)/switchboard serve
 
 lint: setup ## ruff + mypy --strict
-	$(BIN)/ruff check gateway tests bench examples tools
+	$(BIN)/ruff check gateway tests bench examples tools clients
 	$(BIN)/mypy
 
 bench: setup ## Run the benchmarks and print their tables (see docs/benchmarks.md)

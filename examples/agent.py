@@ -1,4 +1,5 @@
-"""An example agent: a plain gRPC client of the Switchboard gateway.
+"""An example agent: a plain gRPC client of the Switchboard gateway (the generated stubs of the
+switchboard-client package, clients/python; nothing of the server is imported).
 
 It does the core scenario of the demo:
   1. through the code channel, finds today's longest meeting and emails the team about it —
@@ -21,11 +22,10 @@ import uuid
 
 import grpc
 from google.protobuf import json_format
-
-from gateway._proto.switchboard.v1 import approvals_pb2 as apb
-from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
-from gateway._proto.switchboard.v1 import gateway_pb2 as pb
-from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from switchboard_client._proto.switchboard.v1 import approvals_pb2 as apb
+from switchboard_client._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
+from switchboard_client._proto.switchboard.v1 import gateway_pb2 as pb
+from switchboard_client._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 
 LONGEST_MEETING = '''
 from datetime import date, datetime

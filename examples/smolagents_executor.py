@@ -28,8 +28,7 @@ from smolagents import CodeAgent
 from smolagents.local_python_executor import CodeOutput, InterpreterError, PythonExecutor
 from smolagents.models import ChatMessage, MessageRole, Model
 from smolagents.tools import Tool
-
-from gateway.client import SwitchboardClient
+from switchboard_client import SwitchboardClient
 
 __all__ = ["DEMO_STEPS", "ScriptedModel", "SwitchboardExecutor", "run_demo"]
 

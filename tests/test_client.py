@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from client_support import TRANSFER, ScriptedGateway, start_scripted
-
-from gateway.client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
+from switchboard_client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +176,22 @@ async def test_async_client_mirrors_sync(scripted: tuple[str, ScriptedGateway]) 
         assert m.formatted[-1]["input_schema"] == TRANSFER.input_schema
         reply = await c.dispatch("ledger__create_transfer", {"amount_cents": 1})
         assert reply["error"]["code"] == "policy_denied"
+
+
+def test_deprecated_gateway_client_alias_still_works(scripted: tuple[str, ScriptedGateway]) -> None:
+    """``gateway.client`` / ``gateway.client_types`` re-export ``switchboard_client``."""
+    import switchboard_client
+    from switchboard_client import client_types
+
+    from gateway import client as old_client
+    from gateway import client_types as old_types
+
+    for name in old_client.__all__:
+        assert getattr(old_client, name) is getattr(switchboard_client, name), name
+    for name in old_types.__all__:
+        assert getattr(old_types, name) is getattr(client_types, name), name
+    with old_client.SwitchboardClient(scripted[0], "dev-agent", backoff=0.01) as c:
+        assert c.run_code("1", inputs={"a": 1}).result["echo"] == {"a": 1}
+        with pytest.raises(old_types.SwitchboardError) as info:
+            c.call_tool("ledger.create_transfer", {"amount_cents": 5})
+    assert info.value.code == "policy_denied"

@@ -13,9 +13,9 @@ import grpc
 import httpx
 import pytest
 from gateway_support import RunningGateway
+from switchboard_client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
 
 from gateway import tokenbench
-from gateway.client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from smolagents_executor import DEMO_STEPS, SwitchboardExecutor, run_demo

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from client_support import start_scripted
+from switchboard_client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
 from tls_support import make_pki
-
-from gateway.client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
 
 
 @pytest.fixture(scope="module")
