@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.demo._serve import SQLiteStore, add_healthz, base_parser, run_main
 
-__all__ = ["DEMO_ACCOUNTS", "LedgerProblem", "app", "create_app", "main"]
+__all__ = ["DEMO_ACCOUNTS", "LedgerProblem", "app", "create_app", "main", "seed_history"]
 
 # (id, owner, team, currency, opening balance in cents)
 DEMO_ACCOUNTS: tuple[tuple[str, str, str, str, int], ...] = (
@@ -102,6 +102,13 @@ class Transfer(BaseModel):
     created_at: datetime
 
 
+class TransferPage(BaseModel):
+    transfers: list[Transfer]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as cursor for the next page; null on the last page."
+    )
+
+
 class LedgerProblem(Exception):
     """A business-rule failure, answered as ``{"error": {"code", "message"}}``."""
 
@@ -128,6 +135,20 @@ def _init_db(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
     if conn.execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 0:
         conn.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?)", DEMO_ACCOUNTS)
+
+
+def seed_history(
+    conn: sqlite3.Connection,
+    accounts: Sequence[tuple[str, str, str, str, int]],
+    transfers: Sequence[tuple[str, str, str, int, str, str | None, str]],
+) -> None:
+    """Insert extra accounts ``(id, owner, team, currency, balance_cents)`` and historical
+    transfers ``(id, from, to, amount_cents, currency, memo, created_at)`` as they are (no
+    balance arithmetic): a bulk data set for benchmarks, e.g. ``gateway.tokenbench``."""
+    conn.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?)", accounts)
+    conn.executemany(
+        "INSERT OR REPLACE INTO transfers VALUES (?, ?, ?, ?, ?, ?, NULL, ?)", transfers
+    )
 
 
 def _cents(amount: float) -> int:
@@ -186,8 +207,14 @@ _TRANSFER_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(db_path: str | Path, *, respond_delay_ms: int = 0) -> FastAPI:
-    """A ledger app over the SQLite file ``db_path`` (created and seeded on first use)."""
+def create_app(
+    db_path: str | Path, *, respond_delay_ms: int = 0, exports: bool = False
+) -> FastAPI:
+    """A ledger app over the SQLite file ``db_path`` (created and seeded on first use).
+
+    ``exports`` adds ``GET /exports/transfers`` (``export_transfers``, tagged ``reports``): a
+    paged, date-bounded bulk read for reporting workloads. Off by default, so the default demo
+    catalog stays as it is."""
     store = SQLiteStore(db_path, _init_db)
     app = FastAPI(
         title="Switchboard demo ledger",
@@ -347,11 +374,51 @@ def create_app(db_path: str | Path, *, respond_delay_ms: int = 0) -> FastAPI:
             raise LedgerProblem(404, "unknown_transfer", f"transfer {transfer_id!r} does not exist")
         return _transfer(row)
 
+    if exports:
+        _add_exports(app, store)
     return app
+
+
+def _add_exports(app: FastAPI, store: SQLiteStore) -> None:
+    @app.get(
+        "/exports/transfers",
+        operation_id="export_transfers",
+        tags=["reports"],
+        summary="Export transfers in a date range (paged)",
+        response_model=TransferPage,
+    )
+    def export_transfers(
+        since: Annotated[date, Query(description="First day included (YYYY-MM-DD, UTC).")],
+        until: Annotated[date, Query(description="First day NOT included (YYYY-MM-DD, UTC).")],
+        cursor: Annotated[
+            str | None, Query(description="next_cursor of the previous page.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Transfers per page.")] = 1000,
+    ) -> TransferPage:
+        """All transfers created in [since, until), oldest first, ``limit`` per page."""
+        try:
+            offset = int(cursor or 0)
+        except ValueError as exc:
+            raise LedgerProblem(422, "invalid_cursor", f"cursor {cursor!r} is not valid") from exc
+        with store.connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM transfers WHERE created_at >= ? AND created_at < ? "
+                "ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+                (since.isoformat(), until.isoformat(), limit + 1, max(offset, 0)),
+            ).fetchall()
+        more = len(rows) > limit
+        return TransferPage(
+            transfers=[_transfer(r) for r in rows[:limit]],
+            next_cursor=str(offset + limit) if more else None,
+        )
 
 
 def _default_db() -> str:
     return os.environ.get("LEDGER_DB") or str(Path(tempfile.gettempdir()) / "switchboard-ledger.db")
+
+
+def _exports_from_env() -> bool:
+    return os.environ.get("LEDGER_EXPORTS", "") not in ("", "0")
 
 
 def _delay_from_env() -> int:
@@ -359,7 +426,9 @@ def _delay_from_env() -> int:
 
 
 # The module-level ASGI app (``gateway.demo.ledger:app``); the file is only touched on first use.
-app = create_app(_default_db(), respond_delay_ms=_delay_from_env())
+app = create_app(
+    _default_db(), respond_delay_ms=_delay_from_env(), exports=_exports_from_env()
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -372,8 +441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(env LEDGER_RESPOND_DELAY_MS; for crash tests)",
     )
 
+    parser.add_argument(
+        "--exports",
+        action="store_true",
+        default=_exports_from_env(),
+        help="serve GET /exports/transfers, a paged bulk read (env LEDGER_EXPORTS=1)",
+    )
+
     def make(args: argparse.Namespace) -> FastAPI:
-        return create_app(args.db, respond_delay_ms=args.respond_delay_ms)
+        return create_app(args.db, respond_delay_ms=args.respond_delay_ms, exports=args.exports)
 
     return run_main(argv, parser, make)
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.demo._serve import SQLiteStore, add_healthz, base_parser, run_main
 
-__all__ = ["DEMO_CONTACTS", "app", "create_app", "main", "seed_events_for"]
+__all__ = ["DEMO_CONTACTS", "app", "create_app", "main", "seed_contacts", "seed_events_for"]
 
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -126,6 +126,12 @@ def seed_events_for(conn: sqlite3.Connection, today: date) -> None:
                 location,
             ),
         )
+
+
+def seed_contacts(conn: sqlite3.Connection, contacts: Sequence[tuple[str, str, str, str]]) -> None:
+    """Insert extra directory entries ``(email, name, team, title)`` (replacing same emails):
+    a bulk data set for benchmarks, e.g. ``gateway.tokenbench``."""
+    conn.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)", contacts)
 
 
 def _init_db(conn: sqlite3.Connection) -> None:
