@@ -31,9 +31,12 @@ COPY gateway/ gateway/
 COPY proto/ proto/
 COPY policies/ policies/
 COPY runtimes/ runtimes/
+COPY clients/python/ clients/python/
 # Runtime dependencies only, each at the version pinned in requirements.lock; the gateway
 # itself as an editable install so /app mirrors the repository layout it is tested in.
 RUN /app/.venv/bin/pip install --constraint requirements.lock --editable . \
+ && /app/.venv/bin/pip install --no-deps --editable clients/python \
+ && /app/.venv/bin/python -c 'import gateway.client, switchboard_client' \
  && chmod 0755 "$(/app/.venv/bin/python -c 'import deno; print(deno.find_deno_bin())')" \
  && /app/.venv/bin/deno --version \
  && /app/.venv/bin/switchboard --help >/dev/null \

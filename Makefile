@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock clients/python/pyproject.toml | sha256sum | cut -c1-12)
 NPM_STAMP := runtimes/node_modules/.stamp-$(shell cat runtimes/package.json runtimes/package-lock.json | sha256sum | cut -c1-12)
 MCP_TOOLS := tools/mcp-conformance
 MCP_STAMP := $(MCP_TOOLS)/node_modules/.stamp-$(shell cat $(MCP_TOOLS)/package.json $(MCP_TOOLS)/package-lock.json | sha256sum | cut -c1-12)
@@ -17,7 +17,7 @@ help: ## Show this help
 
 setup: $(STAMP) $(NPM_STAMP) $(MCP_STAMP) ## Create .venv, install pinned Python deps, Deno (PyPI), Pyodide and the MCP test clients (npm)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
 	$(BIN)/python -m pip install -q -r requirements.lock
@@ -33,7 +33,7 @@ $(MCP_STAMP): $(MCP_TOOLS)/package.json $(MCP_TOOLS)/package-lock.json
 	cd $(MCP_TOOLS) && npm ci --no-audit --no-fund --loglevel=error
 	rm -f $(MCP_TOOLS)/node_modules/.stamp-* && touch $@
 
-proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (generated code lives in gateway/_proto)
+proto: $(STAMP) ## Regenerate the gRPC stubs from proto/ (into gateway/_proto and clients/python/switchboard_client/_proto)
 	$(BIN)/python tools/gen_proto.py
 
 test: setup ## Run lint, type checks, policy tests and the test suite
