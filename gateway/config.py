@@ -3,7 +3,8 @@
 Unknown keys and wrong types are rejected with a :class:`~gateway.errors.ConfigError` naming
 the offending key (``policy.engine: 'rego' is not one of ['embedded', 'opa']``). ``${VAR}``
 references in string values are expanded from the environment so secrets can come from a
-Kubernetes Secret. With no file, :func:`embedded_defaults` gives the demo setup of DESIGN.md.
+Kubernetes Secret. With no file, :func:`embedded_defaults` gives the demo setup the README
+describes (its "A 5-minute tour").
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ def req(
     )
 
 
-# Reaching the Deno namespace from Python the way a hostile program would (DESIGN.md).
+# Reaching the Deno namespace from Python the way a hostile program would
+# (docs/sandbox.md, "Security model").
 JS_PRELUDE = """
 import pyodide_js
 from pyodide.ffi import run_sync

@@ -172,12 +172,13 @@ def test_unreachable_collector_never_blocks_calls(
     for i in range(50):
         simulate_tool_call(tel.tracer, request_id=f"r{i}")
     calls = time.perf_counter() - started
-    # blocked calls would take >= the 30 s export timeout; 10 s leaves room for a loaded CI box
-    assert calls < 10.0, f"50 calls took {calls:.2f}s with the collector down"
+    # Calls that waited on the exporter would take at least one 30 s export attempt: the bound
+    # is that configured limit, not a speed.
+    assert calls < settings.otlp_timeout_s, f"50 calls took {calls:.2f}s with the collector down"
     started = time.perf_counter()
     tel.shutdown(timeout_ms=500)
     took = time.perf_counter() - started
-    assert took < 5.0, f"shutdown took {took:.2f}s with the collector down"
+    assert took < settings.otlp_timeout_s, f"shutdown waited on the export ({took:.2f}s)"
     report = verify_chain(tmp_path / "audit.jsonl")
     assert report.ok and report.records == 50 * 6
 

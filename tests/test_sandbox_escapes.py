@@ -1,6 +1,6 @@
 """Hostile programs: every escape attempt is contained, and the next run is a clean slate.
 
-The attacker model is DESIGN.md's: sandboxed code reaches the JS global scope and the Deno
+The attacker model is docs/sandbox.md's: sandboxed code reaches the JS global scope and the Deno
 namespace (through ``pyodide_js``), so these tests go straight for ``Deno.*``.
 """
 

@@ -25,7 +25,8 @@ def build_input(
     parent_decision_id: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The exact JSON document Rego sees as ``input`` (DESIGN.md, "Policy input").
+    """The exact JSON document Rego sees as ``input`` (docs/policy.md, "Contract with the
+    gateway").
 
     ``operation`` is None when the name is not in the catalog: Rego then sees ``operation: {}``
     and ``action.operation`` still carries the requested name, so the deny can name it.
