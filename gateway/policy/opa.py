@@ -90,6 +90,7 @@ class OpaPolicyEngine:
         self._content_revision: str | None = None  # hash of GET /v1/policies otherwise
         self._session: aiohttp.ClientSession | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
         self._started = False
         self._probe_problem: str | None = "OPA has not been probed yet"
 
@@ -136,13 +137,19 @@ class OpaPolicyEngine:
         await self.refresh_revision()
         await self.probe()
         if self.settings.reload:
+            self._closing = False
             self._watcher = asyncio.create_task(self._watch(), name="opa-revision")
 
     async def close(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            # Python 3.11's wait_for can swallow a cancel that lands as the awaited request
+            # completes: stop the loop by flag as well, and cancel until the task is done.
+            self._closing = True
+            while not self._watcher.done():
+                self._watcher.cancel()
+                await asyncio.wait({self._watcher}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._watcher.result()
             self._watcher = None
         if self._session is not None:
             await self._session.close()
@@ -172,7 +179,7 @@ class OpaPolicyEngine:
         self._content_revision = "opa:sha256:" + digest.hexdigest()[:16]
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(max(self.settings.reload_interval_s, 1.0))
             await self.refresh_revision()
             await self.probe()
