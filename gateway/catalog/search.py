@@ -20,7 +20,11 @@ __all__ = ["SearchIndex", "tokenize"]
 _STOP_WORDS = (
     "a an and are as at be by for from has have how i in into is it its me my of on or our "
     "please so that the their them then there these this those to us using via was we what "
-    "when where which who will with you your all any some"
+    "when where which who will with you your all any some "
+    # everyday function words a task sentence is padded with
+    "no not longer need needs want wants would like can could should do does did just also "
+    "only still already up out currently now someone something somebody one ones about "
+    "there here let lets get's being been"
 )
 _STOP = frozenset(_STOP_WORDS.split())
 # Canonical nouns, applied to queries and documents alike.
@@ -28,7 +32,8 @@ _CANON = {
     "repository": "repo", "repositories": "repo", "repos": "repo",
     "organization": "org", "organizations": "org", "orgs": "org",
     "pr": "pull", "prs": "pull", "mail": "email", "e-mail": "email",
-    "stargazer": "star", "starred": "star",
+    "stargazer": "star", "starred": "star", "statistics": "stat", "stats": "stat",
+    "statistic": "stat",
 }
 # Query-side expansions: how people phrase a task → the words APIs use (lower weight).
 _EXPAND: dict[str, tuple[str, ...]] = {
@@ -45,6 +50,17 @@ _EXPAND: dict[str, tuple[str, ...]] = {
     "fund": ("balance",), "people": ("contact",), "person": ("contact",),
     "colleague": ("contact",), "contributed": ("contributor",), "contribut": ("contributor",),
     "profile": ("user",), "sent": ("outbox", "send"),
+    # Generic API vocabulary: the everyday word -> the word specs use.
+    "text": ("message", "sms"), "sms": ("message",), "mms": ("message", "media"),
+    "picture": ("media", "image"), "photo": ("media", "image"), "image": ("media",),
+    "credit": ("balance",), "alert": ("trigger", "notification"),
+    "threshold": ("trigger", "limit"), "verify": ("validation", "verification"),
+    "passcode": ("verification", "code"), "otp": ("verification", "code"),
+    "exempt": ("safelist", "allowlist", "exception"), "ask": ("request",),
+    "logged": ("me", "current", "authenticated"), "whoami": ("me", "current"),
+    "checksum": ("hash",), "md5": ("hash",), "sha1": ("hash",), "sha256": ("hash",),
+    "undo": ("restore", "revert"), "dial": ("call", "participant"),
+    "who": ("list", "user", "member", "participant"),
 }
 _EXPANSION_WEIGHT = 0.4
 # (field, weight, length normalisation b) for BM25F.
@@ -85,12 +101,22 @@ def tokenize(text: str) -> list[str]:
 
 def _query_terms(query: str) -> dict[str, float]:
     terms: dict[str, float] = {}
+    verb = _action_word(query)
     for word in _words(query):
         stem = _stem(word)
-        terms[stem] = 1.0
+        weight = 1.0
+        if word in _VERB_ONLY or stem in _VERB_ONLY or (_VERB_DOWNWEIGHT and word == verb):
+            weight = _EXPANSION_WEIGHT
+        terms[stem] = max(terms.get(stem, 0.0), weight)
         for extra in _EXPAND.get(word, ()) + _EXPAND.get(stem, ()):
             for term in tokenize(extra):
                 terms.setdefault(term, _EXPANSION_WEIGHT)
+    # Stop words carry no term of their own but may still say what is meant ("who").
+    for word in re.findall(r"[a-z]+", query.lower()):
+        if word in _STOP:
+            for extra in _EXPAND.get(word, ()):
+                for term in tokenize(extra):
+                    terms.setdefault(term, _EXPANSION_WEIGHT)
     return terms
 
 
@@ -108,12 +134,117 @@ def _fields(op: Operation) -> dict[str, list[str]]:
     }
 
 
+# The five things a task asks an API to do. A query's verbs say which it wants; an operation's
+# name verb (or, without one, its HTTP method and whether the path ends in an item) says
+# which it does. Generic English, no vendor words.
+_QUERY_ACTIONS: dict[str, tuple[str, ...]] = {
+    "list": ("list",), "show": ("list", "get"), "which": ("list",), "who": ("list",),
+    "all": ("list",), "find": ("list",), "search": ("list",), "browse": ("list",),
+    "what": ("list", "get"),
+    "get": ("get",), "fetch": ("get",), "read": ("get",), "retrieve": ("get",),
+    "download": ("get",), "look": ("get",), "lookup": ("get",), "detail": ("get",),
+    "view": ("get",), "see": ("get", "list"),
+    "create": ("create",), "add": ("create",), "new": ("create",), "make": ("create",),
+    "send": ("create",), "start": ("create",), "open": ("create",), "file": ("create",),
+    "post": ("create",), "submit": ("create",), "publish": ("create",), "upload": ("create",),
+    "generate": ("create",), "write": ("create",), "text": ("create",), "attach": ("create",),
+    "enroll": ("create",), "set": ("update", "create"),
+    "update": ("update",), "change": ("update",), "edit": ("update",), "modify": ("update",),
+    "rename": ("update",), "replace": ("update",), "enable": ("update",),
+    "disable": ("update",), "close": ("update",), "end": ("update",), "hang": ("update",),
+    "pause": ("update",), "redact": ("update",),
+    "delete": ("delete",), "remove": ("delete",), "drop": ("delete",), "destroy": ("delete",),
+    "erase": ("delete",), "release": ("delete",), "kick": ("delete",),
+}
+# Query words that only say what to do, not to what: their own term counts little.
+_VERB_ONLY = frozenset(["get", "fetch", "read", "retrieve", "show", "view", "see", "look",
+                        "lookup", "detail", "find", "list"])
+_NAME_ACTIONS: dict[str, str] = {
+    "list": "list", "search": "list", "find": "list", "query": "list",
+    "get": "get", "fetch": "get", "read": "get", "retrieve": "get", "show": "get",
+    "create": "create", "add": "create", "post": "create", "new": "create", "send": "create",
+    "update": "update", "put": "update", "patch": "update", "edit": "update", "modify": "update",
+    "set": "update", "replace": "update",
+    "delete": "delete", "remove": "delete", "purge": "delete", "destroy": "delete",
+}
+_STEMMED_ACTIONS = {_stem(w): a for w, a in _NAME_ACTIONS.items()}
+_METHOD_ACTIONS = {"POST": ("create",), "PUT": ("update", "create"), "PATCH": ("update",),
+                   "DELETE": ("delete",)}
+
+
+def _op_actions(op: Operation) -> frozenset[str]:
+    words = _words(op.short_name.replace("_", " "))
+    named = {_NAME_ACTIONS[w] for w in words if w in _NAME_ACTIONS}
+    last = [seg for seg in op.path.split("/") if seg]
+    item = bool(last) and last[-1].startswith("{")
+    if op.method == "GET":
+        from_method: tuple[str, ...] = ("get",) if item else ("list", "get")
+    else:
+        from_method = _METHOD_ACTIONS.get(op.method, ())
+    if named:
+        if "get" in named and op.method == "GET" and not item:
+            named.add("list")
+        return frozenset(named)
+    return frozenset(from_method)
+
+
+def _action_word(query: str) -> str:
+    """The first word that names an action (imperatives lead with their verb; a later "file"
+    or "list" is more often a noun), or ""."""
+    for word in re.findall(r"[a-z]+", query.lower()):
+        if _QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)):
+            return word
+    return ""
+
+
+def _query_actions(query: str) -> frozenset[str]:
+    word = _action_word(query)
+    return frozenset(_QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)) or ())
+
+
+# Second stage: the best RERANK_DEPTH first-stage candidates are re-scored.
+_RERANK_DEPTH = 40
+_W_NAME = 2.0     # IDF-weighted share of the operation's name the query covers
+_W_QUERY = 0.0    # IDF-weighted share of the query's own words the operation matches
+_W_ACTION = 0.5   # the operation does what the query's verb asks
+_ADDITIVE = False
+_VERB_DOWNWEIGHT = True
+
+
+_SPLIT_COMPOUNDS = True
+
+
+def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[str]]]) -> None:
+    """Run-together name words ("deletefile", "hashsum") also count as their two halves when
+    both halves are words the catalog uses elsewhere."""
+    vocab: set[str] = set()
+    for doc in docs:
+        vocab.update(doc["name"])
+        vocab.update(doc["summary"])
+    for op, doc in zip(operations, docs, strict=True):
+        extra: list[str] = []
+        for word in _words(op.short_name):
+            if len(word) < 7 or not word.isalpha():
+                continue
+            for i in range(len(word) - 3, 2, -1):
+                head, tail = word[:i], word[i:]
+                if head in _STOP or tail in _STOP:
+                    continue
+                if _stem(head) in vocab and _stem(tail) in vocab:
+                    extra += [_stem(head), _stem(tail)]
+                    break
+        doc["name"] = doc["name"] + extra
+
+
 class SearchIndex:
-    """A BM25F index (per-field length normalisation) over a fixed list of operations."""
+    """A BM25F index (per-field length normalisation) over a fixed list of operations, with a
+    second-stage re-rank of the best candidates (name and query coverage, verb match)."""
 
     def __init__(self, operations: Sequence[Operation], *, k1: float = 1.2) -> None:
         self.k1 = k1
         docs = [_fields(op) for op in operations]
+        if _SPLIT_COMPOUNDS:
+            _split_compounds(operations, docs)
         n = len(docs)
         avg = {f: (sum(len(d[f]) for d in docs) / n if n else 1.0) or 1.0 for f, _, _ in _FIELDS}
         # term -> [(doc, pseudo term frequency)]: the field-weighted, length-normalised tf.
@@ -134,6 +265,11 @@ class SearchIndex:
         self._idf = {
             t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self._postings.items()
         }
+        self._name_mass = [sum(self._idf.get(t, 0.0) for t in name) for name in self._name_terms]
+        # Name terms that are verbs, by the action they stand for ("fetch" -> "get").
+        self._name_verbs = [{t: _STEMMED_ACTIONS[t] for t in name if t in _STEMMED_ACTIONS}
+                            for name in self._name_terms]
+        self._actions = [_op_actions(op) for op in operations]
 
     def search(self, query: str, limit: int = 10) -> list[tuple[int, float]]:
         """``(document index, score)`` pairs, best first, only documents matching a term."""
@@ -141,18 +277,52 @@ class SearchIndex:
         if not terms or limit <= 0:
             return []
         scores: dict[int, float] = defaultdict(float)
+        matched: dict[int, float] = defaultdict(float)
         k1 = self.k1
+        query_mass = 0.0
         for term, qweight in terms.items():
             idf = self._idf.get(term)
             if idf is None:
                 continue
+            if qweight >= 1.0:
+                query_mass += idf
             for doc, tf in self._postings[term]:
                 scores[doc] += qweight * idf * tf * (k1 + 1) / (tf + k1)
-        # Name precision: an operation whose name is mostly made of the query's words
-        # ("list pull requests" -> pulls_list) beats one whose long name merely contains them.
-        for doc in scores:
+                if qweight >= 1.0:
+                    matched[doc] += idf
+        if not scores:
+            return []
+        first = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        depth = max(_RERANK_DEPTH, limit)
+        wanted = _query_actions(query)
+        rescored = []
+        best = first[0][1]
+        for doc, score in first[:depth]:
+            if _ADDITIVE:
+                cov = 0.0
+                if self._name_mass[doc]:
+                    verbs = self._name_verbs[doc]
+                    cov = sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else terms.get(t, 0.0))
+                              for t in self._name_terms[doc]) / self._name_mass[doc]
+                act = 1.0 if wanted & self._actions[doc] else 0.0
+                rescored.append((doc, score / best + _W_NAME * cov + _W_ACTION * act))
+                continue
             name = self._name_terms[doc]
-            if name:
-                scores[doc] *= 1 + 0.5 * len(name & terms.keys()) / len(name)
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            mass = self._name_mass[doc]
+            if mass:
+                verbs = self._name_verbs[doc]
+                covered = sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else terms.get(t, 0.0))
+                              for t in name)
+                score *= 1 + _W_NAME * covered / mass
+            if query_mass:
+                score *= 1 + _W_QUERY * matched[doc] / query_mass
+            if wanted & self._actions[doc]:
+                score *= 1 + _W_ACTION
+            rescored.append((doc, score))
+        # Below the re-ranked head the first-stage order stands (scores there are lower).
+        top = max((sc for _, sc in rescored), default=0.0)
+        floor = min((sc for _, sc in rescored), default=0.0)
+        rest = [(doc, min(sc, floor)) for doc, sc in first[depth:]]
+        del top
+        ranked = sorted(rescored, key=lambda kv: (-kv[1], kv[0])) + rest
         return [(doc, round(score, 6)) for doc, score in ranked[:limit]]
