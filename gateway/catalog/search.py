@@ -10,7 +10,8 @@ synonyms ("text" -> message, "credit" -> balance) at a lower weight.
 Second stage: the best 40 are re-scored by how much of the operation's name the query covers
 (IDF-weighted, so a long name's rare unmatched words cost more than its common prefix) and by
 whether the operation does what the query's verb asks (list / get / create / update / delete:
-the query's first action word against the name's verb, or the HTTP method and path shape).
+the query's first action word against the name's verb, or the HTTP method and path shape), and
+by the share of the query's adjacent word pairs found adjacent in the name or summary.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
 (~1-2 ms over 1,000-1,500 operations, bench/search_eval.py). Pure Python, no model, no data
@@ -23,6 +24,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from itertools import pairwise
 
 from gateway.models import Operation
 
@@ -219,7 +221,9 @@ def _query_actions(query: str) -> frozenset[str]:
 # (1 + _W_NAME x the IDF-weighted share of the operation's name the query covers; a name verb
 # counts as covered when it does what the query's verb asks, a term reached only through a
 # synonym counts _COVER_EXPANDED) and by (1 + _W_ACTION) when the operation's action is the one
-# the query asks for. Both factors only raise a score, so the tail keeps its order below.
+# the query asks for, and by (1 + _W_BIGRAM x the share of the query's adjacent word pairs that
+# are adjacent in the name or summary). The factors only raise a score, so the tail keeps its
+# order below the head.
 _RERANK_DEPTH = 40
 _W_NAME = 2.0
 _W_ACTION = 0.5
@@ -249,6 +253,9 @@ def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[
                     extra += [_stem(head), _stem(tail)]
                     break
         doc["name"] = doc["name"] + extra
+
+
+_W_BIGRAM = 0.25
 
 
 def _cover(weight: float) -> float:
@@ -289,6 +296,8 @@ class SearchIndex:
                             for name in self._name_terms]
         self._actions = [_op_actions(op) for op in operations]
         self._name_vocab: frozenset[str] = frozenset().union(*self._name_terms)
+        self._bigrams = [frozenset(pairwise(d["name"])) | frozenset(pairwise(d["summary"]))
+                         for d in docs]
 
     def _wanted(self, query: str) -> frozenset[str]:
         wanted = _query_actions(query)
@@ -315,6 +324,8 @@ class SearchIndex:
         first = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         depth = max(_RERANK_DEPTH, limit)
         wanted = self._wanted(query)
+        stems = [_stem(w) for w in _words(query)]
+        pairs = frozenset(pairwise(stems))
         head = []
         for doc, score in first[:depth]:
             mass = self._name_mass[doc]
@@ -326,6 +337,8 @@ class SearchIndex:
                 score *= 1 + _W_NAME * covered / mass
             if wanted & self._actions[doc]:
                 score *= 1 + _W_ACTION
+            if pairs:
+                score *= 1 + _W_BIGRAM * len(pairs & self._bigrams[doc]) / len(pairs)
             head.append((doc, score))
         ranked = sorted(head, key=lambda kv: (-kv[1], kv[0])) + first[depth:]
         return [(doc, round(score, 6)) for doc, score in ranked[:limit]]
