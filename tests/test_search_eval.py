@@ -1,9 +1,10 @@
-"""Search quality over labelled intents on five real specs (api.github.com, GHEC, GHES 3.19,
-rclone, Dialogporten), against a plain BM25 baseline (bench/search_eval.py).
+"""Search quality over labelled intents on seven real specs from five vendors (api.github.com,
+GHEC and GHES 3.19 from GitHub; rclone; Dialogporten from Digdir; Twilio api v2010 + verify v2;
+Figma), recomputed on every run against a plain BM25 baseline (bench/search_eval.py).
 
-The floors are what was measured (docs/catalog.md, "Search quality over five real specs"),
-rounded down; the ranking was tuned only on api.github.com's 'dev' queries, so the other
-specs and every 'holdout' query are unseen by the tuning.
+The floors are what was measured (docs/catalog.md, "Search quality over seven real specs"),
+rounded down. The ranking was tuned only on 'dev' queries; every 'holdout' query is unseen by
+the tuning, and the Twilio and Figma sets were committed before the tuning began.
 """
 
 from __future__ import annotations
@@ -17,39 +18,65 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import search_eval as se
 
-REAL = ("github", "ghec", "ghes", "rclone", "dialogporten")
+REAL = tuple(se.REAL)
+# hit@5 over all of a spec's queries, measured and rounded down to 0.05.
+HIT5_FLOOR = {"github": 0.95, "ghec": 0.95, "ghes": 0.80, "rclone": 0.90,
+              "dialogporten": 0.95, "twilio": 0.85, "figma": 0.90}
+# Pooled over the real specs, the held-out half: measured 0.67 / 0.91.
+HOLDOUT_HIT1_FLOOR = 0.65
+HOLDOUT_HIT5_FLOOR = 0.90
+
+Results = dict[str, dict[str, dict[str, Any]]]
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, dict[str, Any]]]:
+def results() -> Results:
     return {name: se.evaluate(name) for name in REAL}
 
 
-def pooled(results: dict[str, dict[str, dict[str, Any]]], key: str, metric: str) -> float:
-    n = sum(r[key]["n"] for r in results.values())
-    return sum(r[key][metric] * r[key]["n"] for r in results.values()) / n
+def test_the_sets_span_enough_real_specs_vendors_and_intents() -> None:
+    queries = [q for q in se.load_queries() if q["catalog"] in REAL]
+    specs = {q["catalog"] for q in queries}
+    assert len(specs) >= 5 and set(HIT5_FLOOR) == specs
+    assert len({se.REAL[name] for name in specs}) >= 4
+    assert len(queries) >= 150
+    assert sum(q["split"] == "holdout" for q in queries) >= 75
 
 
-def test_every_real_spec_finds_the_operation_in_the_top_five(
-        results: dict[str, dict[str, dict[str, Any]]]) -> None:
+def test_half_of_each_set_is_held_out() -> None:
+    # api.github.com's set predates the rule (45 dev, 20 holdout); every later set alternates.
+    queries = se.load_queries()
+    for name in REAL:
+        if name == "github":
+            continue
+        splits = [q["split"] for q in queries if q["catalog"] == name]
+        assert set(splits) == {"dev", "holdout"}, name
+        assert abs(splits.count("dev") - splits.count("holdout")) <= 1, name
+
+
+def test_every_real_spec_finds_the_operation_in_the_top_five(results: Results) -> None:
     for name, r in results.items():
         assert r["switchboard/all"]["n"] >= 12, name
-        assert r["switchboard/all"]["hit@5"] >= 0.8, (name, r)
+        assert r["switchboard/all"]["hit@5"] >= HIT5_FLOOR[name], (name, r["switchboard/all"])
 
 
-def test_beats_plain_bm25_on_the_pooled_sets(
-        results: dict[str, dict[str, dict[str, Any]]]) -> None:
+def test_held_out_metrics_hold_their_floors(results: Results) -> None:
+    hit1 = se.pooled(results, "switchboard/holdout", "hit@1")
+    hit5 = se.pooled(results, "switchboard/holdout", "hit@5")
+    assert hit1 >= HOLDOUT_HIT1_FLOOR, hit1
+    assert hit5 >= HOLDOUT_HIT5_FLOOR, hit5
+
+
+def test_beats_plain_bm25_on_the_pooled_sets(results: Results) -> None:
     for split in ("all", "holdout"):
         for metric in ("hit@1", "hit@5"):
-            mine = pooled(results, f"switchboard/{split}", metric)
-            base = pooled(results, f"bm25/{split}", metric)
-            assert mine >= base, (split, metric, mine, base)
-    assert pooled(results, "switchboard/holdout", "hit@5") >= 0.9
-    assert pooled(results, "switchboard/all", "hit@1") >= 0.65
+            mine = se.pooled(results, f"switchboard/{split}", metric)
+            base = se.pooled(results, f"bm25/{split}", metric)
+            assert mine > base, (split, metric, mine, base)
 
 
-def test_half_of_each_new_set_is_held_out() -> None:
-    queries = [q for q in se.load_queries() if q["catalog"] in REAL and q["catalog"] != "github"]
-    for name in ("ghec", "ghes", "rclone", "dialogporten"):
-        splits = [q["split"] for q in queries if q["catalog"] == name]
-        assert abs(splits.count("dev") - splits.count("holdout")) <= 1, name
+def test_a_list_of_equal_answers_counts_any_of_them() -> None:
+    q = {"expected": ["svc.a", "svc.b"]}
+    assert se.rank_of(q, ["svc.x", "svc.b", "svc.a"]) == 2
+    assert se.rank_of({"expected": "svc.a"}, ["svc.a"]) == 1
+    assert se.rank_of(q, ["svc.x"]) is None

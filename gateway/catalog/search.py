@@ -206,6 +206,7 @@ def _op_actions(op: Operation) -> frozenset[str]:
 def _action_word(query: str) -> str:
     """The first word that names an action (imperatives lead with their verb; a later "file"
     or "list" is more often a noun), or ""."""
+    word: str
     for word in re.findall(r"[a-z]+", query.lower()):
         if _QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)):
             return word

@@ -1,0 +1,76 @@
+"""The second stage of the catalog search (gateway/catalog/search.py) on small synthetic
+catalogs: each factor on its own, so a regression names its cause."""
+
+from __future__ import annotations
+
+from gateway.catalog.search import SearchIndex, tokenize
+from gateway.models import Operation
+
+
+def op(name: str, method: str, path: str, summary: str = "") -> Operation:
+    return Operation(name=f"svc.{name}", backend="svc", operation_id=name, summary=summary,
+                     method=method, path=path)
+
+
+CALLS = [
+    op("list_call", "GET", "/Calls.json", "Retrieve a list of calls"),
+    op("fetch_call", "GET", "/Calls/{Sid}.json", "Fetch the call specified by the Sid"),
+    op("create_call", "POST", "/Calls.json", "Create a new outgoing call"),
+    op("update_call", "POST", "/Calls/{Sid}.json", "Initiates a call redirect or terminates a call"),
+    op("delete_call", "DELETE", "/Calls/{Sid}.json", "Delete a call log record"),
+    op("update_call_recording", "POST", "/Calls/{CallSid}/Recordings/{Sid}.json",
+       "Changes the status of the recording to paused, stopped, or in-progress"),
+]
+
+
+def first(ops: list[Operation], query: str) -> str:
+    hits = SearchIndex(ops).search(query, limit=3)
+    return ops[hits[0][0]].short_name if hits else ""
+
+
+def test_the_query_verb_picks_the_operation_that_does_it() -> None:
+    assert first(CALLS, "place a new call") == "create_call"
+    assert first(CALLS, "show every call from today") == "list_call"
+    assert first(CALLS, "look up one call by its id") == "fetch_call"
+    assert first(CALLS, "remove a call from the log") == "delete_call"
+    assert first(CALLS, "edit a call") == "update_call"
+
+
+def test_without_a_name_verb_the_method_and_path_say_what_an_operation_does() -> None:
+    ops = [op("widget_a", "GET", "/widgets", "Widgets"),
+           op("widget_b", "GET", "/widgets/{id}", "Widgets"),
+           op("widget_c", "POST", "/widgets", "Widgets"),
+           op("widget_d", "DELETE", "/widgets/{id}", "Widgets")]
+    assert first(ops, "delete a widget") == "widget_d"
+    assert first(ops, "add a widget") == "widget_c"
+    assert first(ops, "list the widgets") == "widget_a"
+
+
+def test_a_resource_used_as_the_verb_means_create() -> None:
+    ops = [op("issues_list_comments", "GET", "/issues/{n}/comments", "List issue comments"),
+           op("issues_create_comment", "POST", "/issues/{n}/comments", "Create an issue comment"),
+           op("issues_get_comment", "GET", "/comments/{id}", "Get an issue comment")]
+    assert first(ops, "comment on an issue") == "issues_create_comment"
+
+
+def test_run_together_name_words_count_as_their_halves() -> None:
+    # "deletefile" is split because "delete" and "file" are words of other summaries.
+    ops = [op("operations_deletefile", "POST", "/operations/deletefile", "Remove a single path"),
+           op("operations_copyfile", "POST", "/operations/copyfile", "Copy a file"),
+           op("operations_purge", "POST", "/operations/purge", "Delete a directory")]
+    assert first(ops, "delete one file") == "operations_deletefile"
+
+
+def test_synonyms_reach_the_words_specs_use_and_stop_words_do_not_match() -> None:
+    ops = [op("fetch_balance", "GET", "/Balance.json", "Fetch the balance for an account"),
+           op("fetch_account", "GET", "/Accounts/{Sid}.json", "Fetch an account"),
+           op("delete_key", "DELETE", "/Keys/{Sid}.json", "Delete a key you no longer need")]
+    assert first(ops, "how much credit is left on the account") == "fetch_balance"
+    assert tokenize("no longer still currently") == []
+
+
+def test_the_order_is_deterministic_and_limited() -> None:
+    index = SearchIndex(CALLS)
+    once = index.search("call", limit=4)
+    assert len(once) == 4 and index.search("call", limit=4) == once
+    assert index.search("", limit=4) == [] and index.search("call", limit=0) == []
