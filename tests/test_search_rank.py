@@ -16,7 +16,7 @@ CALLS = [
     op("list_call", "GET", "/Calls.json", "Retrieve a list of calls"),
     op("fetch_call", "GET", "/Calls/{Sid}.json", "Fetch the call specified by the Sid"),
     op("create_call", "POST", "/Calls.json", "Create a new outgoing call"),
-    op("update_call", "POST", "/Calls/{Sid}.json", "Initiates a call redirect or terminates a call"),
+    op("update_call", "POST", "/Calls/{Sid}.json", "Redirects or terminates a call"),
     op("delete_call", "DELETE", "/Calls/{Sid}.json", "Delete a call log record"),
     op("update_call_recording", "POST", "/Calls/{CallSid}/Recordings/{Sid}.json",
        "Changes the status of the recording to paused, stopped, or in-progress"),
