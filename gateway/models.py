@@ -53,10 +53,18 @@ class Decision:
     error_code: str = ""
     # The ``require_approval`` obligation, when the policy attached one (only on allows).
     approval: ApprovalRequirement | None = None
+    # The policy's ``validation``: "strict" rejects every argument field the schema does not
+    # declare, at any depth (gateway/tools/validation.py); "standard" applies the schema as is.
+    validation: Literal["standard", "strict"] = "standard"
 
     @property
     def allowed(self) -> bool:
         return self.route != "deny"
+
+    @property
+    def strict(self) -> bool:
+        """Arguments are validated strictly: the policy said so for this action."""
+        return self.validation == "strict"
 
 
 @dataclass(frozen=True)

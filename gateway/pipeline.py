@@ -70,7 +70,6 @@ __all__ = [
 EventSink = Callable[[SandboxEvent], Awaitable[None]]
 APPROVAL_ERRORS = (ApprovalRequired, ApprovalRejected, ApprovalExpired, ApprovalMismatch,
                    ApprovalConsumed)
-COMPLIANCE_TAG = "compliance"
 # Discovery results kept (one per tenant + role set + catalog and policy revision).
 DISCOVERY_CACHE_SIZE = 256
 DiscoveryKey = tuple[str, tuple[str, ...], str, str]
@@ -123,10 +122,6 @@ class SearchHit:
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
-def _is_compliance(op: Operation) -> bool:
-    return COMPLIANCE_TAG in op.tags
 
 
 def _annotate_decision(span: trace.Span, decision: Decision) -> None:
@@ -245,7 +240,7 @@ class Pipeline:
             if decision.approval is not None:
                 # Nobody is asked to approve arguments the schema rejects; nothing reaches the
                 # idempotency store or the backend before the approval is there.
-                validate_arguments(op, action.arguments, strict=_is_compliance(op),
+                validate_arguments(op, action.arguments, strict=decision.strict,
                                    mask=decision.mask)
                 await self._check_request_id(principal, op, action)
                 await self.approvals.gate(
@@ -255,7 +250,7 @@ class Pipeline:
             # backend.
             outcome = await self.tools.execute(
                 op, action.arguments, request_id=action.request_id, principal=principal,
-                strict=_is_compliance(op), mask=decision.mask)
+                strict=decision.strict, mask=decision.mask)
         except GatewayError as exc:
             scrub_error(exc, secrets)
             raise
@@ -475,7 +470,7 @@ class _HostBridge:
                 self.secrets.add(masked_values(arguments, decision.mask, "action.arguments"))
                 if decision.route == "deny":
                     raise _deny(decision, op.name)
-                validate_arguments(op, arguments, strict=_is_compliance(op), mask=decision.mask)
+                validate_arguments(op, arguments, strict=decision.strict, mask=decision.mask)
                 if self.paused is not None:
                     raise self.paused  # nothing runs after a call held for approval
                 index = self.calls

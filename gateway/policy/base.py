@@ -25,6 +25,7 @@ __all__ = [
     "NO_REVISION",
     "POLICY_UNAVAILABLE",
     "PROBE_INPUT",
+    "STRICT_OBLIGATION",
     "Discovery",
     "NoPolicy",
     "PolicyEngine",
@@ -185,6 +186,26 @@ def _approval(value: Any, route: str) -> ApprovalRequirement | None:
                                roles=roles, expires_s=expires)
 
 
+# ``decision.validation``: how the arguments of an allowed action are checked against the
+# operation's schema. "strict" also rejects every undeclared field (at any depth); the decision
+# then lists STRICT_OBLIGATION among its obligations too, and a decision whose obligations say
+# strict while `validation` says otherwise contradicts itself (a policy error, so a deny).
+STRICT_OBLIGATION = "schema.strict"
+_VALIDATIONS = ("standard", "strict")
+
+
+def _validation(value: Any, obligations: tuple[str, ...], route: str) -> str:
+    if value is None:
+        value = "strict" if STRICT_OBLIGATION in obligations else "standard"
+    if not isinstance(value, str) or value not in _VALIDATIONS:
+        raise PolicyError(f"decision.validation must be one of {_VALIDATIONS}, got {value!r}",
+                          field="validation")
+    if value != "strict" and STRICT_OBLIGATION in obligations:
+        raise PolicyError(f"decision.obligations lists {STRICT_OBLIGATION!r} but "
+                          f"decision.validation is {value!r}", field="validation")
+    return "standard" if route == "deny" else value
+
+
 def parse_decision(result: Any, *, kind: str = "") -> Decision:
     """Turn the policy's JSON result into a :class:`Decision`; raise PolicyError if malformed.
 
@@ -204,6 +225,9 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
     obligations = _str_list(result.get("obligations"), "obligations")
     if approval is not None and APPROVAL_OBLIGATION not in obligations:
         obligations = (*obligations, APPROVAL_OBLIGATION)
+    validation = _validation(result.get("validation"), obligations, route)
+    if validation == "strict" and STRICT_OBLIGATION not in obligations:
+        obligations = (*obligations, STRICT_OBLIGATION)
     return Decision(
         route=route,
         reasons=reasons,
@@ -211,6 +235,7 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         obligations=obligations,
         mask=_str_list(result.get("mask"), "mask"),
         approval=approval,
+        validation="strict" if validation == "strict" else "standard",
     )
 
 

@@ -75,6 +75,7 @@ def cli_policy_eval(path: Path | None, input_file: Path) -> int:
                 "obligations": list(d.obligations),
                 "mask": list(d.mask),
                 "require_approval": vars(d.approval) if d.approval else None,
+                "validation": d.validation,
                 "policy_revision": evaluator.revision,
                 "error_code": d.error_code or None,
             },

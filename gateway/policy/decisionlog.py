@@ -83,6 +83,7 @@ def finish(
             "limits": asdict(decision.limits),
             "obligations": list(decision.obligations),
             "mask": list(decision.mask),
+            "validation": decision.validation,
         },
     )
     return decision

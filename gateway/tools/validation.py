@@ -2,8 +2,9 @@
 
 Validators are compiled once per operation and cached: the GitHub catalog alone has ~1,000
 operations and recompiling a schema on every call would dominate the tool channel's latency.
-Strict mode (compliance tools) additionally rejects any field the schema does not declare, even
-when the schema itself would allow it, so a typo like ``ammount`` can never be silently ignored.
+Strict mode (the policy decision says ``validation: "strict"``) additionally rejects any field
+the schema does not declare, even when the schema itself would allow it, so a typo like
+``ammount`` can never be silently ignored.
 """
 
 from __future__ import annotations
