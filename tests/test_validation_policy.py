@@ -139,5 +139,5 @@ def test_parse_decision_validation() -> None:
     for bad in ("", "STRICT", 1, ["strict"]):
         with pytest.raises(PolicyError, match="validation"):
             parse_decision({**base, "validation": bad})
-    with pytest.raises(PolicyError, match="lists .schema.strict. but"):
+    with pytest.raises(PolicyError, match=r"lists .schema\.strict. but"):
         parse_decision({**base, "validation": "standard", "obligations": [STRICT_OBLIGATION]})
