@@ -54,8 +54,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,27 +173,26 @@ def f2(v: float | None, spec: str = ".2f") -> str | None:
 
 
 def tools_table(res: dict[str, Any]) -> str:
+    seq, conc = res.get("seq", {}), res.get("conc", {})
+    direct = seq.get("direct", {}).get("p50_ms")
     rows = []
-    direct = res.get("seq", {}).get("direct", {}).get("p50_ms")
     for name, label in TOOL_LABELS.items():
-        s = res.get("seq", {}).get(name)
-        c = res.get("conc", {}).get(name)
+        s, c = seq.get(name), conc.get(name)
         if not s and not c:
             continue
-        added = (s["p50_ms"] - direct) if s and direct is not None and name != "direct" else None
+        gw = name not in ("direct", "backend_raw")
+        added = s["p50_ms"] - direct if s and direct is not None and gw else None
+        rate = None
+        if c:
+            rate = f2(c["calls_per_s"], ",.0f") + (f" ({c['errors']} err)" if c["errors"] else "")
         rows.append([label, f2(s and s["p50_ms"]), f2(s and s["p99_ms"]),
                      None if added is None else f"{added:+.2f}",
-                     f2(s and s.get("cpu_ms_per_call")) if name != "direct" else "(backend)",
-                     f2(c and c.get("cpu_ms_per_call")) if name != "direct" else "(backend)",
-                     f2(c and c["calls_per_s"], ",.0f") + (f" ({c['errors']} err)" if c and c[
-                         "errors"] else "") if c else None])
-    deny = res.get("conc", {}).get("sb_deny")
-    if deny:
-        rows.append(["Switchboard gRPC, denied by policy", None, None, None, None,
-                     f2(deny.get("cpu_ms_per_call")), f2(deny["calls_per_s"], ",.0f")])
+                     f2(s and s.get("cpu_ms_per_call")) if gw else "(backend)",
+                     f2(c and c.get("cpu_ms_per_call")) if gw else "(backend)", rate,
+                     f2(c and c.get("driver_cpu_util"))])
     return md_table(["path", "p50 ms (seq)", "p99 ms (seq)", "added p50 ms vs direct",
-                     "CPU ms/call (seq)", "CPU ms/call (32 callers)", "calls/s (32 callers)"],
-                    rows)
+                     "CPU ms/call (seq)", "CPU ms/call (32 callers)", "calls/s (32 callers)",
+                     "driver CPU, cores (32 callers)"], rows)
 
 
 def code_table(res: dict[str, Any]) -> str:
@@ -211,6 +210,8 @@ TOOL_LABELS = {
     "sb_grpc": "Switchboard, gRPC",
     "sb_mcp": "Switchboard, MCP (streamable HTTP)",
     "cf_mcp": "ContextForge, MCP (REST tool)",
+    "sb_deny": "Switchboard, gRPC, denied by policy",
+    "backend_raw": "fast backend alone (raw asyncio client)",
 }
 
 
@@ -401,6 +402,7 @@ class Stack:
 class Target:
     name = ""
     pid: int | None = None
+    last_error = ""
 
     async def open(self) -> None: ...
 
@@ -409,9 +411,10 @@ class Target:
 
     async def close(self) -> None: ...
 
-    def clone(self) -> Target:
-        """Another caller of the same target (an MCP session of its own)."""
-        return self
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        """A caller of this target for the concurrent phase: itself (one shared connection)."""
+        yield self
 
 
 class Direct(Target):
@@ -433,6 +436,44 @@ class Direct(Target):
         await self.http.aclose()
 
 
+class RawHttp(Target):
+    """The fast backend's own capacity: keep-alive GETs over raw asyncio streams (a client far
+    cheaper than httpx, so the figure is the backend's, not the driver's)."""
+
+    name = "backend_raw"
+
+    def __init__(self, url: str, pid: int) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port, self.pid = host, int(port), pid
+        self.req = (f"GET /accounts/A1/balance HTTP/1.1\r\nhost: {host}\r\n\r\n").encode()
+
+    async def open(self) -> None:
+        self.r, self.w = await asyncio.open_connection(self.host, self.port)
+
+    async def call(self) -> bool:
+        self.w.write(self.req)
+        head = await self.r.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        await self.r.readexactly(length)
+        return head.startswith(b"HTTP/1.1 200")
+
+    async def close(self) -> None:
+        self.w.close()
+
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        other = RawHttp(f"http://{self.host}:{self.port}", self.pid or 0)
+        await other.open()
+        try:
+            yield other
+        finally:
+            await other.close()
+
+
 class SbGrpc(Target):
     def __init__(self, port: int, pid: int, deny: bool = False,
                  token: str = TOKEN_AGENT) -> None:
@@ -446,7 +487,7 @@ class SbGrpc(Target):
         from gateway._proto.switchboard.v1 import gateway_pb2 as pb
         from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 
-        self.pb = pb
+        self.pb, self.grpc = pb, grpc
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.GatewayStub(self.channel)
         self.md = (("authorization", f"Bearer {self.token}"),)
@@ -460,7 +501,14 @@ class SbGrpc(Target):
         else:
             req.tool_call.name = "ledger.get_balance"
             req.tool_call.arguments.update({"account": "A1"})
-        resp = await self.stub.Execute(req, metadata=self.md, timeout=60)
+        try:
+            resp = await self.stub.Execute(req, metadata=self.md, timeout=60)
+        except self.grpc.aio.AioRpcError as exc:  # a denial is PERMISSION_DENIED
+            if self.deny and exc.code() == self.grpc.StatusCode.PERMISSION_DENIED:
+                return True
+            raise
+        if resp.error.code:
+            self.last_error = f"{resp.error.code}: {resp.error.message[:160]}"
         if self.deny:
             return bool(resp.error.code == "policy_denied")
         return not resp.error.code
@@ -490,20 +538,35 @@ class McpTarget(Target):
             headers={"Authorization": f"Bearer {self.token}"}, timeout=120))
         self.client = await self._stack.enter_async_context(
             Client(streamable_http_client(self.url, http_client=http)))  # type: ignore[arg-type]
+        # As an agent does: list the tools once. A tool the server serves but does not list
+        # (Switchboard lists only the dedicated tools its policy advertises) is marked known, or
+        # the client would re-list the tools on every call to look for its output schema.
+        listed = await self.tools()
+        if self.tool and self.tool not in listed:
+            self.client.session._tool_output_schemas[self.tool] = None
 
     async def tools(self) -> list[str]:
         return [t.name for t in (await self.client.list_tools()).tools]
 
     async def call(self) -> bool:
         r = await self.client.call_tool(self.tool, self.args)
+        if r.is_error:
+            self.last_error = str(r.content[0].text if r.content else r)[:200]
         return not r.is_error
 
     async def close(self) -> None:
         if self._stack is not None:
             await self._stack.aclose()
 
-    def clone(self) -> McpTarget:
-        return McpTarget(self.name, self.url, self.token, self.tool, self.args, self.pid or 0)
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        """An MCP session of its own, opened and closed in the caller's task."""
+        other = McpTarget(self.name, self.url, self.token, self.tool, self.args, self.pid or 0)
+        await other.open()
+        try:
+            yield other
+        finally:
+            await other.close()
 
 
 async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int]
@@ -536,37 +599,75 @@ async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int]
 
 
 async def conc_run(target: Target, callers: int, duration: float) -> dict[str, Any]:
-    clones = [target.clone() for _ in range(callers)]
-    for c in clones:
-        if c is not target:
-            await c.open()
-    try:
-        for c in clones[:4]:
-            await c.call()
-        tally = {"done": 0, "errors": 0}
-        stop = time.perf_counter() + duration
+    """``callers`` callers, each in its own task (an MCP session each), started together once
+    every one is connected and warm; calls/s over the phase and CPU per call of the target."""
+    tally = {"done": 0, "errors": 0, "ready": 0}
+    example: list[str] = []
+    lat: list[float] = []
+    opening = asyncio.Lock()
+    all_ready, go = asyncio.Event(), asyncio.Event()
+    stop = [0.0]
 
-        async def caller(c: Target) -> None:
-            while time.perf_counter() < stop:
+    def arrived() -> None:
+        tally["ready"] += 1
+        if tally["ready"] == callers:
+            all_ready.set()
+
+    async def caller() -> None:
+        try:
+            async with opening:  # one session opens at a time (as agents arrive), not 32 at once
+                cm = target.caller()
+                c = await cm.__aenter__()
+        except Exception as exc:
+            tally["errors"] += 1
+            example.append(f"caller failed to connect: {exc!r}"[:200])
+            arrived()
+            return
+        here = False
+        try:
+            await c.call()  # warm
+            here = True
+            arrived()
+            await go.wait()
+            while time.perf_counter() < stop[0]:
+                s = time.perf_counter()
                 try:
                     ok = await c.call()
-                except Exception:  # counted, the phase goes on
+                except Exception as exc:  # counted, the phase goes on
                     ok = False
+                    c.last_error = repr(exc)[:200]
                 tally["done" if ok else "errors"] += 1
+                if ok:
+                    lat.append(time.perf_counter() - s)
+                else:
+                    example.append(c.last_error or "unexpected result")
+        except Exception as exc:
+            tally["errors"] += 1
+            example.append(f"caller failed: {exc!r}"[:200])
+            if not here:
+                arrived()
+        finally:
+            with suppress(Exception):
+                await cm.__aexit__(None, None, None)
 
-        c0 = tree_cpu_s(target.pid) if target.pid else 0.0
-        t0 = time.perf_counter()
-        await asyncio.gather(*(caller(c) for c in clones))
-        wall = time.perf_counter() - t0
-        cpu = (tree_cpu_s(target.pid) - c0) if target.pid else None
-    finally:
-        for c in clones:
-            if c is not target:
-                with suppress(Exception):
-                    await c.close()
+    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+    await all_ready.wait()
+    c0 = tree_cpu_s(target.pid) if target.pid else 0.0
+    d0 = time.process_time()
+    t0 = time.perf_counter()
+    stop[0] = t0 + duration
+    go.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    cpu = (tree_cpu_s(target.pid) - c0) if target.pid else None
+    driver = time.process_time() - d0
     n = tally["done"]
+    calls = max(1, n + tally["errors"])
     return {"n": n, "errors": tally["errors"], "wall_s": wall, "calls_per_s": n / wall,
-            "cpu_ms_per_call": None if cpu is None else cpu / max(1, n + tally["errors"]) * 1e3}
+            "cpu_ms_per_call": None if cpu is None else cpu / calls * 1e3,
+            "driver_cpu_ms_per_call": driver / calls * 1e3,
+            "driver_cpu_util": driver / wall, "error_example": example[0] if example else "",
+            "p50_ms": statistics.median(lat) * 1e3 if lat else None}
 
 
 async def conc_phase(targets: list[Target], rounds: int, duration: float
@@ -583,6 +684,11 @@ async def conc_phase(targets: list[Target], rounds: int, duration: float
         cpus = [x["cpu_ms_per_call"] for x in runs if x["cpu_ms_per_call"] is not None]
         out[name] = {"n": n, "errors": sum(x["errors"] for x in runs), "wall_s": wall,
                      "calls_per_s": n / wall,
+                     "driver_cpu_util": max(x["driver_cpu_util"] for x in runs),
+                     "p50_ms": statistics.median([x["p50_ms"] for x in runs if x["p50_ms"]]
+                                                 or [0.0]),
+                     "error_example": next((x["error_example"] for x in runs
+                                            if x["error_example"]), ""),
                      "per_round_calls_per_s": [round(x["calls_per_s"], 1) for x in runs],
                      "cpu_ms_per_call": statistics.median(cpus) if cpus else None}
     return out
@@ -756,19 +862,24 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
     ledger = [{"name": "ledger", "openapi": f"{url}/openapi.json", "base_url": url}]
     sb = stack.switchboard(ledger, workers=1, name="switchboard-tools")
     sb_mcp_url = f"http://127.0.0.1:{sb.info['mcp']}/mcp"
-    # MCP serves a tool call as a dedicated tool, advertised by the policy to some principals
-    # (the demo policy: finance); gRPC calls use the same principal, so both do the same work.
+    # MCP lists only the dedicated tools the policy advertises (the demo policy: compliance
+    # operations), but serves a call to any operation's tool name the policy routes to the tool
+    # channel — as gRPC does. Same principal on both, so both do the same work.
     token = ""
     for candidate in (TOKEN_AGENT, TOKEN_FINANCE):
-        probe = McpTarget("sb_mcp", sb_mcp_url, candidate, "", {}, sb.pid)
+        probe = McpTarget("sb_mcp", sb_mcp_url, candidate, "ledger__get_balance",
+                          {"account": "A1"}, sb.pid)
         await probe.open()
-        names = await probe.tools()
+        try:
+            ok = await probe.call()
+        except Exception:
+            ok = False
         await probe.close()
-        if "ledger__get_balance" in names:
+        if ok:
             token = candidate
             break
     if not token:
-        raise RuntimeError("no principal has ledger__get_balance as an MCP tool")
+        raise RuntimeError("Switchboard's MCP door refused ledger__get_balance for every principal")
     res["principal_token"] = token
     targets: list[Target] = [Direct(url), SbGrpc(sb.info["grpc"], sb.pid, token=token),
                              McpTarget("sb_mcp", sb_mcp_url, token, "ledger__get_balance",
@@ -794,10 +905,11 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
         print("peers: tool calls, 32 callers …", file=sys.stderr, flush=True)
         deny = SbGrpc(sb.info["grpc"], sb.pid, deny=True)
         await deny.open()
-        res["conc"] = await conc_phase([*targets, deny], args.rounds, args.duration)
+        raw = RawHttp(url, be.pid)
+        res["conc"] = await conc_phase([*targets, deny, raw], args.rounds, args.duration)
         await deny.close()
     finally:
-        for t in targets:
+        for t in reversed(targets):  # anyio's cancel scopes: close in reverse order
             with suppress(Exception):
                 await t.close()
     res["goal_values"] = {}
@@ -807,7 +919,7 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
     gv["tool_cpu_ms"] = conc["sb_grpc"]["cpu_ms_per_call"]
     gv["tool_calls_per_s"] = conc["sb_grpc"]["calls_per_s"]
     gv["denials_per_s"] = conc["sb_deny"]["calls_per_s"]
-    res["backend_calls_per_s"] = conc["direct"]["calls_per_s"]
+    res["backend_calls_per_s"] = conc["backend_raw"]["calls_per_s"]
     sb.stop()
     if "search" not in args.skip:
         gh = github_backends()

@@ -67,7 +67,7 @@ def test_tables_render_present_rows_only(peers: ModuleType) -> None:
     }
     table = peers.tools_table(res)
     assert "ContextForge" not in table  # not measured: no row
-    assert "| Switchboard, gRPC | 3.50 | 9.00 | +2.50 | 2.00 | 3.00 | 300 |" in table
+    assert "| Switchboard, gRPC | 3.50 | 9.00 | +2.50 | 2.00 | 3.00 | 300 | - |" in table
     assert "denied by policy" in table
     code = peers.code_table({"runners": [{"label": "x", "snippet": "trivial", "n": 3,
                                           "runs_per_s": 12.0, "p50_ms": 5.0, "p99_ms": 7.0,
