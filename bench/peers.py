@@ -1176,7 +1176,7 @@ async def codemode_runner(stack: Stack, args: argparse.Namespace) -> list[dict[s
                     s = time.perf_counter()
                     await run(code)
                     lat.append((time.perf_counter() - s) * 1e3)
-                rows.append({"label": f"codemode DynamicWorkerExecutor in workerd {version}",
+                rows.append({"label": f"codemode DynamicWorkerExecutor, {version}",
                              "snippet": snippet, "n": len(lat),
                              "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
                              "runs_per_s": len(lat) / (sum(lat) / 1e3),
@@ -1184,7 +1184,7 @@ async def codemode_runner(stack: Stack, args: argparse.Namespace) -> list[dict[s
                              "note": "fresh dynamic Worker per run, HTTP from this process, "
                                      "sequential", "key": f"codemode_seq_{snippet.split()[0]}"})
             rows.append(await throughput_row(
-                f"codemode DynamicWorkerExecutor in workerd {version}, 8 callers",
+                f"codemode DynamicWorkerExecutor, {version}, 8 callers",
                 "trivial (JS)", p.pid, args.code_duration,
                 [lambda: run(TRIVIAL_JS)] * CODE_CALLERS, "fresh dynamic Worker per run",
                 "codemode"))
