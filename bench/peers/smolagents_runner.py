@@ -5,7 +5,7 @@ JSON line it prints.
     python smolagents_runner.py SECONDS '{"trivial": "1 + 1", ...}'
 
 Each snippet: a fresh ``LocalPythonExecutor`` is created once (as an agent does), warmed with one
-run, then run back to back for SECONDS (at least 3 runs). The executor interprets the code's AST
+run, then run back to back for SECONDS (at least 2 runs). The executor interprets the code's AST
 in this very process: no isolate, no process boundary.
 """
 
@@ -30,7 +30,7 @@ def main() -> None:
         executor(src)  # warm-up
         lat: list[float] = []
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        while len(lat) < 3 or time.perf_counter() - wall0 < seconds:
+        while len(lat) < 2 or time.perf_counter() - wall0 < seconds:
             t = time.perf_counter()
             executor(src)
             lat.append(time.perf_counter() - t)
