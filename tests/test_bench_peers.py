@@ -87,3 +87,32 @@ def test_pct_nearest_rank(peers: ModuleType) -> None:
     xs = [float(i) for i in range(1, 101)]
     assert peers.pct(xs, 50) in (50.0, 51.0) and peers.pct(xs, 99) == 99.0
     assert peers.pct([4.0], 99) == 4.0
+
+
+def test_missing_peers_are_reported_with_a_reason(peers: ModuleType, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peers, "CF_VENV", peers.REPO / "no-such-venv")
+    monkeypatch.setattr(peers, "SMOL_VENV", peers.REPO / "no-such-venv")
+    monkeypatch.setattr(peers, "WORKERD", tmp_path / "workerd")
+    assert "not installed" in peers.contextforge_missing()
+    assert "not installed" in peers.smolagents_missing()
+    assert "not installed" in peers.codemode_missing()
+    assert peers.INSTALL_HINT == "make bench-peers"
+
+
+def test_codemode_config_embeds_every_module(peers: ModuleType, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    for name in ("index.js", "shared-x.js"):
+        (dist / name).write_text("export {};\n")
+    (tmp_path / "acorn.mjs").write_text("export {};\n")
+    monkeypatch.setattr(peers, "CODEMODE_DIST", dist)
+    monkeypatch.setattr(peers, "ACORN", tmp_path / "acorn.mjs")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = peers.codemode_config(work, 18787).read_text()
+    assert 'address = "127.0.0.1:18787"' in config
+    assert 'workerLoader = ()' in config
+    for name in ("worker.js", "codemode/index.js", "codemode/shared-x.js", "codemode/acorn"):
+        assert f'(name = "{name}", esModule = embed "m/' in config
