@@ -174,14 +174,13 @@ def f2(v: float | None, spec: str = ".2f") -> str | None:
 
 def tools_table(res: dict[str, Any]) -> str:
     seq, conc = res.get("seq", {}), res.get("conc", {})
-    direct = seq.get("direct", {}).get("p50_ms")
     rows = []
     for name, label in TOOL_LABELS.items():
         s, c = seq.get(name), conc.get(name)
         if not s and not c:
             continue
         gw = name not in ("direct", "backend_raw")
-        added = s["p50_ms"] - direct if s and direct is not None and gw else None
+        added = s.get("added_p50_ms") if s and gw else None
         rate = None
         if c:
             rate = f2(c["calls_per_s"], ",.0f") + (f" ({c['errors']} err)" if c["errors"] else "")
@@ -233,8 +232,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1:
         ap.error("--rounds must be ≥ 1")
     q = args.quick
-    args.block = 40 if q else 80  # sequential calls per target per round
-    args.cf_block = 15 if q else 30  # ContextForge is ~100x slower: fewer calls, same rounds
+    args.iterations = 60 if q else 200  # latency: call-by-call interleaved iterations
+    args.cf_iterations = 15 if q else 40  # ContextForge is ~30x slower: in fewer of them
+    args.block = 30 if q else 80  # CPU: sequential calls per gateway per round
+    args.cf_block = 10 if q else 25
     args.duration = 3.0 if q else 8.0  # concurrent phase per target per round, s
     args.code_duration = 4.0 if q else 10.0
     args.warm_runs = 15 if q else 40
@@ -570,32 +571,60 @@ class McpTarget(Target):
             await other.close()
 
 
-async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int]
-                    ) -> dict[str, dict[str, Any]]:
-    lat: dict[str, list[float]] = {t.name: [] for t in targets}
-    cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
-    bad: dict[str, int] = dict.fromkeys(lat, 0)
+async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int],
+                    iterations: int, sparse: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Latency: ``iterations`` rounds of one call per target, call by call in a rotated order,
+    so every path's samples come from the same moments as direct HTTP's (a target in ``sparse``
+    takes part in that many iterations, spread evenly); the added ms compare each target with
+    the direct calls of the iterations it took part in. CPU: ``rounds`` rounds of blocks of
+    sequential calls per target (``blocks``), the order rotated, the target's process tree's
+    CPU over its blocks divided by their calls."""
+    names = [t.name for t in targets]
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    paired: dict[str, list[float]] = {n: [] for n in names}  # direct's, same iterations
+    bad: dict[str, int] = dict.fromkeys(names, 0)
     for t in targets:  # warm-up: connections, caches, sessions
         for _ in range(5):
             await t.call()
-    for r in range(rounds):
-        order = targets[r % len(targets):] + targets[:r % len(targets)]
+    for i in range(iterations):
+        order = targets[i % len(targets):] + targets[:i % len(targets)]
+        took: dict[str, float] = {}
         for t in order:
-            c0 = tree_cpu_s(t.pid) if t.pid else 0.0
+            want = sparse.get(t.name)
+            if want and i % max(1, iterations // want) != 0:
+                continue
+            s = time.perf_counter()
+            ok = await t.call()
+            took[t.name] = (time.perf_counter() - s) * 1e3
+            bad[t.name] += not ok
+        for name, ms in took.items():
+            lat[name].append(ms)
+            if "direct" in took:
+                paired[name].append(took["direct"])
+    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+    calls: dict[str, int] = dict.fromkeys(names, 0)
+    gateways = [t for t in targets if t.pid and t.name != "direct"]
+    for r in range(rounds):
+        order = gateways[r % len(gateways):] + gateways[:r % len(gateways)] if gateways else []
+        for t in order:
+            assert t.pid
+            c0 = tree_cpu_s(t.pid)
             for _ in range(blocks.get(t.name, blocks["default"])):
-                s = time.perf_counter()
-                ok = await t.call()
-                lat[t.name].append(time.perf_counter() - s)
-                bad[t.name] += not ok
-            if t.pid:
-                cpu[t.name] += tree_cpu_s(t.pid) - c0
-    out = {}
-    for name, xs in lat.items():
-        ms = [x * 1e3 for x in xs]
-        out[name] = {"n": len(ms), "p50_ms": statistics.median(ms), "p99_ms": pct(ms, 99),
-                     "unexpected": bad[name]}
-        if any(t.name == name and t.pid for t in targets):
-            out[name]["cpu_ms_per_call"] = cpu[name] / len(ms) * 1e3
+                bad[t.name] += not await t.call()
+                calls[t.name] += 1
+            cpu[t.name] += tree_cpu_s(t.pid) - c0
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ms = lat[name]
+        row: dict[str, Any] = {"n": len(ms), "p50_ms": statistics.median(ms),
+                               "p99_ms": pct(ms, 99), "unexpected": bad[name]}
+        if name != "direct" and paired[name]:
+            row["direct_p50_same_iterations_ms"] = statistics.median(paired[name])
+            row["added_p50_ms"] = row["p50_ms"] - row["direct_p50_same_iterations_ms"]
+        if calls[name]:
+            row["cpu_ms_per_call"] = cpu[name] / calls[name] * 1e3
+            row["cpu_calls"] = calls[name]
+        out[name] = row
     return out
 
 
@@ -908,7 +937,8 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
     try:
         print("peers: tool calls, sequential …", file=sys.stderr, flush=True)
         res["seq"] = await seq_phase(targets, args.rounds,
-                                     {"default": args.block, "cf_mcp": args.cf_block})
+                                     {"default": args.block, "cf_mcp": args.cf_block},
+                                     args.iterations, {"cf_mcp": args.cf_iterations})
         print("peers: tool calls, 32 callers …", file=sys.stderr, flush=True)
         deny = SbGrpc(sb.info["grpc"], sb.pid, deny=True)
         await deny.open()
@@ -922,7 +952,7 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
     res["goal_values"] = {}
     seq, conc = res["seq"], res["conc"]
     gv = res["goal_values"]
-    gv["tool_added_p50_ms"] = seq["sb_grpc"]["p50_ms"] - seq["direct"]["p50_ms"]
+    gv["tool_added_p50_ms"] = seq["sb_grpc"]["added_p50_ms"]
     gv["tool_cpu_ms"] = conc["sb_grpc"]["cpu_ms_per_call"]
     gv["tool_calls_per_s"] = conc["sb_grpc"]["calls_per_s"]
     gv["denials_per_s"] = conc["sb_deny"]["calls_per_s"]

@@ -28,6 +28,7 @@ def test_quick_defaults_and_flags(peers: ModuleType) -> None:
     full = peers.parse_args([])
     assert quick.rounds == 2 and full.rounds == 3
     assert quick.duration < full.duration and quick.block < full.block
+    assert quick.iterations < full.iterations and quick.cf_iterations < quick.iterations
     args = peers.parse_args(["--rounds", "5", "--only", "code", "--json", "o.json",
                              "--skip", "contextforge", "--skip", "cold"])
     assert (args.rounds, args.only, args.json) == (5, "code", "o.json")
@@ -61,7 +62,8 @@ def test_goals_table_lists_every_goal(peers: ModuleType) -> None:
 def test_tables_render_present_rows_only(peers: ModuleType) -> None:
     res = {
         "seq": {"direct": {"p50_ms": 1.0, "p99_ms": 2.0},
-                "sb_grpc": {"p50_ms": 3.5, "p99_ms": 9.0, "cpu_ms_per_call": 2.0}},
+                "sb_grpc": {"p50_ms": 3.5, "p99_ms": 9.0, "cpu_ms_per_call": 2.0,
+                            "added_p50_ms": 2.5}},
         "conc": {"sb_grpc": {"calls_per_s": 300.0, "errors": 0, "cpu_ms_per_call": 3.0},
                  "sb_deny": {"calls_per_s": 900.0, "errors": 0, "cpu_ms_per_call": 1.5}},
     }
