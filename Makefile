@@ -78,11 +78,11 @@ lock: ## Re-resolve the Python dependency pins into requirements.lock
 	( echo '# Pinned dependency set for the venv (make setup). Regenerate with: make lock'; /tmp/sb-lock/bin/pip freeze --exclude-editable | grep -v '^-e' ) > requirements.lock
 
 # Peers for bench/peers.py, pinned, each in a directory of its own (never needed by setup/test/CI).
-# ContextForge 1.1.0 needs Python >= 3.12: PEERS_PY312 (default: python3.12 on PATH, else pyenv's).
+# ContextForge 1.1.0 needs Python >= 3.12: PEERS_PY312 (default: a working python3.12 on PATH, else pyenv's).
 PEERS := .cache/peers
 CONTEXTFORGE_PIN := mcp-contextforge-gateway==1.1.0
 SMOLAGENTS_PIN := smolagents==1.26.0
-PEERS_PY312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
+PEERS_PY312 ?= $(shell for p in $$(command -v python3.12) $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null); do $$p -c '' 2>/dev/null && { echo $$p; break; }; done)
 CF_STAMP := $(PEERS)/contextforge-venv/.stamp-$(shell echo '$(CONTEXTFORGE_PIN)' | sha256sum | cut -c1-12)
 SMOL_STAMP := $(PEERS)/smolagents-venv/.stamp-$(shell echo '$(SMOLAGENTS_PIN)' | sha256sum | cut -c1-12)
 PEERS_NPM_STAMP := bench/peers/node_modules/.stamp-$(shell cat bench/peers/package.json bench/peers/package-lock.json | sha256sum | cut -c1-12)
