@@ -16,9 +16,10 @@ throughput figure — unlike the demo ledger's ~340 calls/s) is fronted by
   worker, SQLite): the backend registered as a REST tool through its admin API, called through
   its MCP endpoint with the same ``mcp`` client.
 
-Sequential phase: rounds of blocks, each target a block of sequential calls per round, the order
-rotated every round → p50/p99, added ms over direct HTTP, and the CPU of the target's process
-tree (``/proc`` utime+stime of the process and its children) per call. Concurrent phase: 32
+Sequential latency: call by call, one call per path per iteration in a rotated order → p50/p99
+and the added ms against the direct calls of the same iterations. Sequential CPU: per-gateway
+blocks of calls, the CPU of the gateway's process tree (``/proc`` utime+stime of the process
+and its children) per call. Concurrent phase: 32
 callers per target (one gRPC channel; one MCP session per caller), targets alternating →
 calls/s and CPU per call. Denials: Switchboard, 32 callers, a call its policy denies
 (``dev-agent`` → ``ledger.create_transfer``). Startup: ``switchboard serve`` on the demo config
