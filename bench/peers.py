@@ -546,7 +546,8 @@ class McpTarget(Target):
         # the client would re-list the tools on every call to look for its output schema.
         listed = await self.tools()
         if self.tool and self.tool not in listed:
-            self.client.session._tool_output_schemas[self.tool] = None
+            with suppress(AttributeError):  # mcp 2.3's cache; a newer client may differ
+                self.client.session._tool_output_schemas[self.tool] = None
 
     async def tools(self) -> list[str]:
         return [t.name for t in (await self.client.list_tools()).tools]
