@@ -77,7 +77,35 @@ lock: ## Re-resolve the Python dependency pins into requirements.lock
 	rm -rf /tmp/sb-lock && $(PY) -m venv /tmp/sb-lock && /tmp/sb-lock/bin/pip install -q -e '.[dev]'
 	( echo '# Pinned dependency set for the venv (make setup). Regenerate with: make lock'; /tmp/sb-lock/bin/pip freeze --exclude-editable | grep -v '^-e' ) > requirements.lock
 
-clean: ## Remove the venv, node_modules and caches
-	rm -rf $(VENV) runtimes/node_modules $(MCP_TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+# Peers for bench/peers.py, pinned, each in a directory of its own (never needed by setup/test/CI).
+# ContextForge 1.1.0 needs Python >= 3.12: PEERS_PY312 (default: a working python3.12 on PATH, else pyenv's).
+PEERS := .cache/peers
+CONTEXTFORGE_PIN := mcp-contextforge-gateway==1.1.0
+SMOLAGENTS_PIN := smolagents==1.26.0
+PEERS_PY312 ?= $(shell for p in $$(command -v python3.12) $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null); do $$p -c '' 2>/dev/null && { echo $$p; break; }; done)
+CF_STAMP := $(PEERS)/contextforge-venv/.stamp-$(shell echo '$(CONTEXTFORGE_PIN)' | sha256sum | cut -c1-12)
+SMOL_STAMP := $(PEERS)/smolagents-venv/.stamp-$(shell echo '$(SMOLAGENTS_PIN)' | sha256sum | cut -c1-12)
+PEERS_NPM_STAMP := bench/peers/node_modules/.stamp-$(shell cat bench/peers/package.json bench/peers/package-lock.json | sha256sum | cut -c1-12)
 
-.PHONY: help setup proto test test-stress demo serve lint bench soak lock clean
+bench-peers: setup $(CF_STAMP) $(SMOL_STAMP) $(PEERS_NPM_STAMP) ## Install the peers bench/peers.py compares (ContextForge, smolagents, workerd + codemode), pinned
+	@echo "peers installed; run: $(BIN)/python bench/peers.py --quick"
+
+$(CF_STAMP):
+	@test -n "$(PEERS_PY312)" || { echo "bench-peers: ContextForge needs Python >= 3.12; set PEERS_PY312=/path/to/python3.12"; exit 1; }
+	rm -rf $(PEERS)/contextforge-venv && $(PEERS_PY312) -m venv $(PEERS)/contextforge-venv
+	$(PEERS)/contextforge-venv/bin/python -m pip install -q '$(CONTEXTFORGE_PIN)'
+	touch $@
+
+$(SMOL_STAMP):
+	rm -rf $(PEERS)/smolagents-venv && $(PY) -m venv $(PEERS)/smolagents-venv
+	$(PEERS)/smolagents-venv/bin/python -m pip install -q '$(SMOLAGENTS_PIN)'
+	touch $@
+
+$(PEERS_NPM_STAMP): bench/peers/package.json bench/peers/package-lock.json
+	cd bench/peers && npm ci --no-audit --no-fund --loglevel=error
+	rm -f bench/peers/node_modules/.stamp-* && touch $@
+
+clean: ## Remove the venv, node_modules and caches
+	rm -rf $(VENV) runtimes/node_modules $(MCP_TOOLS)/node_modules $(PEERS) bench/peers/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help setup proto test test-stress demo serve lint bench bench-peers soak lock clean

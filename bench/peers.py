@@ -1,0 +1,1401 @@
+"""Switchboard side by side with its peers, interleaved in one process tree, against the goals.
+
+    make bench-peers                                   # install the peers (pinned; once)
+    .venv/bin/python bench/peers.py --quick            # ~4-5 min on 2 cores
+    .venv/bin/python bench/peers.py [--rounds 3] [--only tools|code] [--json out.json]
+
+**Tool calls.** One fast backend (bench/toolcall_cpu.py's raw-asyncio HTTP/1.1 server, its own
+process, fixed JSON, keep-alive: far faster than any gateway here, so it never bounds a
+throughput figure — unlike the demo ledger's ~340 calls/s) is fronted by
+
+* direct HTTP (httpx, the baseline),
+* Switchboard over gRPC and over MCP (streamable HTTP, the official ``mcp`` client): one
+  ``gateway.server.create_server`` gateway in a subprocess of its own (embedded policy, SQLite
+  idempotency store, hash-chained audit file, JSON logs to a file — the shipped defaults),
+* IBM ContextForge (``mcp-contextforge-gateway``, its own venv, ``mcpgateway`` = uvicorn, one
+  worker, SQLite): the backend registered as a REST tool through its admin API, called through
+  its MCP endpoint with the same ``mcp`` client.
+
+Sequential latency: call by call, one call per path per iteration in a rotated order → p50/p99
+and the added ms against the direct calls of the same iterations. Sequential CPU: per-gateway
+blocks of calls, the CPU of the gateway's process tree (``/proc`` utime+stime of the process
+and its children) per call. Concurrent phase: 32
+callers per target (one gRPC channel; one MCP session per caller), targets alternating →
+calls/s and CPU per call. Denials: Switchboard, 32 callers, a call its policy denies
+(``dev-agent`` → ``ledger.create_transfer``). Startup: ``switchboard serve`` on the demo config
+(demo backends already up) → health SERVING. Search: ``SearchOperations`` over GitHub's
+api.github.com + GHES 3.17 specs (~2,200 operations, more than the goal's ~1,800).
+
+**Code runs.** Switchboard over gRPC, isolated (a fresh interpreter per run, no session) and in
+sessions; a fresh Deno + Pyodide process per run (cold ``loadPyodide``, the honest "fresh
+isolate" baseline); smolagents' ``LocalPythonExecutor`` (its own venv; an AST interpreter in
+the caller's process — no sandbox); ``@cloudflare/codemode``'s ``DynamicWorkerExecutor`` in
+workerd (npm ``workerd``, ``--experimental`` for the Worker Loader binding; JavaScript, a fresh
+dynamic Worker per run, driven over HTTP). CPU-s per run is the runner's process tree.
+
+The machine's load average is read before and after each family and printed with the results:
+on a shared 2-core machine trust the ratios measured side by side, not absolute figures.
+A peer that is not installed is skipped with the reason and the make command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = REPO / "bench" / "peers"
+CACHE = REPO / ".cache" / "peers"
+CF_VENV = CACHE / "contextforge-venv"
+SMOL_VENV = CACHE / "smolagents-venv"
+WORKERD = PEERS / "node_modules" / "@cloudflare" / "workerd-linux-64" / "bin" / "workerd"
+CODEMODE_DIST = PEERS / "node_modules" / "@cloudflare" / "codemode" / "dist"
+ACORN = PEERS / "node_modules" / "acorn" / "dist" / "acorn.mjs"
+INSTALL_HINT = "make bench-peers"
+TOKEN_AGENT, TOKEN_FINANCE = "dev-agent", "dev-finance"
+CALLERS = 32
+CODE_CALLERS = 8
+TRIVIAL_PY = "1 + 1"
+COMPUTE_PY = "sum(i * i for i in range(100_000))"
+TRIVIAL_JS = "async () => 1 + 1"
+COMPUTE_JS = "async () => { let s = 0; for (let i = 0; i < 100000; i++) s += i * i; return s; }"
+GITHUB_SPECS = ("api.github.com.json", "ghes-3.17.json")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- pure parts (tested in tests/test_bench_peers.py) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    key: str  # where the measured value sits in the results' "goal_values"
+    text: str
+    target: float
+    unit: str
+    higher_is_better: bool
+
+
+GOALS: tuple[Goal, ...] = (
+    Goal("tool_added_p50_ms", "tool call p50 over direct HTTP, sequential", 1.0, "ms", False),
+    Goal("tool_cpu_ms", "gateway CPU per tool call (32 callers)", 1.0, "ms", False),
+    Goal("tool_calls_per_s", "tool calls/s at 32 concurrent callers", 1000.0, "/s", True),
+    Goal("denials_per_s", "denials/s at 32 concurrent callers", 2000.0, "/s", True),
+    Goal("isolated_runs_per_s", "isolated code runs/s (fresh interpreter each)", 15.0, "/s",
+         True),
+    Goal("warm_isolated_p50_ms", "warm isolated trivial run p50", 15.0, "ms", False),
+    Goal("session_runs_per_s", "session code runs/s", 1000.0, "/s", True),
+    Goal("serve_to_serving_s", "`switchboard serve` (demo) to SERVING", 3.0, "s", False),
+    Goal("search_p50_ms", "SearchOperations p50 (~1,800+ operations)", 5.0, "ms", False),
+)
+
+
+def goal_verdict(goal: Goal, measured: float | None) -> tuple[str, str]:
+    """(met?, by how much) for one goal; ``None`` is "not measured"."""
+    if measured is None:
+        return "not measured", "-"
+    met = measured >= goal.target if goal.higher_is_better else measured <= goal.target
+    if met:
+        return "met", "-"
+    if goal.higher_is_better:
+        return "missed", f"{goal.target / measured:.1f}x short" if measured > 0 else "nothing"
+    over = measured - goal.target
+    return "missed", f"{measured / goal.target:.1f}x over ({over:+.2f} {goal.unit})"
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "/s":
+        return f"{value:,.0f}/s" if value >= 100 else f"{value:.1f}/s"
+    if unit == "ms":
+        return f"{value:+.2f} ms" if value < 0 else f"{value:.2f} ms"
+    return f"{value:.2f} {unit}"
+
+
+def goals_table(values: dict[str, float | None]) -> str:
+    rows = []
+    for g in GOALS:
+        op = "≥" if g.higher_is_better else "≤"
+        target = f"{op} {fmt_value(g.target, g.unit)}"
+        if g.key == "tool_added_p50_ms":
+            target = f"≤ +{g.target:g} ms"
+        met, by = goal_verdict(g, values.get(g.key))
+        rows.append([g.text, target, fmt_value(values.get(g.key), g.unit), met, by])
+    return md_table(["goal (2 cores)", "target", "measured", "met?", "by how much"], rows)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    right = [all(_numeric(r[i]) for r in rows if cell(r[i]) != "-") and any(
+        cell(r[i]) != "-" for r in rows) for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _numeric(v: Any) -> bool:
+    s = str(v).replace(",", "").replace("+", "").replace("/s", "").replace(" ms", "")
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def f2(v: float | None, spec: str = ".2f") -> str | None:
+    return None if v is None else format(v, spec)
+
+
+def tools_table(res: dict[str, Any]) -> str:
+    seq, conc = res.get("seq", {}), res.get("conc", {})
+    rows = []
+    for name, label in TOOL_LABELS.items():
+        s, c = seq.get(name), conc.get(name)
+        if not s and not c:
+            continue
+        gw = name not in ("direct", "backend_raw")
+        added = s.get("added_p50_ms") if s and gw else None
+        rate = None
+        if c:
+            rate = f2(c["calls_per_s"], ",.0f") + (f" ({c['errors']} err)" if c["errors"] else "")
+        rows.append([label, f2(s and s["p50_ms"]), f2(s and s["p99_ms"]),
+                     None if added is None else f"{added:+.2f}",
+                     f2(s and s.get("cpu_ms_per_call")) if gw else "(backend)",
+                     f2(c and c.get("cpu_ms_per_call")) if gw else "(backend)", rate,
+                     f2(c and c.get("driver_cpu_util"))])
+    return md_table(["path", "p50 ms (seq)", "p99 ms (seq)", "added p50 ms vs direct",
+                     "CPU ms/call (seq)", "CPU ms/call (32 callers)", "calls/s (32 callers)",
+                     "driver CPU, cores (32 callers)"], rows)
+
+
+def code_table(res: dict[str, Any]) -> str:
+    rows = []
+    for r in res.get("runners", []):
+        rows.append([r["label"], r["snippet"], r.get("n"), f2(r.get("runs_per_s"), ",.1f"),
+                     f2(r.get("p50_ms")), f2(r.get("p99_ms")), f2(r.get("cpu_s_per_run"), ".4f"),
+                     r.get("note", "")])
+    return md_table(["runner", "snippet", "n", "runs/s", "p50 ms", "p99 ms", "CPU-s/run", "how"],
+                    rows)
+
+
+TOOL_LABELS = {
+    "direct": "direct HTTP (httpx → fast backend)",
+    "sb_grpc": "Switchboard, gRPC",
+    "sb_mcp": "Switchboard, MCP (streamable HTTP)",
+    "cf_mcp": "ContextForge, MCP (REST tool)",
+    "sb_deny": "Switchboard, gRPC, denied by policy",
+    "backend_raw": "fast backend alone (raw asyncio client)",
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer samples: ≤ 5 min in all")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per family (default 3; 2 with --quick)")
+    ap.add_argument("--only", choices=("tools", "code"), default=None)
+    ap.add_argument("--json", default="", metavar="FILE", help="write every figure as JSON")
+    ap.add_argument("--skip", action="append", default=[],
+                    choices=("contextforge", "smolagents", "codemode", "cold", "startup",
+                             "search"), help="leave a runner out (repeatable)")
+    ap.add_argument("--serve-switchboard", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
+    if args.rounds < 1:
+        ap.error("--rounds must be ≥ 1")
+    q = args.quick
+    args.iterations = 60 if q else 200  # latency: call-by-call interleaved iterations
+    args.cf_iterations = 15 if q else 40  # ContextForge is ~30x slower: in fewer of them
+    args.block = 30 if q else 80  # CPU: sequential calls per gateway per round
+    args.cf_block = 10 if q else 25
+    args.duration = 3.0 if q else 8.0  # concurrent phase per target per round, s
+    args.code_duration = 4.0 if q else 10.0
+    args.warm_runs = 15 if q else 40
+    args.session_runs = 60 if q else 200
+    args.cold_runs = 1 if q else 4
+    args.startup_runs = 1 if q else 2
+    args.search_queries = 100 if q else 300
+    return args
+
+
+# -- process-tree CPU ---------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (plus the reaped children they waited
+    for): utime + stime + cutime + cstime from /proc."""
+    kids = _children()
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+        todo.extend(kids.get(p, ()))
+    return total / CLK_TCK
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the Switchboard gateway subprocess -------------------------------------------------------
+
+
+def serve_switchboard(raw: str) -> None:
+    """``--serve-switchboard JSON``: a gateway on port 0 (gRPC + MCP); prints its ports as one
+    JSON line, serves until stdin closes."""
+    import logging
+    from dataclasses import replace
+
+    from gateway.audit import AuditSettings, configure_logging
+    from gateway.config import McpSettings, embedded_defaults
+    from gateway.models import BackendSettings
+    from gateway.sandbox import SandboxSettings
+    from gateway.server import create_server
+    from gateway.tools import IdempotencySettings
+
+    cfg = json.loads(raw)
+    state = Path(cfg["state"])
+    backends = [BackendSettings(name=b["name"], openapi=b["openapi"],
+                                base_url=b.get("base_url")) for b in cfg["backends"]]
+    settings = replace(
+        embedded_defaults(state), listen="127.0.0.1:0", max_concurrent_rpcs=1024,
+        sandbox=SandboxSettings(workers=cfg.get("workers", 4)),
+        idempotency=IdempotencySettings(dsn=f"sqlite:///{state / 'idempotency.db'}"),
+        audit=AuditSettings(file=state / "audit.jsonl", log_format="json"),
+        mcp=McpSettings(enabled=True, listen="127.0.0.1:0"),
+        backends=tuple(backends))
+    sink = open(state / "gateway.log", "a")  # noqa: SIM115 - lives as long as the process
+    configure_logging("json", "INFO", stream=sink)
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        server, port = await create_server(settings)
+        print(json.dumps({"grpc": port, "mcp": server.mcp_port}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(grace=1.0)
+
+    asyncio.run(main())
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with suppress(OSError):
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Stack:
+    """Every process this bench starts, stopped (by pid) on the way out."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    def backend(self) -> tuple[Proc, str]:
+        sys.path.insert(0, str(REPO / "bench"))
+        from toolcall_cpu import _spec
+
+        (self.tmp / "spec.json").write_text(json.dumps(_spec()))
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "toolcall_cpu.py"), "--serve-backend",
+             str(self.tmp / "spec.json")], stdout=subprocess.PIPE, text=True, env=self.env,
+            stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        p = Proc("backend", proc)
+        self.procs.append(p)
+        return p, f"http://127.0.0.1:{int(proc.stdout.readline())}"
+
+    def switchboard(self, backends: list[dict[str, Any]], workers: int, name: str) -> Proc:
+        state = self.tmp / name
+        state.mkdir()
+        raw = json.dumps({"state": str(state), "backends": backends, "workers": workers})
+        proc = subprocess.Popen([sys.executable, __file__, "--serve-switchboard", raw],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=self.env)
+        assert proc.stdout is not None
+        p = Proc(name, proc)
+        self.procs.append(p)
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{name}: the gateway did not start (see {state}/gateway.log)")
+        p.info = json.loads(line)
+        return p
+
+
+# -- tool-call targets ---------------------------------------------------------------------------
+
+
+class Target:
+    name = ""
+    pid: int | None = None
+    last_error = ""
+
+    async def open(self) -> None: ...
+
+    async def call(self) -> bool:  # True: the expected outcome
+        raise NotImplementedError
+
+    async def close(self) -> None: ...
+
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        """A caller of this target for the concurrent phase: itself (one shared connection)."""
+        yield self
+
+
+class Direct(Target):
+    name = "direct"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def open(self) -> None:
+        import httpx
+
+        self.http = httpx.AsyncClient(base_url=self.url)
+
+    async def call(self) -> bool:
+        r = await self.http.get("/accounts/A1/balance")
+        return r.status_code == 200
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class RawHttp(Target):
+    """The fast backend's own capacity: keep-alive GETs over raw asyncio streams (a client far
+    cheaper than httpx, so the figure is the backend's, not the driver's)."""
+
+    name = "backend_raw"
+
+    def __init__(self, url: str, pid: int) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port, self.pid = host, int(port), pid
+        self.req = (f"GET /accounts/A1/balance HTTP/1.1\r\nhost: {host}\r\n\r\n").encode()
+
+    async def open(self) -> None:
+        self.r, self.w = await asyncio.open_connection(self.host, self.port)
+
+    async def call(self) -> bool:
+        self.w.write(self.req)
+        head = await self.r.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        await self.r.readexactly(length)
+        return head.startswith(b"HTTP/1.1 200")
+
+    async def close(self) -> None:
+        self.w.close()
+
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        other = RawHttp(f"http://{self.host}:{self.port}", self.pid or 0)
+        await other.open()
+        try:
+            yield other
+        finally:
+            await other.close()
+
+
+class SbGrpc(Target):
+    def __init__(self, port: int, pid: int, deny: bool = False,
+                 token: str = TOKEN_AGENT) -> None:
+        self.port, self.pid, self.deny, self.token = port, pid, deny, token
+        self.name = "sb_deny" if deny else "sb_grpc"
+        self.channel: Any = None
+
+    async def open(self) -> None:
+        import grpc
+
+        from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+        from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+
+        self.pb, self.grpc = pb, grpc
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.GatewayStub(self.channel)
+        self.md = (("authorization", f"Bearer {self.token}"),)
+
+    async def call(self) -> bool:
+        req = self.pb.ExecuteRequest(request_id=str(uuid.uuid4()))
+        if self.deny:
+            req.tool_call.name = "ledger.create_transfer"
+            req.tool_call.arguments.update({"from_account": "A1", "to_account": "A2",
+                                            "amount": 1.5, "currency": "USD"})
+        else:
+            req.tool_call.name = "ledger.get_balance"
+            req.tool_call.arguments.update({"account": "A1"})
+        try:
+            resp = await self.stub.Execute(req, metadata=self.md, timeout=60)
+        except self.grpc.aio.AioRpcError as exc:  # a denial is PERMISSION_DENIED
+            if self.deny and exc.code() == self.grpc.StatusCode.PERMISSION_DENIED:
+                return True
+            raise
+        if resp.error.code:
+            self.last_error = f"{resp.error.code}: {resp.error.message[:160]}"
+        if self.deny:
+            return bool(resp.error.code == "policy_denied")
+        return not resp.error.code
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class McpTarget(Target):
+    """One MCP session (streamable HTTP, the official client) calling one tool."""
+
+    def __init__(self, name: str, url: str, token: str, tool: str, args: dict[str, Any],
+                 pid: int) -> None:
+        self.name, self.url, self.token, self.tool, self.args = name, url, token, tool, args
+        self.pid = pid
+        self._stack: Any = None
+
+    async def open(self) -> None:
+        from contextlib import AsyncExitStack
+
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        self._stack = AsyncExitStack()
+        http = await self._stack.enter_async_context(httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {self.token}"}, timeout=120))
+        self.client = await self._stack.enter_async_context(
+            Client(streamable_http_client(self.url, http_client=http)))  # type: ignore[arg-type]
+        # As an agent does: list the tools once. A tool the server serves but does not list
+        # (Switchboard lists only the dedicated tools its policy advertises) is marked known, or
+        # the client would re-list the tools on every call to look for its output schema.
+        listed = await self.tools()
+        if self.tool and self.tool not in listed:
+            with suppress(AttributeError):  # mcp 2.3's cache; a newer client may differ
+                self.client.session._tool_output_schemas[self.tool] = None
+
+    async def tools(self) -> list[str]:
+        return [t.name for t in (await self.client.list_tools()).tools]
+
+    async def call(self) -> bool:
+        r = await self.client.call_tool(self.tool, self.args)
+        if r.is_error:
+            self.last_error = str(r.content[0].text if r.content else r)[:200]
+        return not r.is_error
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        """An MCP session of its own, opened and closed in the caller's task."""
+        other = McpTarget(self.name, self.url, self.token, self.tool, self.args, self.pid or 0)
+        await other.open()
+        try:
+            yield other
+        finally:
+            await other.close()
+
+
+async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int],
+                    iterations: int, sparse: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Latency: ``iterations`` rounds of one call per target, call by call in a rotated order,
+    so every path's samples come from the same moments as direct HTTP's (a target in ``sparse``
+    takes part in that many iterations, spread evenly); the added ms compare each target with
+    the direct calls of the iterations it took part in. CPU: ``rounds`` rounds of blocks of
+    sequential calls per target (``blocks``), the order rotated, the target's process tree's
+    CPU over its blocks divided by their calls."""
+    names = [t.name for t in targets]
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    paired: dict[str, list[float]] = {n: [] for n in names}  # direct's, same iterations
+    bad: dict[str, int] = dict.fromkeys(names, 0)
+    for t in targets:  # warm-up: connections, caches, sessions
+        for _ in range(5):
+            await t.call()
+    for i in range(iterations):
+        order = targets[i % len(targets):] + targets[:i % len(targets)]
+        took: dict[str, float] = {}
+        for t in order:
+            want = sparse.get(t.name)
+            if want and i % max(1, iterations // want) != 0:
+                continue
+            s = time.perf_counter()
+            ok = await t.call()
+            took[t.name] = (time.perf_counter() - s) * 1e3
+            bad[t.name] += not ok
+        for name, ms in took.items():
+            lat[name].append(ms)
+            if "direct" in took:
+                paired[name].append(took["direct"])
+    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+    calls: dict[str, int] = dict.fromkeys(names, 0)
+    gateways = [t for t in targets if t.pid and t.name != "direct"]
+    for r in range(rounds):
+        order = gateways[r % len(gateways):] + gateways[:r % len(gateways)] if gateways else []
+        for t in order:
+            assert t.pid
+            c0 = tree_cpu_s(t.pid)
+            for _ in range(blocks.get(t.name, blocks["default"])):
+                bad[t.name] += not await t.call()
+                calls[t.name] += 1
+            cpu[t.name] += tree_cpu_s(t.pid) - c0
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ms = lat[name]
+        row: dict[str, Any] = {"n": len(ms), "p50_ms": statistics.median(ms),
+                               "p99_ms": pct(ms, 99), "unexpected": bad[name]}
+        if name != "direct" and paired[name]:
+            row["direct_p50_same_iterations_ms"] = statistics.median(paired[name])
+            row["added_p50_ms"] = row["p50_ms"] - row["direct_p50_same_iterations_ms"]
+        if calls[name]:
+            row["cpu_ms_per_call"] = cpu[name] / calls[name] * 1e3
+            row["cpu_calls"] = calls[name]
+        out[name] = row
+    return out
+
+
+async def conc_run(target: Target, callers: int, duration: float) -> dict[str, Any]:
+    """``callers`` callers, each in its own task (an MCP session each), started together once
+    every one is connected and warm; calls/s over the phase and CPU per call of the target."""
+    tally = {"done": 0, "errors": 0, "ready": 0}
+    example: list[str] = []
+    lat: list[float] = []
+    opening = asyncio.Lock()
+    all_ready, go = asyncio.Event(), asyncio.Event()
+    stop = [0.0]
+
+    def arrived() -> None:
+        tally["ready"] += 1
+        if tally["ready"] == callers:
+            all_ready.set()
+
+    async def caller() -> None:
+        try:
+            async with opening:  # one session opens at a time (as agents arrive), not 32 at once
+                cm = target.caller()
+                c = await cm.__aenter__()
+        except Exception as exc:
+            tally["errors"] += 1
+            example.append(f"caller failed to connect: {exc!r}"[:200])
+            arrived()
+            return
+        here = False
+        try:
+            await c.call()  # warm
+            here = True
+            arrived()
+            await go.wait()
+            while time.perf_counter() < stop[0]:
+                s = time.perf_counter()
+                try:
+                    ok = await c.call()
+                except Exception as exc:  # counted, the phase goes on
+                    ok = False
+                    c.last_error = repr(exc)[:200]
+                tally["done" if ok else "errors"] += 1
+                if ok:
+                    lat.append(time.perf_counter() - s)
+                else:
+                    example.append(c.last_error or "unexpected result")
+        except Exception as exc:
+            tally["errors"] += 1
+            example.append(f"caller failed: {exc!r}"[:200])
+            if not here:
+                arrived()
+        finally:
+            with suppress(Exception):
+                await cm.__aexit__(None, None, None)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+    await all_ready.wait()
+    c0 = tree_cpu_s(target.pid) if target.pid else 0.0
+    d0 = time.process_time()
+    t0 = time.perf_counter()
+    stop[0] = t0 + duration
+    go.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    cpu = (tree_cpu_s(target.pid) - c0) if target.pid else None
+    driver = time.process_time() - d0
+    n = tally["done"]
+    calls = max(1, n + tally["errors"])
+    return {"n": n, "errors": tally["errors"], "wall_s": wall, "calls_per_s": n / wall,
+            "cpu_ms_per_call": None if cpu is None else cpu / calls * 1e3,
+            "driver_cpu_ms_per_call": driver / calls * 1e3,
+            "driver_cpu_util": driver / wall, "error_example": example[0] if example else "",
+            "p50_ms": statistics.median(lat) * 1e3 if lat else None}
+
+
+async def conc_phase(targets: list[Target], rounds: int, duration: float
+                     ) -> dict[str, dict[str, Any]]:
+    per: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for r in range(rounds):
+        order = targets if r % 2 == 0 else list(reversed(targets))
+        for t in order:
+            per[t.name].append(await conc_run(t, CALLERS, duration))
+    out = {}
+    for name, runs in per.items():
+        n = sum(x["n"] for x in runs)
+        wall = sum(x["wall_s"] for x in runs)
+        cpus = [x["cpu_ms_per_call"] for x in runs if x["cpu_ms_per_call"] is not None]
+        out[name] = {"n": n, "errors": sum(x["errors"] for x in runs), "wall_s": wall,
+                     "calls_per_s": n / wall,
+                     "driver_cpu_util": max(x["driver_cpu_util"] for x in runs),
+                     "p50_ms": statistics.median([x["p50_ms"] for x in runs if x["p50_ms"]]
+                                                 or [0.0]),
+                     "error_example": next((x["error_example"] for x in runs
+                                            if x["error_example"]), ""),
+                     "per_round_calls_per_s": [round(x["calls_per_s"], 1) for x in runs],
+                     "cpu_ms_per_call": statistics.median(cpus) if cpus else None}
+    return out
+
+
+# -- ContextForge ----------------------------------------------------------------------------------
+
+
+def contextforge_missing() -> str | None:
+    if not (CF_VENV / "bin" / "mcpgateway").exists():
+        return f"ContextForge is not installed in {CF_VENV.relative_to(REPO)}"
+    return None
+
+
+def start_contextforge(stack: Stack, backend_url: str) -> tuple[Proc, str, str, str]:
+    """ContextForge on a free port with a SQLite DB, the fast backend registered as a REST
+    tool; returns (process, MCP url, bearer token, tool name)."""
+    import httpx
+
+    home = stack.tmp / "contextforge"
+    home.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({
+        "HOME": str(home), "DATABASE_URL": f"sqlite:///{home / 'mcp.db'}",
+        "JWT_SECRET_KEY": secrets.token_hex(32), "AUTH_ENCRYPTION_SECRET": secrets.token_hex(32),
+        "PLATFORM_ADMIN_EMAIL": "admin@example.com",
+        "PLATFORM_ADMIN_PASSWORD": "Bp-" + secrets.token_hex(12) + "!",
+        "DEFAULT_USER_PASSWORD": "Bp-" + secrets.token_hex(12) + "!",
+        "SSRF_ALLOW_LOCALHOST": "true",  # the backend is on loopback
+        # Its default rate limit (100 MCP requests a minute per user) would be the figure
+        # measured; this measures the gateway's capacity instead.
+        "RATE_LIMITING_ENABLED": "false",
+        "MCPGATEWAY_UI_ENABLED": "false", "MCPGATEWAY_ADMIN_API_ENABLED": "true",
+    })
+    log = (home / "contextforge.log").open("w")
+    proc = subprocess.Popen([str(CF_VENV / "bin" / "mcpgateway"), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=home, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    p = Proc("contextforge", proc)
+    stack.procs.append(p)
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"ContextForge exited {proc.returncode}; see {home}/contextforge.log")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError("ContextForge did not become healthy in 300 s")
+        time.sleep(0.25)
+    p.info["start_s"] = time.perf_counter() - t0
+    token = subprocess.run(
+        [str(CF_VENV / "bin" / "python"), "-m", "mcpgateway.utils.create_jwt_token",
+         "-u", "admin@example.com", "--admin", "--exp", "240"], cwd=home, env=env,
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    r = httpx.post(f"{base}/tools", headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                   json={"tool": {"name": "get_balance", "integration_type": "REST",
+                                  "request_type": "GET",
+                                  "url": f"{backend_url}/accounts/A1/balance",
+                                  "input_schema": {"type": "object", "properties": {}}}})
+    r.raise_for_status()
+    version = subprocess.run([str(CF_VENV / "bin" / "python"), "-c",
+                              "import mcpgateway; print(mcpgateway.__version__)"], env=env,
+                             capture_output=True, text=True).stdout.strip()
+    p.info["version"] = version
+    return p, f"{base}/mcp/", token, str(r.json()["name"])
+
+
+# -- startup and search (Switchboard only) ------------------------------------------------------
+
+
+def measure_startup(stack: Stack, runs: int) -> dict[str, Any]:
+    """`switchboard serve` on the demo config (demo ledger and workspace already running) →
+    gRPC health SERVING, wall seconds; the sandbox snapshot is cached by the earlier gateway."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from gateway.demo_stack import spawn_service, write_demo_config
+
+    state = stack.tmp / "startup"
+    state.mkdir()
+    py = sys.executable
+    services = []
+    try:
+        for name in ("ledger", "workspace"):
+            services.append(spawn_service(
+                name, [py, "-m", f"gateway.demo.{name}", "--host", "127.0.0.1", "--port", "0",
+                       "--db", str(state / f"{name}.db")], log_file=state / f"{name}.log",
+                env=stack.env))
+        config = write_demo_config(state / "gateway.yaml", ledger_url=services[0].url,
+                                   workspace_url=services[1].url, state=state)
+        times = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            gw = spawn_service("gateway", [py, "-m", "gateway.cli", "serve", "--config",
+                                           str(config)], log_file=state / f"gateway{i}.log",
+                               timeout=180, env=stack.env)
+            try:
+                target = gw.url.removeprefix("grpc://")
+                with grpc.insecure_channel(target) as ch:
+                    stub = health_pb2_grpc.HealthStub(ch)
+                    while True:
+                        with suppress(grpc.RpcError):
+                            if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status \
+                                    == health_pb2.HealthCheckResponse.SERVING:
+                                break
+                        time.sleep(0.02)
+                times.append(time.perf_counter() - t0)
+            finally:
+                gw.stop(timeout=30)
+        return {"runs_s": [round(t, 2) for t in times], "serve_to_serving_s": min(times),
+                "note": f"best of {runs}"}
+    finally:
+        for s in reversed(services):
+            s.stop(timeout=30)
+
+
+async def measure_search(port: int, pid: int, n: int) -> dict[str, Any]:
+    import grpc
+
+    from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+    from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+
+    raw = json.loads((REPO / "tests" / "data" / "github_search_queries.json").read_text())
+    queries = [q["query"] for q in raw["queries"] if q.get("catalog") == "github"]
+    md = (("authorization", f"Bearer {TOKEN_AGENT}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        hits = 0
+        for q in queries[:10]:
+            await stub.SearchOperations(pb.SearchOperationsRequest(query=q, limit=5),
+                                        metadata=md, timeout=60)
+        lat = []
+        c0 = tree_cpu_s(pid)
+        for i in range(n):
+            s = time.perf_counter()
+            resp = await stub.SearchOperations(
+                pb.SearchOperationsRequest(query=queries[i % len(queries)], limit=5),
+                metadata=md, timeout=60)
+            lat.append((time.perf_counter() - s) * 1e3)
+            hits += bool(resp.operations)
+        cpu = tree_cpu_s(pid) - c0
+    return {"n": n, "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
+            "cpu_ms_per_query": cpu / n * 1e3, "answered_with_results": hits}
+
+
+def github_backends() -> list[dict[str, Any]]:
+    base = REPO / "runtimes" / "node_modules" / "@octokit" / "openapi" / "generated"
+    names = ("github", "ghes")
+    return [{"name": n, "openapi": str(base / s), "base_url": "http://127.0.0.1:9"}
+            for n, s in zip(names, GITHUB_SPECS, strict=True) if (base / s).exists()]
+
+
+def count_operations(backends: list[dict[str, Any]]) -> int:
+    total = 0
+    for b in backends:
+        spec = json.loads(Path(b["openapi"]).read_text())
+        total += sum(1 for item in spec.get("paths", {}).values() for m in item
+                     if m in ("get", "put", "post", "delete", "patch", "head", "options"))
+    return total
+
+
+# -- the tools family ------------------------------------------------------------------------------
+
+
+async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, Any]) -> None:
+    res: dict[str, Any] = {"load_before": loadavg(), "skipped": {}}
+    out["tools"] = res
+    be, url = stack.backend()
+    ledger = [{"name": "ledger", "openapi": f"{url}/openapi.json", "base_url": url}]
+    sb = stack.switchboard(ledger, workers=1, name="switchboard-tools")
+    sb_mcp_url = f"http://127.0.0.1:{sb.info['mcp']}/mcp"
+    # MCP lists only the dedicated tools the policy advertises (the demo policy: compliance
+    # operations), but serves a call to any operation's tool name the policy routes to the tool
+    # channel — as gRPC does. Same principal on both, so both do the same work.
+    token = ""
+    for candidate in (TOKEN_AGENT, TOKEN_FINANCE):
+        probe = McpTarget("sb_mcp", sb_mcp_url, candidate, "ledger__get_balance",
+                          {"account": "A1"}, sb.pid)
+        await probe.open()
+        try:
+            ok = await probe.call()
+        except Exception:
+            ok = False
+        await probe.close()
+        if ok:
+            token = candidate
+            break
+    res["principal_token"] = token or TOKEN_AGENT
+    targets: list[Target] = [Direct(url), SbGrpc(sb.info["grpc"], sb.pid,
+                                                 token=token or TOKEN_AGENT)]
+    if token:
+        targets.append(McpTarget("sb_mcp", sb_mcp_url, token, "ledger__get_balance",
+                                 {"account": "A1"}, sb.pid))
+    else:
+        res["skipped"]["switchboard_mcp"] = "its MCP door refused ledger__get_balance for " \
+            "every demo principal (policy change?)"
+    reason = "skipped by --skip" if "contextforge" in args.skip else contextforge_missing()
+    if reason is None:
+        try:
+            cf, cf_url, cf_token, cf_tool = start_contextforge(stack, url)
+            res["contextforge"] = cf.info
+            targets.append(McpTarget("cf_mcp", cf_url, cf_token, cf_tool, {}, cf.pid))
+        except Exception as exc:
+            reason = f"ContextForge failed to start: {exc}"
+    if reason:
+        res["skipped"]["contextforge"] = reason
+        print(f"peers: skipping ContextForge — {reason} (install: {INSTALL_HINT})",
+              file=sys.stderr, flush=True)
+    for t in targets:
+        await t.open()
+    try:
+        print("peers: tool calls, sequential …", file=sys.stderr, flush=True)
+        res["seq"] = await seq_phase(targets, args.rounds,
+                                     {"default": args.block, "cf_mcp": args.cf_block},
+                                     args.iterations, {"cf_mcp": args.cf_iterations})
+        print("peers: tool calls, 32 callers …", file=sys.stderr, flush=True)
+        deny = SbGrpc(sb.info["grpc"], sb.pid, deny=True)
+        await deny.open()
+        raw = RawHttp(url, be.pid)
+        res["conc"] = await conc_phase([*targets, deny, raw], args.rounds, args.duration)
+        await deny.close()
+    finally:
+        for t in reversed(targets):  # anyio's cancel scopes: close in reverse order
+            with suppress(Exception):
+                await t.close()
+    res["goal_values"] = {}
+    seq, conc = res["seq"], res["conc"]
+    gv = res["goal_values"]
+    gv["tool_added_p50_ms"] = seq["sb_grpc"]["added_p50_ms"]
+    gv["tool_cpu_ms"] = conc["sb_grpc"]["cpu_ms_per_call"]
+    gv["tool_calls_per_s"] = conc["sb_grpc"]["calls_per_s"]
+    gv["denials_per_s"] = conc["sb_deny"]["calls_per_s"]
+    res["backend_calls_per_s"] = conc["backend_raw"]["calls_per_s"]
+    sb.stop()
+    if "search" not in args.skip:
+        gh = github_backends()
+        if gh:
+            print("peers: SearchOperations …", file=sys.stderr, flush=True)
+            sbs = stack.switchboard(gh + ledger, workers=1, name="switchboard-search")
+            res["search"] = await measure_search(sbs.info["grpc"], sbs.pid, args.search_queries)
+            res["search"]["operations"] = count_operations(gh) + 2
+            gv["search_p50_ms"] = res["search"]["p50_ms"]
+            sbs.stop()
+        else:
+            res["skipped"]["search"] = "runtimes/node_modules has no GitHub spec (make setup)"
+    if "startup" not in args.skip:
+        print("peers: serve → SERVING …", file=sys.stderr, flush=True)
+        res["startup"] = measure_startup(stack, args.startup_runs)
+        gv["serve_to_serving_s"] = res["startup"]["serve_to_serving_s"]
+    be.stop()
+    res["load_after"] = loadavg()
+
+
+# -- the code family ------------------------------------------------------------------------
+
+
+async def sb_code_runner(port: int, pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import grpc
+
+    from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+    from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.GatewayStub(ch)
+
+        async def run(src: str, token: str = TOKEN_AGENT, session: str | None = None) -> None:
+            code = pb.CodeRun(source=src)
+            if session:
+                code.session_id = session
+            resp = await stub.Execute(pb.ExecuteRequest(request_id=str(uuid.uuid4()),
+                                                        code_run=code),
+                                      metadata=(("authorization", f"Bearer {token}"),),
+                                      timeout=120)
+            if resp.error.code:
+                raise RuntimeError(f"{resp.error.code}: {resp.error.message}")
+
+        rows = []
+        await run(TRIVIAL_PY)
+        # warm: a pause before each run so a fresh interpreter is ready (an agent thinking)
+        lat = []
+        c0 = tree_cpu_s(pid)
+        for _ in range(args.warm_runs):
+            await asyncio.sleep(0.4)
+            s = time.perf_counter()
+            await run(TRIVIAL_PY)
+            lat.append((time.perf_counter() - s) * 1e3)
+        rows.append({"label": "Switchboard, isolated, warm (spare ready)", "snippet": "trivial",
+                     "n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
+                     "cpu_s_per_run": (tree_cpu_s(pid) - c0) / len(lat),
+                     "note": "gRPC Execute, 0.4 s between runs", "key": "sb_warm"})
+        rows.append(await throughput_row(
+            "Switchboard, isolated, 8 callers", "trivial", pid, args.code_duration,
+            [lambda: run(TRIVIAL_PY)] * CODE_CALLERS,
+            "fresh interpreter per run, back to back", "sb_isolated"))
+        sessions = [(TOKEN_AGENT if i % 2 == 0 else TOKEN_FINANCE, f"peers-{uuid.uuid4().hex[:8]}")
+                    for i in range(CODE_CALLERS)]
+        for tok, sid in sessions:
+            await run(TRIVIAL_PY, tok, sid)
+
+        def session_call(tok: str, sid: str, src: str) -> Callable[[], Awaitable[None]]:
+            return lambda: run(src, tok, sid)
+
+        lat = []
+        c0 = tree_cpu_s(pid)
+        for _ in range(args.session_runs):
+            s = time.perf_counter()
+            await run(TRIVIAL_PY, *sessions[0])
+            lat.append((time.perf_counter() - s) * 1e3)
+        rows.append({"label": "Switchboard, session, sequential", "snippet": "trivial",
+                     "n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
+                     "runs_per_s": len(lat) / (sum(lat) / 1e3),
+                     "cpu_s_per_run": (tree_cpu_s(pid) - c0) / len(lat),
+                     "note": "one session, back to back", "key": "sb_session_seq"})
+        rows.append(await throughput_row(
+            "Switchboard, session, 8 callers", "trivial", pid, args.code_duration,
+            [session_call(t, s, TRIVIAL_PY) for t, s in sessions],
+            "8 sessions (2 principals), back to back", "sb_session"))
+        rows.append(await throughput_row(
+            "Switchboard, session, 8 callers", "loop 100k", pid, args.code_duration,
+            [session_call(t, s, COMPUTE_PY) for t, s in sessions],
+            "8 sessions, back to back", "sb_session_compute"))
+        return rows
+
+
+async def throughput_row(label: str, snippet: str, pid: int | None, duration: float,
+                         callers: list[Callable[[], Awaitable[Any]]], note: str, key: str,
+                         cpu_fn: Callable[[], float] | None = None) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + duration
+
+    async def caller(fn: Callable[[], Awaitable[Any]]) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            s = time.perf_counter()
+            try:
+                await fn()
+            except Exception:
+                errors += 1
+                continue
+            lat.append((time.perf_counter() - s) * 1e3)
+
+    cpu = cpu_fn or (lambda: tree_cpu_s(pid) if pid else 0.0)
+    c0 = cpu()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(fn) for fn in callers))
+    wall = time.perf_counter() - t0
+    used = cpu() - c0
+    n = len(lat)
+    return {"label": label, "snippet": snippet, "n": n, "errors": errors,
+            "runs_per_s": n / wall, "p50_ms": statistics.median(lat) if lat else None,
+            "p99_ms": pct(lat, 99) if lat else None,
+            "cpu_s_per_run": used / n if n else None,
+            "note": note + (f"; {errors} errors" if errors else ""), "key": key}
+
+
+def cold_runner(runs: int) -> list[dict[str, Any]]:
+    """A fresh Deno + cold loadPyodide per run (bench/sandbox_bench.py's COLD_JS)."""
+    import deno
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from sandbox_bench import COLD_JS
+
+    from gateway.sandbox import default_runtime_dir
+
+    assets = default_runtime_dir() / "node_modules" / "pyodide"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="peers-cold-") as tmp:
+        script = Path(tmp) / "cold.mjs"
+        script.write_text(COLD_JS % {"pyodide": (assets / "pyodide.mjs").as_uri(),
+                                     "assets": str(assets)})
+        argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config", "--no-lock",
+                "--no-remote", f"--allow-read={assets},{script}", str(script)]
+        env = {"DENO_DIR": str(Path(tmp) / "deno"), "NO_COLOR": "1",
+               "PATH": os.environ.get("PATH", "")}
+        subprocess.run([*argv, TRIVIAL_PY], capture_output=True, env=env, check=True,
+                       stdin=subprocess.DEVNULL)  # warms the page cache and Deno's cache
+        lat = []
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        for _ in range(runs):
+            s = time.perf_counter()
+            p = subprocess.run([*argv, TRIVIAL_PY], capture_output=True, text=True, env=env,
+                               stdin=subprocess.DEVNULL, check=True)
+            json.loads(p.stdout.strip().splitlines()[-1])
+            lat.append((time.perf_counter() - s) * 1e3)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        rows.append({"label": "fresh Deno + Pyodide process per run", "snippet": "trivial",
+                     "n": runs, "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
+                     "runs_per_s": runs / (sum(lat) / 1e3), "cpu_s_per_run": cpu / runs,
+                     "note": "spawn deno, cold loadPyodide, run, exit; sequential",
+                     "key": "cold"})
+    return rows
+
+
+def smolagents_missing() -> str | None:
+    if not (SMOL_VENV / "bin" / "python").exists():
+        return f"smolagents is not installed in {SMOL_VENV.relative_to(REPO)}"
+    return None
+
+
+def smolagents_runner(seconds: float) -> list[dict[str, Any]]:
+    snippets = {"trivial": TRIVIAL_PY, "loop 100k": COMPUTE_PY}
+    p = subprocess.run([str(SMOL_VENV / "bin" / "python"), str(PEERS / "smolagents_runner.py"),
+                        str(seconds), json.dumps(snippets)], capture_output=True, text=True,
+                       check=True, stdin=subprocess.DEVNULL, timeout=600)
+    data = json.loads(p.stdout.strip().splitlines()[-1])
+    rows = []
+    for name, r in data["results"].items():
+        rows.append({"label": f"smolagents {data['version']} LocalPythonExecutor",
+                     "snippet": name, **r,
+                     "note": "AST interpreter in the caller's process (no sandbox), "
+                             "sequential", "key": f"smol_{name}"})
+    return rows
+
+
+def codemode_missing() -> str | None:
+    if not WORKERD.exists() or not (CODEMODE_DIST / "index.js").exists():
+        return "workerd / @cloudflare/codemode are not installed in bench/peers/node_modules"
+    return None
+
+
+def codemode_config(work: Path, port: int) -> Path:
+    """A workerd config: the host Worker + codemode's dist modules + acorn, and a Worker
+    Loader binding (``LOADER``) for codemode's DynamicWorkerExecutor."""
+    mods = [("worker.js", PEERS / "codemode_worker.js")]
+    mods += [(f"codemode/{f.name}", f) for f in sorted(CODEMODE_DIST.glob("*.js"))]
+    mods.append(("codemode/acorn", ACORN))  # workerd resolves the bare "acorn" beside its importer
+    (work / "m").mkdir()
+    lines = []
+    for i, (name, src) in enumerate(mods):
+        local = work / "m" / f"{i}.js"
+        shutil.copyfile(src, local)
+        lines.append(f'    (name = "{name}", esModule = embed "m/{i}.js")')
+    config = work / "config.capnp"
+    config.write_text(
+        'using Workerd = import "/workerd/workerd.capnp";\n'
+        "const config :Workerd.Config = (\n"
+        '  services = [ (name = "main", worker = .w) ],\n'
+        f'  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), '
+        'service = "main") ],\n);\n'
+        "const w :Workerd.Worker = (\n  modules = [\n" + ",\n".join(lines) + "\n  ],\n"
+        '  compatibilityDate = "2025-06-01",\n  compatibilityFlags = ["nodejs_compat"],\n'
+        '  bindings = [ (name = "LOADER", workerLoader = ()) ],\n);\n')
+    return config
+
+
+async def codemode_runner(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import httpx
+
+    work = stack.tmp / "codemode"
+    work.mkdir()
+    port = free_port()
+    config = codemode_config(work, port)
+    log = (work / "workerd.log").open("w")
+    proc = subprocess.Popen([str(WORKERD), "serve", "--experimental", str(config)], cwd=work,
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    p = Proc("workerd", proc)  # type: ignore[arg-type]
+    stack.procs.append(p)
+    version = subprocess.run([str(WORKERD), "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    rows = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    r = await http.get("/", params={"code": TRIVIAL_JS})
+                    break
+                except httpx.TransportError as exc:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"workerd did not start; see {work}/workerd.log"
+                                           ) from exc
+                    await asyncio.sleep(0.1)
+            if r.json().get("result") != 2:
+                raise RuntimeError(f"codemode answered {r.text[:200]}")
+
+            async def run(code: str) -> None:
+                resp = await http.get("/", params={"code": code})
+                if resp.json().get("error"):
+                    raise RuntimeError(resp.json()["error"])
+
+            for snippet, code in (("trivial (JS)", TRIVIAL_JS), ("loop 100k (JS)", COMPUTE_JS)):
+                lat = []
+                c0 = tree_cpu_s(p.pid)
+                for _ in range(args.session_runs):
+                    s = time.perf_counter()
+                    await run(code)
+                    lat.append((time.perf_counter() - s) * 1e3)
+                rows.append({"label": f"codemode DynamicWorkerExecutor, {version}",
+                             "snippet": snippet, "n": len(lat),
+                             "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
+                             "runs_per_s": len(lat) / (sum(lat) / 1e3),
+                             "cpu_s_per_run": (tree_cpu_s(p.pid) - c0) / len(lat),
+                             "note": "fresh dynamic Worker per run, HTTP from this process, "
+                                     "sequential", "key": f"codemode_seq_{snippet.split()[0]}"})
+            rows.append(await throughput_row(
+                f"codemode DynamicWorkerExecutor, {version}, 8 callers",
+                "trivial (JS)", p.pid, args.code_duration,
+                [lambda: run(TRIVIAL_JS)] * CODE_CALLERS, "fresh dynamic Worker per run",
+                "codemode"))
+    finally:
+        p.stop()
+    return rows
+
+
+async def code_family(args: argparse.Namespace, stack: Stack, out: dict[str, Any]) -> None:
+    res: dict[str, Any] = {"load_before": loadavg(), "skipped": {}, "runners": []}
+    out["code"] = res
+    be, url = stack.backend()
+    print("peers: code runs — starting a Switchboard gateway (workers=4) …", file=sys.stderr,
+          flush=True)
+    sb = stack.switchboard([{"name": "ledger", "openapi": f"{url}/openapi.json",
+                             "base_url": url}], workers=4, name="switchboard-code")
+    await asyncio.sleep(3.0)  # let the pool fill its spares
+
+    runners: list[tuple[str, Callable[[], Awaitable[list[dict[str, Any]]]]]] = []
+
+    async def sb_rows() -> list[dict[str, Any]]:
+        return await sb_code_runner(sb.info["grpc"], sb.pid, args)
+
+    async def in_thread(fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(fn)
+
+    runners.append(("switchboard", sb_rows))
+    reason = "skipped by --skip" if "codemode" in args.skip else codemode_missing()
+    if reason is None:
+        runners.append(("codemode", lambda: codemode_runner(stack, args)))
+    else:
+        res["skipped"]["codemode"] = reason
+    reason = "skipped by --skip" if "smolagents" in args.skip else smolagents_missing()
+    if reason is None:
+        runners.append(("smolagents", lambda: in_thread(lambda: smolagents_runner(
+            args.code_duration / 2))))
+    else:
+        res["skipped"]["smolagents"] = reason
+    if "cold" not in args.skip:
+        runners.append(("cold", lambda: in_thread(lambda: cold_runner(args.cold_runs))))
+    for name, why in res["skipped"].items():
+        print(f"peers: skipping {name} — {why} (install: {INSTALL_HINT})", file=sys.stderr,
+              flush=True)
+    per: dict[str, list[list[dict[str, Any]]]] = {}
+    for r in range(args.rounds if not args.quick else 1):
+        order = runners[r % len(runners):] + runners[:r % len(runners)]
+        for name, fn in order:
+            print(f"peers: code runs — {name} (round {r + 1}) …", file=sys.stderr, flush=True)
+            try:
+                per.setdefault(name, []).append(await fn())
+            except Exception as exc:
+                res["skipped"][name] = f"failed: {exc}"
+                print(f"peers: {name} failed: {exc}", file=sys.stderr, flush=True)
+    for rounds in per.values():
+        res["runners"].extend(merge_rounds(rounds))
+    sb.stop()
+    be.stop()
+    by_key = {r["key"]: r for r in res["runners"]}
+    gv: dict[str, float | None] = {}
+    gv["isolated_runs_per_s"] = by_key.get("sb_isolated", {}).get("runs_per_s")
+    gv["warm_isolated_p50_ms"] = by_key.get("sb_warm", {}).get("p50_ms")
+    gv["session_runs_per_s"] = by_key.get("sb_session", {}).get("runs_per_s")
+    res["goal_values"] = gv
+    res["load_after"] = loadavg()
+
+
+def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per key: the median of each figure over the rounds; n summed."""
+    merged = []
+    for i, first in enumerate(rounds[0]):
+        same = [r[i] for r in rounds if len(r) > i and r[i]["key"] == first["key"]]
+        row = dict(first)
+        for k in ("runs_per_s", "p50_ms", "p99_ms", "cpu_s_per_run"):
+            vals = [x[k] for x in same if x.get(k) is not None]
+            row[k] = statistics.median(vals) if vals else None
+        row["n"] = sum(x.get("n") or 0 for x in same)
+        if len(same) > 1:
+            row["note"] = f"{first.get('note', '')}; median of {len(same)} rounds".lstrip("; ")
+        merged.append(row)
+    return merged
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stack_in_tmp() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            yield stack
+        finally:
+            stack.close()
+
+
+def commit() -> str:
+    p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "gateway"],
+                           capture_output=True, text=True).stdout.strip()
+    return p.stdout.strip() + ("+dirty gateway/" if dirty else "")
+
+
+def report(out: dict[str, Any]) -> str:
+    parts = [f"# bench/peers.py — {out['started']} UTC, commit {out['commit']}, "
+             f"{out['cpus']} CPUs, load average (1/5/15 min) {out['load_before']} → "
+             f"{out['load_after']}", ""]
+    values: dict[str, float | None] = {}
+    if "tools" in out:
+        t = out["tools"]
+        parts += [f"## Tool calls (load {t['load_before']} → {t.get('load_after')})", "",
+                  tools_table(t), ""]
+        if "backend_calls_per_s" in t:
+            parts.append(f"Fast backend alone, 32 callers over HTTP: "
+                         f"{t['backend_calls_per_s']:,.0f} calls/s (the ceiling no gateway "
+                         f"figure reaches).")
+        if "contextforge" in t:
+            cf = t["contextforge"]
+            parts.append(f"ContextForge {cf.get('version')} (`mcpgateway`: uvicorn, one "
+                         f"worker, SQLite, rate limiting off) was healthy "
+                         f"{cf.get('start_s', 0):.1f} s after its start.")
+        if "search" in t:
+            s = t["search"]
+            parts.append(f"SearchOperations over {s['operations']:,} operations: p50 "
+                         f"{s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+                         f"{s['cpu_ms_per_query']:.2f} ms gateway CPU per query (n={s['n']}).")
+        if "startup" in t:
+            parts.append(f"`switchboard serve` (demo config) to SERVING: "
+                         f"{t['startup']['runs_s']} s.")
+        parts += [f"Skipped: {k} — {v}" for k, v in t.get("skipped", {}).items()]
+        parts.append("")
+        values.update(t.get("goal_values", {}))
+    if "code" in out:
+        c = out["code"]
+        parts += [f"## Code runs (load {c['load_before']} → {c.get('load_after')})", "",
+                  code_table(c), ""]
+        parts += [f"Skipped: {k} — {v}" for k, v in c.get("skipped", {}).items()]
+        parts.append("")
+        values.update(c.get("goal_values", {}))
+    parts += ["## Goals", "", goals_table(values), ""]
+    return "\n".join(parts)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": commit(),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "argv": sys.argv[1:], "load_before": loadavg()}
+    t0 = time.perf_counter()
+    with stack_in_tmp() as stack:
+        if args.only in (None, "tools"):
+            await tools_family(args, stack, out)
+        if args.only in (None, "code"):
+            await code_family(args, stack, out)
+    out["load_after"] = loadavg()
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_switchboard:
+        serve_switchboard(args.serve_switchboard)
+        return 0
+    out = asyncio.run(run(args))
+    text = report(out)
+    print(text)
+    print(f"wall {out['wall_s']} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
