@@ -45,17 +45,12 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    SchemaInvalid,
-    Unauthenticated,
-    UnknownOperation,
-)
+from gateway.audit import extract_trace_context
+from gateway.errors import GatewayError, SchemaInvalid, Unauthenticated
+from gateway.frontdoor import MCP, CallScope, call_scope, envelope, outcome_payload
+from gateway.frontdoor.envelope import recorded_request_id
 from gateway.identity import Authenticator, bearer_token
 from gateway.manifest import (
     DESCRIBE_OPERATION,
@@ -65,21 +60,20 @@ from gateway.manifest import (
     meta_tools,
     tool_name,
 )
-from gateway.models import Operation, Principal
-from gateway.pipeline import CodeAction, Outcome, Pipeline, ToolAction
-from gateway.sandbox import SandboxEvent
-from gateway.values import (
-    MAX_NAME_LENGTH,
-    MAX_SOURCE_BYTES,
-    check_id,
-    check_input,
-    check_name,
-    check_query,
-    clean_result,
-    clean_text,
-    loggable,
-    loggable_id,
+from gateway.mcp_errors import (
+    INVALID_PARAMS,
+    RESOURCE_NOT_FOUND,
+    UNAUTHENTICATED,
+    UnknownTool,
+    internal_error_result,
+    tool_error_result,
+    tool_result,
+    unknown_tool_error,
 )
+from gateway.models import CodeAction, Operation, Principal, ToolAction
+from gateway.pipeline import Pipeline
+from gateway.sandbox import SandboxEvent
+from gateway.values import MAX_NAME_LENGTH, check_input, check_name, clean_text, loggable
 
 __all__ = [
     "MCP_PATH",
@@ -104,9 +98,6 @@ PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 # The catalog as MCP resources: one document per operation the caller may use.
 OPERATION_URI_PREFIX = "switchboard://operations/"
 _OPERATION_TEMPLATE = OPERATION_URI_PREFIX + "{name}"
-# JSON-RPC codes of the MCP spec: invalid params (unknown tool/prompt), resource not found.
-INVALID_PARAMS = -32602
-RESOURCE_NOT_FOUND = -32002
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Tags an OpenAPI document can put on an operation to say it destroys or only reads data.
 _DESTRUCTIVE_TAGS = frozenset({"destructive", "delete"})
@@ -172,10 +163,6 @@ def _output_schema(op: Operation) -> dict[str, Any]:
     }
 
 
-class _UnknownTool(Exception):
-    """A tool name that is neither a meta-tool nor any operation's: a JSON-RPC error."""
-
-
 def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
     validator = _META_VALIDATORS[name]
     error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)
@@ -192,52 +179,6 @@ def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
 def _bounded_name(name: str) -> str:
     """The tool name as recorded (span name, attributes, logs) before it is checked."""
     return name if len(name) <= MAX_NAME_LENGTH and name.isprintable() else loggable(name)
-
-
-def _request_id(meta: Any) -> str:
-    """The client's idempotency key from ``_meta`` (checked like gRPC's), or a fresh one."""
-    value = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
-    if value is None or value == "":
-        return str(uuid.uuid4())
-    field = f"_meta.{REQUEST_ID_META_KEY}"
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{field} must be a string", field=field)
-    return check_id(value, field)
-
-
-def _outcome_dict(outcome: Outcome) -> dict[str, Any]:
-    """The model-facing result: the same shape as ``ExecutionResult.to_model()`` plus ids."""
-    out: dict[str, Any] = {"ok": outcome.error is None, "route": outcome.decision.route}
-    if outcome.result is not None:
-        # The same bounds as gRPC: lone surrogates -> U+FFFD, NaN/inf/too deep -> result_invalid.
-        out["result"] = clean_result(outcome.result)
-    if outcome.stdout:
-        out["stdout"] = clean_text(outcome.stdout)
-    if outcome.stderr:
-        out["stderr"] = clean_text(outcome.stderr)
-    if outcome.error:
-        out["error"] = clean_result(outcome.error, "error")
-    if outcome.output_truncated:
-        out["output_truncated"] = True
-    if outcome.replayed:
-        out["replayed"] = True
-    out["trace_id"] = outcome.trace_id
-    return out
-
-
-def _result(payload: dict[str, Any], *, is_error: bool) -> types.CallToolResult:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str,
-                      allow_nan=False)
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content=payload,
-        is_error=is_error,
-    )
-
-
-def _trace_id(span: trace.Span) -> str:
-    ctx = span.get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 class _Handlers:
@@ -396,89 +337,66 @@ class _Handlers:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        """One ``tools/call`` in the shared call scope (span, identity, log context, outcome,
+        audit); what is MCP's own is reading the request and the mapping of errors to tool
+        results or JSON-RPC errors (:mod:`gateway.mcp_errors`)."""
         name = params.name
         arguments = dict(params.arguments or {})
         meta: Any = params.meta or {}
         recorded = _bounded_name(name)
         raw_id = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
-        with self.tracer.start_as_current_span(
-            f"mcp tools/call {recorded}",
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            span.set_attribute(attr.TRANSPORT, "mcp")
-            span.set_attribute("mcp.method.name", "tools/call")
-            span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
-            span.set_attribute(attr.GEN_AI_TOOL_NAME, recorded)
-            if isinstance(raw_id, str) and raw_id:
-                span.set_attribute(attr.REQUEST_ID, loggable_id(raw_id))  # before it is checked
-            try:
-                request_id = _request_id(meta)
-                span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
-                span.set_attribute(attr.REQUEST_ID, request_id)
-                with self.tracer.start_as_current_span(attr.SPAN_IDENTITY) as ident:
-                    try:
-                        principal = await self.principal(ctx)
-                    except GatewayError as exc:
-                        ident.set_status(Status(StatusCode.ERROR, exc.message))
-                        raise
-                span.set_attribute(attr.PRINCIPAL_ID, principal.id)
-                span.set_attribute(attr.TENANT, principal.tenant)
+        if raw_id is None or raw_id == "":
+            raw_id = str(uuid.uuid4())  # MCP clients rarely send one: a fresh key per call
+        headers = list(getattr(ctx.request, "headers", {}).items()) \
+            if getattr(ctx.request, "headers", None) is not None else []
+        parent = extract_trace_context(headers) if any(
+            k.lower() == "traceparent" for k, _ in headers) else None
+        opened: list[CallScope] = []
+        try:
+            async with call_scope(
+                self.tracer, self.authenticator, transport="mcp",
+                span_name=f"mcp tools/call {recorded}", token=bearer_token(headers),
+                raw_request_id=recorded_request_id(raw_id),
+                attributes={"mcp.method.name": "tools/call",
+                            attr.GEN_AI_OPERATION_NAME: "execute_tool",
+                            attr.GEN_AI_TOOL_NAME: recorded},
+                parent=parent, log_fields={"mcp_method": "tools/call", "tool": recorded},
+                on_open=opened.append,
+            ) as scope:
+                request_id = envelope.request_id(raw_id, MCP, generate=True)
+                scope.span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
+                scope.span.set_attribute(attr.REQUEST_ID, request_id)
+                assert scope.principal is not None
                 payload, is_error = await self._dispatch(
-                    principal, name, arguments, request_id, _Notifier(ctx))
-                outcome = (payload.get("error") or {}).get("code", attr.OUTCOME_OK)
-                span.set_attribute(attr.OUTCOME, str(outcome))
-                return _result(payload, is_error=is_error)
-            except _UnknownTool:
-                # Neither a meta-tool nor any operation's name: a protocol error (-32602), as
-                # the MCP spec has it, not a tool result.
-                span.set_attribute(attr.OUTCOME, UnknownOperation.code)
-                span.set_status(Status(StatusCode.ERROR, "unknown tool"))
-                raise MCPError(INVALID_PARAMS, f"Unknown tool: {recorded}",
-                               {"code": UnknownOperation.code, "field": "name",
-                                "trace_id": _trace_id(span)}) from None
-            except GatewayError as exc:
-                span.set_attribute(attr.OUTCOME, exc.code)
-                span.set_status(Status(StatusCode.ERROR, exc.message[:1024]))
-                # Denials and bad arguments are tool results the model should read and act on.
-                err = {"ok": False, "error": exc.to_dict(), "trace_id": _trace_id(span)}
-                if exc.code == "approval_required":  # docs/approvals.md: held, not failed
-                    err["status"] = "approval_required"
-                    err["approval"] = dict(exc.details)
-                return _result(err, is_error=True)
-            except asyncio.CancelledError:
-                span.set_attribute(attr.OUTCOME, "cancelled")
-                span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
-                raise
-            except Exception as exc:
-                # Never hand internals to the model; the log and the span keep the details.
-                log.exception("MCP tool call failed", tool=recorded)
-                span.set_attribute(attr.OUTCOME, GatewayError.code)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                err = {
-                    "ok": False,
-                    "error": GatewayError("internal error").to_dict(),
-                    "trace_id": _trace_id(span),
-                }
-                return _result(err, is_error=True)
+                    scope, scope.principal, name, arguments, request_id, _Notifier(ctx))
+                return tool_result(payload, is_error=is_error)
+        except UnknownTool as exc:
+            # Neither a meta-tool nor any operation's name: a protocol error (-32602), as the
+            # MCP spec has it, not a tool result.
+            raise unknown_tool_error(exc, _opened_trace_id(opened)) from None
+        except GatewayError as exc:
+            # Denials and bad arguments are tool results the model should read and act on.
+            return tool_error_result(exc, _opened_trace_id(opened))
+        except Exception:
+            # The scope logged and recorded it; never hand internals to the model.
+            return internal_error_result(_opened_trace_id(opened))
 
     async def _dispatch(
-        self, principal: Principal, name: str, arguments: dict[str, Any], request_id: str,
-        notifier: _Notifier,
+        self, scope: CallScope, principal: Principal, name: str, arguments: dict[str, Any],
+        request_id: str, notifier: _Notifier,
     ) -> tuple[dict[str, Any], bool]:
         p = self.pipeline
         # Plain, finite, bounded JSON first: the schema validator, the audit digest and the
         # backend encoder all assume it (NaN/Infinity literals and lone surrogate escapes
         # parse as JSON; deep nesting reaches Python's recursion limit).
         if name == EXECUTE_CODE:
-            check_input(arguments.get("inputs"), "inputs")
-            check_input({k: v for k, v in arguments.items() if k != "inputs"}, "arguments")
+            check_input(arguments.get("inputs"), MCP.inputs)
+            check_input({k: v for k, v in arguments.items() if k != "inputs"}, MCP.arguments)
         else:
-            check_input(arguments, "arguments")
+            check_input(arguments, MCP.arguments)
         if name == SEARCH_OPERATIONS:
             _check_meta_args(name, arguments)
-            check_query(arguments["query"], "arguments.query")
+            envelope.check_search_query(arguments["query"], MCP)
             hits = await p.search(principal, arguments["query"], int(arguments.get("limit", 10)))
             ops = [
                 {"name": h.name, "summary": h.summary, "tags": list(h.tags), "route": h.route}
@@ -487,39 +405,35 @@ class _Handlers:
             return {"operations": ops}, False
         if name == DESCRIBE_OPERATION:
             _check_meta_args(name, arguments)
-            check_name(arguments["name"], "arguments.name")
+            envelope.check_operation_name(arguments["name"], MCP, describe=True)
             return await p.describe(principal, arguments["name"], arguments.get("path"),
                                     arguments.get("page"), field_prefix="arguments."), False
         if name == EXECUTE_CODE:
+            # The size bound before the schema: a hostile source is never walked in full.
+            if isinstance(arguments.get("code"), str):
+                envelope.check_source(arguments["code"], MCP)
             _check_meta_args(name, arguments)
-            code = arguments["code"]
-            if len(code) > MAX_SOURCE_BYTES or len(code.encode()) > MAX_SOURCE_BYTES:
-                raise InvalidRequest(f"arguments.code exceeds {MAX_SOURCE_BYTES} bytes",
-                                     field="arguments.code")
-            if arguments.get("session_id"):
-                check_id(arguments["session_id"], "arguments.session_id", "session_id")
-            action: CodeAction | ToolAction = CodeAction(
-                request_id=request_id,
-                source=arguments["code"],
+            action: CodeAction | ToolAction = envelope.code_action(
+                MCP, request_id=request_id, source=arguments["code"],
                 inputs=dict(arguments.get("inputs") or {}),
                 timeout_ms=int(arguments.get("timeout_ms") or 0),
                 session_id=arguments.get("session_id") or None,
                 labels={"transport": "mcp"},
             )
         else:
-            check_name(name, "name")
+            envelope.check_operation_name(name, MCP)
             operation = self.tool_names.get(name)
             if operation is None:
-                raise _UnknownTool(name)
-            action = ToolAction(
-                request_id=request_id,
-                name=operation,
-                arguments=arguments,
-                labels={"transport": "mcp"},
-            )
+                raise UnknownTool(_bounded_name(name))
+            action = envelope.tool_action(MCP, request_id=request_id, name=operation,
+                                          arguments=arguments, labels={"transport": "mcp"})
         on_event = notifier.on_event if isinstance(action, CodeAction) else None
-        outcome = await p.execute(principal, action, on_event=on_event)
-        return _outcome_dict(outcome), outcome.error is not None
+        outcome = scope.returned(await p.execute(principal, action, on_event=on_event))
+        return outcome_payload(outcome), outcome.error is not None
+
+
+def _opened_trace_id(opened: Sequence[CallScope]) -> str:
+    return opened[0].trace_id if opened else ""
 
 
 class _Notifier:
@@ -655,7 +569,8 @@ class _AuthGuard:
                 {
                     "jsonrpc": "2.0",
                     "id": None,
-                    "error": {"code": -32001, "message": exc.message, "data": exc.to_dict()},
+                    "error": {"code": UNAUTHENTICATED, "message": exc.message,
+                              "data": exc.to_dict()},
                 },
                 [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )
