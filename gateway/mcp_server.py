@@ -394,9 +394,13 @@ class _Handlers:
             check_input({k: v for k, v in arguments.items() if k != "inputs"}, MCP.arguments)
         else:
             check_input(arguments, MCP.arguments)
+        # The envelope's bounds before the schema, as gRPC has them: the same over-long name,
+        # query or source is the same invalid_request on both doors (the schema's own bounds
+        # are looser or equal) and a hostile value is never walked in full.
         if name == SEARCH_OPERATIONS:
+            if isinstance(arguments.get("query"), str):
+                envelope.check_search_query(arguments["query"], MCP)
             _check_meta_args(name, arguments)
-            envelope.check_search_query(arguments["query"], MCP)
             hits = await p.search(principal, arguments["query"], int(arguments.get("limit", 10)))
             ops = [
                 {"name": h.name, "summary": h.summary, "tags": list(h.tags), "route": h.route}
@@ -404,12 +408,12 @@ class _Handlers:
             ]
             return {"operations": ops}, False
         if name == DESCRIBE_OPERATION:
+            if isinstance(arguments.get("name"), str):
+                envelope.check_operation_name(arguments["name"], MCP, describe=True)
             _check_meta_args(name, arguments)
-            envelope.check_operation_name(arguments["name"], MCP, describe=True)
             return await p.describe(principal, arguments["name"], arguments.get("path"),
                                     arguments.get("page"), field_prefix="arguments."), False
         if name == EXECUTE_CODE:
-            # The size bound before the schema: a hostile source is never walked in full.
             if isinstance(arguments.get("code"), str):
                 envelope.check_source(arguments["code"], MCP)
             _check_meta_args(name, arguments)
