@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
-from gateway.audit import record_outcome
+from gateway.audit import outcome_of, record_outcome
 from gateway.errors import GatewayError
 from gateway.identity import Authenticator
 from gateway.models import Outcome, Principal
@@ -150,7 +150,7 @@ async def call_scope(
             raise
         finally:
             error = scope.error if scope.error is not None else escaped
-            if not isinstance(error, GatewayError) and isinstance(error, Exception):
+            if error is not None and outcome_of(error) == "internal":  # not a deadline/cancel
                 log.exception("internal error", exc_info=error)
             scope.outcome = record_outcome(span, error)
             if error is None and scope.data_error:
