@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock clients/python/pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock clients/python/pyproject.toml bench/tokenbench/pyproject.toml | sha256sum | cut -c1-12)
 NPM_STAMP := runtimes/node_modules/.stamp-$(shell cat runtimes/package.json runtimes/package-lock.json | sha256sum | cut -c1-12)
 MCP_TOOLS := tools/mcp-conformance
 MCP_STAMP := $(MCP_TOOLS)/node_modules/.stamp-$(shell cat $(MCP_TOOLS)/package.json $(MCP_TOOLS)/package-lock.json | sha256sum | cut -c1-12)
@@ -17,11 +17,11 @@ help: ## Show this help
 
 setup: $(STAMP) $(NPM_STAMP) $(MCP_STAMP) ## Create .venv, install pinned Python deps, Deno (PyPI), Pyodide and the MCP test clients (npm)
 
-$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml bench/tokenbench/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e . -e clients/python
+	$(BIN)/python -m pip install -q --no-deps -e . -e clients/python -e bench/tokenbench
 	chmod +x $$($(BIN)/python -c 'import deno; print(deno.find_deno_bin())')
 	rm -f $(VENV)/.stamp-* && touch $@
 

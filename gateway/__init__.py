@@ -1,7 +1,9 @@
 """Switchboard: a policy-routing gRPC gateway for AI agents.
 
-The request flow, one module per stage: ``interceptors`` (identity, request id, trace span)
-→ ``servicer`` (thin protobuf translation) → ``pipeline`` → ``policy`` (Rego decides the
+The request flow, one module per stage: a door — gRPC (``interceptors`` + ``servicer``) or
+MCP (``mcp_server``) — parses its wire format and enters the shared ``frontdoor`` (envelope
+validator, call scope: span, identity, log context, outcome, audit; outcome renderer) →
+``pipeline`` → ``policy`` (Rego decides the
 route) → ``tools`` (validated, exactly-once backend calls) or ``sandbox`` (Pyodide in Deno,
 with SDK host calls back through the policy) → ``audit`` (OpenTelemetry spans, hash-chained log).
 """

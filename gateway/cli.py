@@ -158,6 +158,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                             checkpoints=Path(args.checkpoints) if args.checkpoints else None)
 
 
+TOKENBENCH_MISSING = (
+    "bench tokens: the token benchmark is its own package, switchboard-tokenbench, and it is "
+    "not installed; from a source checkout run `make setup` or "
+    "`pip install -e bench/tokenbench`")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
@@ -165,6 +171,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     names = [args.which] if args.which != "all" else list(scripts)
     for name in names:
+        if name == "tokens":
+            # The token benchmark is its own distribution, not part of the server package.
+            try:
+                from switchboard_tokenbench import main as tokens_main
+            except ImportError:
+                print(TOKENBENCH_MISSING, file=sys.stderr)
+                return 2
+            rc = tokens_main(list(args.rest))
+            if rc:
+                return rc
+            continue
         script = bench_dir / scripts[name]
         if not script.exists():
             print(f"bench {name}: {script} not found (run from a source checkout)",

@@ -3,7 +3,7 @@
 Every failure the gateway reports carries a ``code`` that clients and dashboards can rely on,
 an optional ``field`` path naming the offending input, and ``details``. This module knows no
 transport: gRPC maps codes to its status codes in :mod:`gateway.grpc_status`, MCP to JSON-RPC
-errors and tool results in :mod:`gateway.mcp_server`.
+errors and tool results in :mod:`gateway.mcp_errors` (docs/front-door.md).
 """
 
 from __future__ import annotations

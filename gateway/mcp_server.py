@@ -15,6 +15,9 @@ Identity is the HTTP ``Authorization: Bearer`` header, checked twice: by an ASGI
 answers 401 before any MCP processing, and again per tool call inside the call's audit span.
 The guard also serves the OAuth protected-resource metadata (RFC 9728) without auth, and its
 401s point at it (``WWW-Authenticate: Bearer resource_metadata="..."``).
+The HTTP side (guard, JSON-only bridge, listener) is :mod:`gateway.mcp_http`; the error
+mapping :mod:`gateway.mcp_errors`; the per-call bookkeeping, envelope checks and outcome
+rendering are the shared front door's (:mod:`gateway.frontdoor`, docs/front-door.md).
 
 Besides tools: ``execute_code`` streams its output as progress (when the request carries a
 ``progressToken``) and log notifications while it runs; the catalog is readable as resources
@@ -24,38 +27,25 @@ the template's ``name``; ``logging/setLevel`` is accepted (stateless: nothing is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import re
-import socket
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import mcp_types as types
 import structlog
-import uvicorn
 from jsonschema import Draft202012Validator
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as attr
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    SchemaInvalid,
-    Unauthenticated,
-    UnknownOperation,
-)
+from gateway.audit import extract_trace_context
+from gateway.errors import GatewayError, SchemaInvalid
+from gateway.frontdoor import MCP, CallScope, call_scope, envelope, outcome_payload
+from gateway.frontdoor.envelope import recorded_request_id
 from gateway.identity import Authenticator, bearer_token
 from gateway.manifest import (
     DESCRIBE_OPERATION,
@@ -65,21 +55,28 @@ from gateway.manifest import (
     meta_tools,
     tool_name,
 )
-from gateway.models import Operation, Principal
-from gateway.pipeline import CodeAction, Outcome, Pipeline, ToolAction
-from gateway.sandbox import SandboxEvent
-from gateway.values import (
-    MAX_NAME_LENGTH,
-    MAX_SOURCE_BYTES,
-    check_id,
-    check_input,
-    check_name,
-    check_query,
-    clean_result,
-    clean_text,
-    loggable,
-    loggable_id,
+from gateway.mcp_errors import (
+    INVALID_PARAMS,
+    RESOURCE_NOT_FOUND,
+    UnknownTool,
+    internal_error_result,
+    tool_error_result,
+    tool_result,
+    unknown_tool_error,
 )
+from gateway.mcp_http import (  # re-exported: the HTTP side of this door
+    MCP_PATH,
+    PROTECTED_RESOURCE_PATH,
+    ASGIApp,
+    McpHandle,
+    _AuthGuard,
+    _security,
+    start_mcp_server,
+)
+from gateway.models import CodeAction, Operation, Principal, ToolAction
+from gateway.pipeline import Pipeline
+from gateway.sandbox import SandboxEvent
+from gateway.values import MAX_NAME_LENGTH, check_input, check_name, clean_text, loggable
 
 __all__ = [
     "MCP_PATH",
@@ -93,31 +90,19 @@ __all__ = [
 
 log = structlog.get_logger("switchboard.mcp")
 
-MCP_PATH = "/mcp"
 # Optional client-chosen idempotency key for a dedicated tool call, in the request ``_meta``.
 REQUEST_ID_META_KEY = "switchboard/request_id"
 _META_VALIDATORS = {t.name: Draft202012Validator(t.input_schema) for t in meta_tools()}
 _READ_ONLY = types.ToolAnnotations(read_only_hint=True, open_world_hint=False)
-# RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
-# under it.
-PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 # The catalog as MCP resources: one document per operation the caller may use.
 OPERATION_URI_PREFIX = "switchboard://operations/"
 _OPERATION_TEMPLATE = OPERATION_URI_PREFIX + "{name}"
-# JSON-RPC codes of the MCP spec: invalid params (unknown tool/prompt), resource not found.
-INVALID_PARAMS = -32602
-RESOURCE_NOT_FOUND = -32002
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Tags an OpenAPI document can put on an operation to say it destroys or only reads data.
 _DESTRUCTIVE_TAGS = frozenset({"destructive", "delete"})
 _READ_ONLY_TAGS = frozenset({"read-only", "readonly"})
-_HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 _MAX_COMPLETIONS = 100  # the spec's cap on completion values per response
 
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
 
 
 def _is_read_only(op: Operation) -> bool:
@@ -172,10 +157,6 @@ def _output_schema(op: Operation) -> dict[str, Any]:
     }
 
 
-class _UnknownTool(Exception):
-    """A tool name that is neither a meta-tool nor any operation's: a JSON-RPC error."""
-
-
 def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
     validator = _META_VALIDATORS[name]
     error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)
@@ -192,52 +173,6 @@ def _check_meta_args(name: str, arguments: dict[str, Any]) -> None:
 def _bounded_name(name: str) -> str:
     """The tool name as recorded (span name, attributes, logs) before it is checked."""
     return name if len(name) <= MAX_NAME_LENGTH and name.isprintable() else loggable(name)
-
-
-def _request_id(meta: Any) -> str:
-    """The client's idempotency key from ``_meta`` (checked like gRPC's), or a fresh one."""
-    value = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
-    if value is None or value == "":
-        return str(uuid.uuid4())
-    field = f"_meta.{REQUEST_ID_META_KEY}"
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{field} must be a string", field=field)
-    return check_id(value, field)
-
-
-def _outcome_dict(outcome: Outcome) -> dict[str, Any]:
-    """The model-facing result: the same shape as ``ExecutionResult.to_model()`` plus ids."""
-    out: dict[str, Any] = {"ok": outcome.error is None, "route": outcome.decision.route}
-    if outcome.result is not None:
-        # The same bounds as gRPC: lone surrogates -> U+FFFD, NaN/inf/too deep -> result_invalid.
-        out["result"] = clean_result(outcome.result)
-    if outcome.stdout:
-        out["stdout"] = clean_text(outcome.stdout)
-    if outcome.stderr:
-        out["stderr"] = clean_text(outcome.stderr)
-    if outcome.error:
-        out["error"] = clean_result(outcome.error, "error")
-    if outcome.output_truncated:
-        out["output_truncated"] = True
-    if outcome.replayed:
-        out["replayed"] = True
-    out["trace_id"] = outcome.trace_id
-    return out
-
-
-def _result(payload: dict[str, Any], *, is_error: bool) -> types.CallToolResult:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str,
-                      allow_nan=False)
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content=payload,
-        is_error=is_error,
-    )
-
-
-def _trace_id(span: trace.Span) -> str:
-    ctx = span.get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 class _Handlers:
@@ -396,89 +331,70 @@ class _Handlers:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        """One ``tools/call`` in the shared call scope (span, identity, log context, outcome,
+        audit); what is MCP's own is reading the request and the mapping of errors to tool
+        results or JSON-RPC errors (:mod:`gateway.mcp_errors`)."""
         name = params.name
         arguments = dict(params.arguments or {})
         meta: Any = params.meta or {}
         recorded = _bounded_name(name)
         raw_id = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
-        with self.tracer.start_as_current_span(
-            f"mcp tools/call {recorded}",
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            span.set_attribute(attr.TRANSPORT, "mcp")
-            span.set_attribute("mcp.method.name", "tools/call")
-            span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
-            span.set_attribute(attr.GEN_AI_TOOL_NAME, recorded)
-            if isinstance(raw_id, str) and raw_id:
-                span.set_attribute(attr.REQUEST_ID, loggable_id(raw_id))  # before it is checked
-            try:
-                request_id = _request_id(meta)
-                span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
-                span.set_attribute(attr.REQUEST_ID, request_id)
-                with self.tracer.start_as_current_span(attr.SPAN_IDENTITY) as ident:
-                    try:
-                        principal = await self.principal(ctx)
-                    except GatewayError as exc:
-                        ident.set_status(Status(StatusCode.ERROR, exc.message))
-                        raise
-                span.set_attribute(attr.PRINCIPAL_ID, principal.id)
-                span.set_attribute(attr.TENANT, principal.tenant)
+        if raw_id is None or raw_id == "":
+            raw_id = str(uuid.uuid4())  # MCP clients rarely send one: a fresh key per call
+        headers = list(getattr(ctx.request, "headers", {}).items()) \
+            if getattr(ctx.request, "headers", None) is not None else []
+        parent = extract_trace_context(headers) if any(
+            k.lower() == "traceparent" for k, _ in headers) else None
+        opened: list[CallScope] = []
+        try:
+            async with call_scope(
+                self.tracer, self.authenticator, transport="mcp",
+                span_name=f"mcp tools/call {recorded}", token=bearer_token(headers),
+                raw_request_id=recorded_request_id(raw_id),
+                attributes={"mcp.method.name": "tools/call",
+                            attr.GEN_AI_OPERATION_NAME: "execute_tool",
+                            attr.GEN_AI_TOOL_NAME: recorded},
+                parent=parent, log_fields={"mcp_method": "tools/call", "tool": recorded},
+                on_open=opened.append,
+            ) as scope:
+                request_id = envelope.request_id(raw_id, MCP, generate=True)
+                scope.span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
+                scope.span.set_attribute(attr.REQUEST_ID, request_id)
+                assert scope.principal is not None
                 payload, is_error = await self._dispatch(
-                    principal, name, arguments, request_id, _Notifier(ctx))
-                outcome = (payload.get("error") or {}).get("code", attr.OUTCOME_OK)
-                span.set_attribute(attr.OUTCOME, str(outcome))
-                return _result(payload, is_error=is_error)
-            except _UnknownTool:
-                # Neither a meta-tool nor any operation's name: a protocol error (-32602), as
-                # the MCP spec has it, not a tool result.
-                span.set_attribute(attr.OUTCOME, UnknownOperation.code)
-                span.set_status(Status(StatusCode.ERROR, "unknown tool"))
-                raise MCPError(INVALID_PARAMS, f"Unknown tool: {recorded}",
-                               {"code": UnknownOperation.code, "field": "name",
-                                "trace_id": _trace_id(span)}) from None
-            except GatewayError as exc:
-                span.set_attribute(attr.OUTCOME, exc.code)
-                span.set_status(Status(StatusCode.ERROR, exc.message[:1024]))
-                # Denials and bad arguments are tool results the model should read and act on.
-                err = {"ok": False, "error": exc.to_dict(), "trace_id": _trace_id(span)}
-                if exc.code == "approval_required":  # docs/approvals.md: held, not failed
-                    err["status"] = "approval_required"
-                    err["approval"] = dict(exc.details)
-                return _result(err, is_error=True)
-            except asyncio.CancelledError:
-                span.set_attribute(attr.OUTCOME, "cancelled")
-                span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
-                raise
-            except Exception as exc:
-                # Never hand internals to the model; the log and the span keep the details.
-                log.exception("MCP tool call failed", tool=recorded)
-                span.set_attribute(attr.OUTCOME, GatewayError.code)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                err = {
-                    "ok": False,
-                    "error": GatewayError("internal error").to_dict(),
-                    "trace_id": _trace_id(span),
-                }
-                return _result(err, is_error=True)
+                    scope, scope.principal, name, arguments, request_id, _Notifier(ctx))
+                return tool_result(payload, is_error=is_error)
+        except UnknownTool as exc:
+            # Neither a meta-tool nor any operation's name: a protocol error (-32602), as the
+            # MCP spec has it, not a tool result.
+            raise unknown_tool_error(exc, _opened_trace_id(opened)) from None
+        except GatewayError as exc:
+            # Denials and bad arguments are tool results the model should read and act on.
+            return tool_error_result(exc, _opened_trace_id(opened))
+        except Exception:
+            # The scope logged and recorded it; never hand internals to the model.
+            return internal_error_result(_opened_trace_id(opened))
 
     async def _dispatch(
-        self, principal: Principal, name: str, arguments: dict[str, Any], request_id: str,
-        notifier: _Notifier,
+        self, scope: CallScope, principal: Principal, name: str, arguments: dict[str, Any],
+        request_id: str, notifier: _Notifier,
     ) -> tuple[dict[str, Any], bool]:
         p = self.pipeline
         # Plain, finite, bounded JSON first: the schema validator, the audit digest and the
         # backend encoder all assume it (NaN/Infinity literals and lone surrogate escapes
         # parse as JSON; deep nesting reaches Python's recursion limit).
         if name == EXECUTE_CODE:
-            check_input(arguments.get("inputs"), "inputs")
-            check_input({k: v for k, v in arguments.items() if k != "inputs"}, "arguments")
+            check_input(arguments.get("inputs"), MCP.inputs)
+            check_input({k: v for k, v in arguments.items() if k != "inputs"}, MCP.arguments)
         else:
-            check_input(arguments, "arguments")
+            check_input(arguments, MCP.arguments)
+        # The envelope's bounds before the schema, as gRPC has them: the same over-long name,
+        # query or source is the same invalid_request on both doors (the schema's own bounds
+        # are looser or equal) and a hostile value is never walked in full.
         if name == SEARCH_OPERATIONS:
+            if isinstance(arguments.get("query"), str):
+                envelope.check_search_query(arguments["query"], MCP)
             _check_meta_args(name, arguments)
-            check_query(arguments["query"], "arguments.query")
             hits = await p.search(principal, arguments["query"], int(arguments.get("limit", 10)))
             ops = [
                 {"name": h.name, "summary": h.summary, "tags": list(h.tags), "route": h.route}
@@ -486,40 +402,36 @@ class _Handlers:
             ]
             return {"operations": ops}, False
         if name == DESCRIBE_OPERATION:
+            if isinstance(arguments.get("name"), str):
+                envelope.check_operation_name(arguments["name"], MCP, describe=True)
             _check_meta_args(name, arguments)
-            check_name(arguments["name"], "arguments.name")
             return await p.describe(principal, arguments["name"], arguments.get("path"),
                                     arguments.get("page"), field_prefix="arguments."), False
         if name == EXECUTE_CODE:
+            if isinstance(arguments.get("code"), str):
+                envelope.check_source(arguments["code"], MCP)
             _check_meta_args(name, arguments)
-            code = arguments["code"]
-            if len(code) > MAX_SOURCE_BYTES or len(code.encode()) > MAX_SOURCE_BYTES:
-                raise InvalidRequest(f"arguments.code exceeds {MAX_SOURCE_BYTES} bytes",
-                                     field="arguments.code")
-            if arguments.get("session_id"):
-                check_id(arguments["session_id"], "arguments.session_id", "session_id")
-            action: CodeAction | ToolAction = CodeAction(
-                request_id=request_id,
-                source=arguments["code"],
+            action: CodeAction | ToolAction = envelope.code_action(
+                MCP, request_id=request_id, source=arguments["code"],
                 inputs=dict(arguments.get("inputs") or {}),
                 timeout_ms=int(arguments.get("timeout_ms") or 0),
                 session_id=arguments.get("session_id") or None,
                 labels={"transport": "mcp"},
             )
         else:
-            check_name(name, "name")
+            envelope.check_operation_name(name, MCP)
             operation = self.tool_names.get(name)
             if operation is None:
-                raise _UnknownTool(name)
-            action = ToolAction(
-                request_id=request_id,
-                name=operation,
-                arguments=arguments,
-                labels={"transport": "mcp"},
-            )
+                raise UnknownTool(_bounded_name(name))
+            action = envelope.tool_action(MCP, request_id=request_id, name=operation,
+                                          arguments=arguments, labels={"transport": "mcp"})
         on_event = notifier.on_event if isinstance(action, CodeAction) else None
-        outcome = await p.execute(principal, action, on_event=on_event)
-        return _outcome_dict(outcome), outcome.error is not None
+        outcome = scope.returned(await p.execute(principal, action, on_event=on_event))
+        return outcome_payload(outcome), outcome.error is not None
+
+
+def _opened_trace_id(opened: Sequence[CallScope]) -> str:
+    return opened[0].trace_id if opened else ""
 
 
 class _Notifier:
@@ -556,190 +468,6 @@ class _Notifier:
                     )
         except Exception as exc:  # a gone client must not fail the run
             log.debug("MCP notification dropped", error=type(exc).__name__)
-
-
-def _header(scope: MutableMapping[str, Any], name: bytes) -> str:
-    for k, v in scope["headers"]:
-        if k.lower() == name:
-            return str(v.decode("latin-1"))
-    return ""
-
-
-class _AuthGuard:
-    """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
-    request, and serves the protected-resource metadata (no auth needed); lifespan and other
-    paths pass through."""
-
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
-                 resource_url: str | None, authorization_servers: Sequence[str]) -> None:
-        self.app = app
-        self.authenticator = authenticator
-        self.path = path
-        self.resource_url = resource_url
-        self.authorization_servers = list(authorization_servers)
-
-    def resource(self, scope: MutableMapping[str, Any]) -> str:
-        """The endpoint's public URL: ``mcp.resource_url``, else the one the client used (set
-        it behind a proxy that rewrites Host, adds a path prefix or terminates TLS)."""
-        if self.resource_url:
-            return self.resource_url
-        host = _header(scope, b"host")
-        if not _HOST_HEADER.fullmatch(host):  # it goes into a header and JSON: only host[:port]
-            server = scope.get("server") or ("127.0.0.1", 0)
-            host = f"{server[0]}:{server[1]}"
-        return f"{scope.get('scheme', 'http')}://{host}{self.path}"
-
-    def metadata_url(self, scope: MutableMapping[str, Any]) -> str:
-        """Where the metadata is: RFC 9728 puts the well-known segment between the origin and
-        the resource's path."""
-        url = urlsplit(self.resource(scope))
-        return f"{url.scheme}://{url.netloc}{PROTECTED_RESOURCE_PATH}{url.path.rstrip('/')}"
-
-    def metadata(self, scope: MutableMapping[str, Any]) -> dict[str, Any]:
-        """RFC 9728 protected-resource metadata. ``authorization_servers`` is the JWT issuer
-        when one is configured; ``switchboard_token_types`` says which bearer tokens this
-        gateway takes (its static token table, JWTs checked against its JWKS)."""
-        token_types = []
-        if self.authenticator.has_static_tokens:
-            token_types.append("static")
-        if self.authenticator.jwks is not None:
-            token_types.append("jwt")
-        out: dict[str, Any] = {
-            "resource": self.resource(scope),
-            "resource_name": "Switchboard gateway",
-            "bearer_methods_supported": ["header"],
-            "switchboard_token_types": token_types,
-        }
-        if self.authorization_servers:
-            out["authorization_servers"] = self.authorization_servers
-        return out
-
-    async def _json(self, send: Any, status: int, payload: Any,
-                    extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        body = json.dumps(payload).encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *extra,
-            ],
-        })
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = str(scope.get("path", ""))
-        if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
-            if scope.get("method") not in ("GET", "HEAD"):
-                await self._json(send, 405, {"error": "method not allowed"},
-                                 [(b"allow", b"GET, HEAD")])
-                return
-            await self._json(send, 200, self.metadata(scope),
-                             [(b"cache-control", b"public, max-age=300"),
-                              (b"access-control-allow-origin", b"*")])
-            return
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        try:
-            await self.authenticator.authenticate_async(bearer_token(headers))
-        except Unauthenticated as exc:
-            challenge = (f'Bearer realm="switchboard", '
-                         f'resource_metadata="{self.metadata_url(scope)}"')
-            if bearer_token(headers) is not None:
-                challenge += ', error="invalid_token"'
-            await self._json(
-                send, 401,
-                {
-                    "jsonrpc": "2.0",
-                    "id": None,
-                    "error": {"code": -32001, "message": exc.message, "data": exc.to_dict()},
-                },
-                [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
-            )
-            return
-        await _json_only_bridge(self.app, scope, receive, send)
-
-
-def _last_jsonrpc_response(body: bytes) -> bytes | None:
-    """The JSON-RPC response in an SSE body (the last event with an id and a result/error)."""
-    found = None
-    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
-                          if line.startswith(b"data:"))
-        if not data:
-            continue
-        try:
-            message = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and "id" in message and (
-                "result" in message or "error" in message):
-            found = data
-    return found
-
-
-async def _json_only_bridge(app: ASGIApp, scope: MutableMapping[str, Any], receive: Any,
-                            send: Any) -> None:
-    """Keeps clients that accept only ``application/json`` working: the SDK answers
-    handshake-era requests as SSE (and refuses such clients with 406), so their POSTs are
-    served as if they accepted SSE and the stream is turned back into the one JSON-RPC
-    response (notifications are dropped: such a client cannot receive them)."""
-    accept = _header(scope, b"accept").lower()
-    if scope.get("method") != "POST" or "text/event-stream" in accept or (
-            "application/json" not in accept):
-        await app(scope, receive, send)
-        return
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]
-    headers.append((b"accept", b"application/json, text/event-stream"))
-    start: dict[str, Any] = {}
-    chunks: list[bytes] = []
-
-    async def capture(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            start.update(message)
-            content_type = next((v for k, v in message.get("headers", [])
-                                 if k.lower() == b"content-type"), b"")
-            if not content_type.startswith(b"text/event-stream"):
-                start["passthrough"] = True
-                await send(message)
-            return
-        if start.get("passthrough"):
-            await send(message)
-            return
-        if message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                body = _last_jsonrpc_response(b"".join(chunks))
-                status = int(start.get("status", 200))
-                if body is None:
-                    status, body = 502, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,' \
-                        b'"message":"no response in the event stream"}}'
-                await send({"type": "http.response.start", "status": status, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-            return
-        await send(message)
-
-    await app({**scope, "headers": headers}, receive, capture)
-
-
-def _security(allowed_hosts: Sequence[str] | None,
-              allowed_origins: Sequence[str] | None) -> TransportSecuritySettings:
-    if allowed_hosts is None and allowed_origins is None:
-        # Bearer tokens already gate every request; DNS-rebinding checks are opt-in (give the
-        # Host values a browser could not be tricked into sending).
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    hosts = list(allowed_hosts or ())
-    if allowed_origins is None:
-        origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
-    else:
-        origins = list(allowed_origins)
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 def create_mcp_app(
@@ -792,71 +520,3 @@ def create_mcp_app(
     )
     return _AuthGuard(app, authenticator, path=path, resource_url=resource_url,
                       authorization_servers=authorization_servers)
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its signal handlers: the host process (``switchboard serve``) owns them."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass
-class McpHandle:
-    """A running MCP listener in the current event loop."""
-
-    host: str
-    port: int
-    _server: _EmbeddedUvicorn
-    _task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{MCP_PATH}"
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, give in-flight requests ``grace`` seconds, then close."""
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._server.force_exit = True
-            await self._task
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
-    """Serve ``app`` with uvicorn on ``listen`` (port 0 picks a free port) in this loop; returns
-    once it accepts connections."""
-    host, port = _split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit it; asyncio skips proto-0 sockets, and keep-alive answers
-    # would otherwise stall ~40 ms on Nagle + delayed ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    server = _EmbeddedUvicorn(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="switchboard-mcp")
-    while not server.started:
-        if task.done():
-            sock.close()
-            task.result()  # raises the startup error
-            raise OSError(f"MCP server on {listen} exited during start-up")
-        await asyncio.sleep(0.005)
-    return McpHandle(host=host, port=bound, _server=server, _task=task)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequirement", "BackendSettings", "Decision", "Limits", "Operation",
-           "Parameter", "Principal", "Route"]
+__all__ = ["Action", "ApprovalRequirement", "BackendSettings", "CodeAction", "Decision", "Limits",
+           "Operation", "Outcome", "Parameter", "Principal", "Route", "ToolAction"]
 
 Route = Literal["tool", "code", "deny"]
 
@@ -131,3 +131,42 @@ class BackendSettings:
     # The backend deduplicates requests by their Idempotency-Key header (as Stripe does), so
     # a write whose outcome is unknown may be re-sent with the same key.
     idempotency_keys: bool = False
+
+
+# --- the front door's action and outcome types ------------------------------------------
+# What either door (gRPC, MCP) parses its request into, and what the pipeline answers; see
+# docs/front-door.md.
+
+@dataclass(frozen=True)
+class ToolAction:
+    request_id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CodeAction:
+    request_id: str
+    source: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    timeout_ms: int = 0
+    session_id: str | None = None
+    output_schema: dict[str, Any] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+Action = ToolAction | CodeAction
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    trace_id: str = ""
+    replayed: bool = False
+    host_calls: int = 0
+    output_truncated: bool = False

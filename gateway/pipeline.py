@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -51,7 +51,16 @@ from gateway.errors import (
     UnknownOperation,
 )
 from gateway.manifest import ToolDef, dedicated_tools, meta_tools
-from gateway.models import Decision, Limits, Operation, Principal
+from gateway.models import (  # the action/outcome types are the front door's (re-exported)
+    Action,
+    CodeAction,
+    Decision,
+    Limits,
+    Operation,
+    Outcome,
+    Principal,
+    ToolAction,
+)
 from gateway.policy import Discovery, PolicyEngine, build_input
 from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
 from gateway.tools import BackendClient, ToolChannel, idempotency_key, validate_arguments
@@ -73,41 +82,6 @@ APPROVAL_ERRORS = (ApprovalRequired, ApprovalRejected, ApprovalExpired, Approval
 # Discovery results kept (one per tenant + role set + catalog and policy revision).
 DISCOVERY_CACHE_SIZE = 256
 DiscoveryKey = tuple[str, tuple[str, ...], str, str]
-
-
-@dataclass(frozen=True)
-class ToolAction:
-    request_id: str
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CodeAction:
-    request_id: str
-    source: str
-    inputs: dict[str, Any] = field(default_factory=dict)
-    timeout_ms: int = 0
-    session_id: str | None = None
-    output_schema: dict[str, Any] | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-Action = ToolAction | CodeAction
-
-
-@dataclass
-class Outcome:
-    decision: Decision
-    result: Any = None
-    stdout: str = ""
-    stderr: str = ""
-    error: dict[str, Any] | None = None
-    trace_id: str = ""
-    replayed: bool = False
-    host_calls: int = 0
-    output_truncated: bool = False
 
 
 @dataclass(frozen=True)

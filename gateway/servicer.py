@@ -1,6 +1,9 @@
-"""The gRPC servicer: translate protobuf to pipeline actions and back, nothing more.
+"""The gRPC servicer: translate protobuf to the front door's actions and back, nothing more.
 
-Identity, tracing, logging and error mapping happen in :mod:`gateway.interceptors`.
+The envelope checks are the shared validator's (:mod:`gateway.frontdoor.envelope`), the
+rendering of an outcome the shared renderer's (:mod:`gateway.frontdoor.render`); identity,
+tracing, logging and audit happen in the shared call scope, entered by
+:mod:`gateway.interceptors`, which also maps errors to gRPC status.
 """
 
 from __future__ import annotations
@@ -17,22 +20,12 @@ from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.catalog import python_signature
 from gateway.errors import InvalidRequest
-from gateway.interceptors import current_principal
+from gateway.frontdoor import GRPC, current_principal, envelope, outcome_payload, returned
 from gateway.manifest import format_tools
-from gateway.models import Decision
-from gateway.pipeline import Action, CodeAction, Outcome, Pipeline, ToolAction
+from gateway.models import Action, Decision, Outcome
+from gateway.pipeline import Pipeline
 from gateway.sandbox import SandboxEvent
-from gateway.values import (
-    ID_PATTERN,
-    MAX_SOURCE_BYTES,
-    check_id,
-    check_input,
-    check_name,
-    check_query,
-    clean_result,
-    clean_text,
-    key_path,
-)
+from gateway.values import ID_PATTERN, clean_result, clean_text, key_path
 
 __all__ = ["GatewayServicer"]
 
@@ -100,10 +93,8 @@ def _from_struct(s: struct_pb2.Struct, path: str) -> dict[str, Any]:
     """A Struct as plain JSON, with the same shapes as ``json_format.MessageToDict`` but a
     stable ``InvalidRequest`` (``field`` = the path, e.g. ``arguments.amount``) for NaN and
     infinities, which a Struct can carry and JSON cannot. The nesting is bounded by
-    protobuf's decoder; :func:`check_input` then applies the gateway's own bounds."""
-    out = {k: _from_value(v, key_path(path, k)) for k, v in s.fields.items()}
-    check_input(out, path)
-    return out
+    protobuf's decoder; the envelope validator then applies the gateway's own bounds."""
+    return {k: _from_value(v, key_path(path, k)) for k, v in s.fields.items()}
 
 
 def decision_pb(d: Decision) -> pb.Decision:
@@ -116,48 +107,45 @@ def decision_pb(d: Decision) -> pb.Decision:
 
 
 def to_action(request: pb.ExecuteRequest, *, explain: bool = False) -> Action:
-    """Validate the request envelope; the arguments themselves are checked by the schema.
+    """Parse the protobuf envelope; the checks are the shared envelope validator's
+    (:mod:`gateway.frontdoor.envelope`, field paths of :data:`~gateway.frontdoor.GRPC`).
     ``Explain`` executes nothing, so it needs no idempotency key."""
     which = request.WhichOneof("action")
     if which is None:
         raise InvalidRequest("exactly one of tool_call or code_run is required", field="action")
-    if request.request_id:
-        check_id(request.request_id, "request_id")
     labels = dict(request.labels)
     if which == "tool_call":
         call = request.tool_call
-        check_name(call.name, "tool_call.name")
-        if not request.request_id and not explain:
-            raise InvalidRequest("request_id is required for tool calls (it is the idempotency "
-                                 "key)", field="request_id")
-        return ToolAction(request_id=request.request_id, name=call.name,
-                          arguments=_from_struct(call.arguments, "arguments"), labels=labels)
+        request_id = envelope.request_id(request.request_id, GRPC)
+        envelope.check_operation_name(call.name, GRPC)
+        if not explain:
+            envelope.require_request_id(request_id, GRPC)
+        return envelope.tool_action(
+            GRPC, request_id=request_id, name=call.name,
+            arguments=_from_struct(call.arguments, GRPC.arguments), labels=labels)
     run = request.code_run
-    if len(run.source) > MAX_SOURCE_BYTES or len(run.source.encode()) > MAX_SOURCE_BYTES:
-        raise InvalidRequest(f"code_run.source exceeds {MAX_SOURCE_BYTES} bytes",
-                             field="code_run.source")
-    if not run.source.strip():
-        raise InvalidRequest("code_run.source is empty", field="code_run.source")
-    if run.HasField("session_id") and run.session_id:
-        check_id(run.session_id, "code_run.session_id", "session_id")
-    schema = (_from_struct(run.output_schema, "code_run.output_schema")
+    request_id = envelope.request_id(request.request_id, GRPC)
+    has_session = run.HasField("session_id") and bool(run.session_id)
+    schema = (_from_struct(run.output_schema, GRPC.output_schema)
               if run.HasField("output_schema") else None)
-    return CodeAction(
-        request_id=request.request_id, source=run.source,
-        inputs=_from_struct(run.inputs, "inputs"), timeout_ms=run.timeout_ms,
-        session_id=run.session_id if run.HasField("session_id") and run.session_id else None,
+    return envelope.code_action(
+        GRPC, request_id=request_id, source=run.source,
+        inputs=_from_struct(run.inputs, GRPC.inputs), timeout_ms=run.timeout_ms,
+        session_id=run.session_id if has_session else None,
         output_schema=schema or None, labels=labels)
 
 
 def outcome_pb(request_id: str, o: Outcome) -> pb.ExecuteResponse:
+    """The shared rendering (:func:`gateway.frontdoor.outcome_payload`) as protobuf."""
+    view = outcome_payload(o)
     resp = pb.ExecuteResponse(
-        request_id=request_id, decision=decision_pb(o.decision), stdout=clean_text(o.stdout),
-        stderr=clean_text(o.stderr), trace_id=o.trace_id, replayed=o.replayed,
-        host_calls=o.host_calls, output_truncated=o.output_truncated)
-    if o.result is not None:
-        resp.result.CopyFrom(_value(o.result))
-    if o.error:
-        error = clean_result(o.error, "error")
+        request_id=request_id, decision=decision_pb(o.decision),
+        stdout=view.get("stdout", ""), stderr=view.get("stderr", ""), trace_id=o.trace_id,
+        replayed=o.replayed, host_calls=o.host_calls, output_truncated=o.output_truncated)
+    if "result" in view:
+        _fill(resp.result, view["result"])
+    if "error" in view:
+        error = view["error"]
         details = struct_pb2.Struct()
         for k, v in error.items():
             if k not in {"code", "message", "field"}:
@@ -191,7 +179,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def SearchOperations(self, request: pb.SearchOperationsRequest,
                                context: grpc.aio.ServicerContext[Any, Any],
                                ) -> pb.SearchOperationsResponse:
-        check_query(request.query)
+        envelope.check_search_query(request.query, GRPC)
         limit = min(request.limit or 10, 50)
         hits = await self.pipeline.search(current_principal(), request.query, limit)
         return pb.SearchOperationsResponse(operations=[
@@ -201,7 +189,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def DescribeOperation(self, request: pb.DescribeOperationRequest,
                                 context: grpc.aio.ServicerContext[Any, Any],
                                 ) -> pb.OperationDescription:
-        check_name(request.name, "name")
+        envelope.check_operation_name(request.name, GRPC, describe=True)
         d = await self.pipeline.describe(current_principal(), request.name,
                                          request.path or None, request.page or None)
         op = self.pipeline.catalog.require(request.name, field="name")
@@ -226,7 +214,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.ExecuteResponse:
         action = to_action(request)
         outcome = await self.pipeline.execute(current_principal(), action)
-        return outcome_pb(action.request_id, outcome)
+        return outcome_pb(action.request_id, returned(outcome))
 
     async def ExecuteStream(self, request: pb.ExecuteRequest,
                             context: grpc.aio.ServicerContext[Any, Any],
@@ -254,7 +242,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         finally:
             if not task.done():
                 task.cancel()
-        yield pb.ExecuteEvent(response=outcome_pb(action.request_id, outcome))
+        yield pb.ExecuteEvent(response=outcome_pb(action.request_id, returned(outcome)))
 
     async def Explain(self, request: pb.ExecuteRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.Decision:

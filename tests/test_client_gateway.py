@@ -12,10 +12,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import switchboard_tokenbench as tokenbench
 from gateway_support import RunningGateway
 from switchboard_client import AsyncSwitchboardClient, SwitchboardClient, SwitchboardError
-
-from gateway import tokenbench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from smolagents_executor import DEMO_STEPS, SwitchboardExecutor, run_demo

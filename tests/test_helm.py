@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -248,6 +249,53 @@ def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart)
     assert config["sandbox"] == {"workers": 2, "session_idle_s": 300, "max_sessions": 4,
                                  "max_sessions_per_principal": 2}
     assert yaml.safe_load(yaml.safe_dump(config)) == config
+
+
+def test_mcp_settings_are_rendered_into_the_config(chart: helm_python.Chart) -> None:
+    """The chart's mcp.* values are gateway/config.py's mcp settings (McpSettings): each one
+    set is rendered under its config name, each one left empty is left out (the gateway's
+    default), and the rendered block passes the gateway's own config schema."""
+    from gateway.config import SCHEMA, McpSettings
+
+    default = gateway_config(render(chart))["mcp"]
+    assert default == {"enabled": False, "listen": "0.0.0.0:8765"}
+    values = {"mcp": {"enabled": True, "port": 9000,
+                      "allowedHosts": ["switchboard.example.com:*", "10.0.0.7:9000"],
+                      "allowedOrigins": ["https://app.example.com"],
+                      "resourceUrl": "https://switchboard.example.com/mcp"}}
+    mcp = gateway_config(render(chart, values))["mcp"]
+    assert mcp == {"enabled": True, "listen": "0.0.0.0:9000",
+                   "allowed_hosts": ["switchboard.example.com:*", "10.0.0.7:9000"],
+                   "allowed_origins": ["https://app.example.com"],
+                   "resource_url": "https://switchboard.example.com/mcp"}
+    # Every McpSettings field has a chart value, and nothing else is rendered.
+    assert set(mcp) == set(McpSettings.__dataclass_fields__)
+    assert set(mcp) == set(SCHEMA["properties"]["mcp"]["properties"])
+    jsonschema.Draft202012Validator(SCHEMA["properties"]["mcp"]).validate(mcp)
+
+
+@pytest.mark.parametrize(
+    ("values", "text"),
+    [
+        ({"mcp": {"allowedHosts": "host:*"}}, "at '/mcp/allowedHosts'"),
+        ({"mcp": {"allowedHosts": ["has space"]}}, "at '/mcp/allowedHosts/0'"),
+        ({"mcp": {"allowedOrigins": ["app.example.com"]}}, "at '/mcp/allowedOrigins/0'"),
+        ({"mcp": {"resourceUrl": "switchboard/mcp"}}, "at '/mcp/resourceUrl'"),
+        ({"mcp": {"protocolVersion": "2025-11-25"}}, "additional properties 'protocolVersion'"),
+    ],
+)
+def test_schema_rejects_bad_mcp_values(
+    chart: helm_python.Chart, values: dict[str, Any], text: str
+) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as info:
+        chart.validate_schema(values)
+    assert text in str(info.value)
+
+
+def test_mcp_origins_without_hosts_are_refused(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as info:
+        render(chart, {"mcp": {"allowedOrigins": ["https://app.example.com"]}})
+    assert "mcp.allowedOrigins needs mcp.allowedHosts" in str(info.value)
 
 
 def test_packaged_chart_ships_policies_without_tests(

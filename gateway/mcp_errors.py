@@ -1,0 +1,74 @@
+"""The MCP transport's own mapping of gateway errors, beside :mod:`gateway.grpc_status` for
+gRPC: the error hierarchy (:mod:`gateway.errors`) knows no transport.
+
+MCP has two ways to fail a ``tools/call``: a JSON-RPC error (the request itself is wrong at
+the protocol level: an unknown tool is ``-32602``, as the spec has it) and a tool result with
+``isError: true`` (everything the model should read and act on: denials, bad arguments,
+approvals, backend failures). The HTTP layer answers an unauthenticated request ``401`` with
+a JSON-RPC error ``-32001`` before MCP sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+from gateway.errors import GatewayError, UnknownOperation
+from gateway.frontdoor import error_payload
+
+__all__ = [
+    "INVALID_PARAMS",
+    "RESOURCE_NOT_FOUND",
+    "UNAUTHENTICATED",
+    "UnknownTool",
+    "internal_error_result",
+    "tool_error_result",
+    "tool_result",
+    "unknown_tool_error",
+]
+
+# JSON-RPC codes of the MCP spec: invalid params (unknown tool/prompt), resource not found.
+INVALID_PARAMS = -32602
+RESOURCE_NOT_FOUND = -32002
+# The server-defined code of the 401 answer (before any MCP processing).
+UNAUTHENTICATED = -32001
+
+
+class UnknownTool(UnknownOperation):
+    """A tool name that is neither a meta-tool nor any operation's: a JSON-RPC error, not a
+    tool result (it is still ``unknown_operation`` in the audit)."""
+
+    def __init__(self, recorded: str) -> None:
+        super().__init__(f"Unknown tool: {recorded}", field="name")
+        self.recorded = recorded
+
+
+def tool_result(payload: dict[str, Any], *, is_error: bool) -> types.CallToolResult:
+    """A payload as a tool result: the JSON text every client reads, and the same object as
+    structured content."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str,
+                      allow_nan=False)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=payload,
+        is_error=is_error,
+    )
+
+
+def tool_error_result(exc: GatewayError, trace_id: str) -> types.CallToolResult:
+    """A gateway error as the tool result the model reads (the shared error payload)."""
+    return tool_result(error_payload(exc, trace_id), is_error=True)
+
+
+def internal_error_result(trace_id: str) -> types.CallToolResult:
+    """An unexpected failure: never hand internals to the model (the log and span keep
+    them)."""
+    return tool_error_result(GatewayError("internal error"), trace_id)
+
+
+def unknown_tool_error(exc: UnknownTool, trace_id: str) -> MCPError:
+    return MCPError(INVALID_PARAMS, exc.message,
+                    {"code": exc.code, "field": exc.field, "trace_id": trace_id})

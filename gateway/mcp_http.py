@@ -1,0 +1,291 @@
+"""The MCP door's HTTP side: the ASGI guard in front of the MCP app (401 with
+``WWW-Authenticate`` before any MCP processing, the RFC 9728 protected-resource metadata
+without auth), the bridge for clients that accept only ``application/json``, the DNS-rebinding
+settings, and the embedded uvicorn listener. Split out of :mod:`gateway.mcp_server`, which
+re-exports what callers use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+
+from gateway.errors import Unauthenticated
+from gateway.identity import Authenticator, bearer_token
+from gateway.mcp_errors import UNAUTHENTICATED
+
+__all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
+
+MCP_PATH = "/mcp"
+# RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
+# under it.
+PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
+_HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def _header(scope: MutableMapping[str, Any], name: bytes) -> str:
+    for k, v in scope["headers"]:
+        if k.lower() == name:
+            return str(v.decode("latin-1"))
+    return ""
+
+
+class _AuthGuard:
+    """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
+    request, and serves the protected-resource metadata (no auth needed); lifespan and other
+    paths pass through."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
+                 resource_url: str | None, authorization_servers: Sequence[str]) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.path = path
+        self.resource_url = resource_url
+        self.authorization_servers = list(authorization_servers)
+
+    def resource(self, scope: MutableMapping[str, Any]) -> str:
+        """The endpoint's public URL: ``mcp.resource_url``, else the one the client used (set
+        it behind a proxy that rewrites Host, adds a path prefix or terminates TLS)."""
+        if self.resource_url:
+            return self.resource_url
+        host = _header(scope, b"host")
+        if not _HOST_HEADER.fullmatch(host):  # it goes into a header and JSON: only host[:port]
+            server = scope.get("server") or ("127.0.0.1", 0)
+            host = f"{server[0]}:{server[1]}"
+        return f"{scope.get('scheme', 'http')}://{host}{self.path}"
+
+    def metadata_url(self, scope: MutableMapping[str, Any]) -> str:
+        """Where the metadata is: RFC 9728 puts the well-known segment between the origin and
+        the resource's path."""
+        url = urlsplit(self.resource(scope))
+        return f"{url.scheme}://{url.netloc}{PROTECTED_RESOURCE_PATH}{url.path.rstrip('/')}"
+
+    def metadata(self, scope: MutableMapping[str, Any]) -> dict[str, Any]:
+        """RFC 9728 protected-resource metadata. ``authorization_servers`` is the JWT issuer
+        when one is configured; ``switchboard_token_types`` says which bearer tokens this
+        gateway takes (its static token table, JWTs checked against its JWKS)."""
+        token_types = []
+        if self.authenticator.has_static_tokens:
+            token_types.append("static")
+        if self.authenticator.jwks is not None:
+            token_types.append("jwt")
+        out: dict[str, Any] = {
+            "resource": self.resource(scope),
+            "resource_name": "Switchboard gateway",
+            "bearer_methods_supported": ["header"],
+            "switchboard_token_types": token_types,
+        }
+        if self.authorization_servers:
+            out["authorization_servers"] = self.authorization_servers
+        return out
+
+    async def _json(self, send: Any, status: int, payload: Any,
+                    extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        body = json.dumps(payload).encode()
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
+            if scope.get("method") not in ("GET", "HEAD"):
+                await self._json(send, 405, {"error": "method not allowed"},
+                                 [(b"allow", b"GET, HEAD")])
+                return
+            await self._json(send, 200, self.metadata(scope),
+                             [(b"cache-control", b"public, max-age=300"),
+                              (b"access-control-allow-origin", b"*")])
+            return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        try:
+            await self.authenticator.authenticate_async(bearer_token(headers))
+        except Unauthenticated as exc:
+            challenge = (f'Bearer realm="switchboard", '
+                         f'resource_metadata="{self.metadata_url(scope)}"')
+            if bearer_token(headers) is not None:
+                challenge += ', error="invalid_token"'
+            await self._json(
+                send, 401,
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": UNAUTHENTICATED, "message": exc.message,
+                              "data": exc.to_dict()},
+                },
+                [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
+            )
+            return
+        await _json_only_bridge(self.app, scope, receive, send)
+
+
+def _last_jsonrpc_response(body: bytes) -> bytes | None:
+    """The JSON-RPC response in an SSE body (the last event with an id and a result/error)."""
+    found = None
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
+                          if line.startswith(b"data:"))
+        if not data:
+            continue
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "id" in message and (
+                "result" in message or "error" in message):
+            found = data
+    return found
+
+
+async def _json_only_bridge(app: ASGIApp, scope: MutableMapping[str, Any], receive: Any,
+                            send: Any) -> None:
+    """Keeps clients that accept only ``application/json`` working: the SDK answers
+    handshake-era requests as SSE (and refuses such clients with 406), so their POSTs are
+    served as if they accepted SSE and the stream is turned back into the one JSON-RPC
+    response (notifications are dropped: such a client cannot receive them)."""
+    accept = _header(scope, b"accept").lower()
+    if scope.get("method") != "POST" or "text/event-stream" in accept or (
+            "application/json" not in accept):
+        await app(scope, receive, send)
+        return
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]
+    headers.append((b"accept", b"application/json, text/event-stream"))
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def capture(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            content_type = next((v for k, v in message.get("headers", [])
+                                 if k.lower() == b"content-type"), b"")
+            if not content_type.startswith(b"text/event-stream"):
+                start["passthrough"] = True
+                await send(message)
+            return
+        if start.get("passthrough"):
+            await send(message)
+            return
+        if message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body = _last_jsonrpc_response(b"".join(chunks))
+                status = int(start.get("status", 200))
+                if body is None:
+                    status, body = 502, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,' \
+                        b'"message":"no response in the event stream"}}'
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    await app({**scope, "headers": headers}, receive, capture)
+
+
+def _security(allowed_hosts: Sequence[str] | None,
+              allowed_origins: Sequence[str] | None) -> TransportSecuritySettings:
+    if allowed_hosts is None and allowed_origins is None:
+        # Bearer tokens already gate every request; DNS-rebinding checks are opt-in (give the
+        # Host values a browser could not be tricked into sending).
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = list(allowed_hosts or ())
+    if allowed_origins is None:
+        origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+    else:
+        origins = list(allowed_origins)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers: the host process (``switchboard serve``) owns them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class McpHandle:
+    """A running MCP listener in the current event loop."""
+
+    host: str
+    port: int
+    _server: _EmbeddedUvicorn
+    _task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{MCP_PATH}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, give in-flight requests ``grace`` seconds, then close."""
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._server.force_exit = True
+            await self._task
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
+    """Serve ``app`` with uvicorn on ``listen`` (port 0 picks a free port) in this loop; returns
+    once it accepts connections."""
+    host, port = _split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it; asyncio skips proto-0 sockets, and keep-alive answers
+    # would otherwise stall ~40 ms on Nagle + delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    server = _EmbeddedUvicorn(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="switchboard-mcp")
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # raises the startup error
+            raise OSError(f"MCP server on {listen} exited during start-up")
+        await asyncio.sleep(0.005)
+    return McpHandle(host=host, port=bound, _server=server, _task=task)
