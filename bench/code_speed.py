@@ -97,9 +97,8 @@ def tree_cpu(root: int) -> float:
 
 async def _child(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "bench"))
-    from load import md, start_stack, wait_serving
-
     import grpc
+    from load import md, start_stack, wait_serving
 
     from gateway._proto.switchboard.v1 import gateway_pb2 as pb
     from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
@@ -178,7 +177,7 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# ---- the bare-restore floor (Deno only) ------------------------------------------------------------
+# ---- the bare-restore floor (Deno only) ---------------------------------------------------
 
 
 def floor(restores: int) -> dict[str, Any]:
@@ -208,7 +207,7 @@ def floor(restores: int) -> dict[str, Any]:
         return data
 
 
-# ---- parent ----------------------------------------------------------------------------------------
+# ---- parent ------------------------------------------------------------------------------
 
 
 def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
