@@ -26,10 +26,12 @@ Rounds alternate base / this (the order flips every round). Phases, in order, th
 * ``warm_load``: the same with two ``yes > /dev/null`` burners started by this bench (stopped by
   pid when the phase ends) → p50/p99 ms.
 
-``--floor`` also measures, in a Deno process of its own (runtimes/restore_floor.ts), what a bare
+``--floor`` also measures, in a Deno process of its own (bench/restore_floor.ts), what a bare
 restore costs: a new worker restoring Pyodide from the snapshot with the shared compiled module,
 nothing else — CPU-s per restore of the whole process (all threads) and per thread kind. That is
-the cost no scheduling can remove while each run gets a fresh isolate and interpreter.
+the cost no scheduling can remove while each run gets a fresh isolate and interpreter. It runs
+with V8's default GC and with the flags this tree ships (``gateway/sandbox/process.py``),
+alternating, ``--floor-rounds`` rounds.
 The load average is recorded before and after every phase; the machine is shared: read ratios.
 """
 
@@ -180,31 +182,45 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
 # ---- the bare-restore floor (Deno only) ---------------------------------------------------
 
 
-def floor(restores: int) -> dict[str, Any]:
+def floor(restores: int, rounds: int) -> dict[str, Any]:
+    """CPU per bare restore with V8's default GC and with the flags this tree ships, interleaved
+    round by round (same snapshot, same Deno, fresh DENO_DIR per process)."""
     import deno
 
     sys.path.insert(0, str(REPO))
+    from gateway.sandbox.process import _v8_flags
     from gateway.sandbox.snapshot import ensure_snapshot
     from gateway.sandbox.types import SandboxSettings
 
     runtime = REPO / "runtimes"
+    settings = SandboxSettings()
+    variants = {
+        "v8 default GC": (f"--v8-flags=--max-old-space-size={settings.v8_heap_mb},"
+                          f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}"),
+        "shipped flags": _v8_flags(settings),
+    }
+    out: dict[str, Any] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
-        settings = SandboxSettings()
         snap = asyncio.run(ensure_snapshot(str(deno.find_deno_bin()), runtime, settings,
                                            Path(tmp)))
-        argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config", "--no-lock",
-                "--no-remote", "--no-npm", "--unstable-worker-options",
-                "--allow-all",  # the bench script itself reads /proc/self (Deno wants -A for that)
-                f"--v8-flags=--max-old-space-size={settings.v8_heap_mb},"
-                f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}",
-                str(REPO / "bench" / "restore_floor.ts"), str(snap), str(restores)]
-        env = {"DENO_DIR": str(Path(tmp) / "deno"), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
-        load0 = os.getloadavg()[0]
-        res = subprocess.run(argv, capture_output=True, text=True, env=env, check=True,
-                             stdin=subprocess.DEVNULL)
-        data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
-        data["load"] = [load0, os.getloadavg()[0]]
-        return data
+        for rnd in range(rounds):
+            names = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+            for name in names:
+                argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config",
+                        "--no-lock", "--no-remote", "--no-npm", "--unstable-worker-options",
+                        "--allow-all",  # the script reads /proc/self; workers keep the sandbox's
+                        variants[name], str(REPO / "bench" / "restore_floor.ts"), str(snap),
+                        str(restores)]
+                env = {"DENO_DIR": str(Path(tmp) / f"deno-{rnd}-{len(out[name])}"),
+                       "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+                load0 = os.getloadavg()[0]
+                res = subprocess.run(argv, capture_output=True, text=True, env=env, check=True,
+                                     stdin=subprocess.DEVNULL)
+                data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+                data["load"] = [load0, os.getloadavg()[0]]
+                out[name].append(data)
+                print(f"floor {name} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
+    return out
 
 
 # ---- parent ------------------------------------------------------------------------------
@@ -252,11 +268,16 @@ def main() -> None:
     ap.add_argument("--warm-runs", type=int, default=30)
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between warm runs")
     ap.add_argument("--floor", action="store_true", help="also measure the bare-restore floor")
-    ap.add_argument("--floor-restores", type=int, default=30)
+    ap.add_argument("--floor-restores", type=int, default=15)
+    ap.add_argument("--floor-rounds", type=int, default=3)
+    ap.add_argument("--floor-only", action="store_true", help="only the bare-restore floor")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--tree", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floor_only:
+        args.floor = True
+        args.rounds = 0
     if args.child:
         print(json.dumps(asyncio.run(_child(args))))
         return
@@ -269,10 +290,17 @@ def main() -> None:
             data = run_child(tree, args)
             rows.append((f"{label} #{rnd + 1}", data))
             print(f"{label} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if args.floor:
-        fl = floor(args.floor_restores)
-        print(f"\nbare restore floor (this tree): {json.dumps(fl)}")
+        fl = floor(args.floor_restores, args.floor_rounds)
+        print("\n| bare restore (runtimes/worker.ts in a new worker, nothing else) | CPU ms per "
+              "restore, per round | median | wall p50 ms, per round |\n|---|---|---:|---|")
+        for name, xs in fl.items():
+            cpu = [x["cpu_ms_per_restore"] for x in xs]
+            walls = ", ".join(f"{x['wall_ms_p50']:.0f}" for x in xs)
+            print(f"| {name} | {', '.join(f'{c:.0f}' for c in cpu)} | "
+                  f"{statistics.median(cpu):.0f} | {walls} |")
         rows.append(("floor", fl))
     if args.json:
         print(json.dumps(rows))
