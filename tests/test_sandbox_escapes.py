@@ -86,6 +86,27 @@ async def test_command_line_is_narrow(tmp_path: Path) -> None:
     assert f"--allow-net=unix:{tmp_path / 's.sock'}" in flags
     v8 = next(a for a in flags if a.startswith("--v8-flags="))
     assert "--max-old-space-size=" in v8 and "--wasm-max-mem-pages=" in v8
+    # Restore-cost flags (docs/benchmarks.md, "Code channel speed"): GC only, no capability.
+    v8_flags = set(v8.split("=", 1)[1].split(","))
+    assert {"--min-semi-space-size=64", "--single-threaded-gc"} <= v8_flags
+
+
+async def test_snapshot_key_covers_every_v8_flag(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from gateway.sandbox import snapshot
+
+    rt = default_runtime_dir()
+    base = SandboxSettings()
+    keys = {snapshot.snapshot_key("/bin/sh", rt, s)
+            for s in (base, replace(base, v8_heap_mb=128), replace(base, wasm_max_mem_pages=4096))}
+    assert len(keys) == 3
+    orig = snapshot._v8_flags
+    try:
+        snapshot._v8_flags = lambda s: orig(s) + ",--no-opt"  # type: ignore[assignment]
+        assert snapshot.snapshot_key("/bin/sh", rt, base) not in keys
+    finally:
+        snapshot._v8_flags = orig  # type: ignore[assignment]
 
 
 # ---- file system -----------------------------------------------------------------------------

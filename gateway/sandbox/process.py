@@ -46,10 +46,19 @@ _BASE_FLAGS = ("run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", 
                "--unstable-worker-options")
 
 
+# Measured (bench/code_speed.py --floor, docs/benchmarks.md "Code channel speed"): restoring an
+# interpreter allocates tens of MiB of short-lived JS objects in the new isolate. With V8's default
+# 1-16 MiB semi-spaces that is a dozen scavenges per restore, each run in parallel on V8's worker
+# threads; a 64 MiB young generation and GC on the isolate's own thread cut the CPU of a restore
+# by ~20 % (all threads counted) on 2 cores, where parallel GC only adds contention.
+_GC_FLAGS = ("--min-semi-space-size=64", "--single-threaded-gc")
+
+
 def _v8_flags(settings: SandboxSettings) -> str:
-    return ("--v8-flags="
-            f"--max-old-space-size={settings.v8_heap_mb},"
-            f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}")
+    return ("--v8-flags=" + ",".join((
+        f"--max-old-space-size={settings.v8_heap_mb}",
+        f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}",
+        *_GC_FLAGS)))
 
 
 def deno_command(

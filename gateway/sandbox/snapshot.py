@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from gateway.errors import SandboxCrashed
-from gateway.sandbox.process import deno_env, snapshot_command
+from gateway.sandbox.process import _v8_flags, deno_env, snapshot_command
 from gateway.sandbox.types import SandboxSettings
 
 __all__ = ["ensure_snapshot", "snapshot_key"]
@@ -36,7 +36,7 @@ def snapshot_key(deno: str, runtime_dir: Path, settings: SandboxSettings) -> str
                  runtime_dir / "worker.ts", runtime_dir / "supervisor.ts",
                  runtime_dir / "sandbox_runner.py"):
         h.update(path.read_bytes())
-    h.update(f"{settings.v8_heap_mb}\0{settings.wasm_max_mem_pages}".encode())
+    h.update(_v8_flags(settings).encode())  # every V8 flag the processes run with
     return h.hexdigest()[:32]
 
 

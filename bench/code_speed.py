@@ -1,0 +1,310 @@
+"""Code-channel speed (issue 13): one command for the four figures, A/B against a base tree.
+
+    .venv/bin/python bench/code_speed.py                              # this checkout, 1 round
+    .venv/bin/python bench/code_speed.py --compare /tmp/base --rounds 2   # A/B, interleaved
+    .venv/bin/python bench/code_speed.py --floor                      # + the bare-restore floor
+
+The base tree is a ``git archive`` of the base commit with its own ``runtimes/node_modules``
+(``npm ci`` in it, or a copy; never a symlink into a worktree)::
+
+    mkdir /tmp/base && git archive f635ede gateway policies runtimes/supervisor.ts \\
+        runtimes/worker.ts runtimes/sandbox_runner.py runtimes/package.json \\
+        runtimes/package-lock.json | tar -x -C /tmp/base
+    (cd /tmp/base/runtimes && npm ci --no-audit --no-fund)
+
+Each measurement runs in a child process (``--child``) with the tree first on ``PYTHONPATH`` and
+as its working directory, so the gateway subprocess (``python -m gateway.cli serve``, the demo
+backends, ``bench/load.py``'s stack, ``sandbox.workers`` = ``--workers``) imports that tree.
+Rounds alternate base / this (the order flips every round). Phases, in order, through gRPC:
+
+* ``iso``: isolated runs (no session: a fresh interpreter each), ``--clients`` concurrent callers,
+  back to back for ``--duration`` s → runs/s, and CPU-s per run = CPU of the gateway process and
+  every descendant (its Deno processes, live and reaped) over the phase / runs;
+* ``sess``: session runs, 4 sessions x 4 callers each, back to back → runs/s, CPU ms per run;
+* ``warm``: sequential isolated ``1 + 1`` runs, ``--pause`` s apart (an idle interpreter is
+  ready), on the otherwise loaded machine → p50/p99 ms;
+* ``warm_load``: the same with two ``yes > /dev/null`` burners started by this bench (stopped by
+  pid when the phase ends) → p50/p99 ms.
+
+``--floor`` also measures, in a Deno process of its own (bench/restore_floor.ts), what a bare
+restore costs: a new worker restoring Pyodide from the snapshot with the shared compiled module,
+nothing else — CPU-s per restore of the whole process (all threads) and per thread kind. That is
+the cost no scheduling can remove while each run gets a fresh isolate and interpreter. It runs
+with V8's default GC and with the flags this tree ships (``gateway/sandbox/process.py``),
+alternating, ``--floor-rounds`` rounds.
+The load average is recorded before and after every phase; the machine is shared: read ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+TRIVIAL = "1 + 1"
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+# ---- CPU of a process tree, from /proc ---------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(ppid, CPU seconds incl. reaped children) of one process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(f[1]), (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TCK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and all its live descendants, each with its reaped children."""
+    procs: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                procs[int(name)] = st
+    keep, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in procs.items():
+            if ppid == parent and pid not in keep:
+                keep.add(pid)
+                frontier.append(pid)
+    return sum(procs[p][1] for p in keep if p in procs)
+
+
+# ---- child: one tree, one gateway ----------------------------------------------------------------
+
+
+async def _child(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "bench"))
+    import grpc
+    from load import md, start_stack, wait_serving
+
+    from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+    from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+
+    out: dict[str, Any] = {"tree": args.tree or str(REPO)}
+    with tempfile.TemporaryDirectory(prefix="code-speed-") as tmp, \
+            start_stack(Path(tmp), workers=args.workers) as stack:
+        gw_pid = stack.gateway.proc.pid
+        async with grpc.aio.insecure_channel(stack.target) as channel:
+            await wait_serving(channel)
+            stub = pb_grpc.GatewayStub(channel)
+
+            async def run(session: str | None = None) -> float:
+                code = pb.CodeRun(source=TRIVIAL)
+                if session:
+                    code.session_id = session
+                t0 = time.perf_counter()
+                resp = await stub.Execute(
+                    pb.ExecuteRequest(request_id=str(uuid.uuid4()), code_run=code),
+                    metadata=md("dev-agent"), timeout=120)
+                if resp.error.code:
+                    raise RuntimeError(f"code run failed: {resp.error.code} {resp.error.message}")
+                return (time.perf_counter() - t0) * 1000
+
+            async def settle() -> None:
+                for _ in range(args.workers + 1):
+                    await run()
+                await asyncio.sleep(3.0)  # every process restores its next interpreter
+
+            async def burst(name: str, callers: list[str | None]) -> None:
+                n = 0
+                load0 = os.getloadavg()[0]
+                cpu0, t0 = tree_cpu(gw_pid), time.perf_counter()
+
+                async def caller(session: str | None) -> None:
+                    nonlocal n
+                    while time.perf_counter() - t0 < args.duration:
+                        await run(session)
+                        n += 1
+
+                await asyncio.gather(*(caller(s) for s in callers))
+                wall = time.perf_counter() - t0
+                cpu = tree_cpu(gw_pid) - cpu0
+                out[name] = {"n": n, "runs_s": n / wall, "cpu_s_per_run": cpu / max(1, n),
+                             "cpu_util": cpu / wall, "load": [load0, os.getloadavg()[0]]}
+
+            async def series(name: str, burners: int) -> None:
+                procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
+                         for _ in range(burners)]
+                try:
+                    await asyncio.sleep(1.0 if burners else 0.0)
+                    load0 = os.getloadavg()[0]
+                    await run()
+                    xs = []
+                    for _ in range(args.warm_runs):
+                        await asyncio.sleep(args.pause)
+                        xs.append(await run())
+                    out[name] = {"n": len(xs), "p50_ms": statistics.median(xs),
+                                 "p99_ms": pct(xs, 99), "load": [load0, os.getloadavg()[0]],
+                                 "burners": burners}
+                finally:
+                    for p in procs:
+                        p.kill()
+                        p.wait()
+
+            await settle()
+            await burst("iso", [None] * args.clients)
+            sessions = [f"speed-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]
+            for s in sessions:
+                await run(s)
+            await burst("sess", [s for s in sessions for _ in range(4)])
+            await settle()
+            await series("warm", 0)
+            await settle()
+            await series("warm_load", 2)
+    return out
+
+
+# ---- the bare-restore floor (Deno only) ---------------------------------------------------
+
+
+def floor(restores: int, rounds: int) -> dict[str, Any]:
+    """CPU per bare restore with V8's default GC and with the flags this tree ships, interleaved
+    round by round (same snapshot, same Deno, fresh DENO_DIR per process)."""
+    import deno
+
+    sys.path.insert(0, str(REPO))
+    from gateway.sandbox.process import _v8_flags
+    from gateway.sandbox.snapshot import ensure_snapshot
+    from gateway.sandbox.types import SandboxSettings
+
+    runtime = REPO / "runtimes"
+    settings = SandboxSettings()
+    variants = {
+        "v8 default GC": (f"--v8-flags=--max-old-space-size={settings.v8_heap_mb},"
+                          f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}"),
+        "shipped flags": _v8_flags(settings),
+    }
+    out: dict[str, Any] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        snap = asyncio.run(ensure_snapshot(str(deno.find_deno_bin()), runtime, settings,
+                                           Path(tmp)))
+        for rnd in range(rounds):
+            names = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+            for name in names:
+                argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config",
+                        "--no-lock", "--no-remote", "--no-npm", "--unstable-worker-options",
+                        "--allow-all",  # the script reads /proc/self; workers keep the sandbox's
+                        variants[name], str(REPO / "bench" / "restore_floor.ts"), str(snap),
+                        str(restores)]
+                env = {"DENO_DIR": str(Path(tmp) / f"deno-{rnd}-{len(out[name])}"),
+                       "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+                load0 = os.getloadavg()[0]
+                res = subprocess.run(argv, capture_output=True, text=True, env=env, check=True,
+                                     stdin=subprocess.DEVNULL)
+                data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+                data["load"] = [load0, os.getloadavg()[0]]
+                out[name].append(data)
+                print(f"floor {name} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
+    return out
+
+
+# ---- parent ------------------------------------------------------------------------------
+
+
+def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE), "--child", "--workers", str(args.workers),
+           "--clients", str(args.clients), "--duration", str(args.duration),
+           "--warm-runs", str(args.warm_runs), "--pause", str(args.pause)]
+    root = tree or str(REPO)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env["SWITCHBOARD_POLICY_DIR"] = str(Path(root) / "policies")
+    if tree:
+        cmd += ["--tree", tree]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    if res.returncode:
+        raise SystemExit(f"child for {root} failed:\n{res.stderr[-4000:]}")
+    data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return data
+
+
+def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = ["| tree | isolated runs/s | CPU-s / isolated run | session runs/s | "
+             "CPU ms / session run | warm p50 ms (p99) | warm p50 ms under 2 burners (p99) | "
+             "load (iso → warm_load) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for label, r in rows:
+        i, s, w, wl = r["iso"], r["sess"], r["warm"], r["warm_load"]
+        lines.append(
+            f"| {label} | {i['runs_s']:.2f} | {i['cpu_s_per_run']:.3f} | {s['runs_s']:.0f} | "
+            f"{s['cpu_s_per_run'] * 1e3:.2f} | {w['p50_ms']:.1f} ({w['p99_ms']:.1f}) | "
+            f"{wl['p50_ms']:.1f} ({wl['p99_ms']:.1f}) | "
+            f"{i['load'][0]:.1f} → {wl['load'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", default="", help="A/B: alternate rounds with this base tree")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2, help="sandbox.workers of the gateway")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent isolated-run callers")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per throughput phase")
+    ap.add_argument("--warm-runs", type=int, default=30)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between warm runs")
+    ap.add_argument("--floor", action="store_true", help="also measure the bare-restore floor")
+    ap.add_argument("--floor-restores", type=int, default=15)
+    ap.add_argument("--floor-rounds", type=int, default=3)
+    ap.add_argument("--floor-only", action="store_true", help="only the bare-restore floor")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tree", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.floor_only:
+        args.floor = True
+        args.rounds = 0
+    if args.child:
+        print(json.dumps(asyncio.run(_child(args))))
+        return
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for rnd in range(args.rounds):
+        order = [("this", "")] + ([("base", args.compare)] if args.compare else [])
+        if rnd % 2:
+            order.reverse()
+        for label, tree in order:
+            data = run_child(tree, args)
+            rows.append((f"{label} #{rnd + 1}", data))
+            print(f"{label} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
+    if rows:
+        print(table(rows))
+    if args.floor:
+        fl = floor(args.floor_restores, args.floor_rounds)
+        print("\n| bare restore (runtimes/worker.ts in a new worker, nothing else) | CPU ms per "
+              "restore, per round | median | wall p50 ms, per round |\n|---|---|---:|---|")
+        for name, xs in fl.items():
+            cpu = [x["cpu_ms_per_restore"] for x in xs]
+            walls = ", ".join(f"{x['wall_ms_p50']:.0f}" for x in xs)
+            print(f"| {name} | {', '.join(f'{c:.0f}' for c in cpu)} | "
+                  f"{statistics.median(cpu):.0f} | {walls} |")
+        rows.append(("floor", fl))
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
