@@ -252,7 +252,10 @@ async def test_one_bad_run_fails_alone(pool: SandboxPool, attack: str) -> None:
     assert final.ok and final.result == 41 + ok["session"], (final.result, ok)
     # The attacker's own run got a clear outcome: a sandbox error or its own truncated data.
     if attack in ("output-flood",):
-        assert not isinstance(outcome, BaseException) and outcome.output_truncated
+        # Its output is cut at max_output_bytes; on a busy machine the 200,000 frames may
+        # outlast its own 6 s deadline first — either way it ends, and only it.
+        assert isinstance(outcome, SandboxTimeout) or (
+            not isinstance(outcome, BaseException) and outcome.output_truncated), outcome
     else:
         assert isinstance(outcome, SandboxCrashed | SandboxMemory | SandboxTimeout), outcome
 
