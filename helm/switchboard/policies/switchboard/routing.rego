@@ -268,6 +268,15 @@ obligations := sort(data.switchboard.obligations.compliance_tool) if compliance_
 
 default obligations := []
 
+# How the gateway checks an allowed action's arguments against the operation's schema:
+# "strict" also rejects every field the schema does not declare, at any depth (a typo such as
+# `ammount` is never silently dropped). The gateway asks this, never the tags: here it follows
+# the obligations data.json attaches (`schema.strict` for compliance tools). Anything but
+# "standard" or "strict", or `schema.strict` listed with "standard", is a policy error (deny).
+default validation := "standard"
+
+validation := "strict" if "schema.strict" in obligations
+
 mask := sort({p | some p in data.switchboard.mask.always} | {p |
 	some t in tags
 	some p in object.get(data.switchboard.mask.tags, t, [])
@@ -388,4 +397,5 @@ decision := {
 	"obligations": obligations,
 	"mask": mask,
 	"require_approval": require_approval,
+	"validation": validation,
 }

@@ -126,6 +126,41 @@ test_compliance_tool_obligations if {
 	"audit.full" in d.obligations
 }
 
+# ---------------------------------------------------------------------------------------------
+# Validation: the policy, not the gateway's Python, says which calls get strict argument checks.
+# [name, input, validation]
+
+validation_cases := [
+	["compliance tool with grant", call(finance, "tool", "ledger.create_transfer"), "strict"],
+	["acl tool (denied: no grant) still says strict", call(finance, "tool", "workspace.share_document"), "strict"],
+	["catalog tag alone makes it strict", call(finance, "tool", "ledger.audit_log"), "strict"],
+	["plain tool", call(agent, "tool", "ledger.list_accounts"), "standard"],
+	["plain host call", call(agent, "host_call", "ledger.get_balance"), "standard"],
+	["compliance op from code (denied)", call(finance, "host_call", "ledger.create_transfer"), "standard"],
+	["code run", code_run(agent), "standard"],
+	["empty input", {}, "standard"],
+]
+
+validation_failures contains [name, got] if {
+	some [name, case_input, want] in validation_cases
+	got := object.get(routing.decision, "validation", "<missing>") with input as case_input
+	got != want
+}
+
+test_validation_table if {
+	print("failing validation cases:", validation_failures)
+	count(validation_failures) == 0
+}
+
+test_validation_follows_the_obligations_data if {
+	d := routing.decision with input as call(finance, "tool", "ledger.create_transfer")
+		with data.switchboard.obligations as {"compliance_tool": ["audit.full"]}
+	d.validation == "standard"
+	e := routing.decision with input as call(finance, "tool", "ledger.create_transfer")
+	e.validation == "strict"
+	"schema.strict" in e.obligations
+}
+
 test_plain_calls_have_no_obligations if {
 	d := routing.decision with input as call(agent, "host_call", "ledger.get_balance")
 	d.obligations == []
