@@ -178,7 +178,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         interceptors=[CallInterceptor(authenticator, telemetry.tracer)],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)],
+                 # Shared only by the processes of one `serve --processes N` (supervisor.py):
+                 # otherwise a second gateway on the same port is an error, not a silent split.
+                 ("grpc.so_reuseport", 1 if settings.processes > 1 else 0)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
