@@ -119,6 +119,14 @@ async def _checkpoint_forever(telemetry: Telemetry, settings: AuditSettings) -> 
         await asyncio.to_thread(_checkpoint, settings)
 
 
+async def _warm(pipeline: Pipeline) -> None:
+    try:
+        await asyncio.to_thread(pipeline.catalog.warm_index)
+        await asyncio.to_thread(pipeline.warm_sdk)
+    except Exception:
+        log.exception("warming the catalog failed (built on first use instead)")
+
+
 async def _close_all(closers: list[Any]) -> None:
     """Release resources in reverse order of acquisition; one failure does not stop the rest."""
     for close in reversed(closers):
@@ -226,6 +234,10 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await readiness.refresh()
     watcher = asyncio.create_task(readiness.run(), name="readiness")
     closers.append(watcher.cancel)
+    # Built on first use otherwise: the search index and the sandbox SDK (seconds for
+    # thousands of operations), ahead of the first call but not on the way to SERVING.
+    warm = asyncio.create_task(_warm(pipeline), name="warm-catalog")
+    closers.append(warm.cancel)
     if settings.audit.file and settings.audit.checkpoint_key_file:
         signer = asyncio.create_task(_checkpoint_forever(telemetry, settings.audit),
                                      name="audit-checkpoint")
