@@ -48,7 +48,8 @@ def _config(tmp: Path, kind: str) -> Path | None:
     return path
 
 
-def start_once(kind: str, tmp: Path, cache: Path, profile: Path | None) -> dict[str, Any]:
+def start_once(kind: str, tmp: Path, cache: Path, profile: Path | None,
+               tree: str = "") -> dict[str, Any]:
     config = _config(tmp, kind)
     cmd = [sys.executable]
     if profile is not None:
@@ -56,7 +57,10 @@ def start_once(kind: str, tmp: Path, cache: Path, profile: Path | None) -> dict[
     cmd += ["-m", "gateway.cli", "serve", "--listen", "127.0.0.1:0"]
     if config is not None:
         cmd += ["--config", str(config)]
-    env = dict(os.environ, SWITCHBOARD_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, SWITCHBOARD_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join(p for p in (tree, str(ROOT)) if p))
+    if tree:
+        env["SWITCHBOARD_POLICY_DIR"] = str(Path(tree) / "policies")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             cwd=tmp, env=env)
@@ -90,22 +94,28 @@ def main() -> None:
     ap.add_argument("--kinds", default="demo,github")
     ap.add_argument("--profile", default="", help="write cProfile output of each start here")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", default="",
+                    help="A/B: also start the gateway of this tree (e.g. a git archive of the "
+                         "base), interleaved with this checkout's")
     args = ap.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
     load = [os.getloadavg()[0]]
+    trees = [("base", args.compare), ("this", "")] if args.compare else [("this", "")]
     for r in range(args.rounds):
         for kind in args.kinds.split(","):
-            with tempfile.TemporaryDirectory(prefix="cold-") as t:
-                tmp = Path(t)
-                cache = tmp / "cache"
-                for phase in ("first", "restart"):
-                    prof = (Path(args.profile) / f"{kind}-{phase}-{r}.prof"
-                            if args.profile else None)
-                    if prof is not None:
-                        prof.parent.mkdir(parents=True, exist_ok=True)
-                    got = start_once(kind, tmp, cache, prof)
-                    results.setdefault(f"{kind} {phase}", []).append(got)
-                    print(f"{kind} {phase} #{r + 1}: {got['serving_s']:.2f} s", file=sys.stderr)
+            for label, tree in trees:
+                with tempfile.TemporaryDirectory(prefix="cold-") as t:
+                    tmp = Path(t)
+                    cache = tmp / "cache"
+                    for phase in ("first", "restart"):
+                        prof = (Path(args.profile) / f"{label}-{kind}-{phase}-{r}.prof"
+                                if args.profile else None)
+                        if prof is not None:
+                            prof.parent.mkdir(parents=True, exist_ok=True)
+                        got = start_once(kind, tmp, cache, prof, tree)
+                        key = f"{label}: {kind} {phase}"
+                        results.setdefault(key, []).append(got)
+                        print(f"{key} #{r + 1}: {got['serving_s']:.2f} s", file=sys.stderr)
     load.append(os.getloadavg()[0])
     if args.json:
         print(json.dumps({"results": results, "load": load}))

@@ -60,7 +60,7 @@ async def _drive(one: Any, n: int, conc: int, parse: Any) -> None:
     for label, c in (("seq", 1), ("conc16", conc)):
         left = [n]
 
-        async def worker() -> None:
+        async def worker(left: list[int] = left) -> None:
             while left[0] > 0:
                 left[0] -= 1
                 parse(await one())

@@ -34,12 +34,13 @@ import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from gateway.config import Settings
 
-__all__ = ["child_settings", "child_audit_file", "supervise"]
+__all__ = ["child_audit_file", "child_settings", "supervise"]
 
 log = structlog.get_logger("switchboard.supervisor")
 INDEX_ENV = "SWITCHBOARD_PROCESS_INDEX"
@@ -98,6 +99,7 @@ class _Child:
         self.proc: asyncio.subprocess.Process | None = None
         self.listening: asyncio.Future[list[str]] | None = None
         self.restarts = 0
+        self.reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         env = dict(os.environ, **{INDEX_ENV: str(self.index)})
@@ -105,7 +107,7 @@ class _Child:
             *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             env=env, preexec_fn=_die_with_parent)
         self.listening = asyncio.get_running_loop().create_future()
-        asyncio.create_task(self._read(self.proc, self.listening))
+        self.reader = asyncio.create_task(self._read(self.proc, self.listening))
 
     async def _read(self, proc: asyncio.subprocess.Process,
                     listening: asyncio.Future[list[str]]) -> None:
@@ -143,13 +145,15 @@ async def supervise(settings: Settings, processes: int, *, config: str | None) -
     try:
         for child in children:
             await child.start()
-        waits = [asyncio.ensure_future(c.listening) for c in children if c.listening]
-        stop_wait = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait([asyncio.gather(*waits), stop_wait],
-                           return_when=asyncio.FIRST_COMPLETED)
+        started: asyncio.Future[list[list[str]]] = asyncio.ensure_future(
+            asyncio.gather(*(c.listening for c in children if c.listening)))
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({started, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set():
+            started.cancel()
             return await _stop(children)
-        first = waits[0].result()
+        stop_wait.cancel()
+        first = started.result()[0]  # RuntimeError when a child exited before listening
         for line in first:
             print(line if not line.startswith("LISTENING grpc://")
                   else f"LISTENING grpc://{listen}", flush=True)
@@ -166,7 +170,7 @@ async def supervise(settings: Settings, processes: int, *, config: str | None) -
 
 async def _watch(children: list[_Child], stopping: asyncio.Event) -> int:
     """Restart children that exit on their own until asked to stop."""
-    waits: dict[asyncio.Future[int], _Child] = {}
+    waits: dict[asyncio.Future[Any], _Child] = {}
 
     def track(child: _Child) -> None:
         assert child.proc is not None
@@ -174,7 +178,7 @@ async def _watch(children: list[_Child], stopping: asyncio.Event) -> int:
 
     for child in children:
         track(child)
-    stop_wait = asyncio.ensure_future(stopping.wait())
+    stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
     while True:
         done, _ = await asyncio.wait([*waits, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set():

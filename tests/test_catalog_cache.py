@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import loader
-from gateway.catalog import load_catalog_sync
+from gateway.catalog import load_catalog_sync, loader
 from gateway.models import BackendSettings
 
 

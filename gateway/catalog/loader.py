@@ -261,7 +261,7 @@ def _cache_read(key: str) -> Built | None:
     if not (isinstance(found, tuple) and len(found) == 3
             and isinstance(found[0], BackendSettings) and isinstance(found[1], list)):
         return None
-    return found  # type: ignore[return-value]
+    return found
 
 
 def _cache_write(key: str, built: Built) -> None:

@@ -10,7 +10,7 @@ backend that merely records it (the demo ledger) is not enough.
 Transport: a backend reached over the network (``base_url``) is called with **aiohttp** (one
 ``ClientSession`` per backend); in-process ASGI apps (``app``) and injected test transports go
 through httpx. aiohttp was chosen by measurement: ~0.25 ms of client CPU per request against
-1.0–2.8 ms for httpx (0.6–2.5 ms for httpcore alone) on the same fast backend
+1.0-2.8 ms for httpx (0.6-2.5 ms for httpcore alone) on the same fast backend
 (``bench/http_clients.py``, docs/benchmarks.md "Gateway performance at the limit").
 """
 
@@ -29,8 +29,8 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
-import yarl
 import structlog
+import yarl
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
