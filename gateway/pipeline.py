@@ -8,6 +8,7 @@ user-code errors come back as data in :class:`Outcome`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -186,12 +187,22 @@ class Pipeline:
     def _sdk(self) -> tuple[SdkFunction, ...]:
         built = self._sdk_built
         if built is None:
-            built = self._sdk_built = _sdk_functions(self.catalog)
+            built = _sdk_functions(self.catalog)
+            assert built is not None  # rendering never misses
+            self._sdk_built = built
         return built
 
+    async def _sdk_for_run(self) -> tuple[SdkFunction, ...]:
+        if self._sdk_built is None:  # the first code run renders it, off the event loop
+            return await asyncio.to_thread(lambda: self._sdk)
+        return self._sdk_built
+
     def warm_sdk(self) -> None:
-        """Build the sandbox SDK now (the server runs this in a thread once it serves)."""
-        _ = self._sdk
+        """Load the sandbox SDK now if the disk cache has it (the server runs this in a thread
+        once it serves). A miss is left to the first code run: rendering thousands of token-
+        bounded docs in a background thread would hold the GIL against the first calls."""
+        if self._sdk_built is None:
+            self._sdk_built = _sdk_functions(self.catalog, render=False)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -317,7 +328,7 @@ class Pipeline:
                 limits=limits,
                 principal_key=principal_key(principal.tenant, principal.id),
                 session_id=action.session_id,
-                sdk=self._sdk,
+                sdk=await self._sdk_for_run(),
                 sdk_revision=self.catalog.revision,
                 output_schema=action.output_schema,
             )
@@ -432,9 +443,10 @@ def _sdk_cache_file(catalog: Catalog) -> Path:
     return cache_dir() / f"sdk-{h.hexdigest()[:32]}.json"
 
 
-def _sdk_functions(catalog: Catalog) -> tuple[SdkFunction, ...]:
+def _sdk_functions(catalog: Catalog, *, render: bool = True) -> tuple[SdkFunction, ...] | None:
     """Every operation as an SDK function; (signature, doc) cached on disk as JSON, keyed by
-    the catalog revision (a content hash) and the rendering code."""
+    the catalog revision (a content hash) and the rendering code. ``render=False``: None
+    unless the cache has every operation."""
     path = _sdk_cache_file(catalog)
     rendered: dict[str, list[str]] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -447,6 +459,8 @@ def _sdk_functions(catalog: Catalog) -> tuple[SdkFunction, ...]:
         pair = rendered.get(op.name)
         if not (isinstance(pair, list) and len(pair) == 2
                 and all(isinstance(x, str) for x in pair)):
+            if not render:
+                return None
             pair = rendered[op.name] = [python_signature(op), sdk_doc(op)]
             fresh = True
         out.append(SdkFunction(operation=op.name, backend=op.backend, function=op.short_name,

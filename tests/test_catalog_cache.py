@@ -105,7 +105,9 @@ def test_the_sdk_is_cached_by_catalog_revision(cache: Path, tmp_path: Path,
     from gateway import pipeline as pl
 
     catalog = load_catalog_sync([_backend(tmp_path, _spec())])
+    assert pl._sdk_functions(catalog, render=False) is None  # not cached yet: not rendered
     fresh = pl._sdk_functions(catalog)
+    assert fresh is not None
     assert {f.operation for f in fresh} == {"pets.get_pet", "pets.create_pet"}
     assert pl._sdk_cache_file(catalog).is_file()
 
