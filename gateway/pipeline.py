@@ -181,7 +181,9 @@ class Pipeline:
         self._discovery_ops = [op.to_input() for op in catalog.operations]
         self._discovery: OrderedDict[DiscoveryKey, Discovery] = OrderedDict()
         self.discovery_evaluations = 0  # advertise evaluations (cache misses), for tests
-        self._tokens = TokenCounter()  # memoised subtree sizes for bounded descriptions
+        # Memoised subtree sizes for bounded descriptions; made on the first describe (loading
+        # the o200k_base ranks takes ~1 s: not on the way to SERVING).
+        self._token_counter: TokenCounter | None = None
 
     @property
     def _sdk(self) -> tuple[SdkFunction, ...]:
@@ -196,6 +198,12 @@ class Pipeline:
         if self._sdk_built is None:  # the first code run renders it, off the event loop
             return await asyncio.to_thread(lambda: self._sdk)
         return self._sdk_built
+
+    def _tokens(self) -> TokenCounter:
+        counter = self._token_counter
+        if counter is None:
+            counter = self._token_counter = TokenCounter()
+        return counter
 
     def warm_sdk(self) -> None:
         """Load the sandbox SDK now if the disk cache has it (the server runs this in a thread
@@ -421,7 +429,7 @@ class Pipeline:
         if route == "deny":
             raise UnknownOperation(f"unknown operation {name!r}", field=f"{field_prefix}name")
         return describe_bounded(describe_document(op, route, python_signature(op)),
-                                path=path, page=page, counter=self._tokens,
+                                path=path, page=page, counter=self._tokens(),
                                 path_field=f"{field_prefix}path",
                                 page_field=f"{field_prefix}page")
 

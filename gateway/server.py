@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -26,7 +26,6 @@ from gateway.config import Settings
 from gateway.grpc_services import HealthServicer, enable_reflection
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
-from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
@@ -41,6 +40,9 @@ from gateway.tools import (
     open_idempotency_store,
 )
 from gateway.tools.idempotency import new_owner_id
+
+if TYPE_CHECKING:
+    from gateway.mcp_server import McpHandle
 
 __all__ = ["GatewayServer", "create_server"]
 
@@ -212,6 +214,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await server.start()
     mcp = None
     if settings.mcp.enabled:
+        # Imported only when MCP is on: the MCP SDK and its pydantic models take ~1 s to import.
+        from gateway.mcp_server import create_mcp_app, start_mcp_server
+
         try:
             handle = await start_mcp_server(
                 create_mcp_app(
