@@ -30,6 +30,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import policy_support as ps  # noqa: E402
 import structlog  # noqa: E402
 
+try:  # the gateway's log serializer (absent from trees before issue 13: plain json.dumps)
+    from gateway.audit.logs import render_json
+except ImportError:  # pragma: no cover - A/B against an older tree
+    render_json = json.dumps  # type: ignore[assignment]
 from gateway.models import Principal  # noqa: E402
 from gateway.policy import PolicySettings, create_policy_engine  # noqa: E402
 from gateway.policy.base import ENTRYPOINT  # noqa: E402
@@ -43,7 +47,8 @@ def quiet_json_log() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.JSONRenderer(),
+            # the gateway's serializer (gateway/audit/logs.py)
+            structlog.processors.JSONRenderer(serializer=render_json),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=open(os.devnull, "w")),  # noqa: SIM115
         cache_logger_on_first_use=True,
@@ -297,6 +302,61 @@ def bench_semantics() -> None:
         print(f"| {name} | {median:,.1f} | {same}/{len(inputs)} |")
 
 
+async def bench_ratio(n: int, rounds: int, telemetry: bool) -> None:
+    """decide() uncached over the raw engine, interleaved: blocks of the same inputs run
+    through ``Evaluator.evaluate`` (set_input + eval_rule) and through the engine's full
+    ``decide()`` (no cache: ids, parse, span, JSON decision log) alternately, so a noisy
+    neighbour hits both alike; CPU time (``time.process_time``) per decision and the ratio.
+    ``--telemetry``: with a real gateway TracerProvider and audit file (the policy.decide span
+    exported as in the gateway) instead of no provider."""
+    import tempfile
+
+    quiet_json_log()
+    bundle = load_bundle(ps.POLICY_DIR)
+    inputs = workload(n)
+    raw = Evaluator(bundle, cache_size=0)
+    eng = create_policy_engine(PolicySettings(path=ps.POLICY_DIR, reload=False))
+    await eng.start()
+    eng._evaluator = Evaluator(bundle, cache_size=0)  # type: ignore[attr-defined]
+    tmp = tempfile.TemporaryDirectory()
+    span_ctx: Any = None
+    if telemetry:
+        from gateway.audit import AuditSettings, setup_telemetry
+
+        tel = setup_telemetry(AuditSettings(file=Path(tmp.name) / "audit.jsonl"))
+        span_ctx = tel.tracer
+    for inp in inputs[:200]:  # warm-up both
+        raw.evaluate(inp)
+        await eng.decide(inp)
+    cpu = {"raw": 0.0, "decide": 0.0}
+    load = [os.getloadavg()[0]]
+    for r in range(rounds):
+        for label in (("raw", "decide") if r % 2 == 0 else ("decide", "raw")):
+            t0 = time.process_time()
+            if label == "raw":
+                for inp in inputs:
+                    raw.evaluate(inp)
+            elif span_ctx is not None:
+                with span_ctx.start_as_current_span("execute"):  # routes spans to `tel`
+                    for inp in inputs:
+                        await eng.decide(inp)
+            else:
+                for inp in inputs:
+                    await eng.decide(inp)
+            cpu[label] += time.process_time() - t0
+    load.append(os.getloadavg()[0])
+    per = {k: v / (n * rounds) * 1e6 for k, v in cpu.items()}
+    print("| path | CPU µs/decision | ratio |")
+    print("|---|---:|---:|")
+    print(f"| regorus eval only (set_input + eval_rule) | {per['raw']:.1f} | 1.00 |")
+    print(f"| embedded decide(), no cache{' + span exported to audit file' if telemetry else ''}"
+          f" | {per['decide']:.1f} | {per['decide'] / per['raw']:.2f} |")
+    print(f"{n} inputs x {rounds} interleaved rounds; load average (1 min) "
+          f"{load[0]:.2f} → {load[1]:.2f}")
+    await eng.close()
+    tmp.cleanup()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,12 +365,19 @@ def main() -> None:
     ap.add_argument("--n-opa", type=int, default=2000, help="decisions per OPA REST measurement")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--semantics", action="store_true", help="run the semantics table instead")
+    ap.add_argument("--ratio", action="store_true",
+                    help="decide() uncached over the raw engine, interleaved CPU time")
+    ap.add_argument("--rounds", type=int, default=6, help="--ratio: interleaved rounds")
+    ap.add_argument("--telemetry", action="store_true",
+                    help="--ratio: a real TracerProvider and audit file (span exported)")
     ap.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
         semantics_worker(args._worker[0], int(args._worker[1]))
     elif args.semantics:
         bench_semantics()
+    elif args.ratio:
+        asyncio.run(bench_ratio(args.n, args.rounds, args.telemetry))
     else:
         asyncio.run(bench_decisions(args.n, args.n_opa, args.concurrency))
 

@@ -115,7 +115,8 @@ def serve_backend(spec_file: str) -> None:
 # -- the driver (its own process) ------------------------------------------------------------
 
 
-def drive(port: int, backend: int, seq: int, count: int, duration: float) -> None:
+def drive(port: int, backend: int, seq: int, count: int, duration: float,
+          channels: int = 1, phases: str = "full") -> None:
     import grpc
     import httpx
 
@@ -139,14 +140,38 @@ def drive(port: int, backend: int, seq: int, count: int, duration: float) -> Non
 
     async def main() -> None:
         results: dict[str, Any] = {}
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel, \
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{backend}") as http:
-            stub = pb_grpc.GatewayStub(channel)
+        # One HTTP/2 connection per channel (a local subchannel pool each): several channels
+        # reach several processes of `serve --processes N` (SO_REUSEPORT spreads connections).
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                           options=[("grpc.use_local_subchannel_pool", 1)])
+                 for _ in range(channels)]
+        stubs = [pb_grpc.GatewayStub(c) for c in chans]
+        echoes = [c.unary_unary("/bench.Echo/Echo") for c in chans]
+        turn = [0]
+        if phases == "echo":
+            await _echo_phases(echoes, count, duration, mark, results)
+            for c in chans:
+                await c.close()
+            print("result " + json.dumps(results), flush=True)
+            return
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{backend}") as http:
             meta = {"get": (("authorization", f"Bearer {TOKEN_GET}"),),
-                    "post": (("authorization", f"Bearer {TOKEN_POST}"),)}
+                    "post": (("authorization", f"Bearer {TOKEN_POST}"),),
+                    # the agent may not move money: the policy denies it (PERMISSION_DENIED)
+                    "deny": (("authorization", f"Bearer {TOKEN_GET}"),)}
 
             async def gw(kind: str) -> None:
-                await stub.Execute(request(kind), metadata=meta[kind], timeout=30)
+                turn[0] += 1
+                stub = stubs[turn[0] % len(stubs)]
+                try:
+                    await stub.Execute(request("post" if kind == "deny" else kind),
+                                       metadata=meta[kind], timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    if kind != "deny" or exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                        raise
+                else:
+                    if kind == "deny":
+                        raise AssertionError("the policy allowed the agent's transfer")
 
             async def direct(kind: str) -> None:
                 if kind == "get":
@@ -157,9 +182,10 @@ def drive(port: int, backend: int, seq: int, count: int, duration: float) -> Non
                 r.raise_for_status()
 
             for kind in ("get", "post"):  # warm up both paths (connections, caches)
-                for _ in range(50):
+                for _ in range(max(50, 4 * channels)):
                     await gw(kind)
                     await direct(kind)
+                    await gw("deny")
             mark("idle")  # what the gateway burns doing nothing (in every phase's figure)
             await asyncio.sleep(2.0)
             mark("idle_end")
@@ -178,7 +204,7 @@ def drive(port: int, backend: int, seq: int, count: int, duration: float) -> Non
                 mark(f"seq_{kind}_end")
                 results[f"seq_{kind}"] = {"n": seq, "gw_p50_ms": statistics.median(gw_lat) * 1e3,
                                           "http_p50_ms": statistics.median(http_lat) * 1e3}
-            for kind in ("get", "post"):
+            for kind in ("get", "post", "deny"):
                 tally = {"done": 0, "errors": 0}
 
                 async def caller(kind: str, stop_at: float, tally: dict[str, int]) -> None:
@@ -198,12 +224,61 @@ def drive(port: int, backend: int, seq: int, count: int, duration: float) -> Non
                 done = tally["done"]
                 results[f"conc_{kind}"] = {"n": done, "errors": tally["errors"],
                                            "wall_s": wall, "calls_per_s": done / wall}
+        for c in chans:
+            await c.close()
         print("result " + json.dumps(results), flush=True)
 
     asyncio.run(main())
 
 
-# -- the gateway (this process) --------------------------------------------------------------
+async def _echo_phases(echoes: list[Any], count: int, duration: float, mark: Any,
+                       results: dict[str, Any]) -> None:
+    """The floor: a bare grpc.aio unary echo (bytes in, bytes out, no protobuf, no work)."""
+    import grpc
+
+    payload = b"x" * 200
+    for e in echoes:
+        for _ in range(50):
+            await e(payload, timeout=30)
+    mark("idle")
+    await asyncio.sleep(1.0)
+    mark("idle_end")
+    results["idle"] = {"n": 0}
+    lat: list[float] = []
+    mark("seq_echo")
+    for _ in range(400):
+        t = time.perf_counter()
+        await echoes[0](payload, timeout=30)
+        lat.append(time.perf_counter() - t)
+    mark("seq_echo_end")
+    results["seq_echo"] = {"n": 400, "gw_p50_ms": statistics.median(lat) * 1e3,
+                           "http_p50_ms": 0.0}
+    tally = {"done": 0, "errors": 0}
+    turn = [0]
+
+    async def caller(stop_at: float) -> None:
+        while tally["done"] + tally["errors"] < count and time.perf_counter() < stop_at:
+            turn[0] += 1
+            try:
+                await echoes[turn[0] % len(echoes)](payload, timeout=30)
+                tally["done"] += 1
+            except grpc.RpcError:
+                tally["errors"] += 1
+
+    mark("conc_echo")
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(t0 + duration) for _ in range(32)))
+    wall = time.perf_counter() - t0
+    mark("conc_echo_end")
+    results["conc_echo"] = {"n": tally["done"], "errors": tally["errors"], "wall_s": wall,
+                            "calls_per_s": tally["done"] / wall}
+
+
+# -- the gateway (this process, or `serve --processes N` subprocesses) ---------------------
+
+
+PHASES = ("idle", "seq_get", "seq_post", "conc_get", "conc_post", "conc_deny")
+ECHO_PHASES = ("idle", "seq_echo", "conc_echo")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,6 +292,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (args.tree, str(REPO), os.environ.get("PYTHONPATH")) if p))
+    if args.floor:
+        return _run_floor(env, args)
     with tempfile.TemporaryDirectory(prefix="toolcall-cpu-") as tmp:
         state = Path(tmp)
         (state / "spec.json").write_text(json.dumps(_spec()))
@@ -227,6 +304,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             assert backend.stdout is not None
             bport = int(backend.stdout.readline())
             url = f"http://127.0.0.1:{bport}"
+            if args.processes:
+                return _run_serve(env, bport, url, args, state)
             settings = replace(
                 embedded_defaults(state), listen="127.0.0.1:0",
                 sandbox=SandboxSettings(workers=1),
@@ -238,6 +317,136 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             backend.terminate()
             backend.wait(10)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and every live descendant, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _run_serve(env: dict[str, str], bport: int, url: str, args: argparse.Namespace,
+               state: Path) -> dict[str, Any]:
+    """``switchboard serve --processes N`` as a subprocess (the supervisor and its children,
+    each with its own audit file, one SQLite store); CPU is the whole process tree's."""
+    import yaml
+
+    config = state / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:0",
+        "server": {"processes": args.processes},
+        "identity": {"tokens": {
+            TOKEN_GET: {"id": "agent-1", "tenant": "demo", "roles": ["agent"]},
+            TOKEN_POST: {"id": "finance-1", "tenant": "demo", "roles": ["agent", "finance"]}}},
+        "backends": [{"name": "ledger", "openapi": f"{url}/openapi.json", "base_url": url}],
+        "idempotency": {"dsn": f"sqlite:///{state / 'idempotency.db'}"},
+        "audit": {"file": str(state / "audit.jsonl"), "log_format": "json"},
+        "sandbox": {"workers": 1},
+    }))
+    log = open(state / "serve.log", "w")  # noqa: SIM115
+    serve = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
+                              str(config)], stdout=subprocess.PIPE, stderr=log, text=True,
+                             env=env, cwd=str(state))
+    try:
+        assert serve.stdout is not None
+        port = 0
+        for line in serve.stdout:
+            if line.startswith("LISTENING grpc://"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        assert port, (state / "serve.log").read_text()[-2000:]
+        threading.Thread(target=serve.stdout.read, daemon=True).start()
+        return _drive_and_mark(env, port, bport, args, lambda: _tree_cpu(serve.pid), PHASES)
+    finally:
+        serve.terminate()
+        serve.wait(60)
+        log.close()
+
+
+def _run_floor(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """A bare grpc.aio server in this process whose one method echoes its bytes: what gRPC
+    itself costs per unary call on this machine (the bound under the gateway's figure)."""
+    import grpc
+
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def start() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+        started["port"] = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        started["server"] = server
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        finally:
+            ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(60)
+    try:
+        return _drive_and_mark(env, started["port"], 0, args, time.process_time, ECHO_PHASES,
+                               mode="echo")
+    finally:
+        asyncio.run_coroutine_threadsafe(started["server"].stop(None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _drive_and_mark(env: dict[str, str], port: int, bport: int, args: argparse.Namespace,
+                    cpu: Any, phases: tuple[str, ...], *,
+                    loop: asyncio.AbstractEventLoop | None = None,
+                    mode: str = "full") -> dict[str, Any]:
+    driver = subprocess.Popen(
+        [sys.executable, __file__, "--drive", str(port), str(bport),
+         str(args.seq), str(args.count), str(args.duration), str(args.channels), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert driver.stdin is not None and driver.stdout is not None
+    marks: dict[str, tuple[float, float]] = {}
+    out: dict[str, Any] = {"load_before": os.getloadavg(), "processes": args.processes or 0,
+                           "channels": args.channels}
+    profiler = None
+    for line in driver.stdout:
+        if line.startswith("mark "):
+            name = line.split()[1]
+            if loop is not None and args.profile and name == args.profile_phase:
+                profiler = _start_profile(loop)
+            marks[name] = (cpu(), time.perf_counter())
+            if loop is not None and profiler is not None and \
+                    name == f"{args.profile_phase}_end":
+                _stop_profile(loop, profiler, args.profile)
+                profiler = None
+            driver.stdin.write("ok\n")
+            driver.stdin.flush()
+        elif line.startswith("result "):
+            out.update(json.loads(line[7:]))
+    assert driver.wait(60) == 0, "the driver failed"
+    for phase in phases:
+        used = marks[f"{phase}_end"][0] - marks[phase][0]
+        out[phase]["cpu_ms_per_call"] = used / max(1, out[phase]["n"]) * 1e3
+        out[phase]["cpu_util"] = used / (marks[f"{phase}_end"][1] - marks[phase][1])
+    out["load_after"] = os.getloadavg()
+    return out
 
 
 def _run_gateway(settings: Any, env: dict[str, str], bport: int, args: argparse.Namespace,
@@ -267,38 +476,14 @@ def _run_gateway(settings: Any, env: dict[str, str], bport: int, args: argparse.
     thread = threading.Thread(target=run, name="gateway", daemon=True)
     thread.start()
     assert ready.wait(600) and "server" in started, "the gateway did not start"
-    driver = subprocess.Popen(
-        [sys.executable, __file__, "--drive", str(started["port"]), str(bport),
-         str(args.seq), str(args.count), str(args.duration)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert driver.stdin is not None and driver.stdout is not None
-    marks: dict[str, tuple[float, float]] = {}
-    out: dict[str, Any] = {"load_before": os.getloadavg()}
-    profiler = None
-    for line in driver.stdout:
-        if line.startswith("mark "):
-            name = line.split()[1]
-            if args.profile and name == args.profile_phase:
-                profiler = _start_profile(loop)
-            marks[name] = (time.process_time(), time.perf_counter())
-            if profiler is not None and name == f"{args.profile_phase}_end":
-                _stop_profile(loop, profiler, args.profile)
-                profiler = None
-            driver.stdin.write("ok\n")
-            driver.stdin.flush()
-        elif line.startswith("result "):
-            out.update(json.loads(line[7:]))
-    assert driver.wait(60) == 0, "the driver failed"
-    for phase in ("idle", "seq_get", "seq_post", "conc_get", "conc_post"):
-        cpu = marks[f"{phase}_end"][0] - marks[phase][0]
-        out[phase]["cpu_ms_per_call"] = cpu / max(1, out[phase]["n"]) * 1e3
-        out[phase]["cpu_util"] = cpu / (marks[f"{phase}_end"][1] - marks[phase][1])
-    out["load_after"] = os.getloadavg()
-    asyncio.run_coroutine_threadsafe(started["server"].stop(grace=1.0), loop).result(60)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
-    log_sink.close()
-    return out
+    try:
+        return _drive_and_mark(env, started["port"], bport, args, time.process_time, PHASES,
+                               loop=loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(started["server"].stop(grace=1.0), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        log_sink.close()
 
 
 def _start_profile(loop: asyncio.AbstractEventLoop) -> Any:
@@ -328,8 +513,11 @@ def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| tree | phase | n | gateway CPU ms/call | CPU util | p50 gw ms | p50 HTTP ms "
              "| p50 overhead ms | calls/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in rows:
-        lines.append(f"| {label} | idle 2 s | 0 | - | {r['idle']['cpu_util']:.3f} | | | | |")
-        for phase in ("seq_get", "seq_post", "conc_get", "conc_post"):
+        lines.append(f"| {label} | idle | 0 | - | {r['idle']['cpu_util']:.3f} | | | | |")
+        for phase in ("seq_get", "seq_post", "conc_get", "conc_post", "conc_deny",
+                      "seq_echo", "conc_echo"):
+            if phase not in r:
+                continue
             p = r[phase]
             if phase.startswith("seq"):
                 lat = (f"{p['gw_p50_ms']:.2f} | {p['http_p50_ms']:.2f} | "
@@ -356,20 +544,28 @@ def main() -> None:
     ap.add_argument("--profile-phase", default="conc_get",
                     choices=("seq_get", "seq_post", "conc_get", "conc_post"))
     ap.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="run `switchboard serve --processes N` as subprocesses instead of the "
+                         "in-process gateway (CPU: the whole process tree)")
+    ap.add_argument("--channels", type=int, default=1,
+                    help="gRPC channels (connections) the driver spreads its callers over")
+    ap.add_argument("--floor", action="store_true",
+                    help="measure a bare grpc.aio unary echo server instead of the gateway")
     ap.add_argument("--serve-backend", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--drive", nargs=5, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--drive", nargs=7, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return
     if args.drive:
-        p, b, s, c, d = args.drive
-        drive(int(p), int(b), int(s), int(c), float(d))
+        p, b, s, c, d, ch, mode = args.drive
+        drive(int(p), int(b), int(s), int(c), float(d), int(ch), mode)
         return
     if args.compare:
         rows: list[tuple[str, dict[str, Any]]] = []
         common = ["--seq", str(args.seq), "--count", str(args.count),
-                  "--duration", str(args.duration), "--json"]
+                  "--duration", str(args.duration), "--channels", str(args.channels),
+                  "--json"] + (["--processes", str(args.processes)] if args.processes else [])
         for i in range(args.rounds):
             for label, tree in (("base", args.compare), ("this", "")):
                 cmd = [sys.executable, __file__, *common] + (["--tree", tree] if tree else [])

@@ -56,7 +56,25 @@ async def _serve(settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(_settings(args.config, args.listen)))
+    from dataclasses import replace
+
+    settings = _settings(args.config, args.listen)
+    processes = args.processes if args.processes is not None else settings.processes
+    if processes < 1:
+        raise ConfigError("--processes must be at least 1", field="server.processes")
+    settings = replace(settings, processes=processes)
+    if args.process_index is not None:  # one child of a supervisor (gateway/supervisor.py)
+        from gateway.supervisor import child_settings
+
+        return asyncio.run(_serve(child_settings(settings, args.process_index,
+                                                 settings.listen)))
+    if processes > 1:
+        from gateway.audit import configure_logging
+        from gateway.supervisor import supervise
+
+        configure_logging(settings.audit.log_format)
+        return asyncio.run(supervise(settings, processes, config=args.config))
+    return asyncio.run(_serve(settings))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -200,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC gateway")
     p.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
     p.add_argument("--listen", help=f"HOST:PORT to bind (default {DEFAULT_LISTEN})")
+    p.add_argument("--processes", type=int, default=None,
+                   help="gateway processes on the one port (SO_REUSEPORT) under a supervisor "
+                        "(default: server.processes from the config, else 1)")
+    p.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="start the demo backends and gateway, run the example agent")

@@ -57,6 +57,11 @@ SCHEMA: dict[str, Any] = {
         "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
         "max_message_bytes": {"type": "integer", "minimum": 1024, "maximum": 67108864},
         "max_concurrent_rpcs": {"type": "integer", "minimum": 1},
+        "server": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"processes": {"type": "integer", "minimum": 1, "maximum": 64}},
+        },
         "tls": {
             "type": "object",
             "additionalProperties": False,
@@ -215,6 +220,8 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256
+    # server.processes: gateway processes sharing the port (gateway/supervisor.py)
+    processes: int = 1
     tls: TlsSettings | None = None
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
@@ -366,6 +373,7 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         listen=raw.get("listen", DEFAULT_LISTEN),
         max_message_bytes=raw.get("max_message_bytes", 4 * 1024 * 1024),
         max_concurrent_rpcs=raw.get("max_concurrent_rpcs", 256),
+        processes=int(raw.get("server", {}).get("processes", 1)),
         tls=tls,
         identity=identity,
         policy=policy,

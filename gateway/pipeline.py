@@ -8,10 +8,15 @@ user-code errors come back as data in :class:`Outcome`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -137,21 +142,44 @@ class Pipeline:
         self.tools = tools
         self.sandbox = sandbox
         self.tracer = tracer
-        self._sdk = tuple(
-            SdkFunction(
-                operation=op.name,
-                backend=op.backend,
-                function=op.short_name,
-                signature=python_signature(op),
-                doc=sdk_doc(op),
-            )
-            for op in catalog.operations
-        )
+        # The SDK the sandbox sees: built on the first code run (or by warm_sdk once serving),
+        # from the on-disk cache when this catalog revision was rendered before (the docs are
+        # token-bounded with o200k_base: seconds for thousands of operations).
+        self._sdk_built: tuple[SdkFunction, ...] | None = None
         # What the advertise rule sees of the catalog: built once, shared by every evaluation.
         self._discovery_ops = [op.to_input() for op in catalog.operations]
         self._discovery: OrderedDict[DiscoveryKey, Discovery] = OrderedDict()
         self.discovery_evaluations = 0  # advertise evaluations (cache misses), for tests
-        self._tokens = TokenCounter()  # memoised subtree sizes for bounded descriptions
+        # Memoised subtree sizes for bounded descriptions; made on the first describe (loading
+        # the o200k_base ranks takes ~1 s: not on the way to SERVING).
+        self._token_counter: TokenCounter | None = None
+
+    @property
+    def _sdk(self) -> tuple[SdkFunction, ...]:
+        built = self._sdk_built
+        if built is None:
+            built = _sdk_functions(self.catalog)
+            assert built is not None  # rendering never misses
+            self._sdk_built = built
+        return built
+
+    async def _sdk_for_run(self) -> tuple[SdkFunction, ...]:
+        if self._sdk_built is None:  # the first code run renders it, off the event loop
+            return await asyncio.to_thread(lambda: self._sdk)
+        return self._sdk_built
+
+    def _tokens(self) -> TokenCounter:
+        counter = self._token_counter
+        if counter is None:
+            counter = self._token_counter = TokenCounter()
+        return counter
+
+    def warm_sdk(self) -> None:
+        """Load the sandbox SDK now if the disk cache has it (the server runs this in a thread
+        once it serves). A miss is left to the first code run: rendering thousands of token-
+        bounded docs in a background thread would hold the GIL against the first calls."""
+        if self._sdk_built is None:
+            self._sdk_built = _sdk_functions(self.catalog, render=False)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -277,7 +305,7 @@ class Pipeline:
                 limits=limits,
                 principal_key=principal_key(principal.tenant, principal.id),
                 session_id=action.session_id,
-                sdk=self._sdk,
+                sdk=await self._sdk_for_run(),
                 sdk_revision=self.catalog.revision,
                 output_schema=action.output_schema,
             )
@@ -370,7 +398,7 @@ class Pipeline:
         if route == "deny":
             raise UnknownOperation(f"unknown operation {name!r}", field=f"{field_prefix}name")
         return describe_bounded(describe_document(op, route, python_signature(op)),
-                                path=path, page=page, counter=self._tokens,
+                                path=path, page=page, counter=self._tokens(),
                                 path_field=f"{field_prefix}path",
                                 page_field=f"{field_prefix}page")
 
@@ -380,6 +408,47 @@ class Pipeline:
         found = await self.discovery(principal)
         dedicated = [op for op in self.catalog.operations if op.name in found.tools]
         return meta_tools() + dedicated_tools(dedicated)
+
+
+def _sdk_cache_file(catalog: Catalog) -> Path:
+    from gateway import __version__
+    from gateway.catalog import render
+    from gateway.catalog.loader import cache_dir
+
+    h = hashlib.sha256(f"{__version__}|{catalog.revision}".encode())
+    h.update(Path(render.__file__).read_bytes())  # the code that renders signatures and docs
+    return cache_dir() / f"sdk-{h.hexdigest()[:32]}.json"
+
+
+def _sdk_functions(catalog: Catalog, *, render: bool = True) -> tuple[SdkFunction, ...] | None:
+    """Every operation as an SDK function; (signature, doc) cached on disk as JSON, keyed by
+    the catalog revision (a content hash) and the rendering code. ``render=False``: None
+    unless the cache has every operation."""
+    path = _sdk_cache_file(catalog)
+    rendered: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        found = json.loads(path.read_bytes())
+        if isinstance(found, dict):
+            rendered = found
+    fresh = False
+    out = []
+    for op in catalog.operations:
+        pair = rendered.get(op.name)
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(x, str) for x in pair)):
+            if not render:
+                return None
+            pair = rendered[op.name] = [python_signature(op), sdk_doc(op)]
+            fresh = True
+        out.append(SdkFunction(operation=op.name, backend=op.backend, function=op.short_name,
+                               signature=pair[0], doc=pair[1]))
+    if fresh:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+            tmp.write_text(json.dumps(rendered))
+            os.replace(tmp, path)
+    return tuple(out)
 
 
 class _HostBridge:

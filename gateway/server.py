@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -26,7 +26,6 @@ from gateway.config import Settings
 from gateway.grpc_services import HealthServicer, enable_reflection
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
-from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
@@ -41,6 +40,9 @@ from gateway.tools import (
     open_idempotency_store,
 )
 from gateway.tools.idempotency import new_owner_id
+
+if TYPE_CHECKING:
+    from gateway.mcp_server import McpHandle
 
 __all__ = ["GatewayServer", "create_server"]
 
@@ -119,6 +121,14 @@ async def _checkpoint_forever(telemetry: Telemetry, settings: AuditSettings) -> 
         await asyncio.to_thread(_checkpoint, settings)
 
 
+async def _warm(pipeline: Pipeline) -> None:
+    try:
+        await asyncio.to_thread(pipeline.catalog.warm_index)
+        await asyncio.to_thread(pipeline.warm_sdk)
+    except Exception:
+        log.exception("warming the catalog failed (built on first use instead)")
+
+
 async def _close_all(closers: list[Any]) -> None:
     """Release resources in reverse order of acquisition; one failure does not stop the rest."""
     for close in reversed(closers):
@@ -178,7 +188,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         interceptors=[CallInterceptor(authenticator, telemetry.tracer)],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)],
+                 # Shared only by the processes of one `serve --processes N` (supervisor.py):
+                 # otherwise a second gateway on the same port is an error, not a silent split.
+                 ("grpc.so_reuseport", 1 if settings.processes > 1 else 0)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     pb_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
@@ -202,6 +214,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await server.start()
     mcp = None
     if settings.mcp.enabled:
+        # Imported only when MCP is on: the MCP SDK and its pydantic models take ~1 s to import.
+        from gateway.mcp_server import create_mcp_app, start_mcp_server
+
         try:
             handle = await start_mcp_server(
                 create_mcp_app(
@@ -224,6 +239,10 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     await readiness.refresh()
     watcher = asyncio.create_task(readiness.run(), name="readiness")
     closers.append(watcher.cancel)
+    # Built on first use otherwise: the search index and the sandbox SDK (seconds for
+    # thousands of operations), ahead of the first call but not on the way to SERVING.
+    warm = asyncio.create_task(_warm(pipeline), name="warm-catalog")
+    closers.append(warm.cancel)
     if settings.audit.file and settings.audit.checkpoint_key_file:
         signer = asyncio.create_task(_checkpoint_forever(telemetry, settings.audit),
                                      name="audit-checkpoint")

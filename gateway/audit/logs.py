@@ -8,10 +8,13 @@ is active, its ``trace_id``/``span_id``. Credentials are scrubbed from every val
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
+import orjson
 import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -46,6 +49,20 @@ def scrub_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDi
     return event
 
 
+def render_json(obj: Any, default: Callable[[Any], Any] | None = None, **kw: Any) -> str:
+    """One log line's JSON: orjson (~5x faster than ``json.dumps``; the decision log and the
+    ``rpc`` line are on every call's path), falling back to ``json.dumps`` — and so to the
+    exact text it always gave — when a line holds non-ASCII text (kept ``\\u``-escaped) or
+    something orjson refuses (an integer over 64 bits)."""
+    try:
+        text = orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(obj, default=default, **kw)
+    if not text.isascii():
+        return json.dumps(obj, default=default, **kw)
+    return text
+
+
 def _shared() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -76,7 +93,7 @@ def configure_logging(
     tail: list[Processor]
     if fmt == "json":
         tail = [structlog.processors.dict_tracebacks, scrub_event]
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        renderer = structlog.processors.JSONRenderer(serializer=render_json, sort_keys=False)
     else:
         tail = [scrub_event]
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())

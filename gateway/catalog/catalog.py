@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -45,7 +46,11 @@ class Catalog:
         self,
         operations: Iterable[Operation],
         backends: Mapping[str, BackendSettings] | Iterable[BackendSettings] = (),
+        *,
+        digests: Mapping[str, str] | None = None,
     ) -> None:
+        """``digests``: :func:`operation_digest` of operations by name, when already known
+        (the loader's cache holds them; any operation missing from it is digested here)."""
         ops = tuple(sorted(operations, key=lambda o: o.name))
         by_name: dict[str, Operation] = {}
         for op in ops:
@@ -64,10 +69,28 @@ class Catalog:
         for op in ops:
             self._by_backend.setdefault(op.backend, []).append(op)
         digest = hashlib.sha256()
+        known = digests or {}
         for op in ops:
-            digest.update(operation_digest(op).encode())
+            digest.update((known.get(op.name) or operation_digest(op)).encode())
         self.revision: str = digest.hexdigest()[:16]
-        self._index = SearchIndex(ops)
+        self._index_lock = threading.Lock()
+        self._index_built: SearchIndex | None = None
+
+    @property
+    def _index(self) -> SearchIndex:
+        """The search index, built on first use (seconds for thousands of operations: not on
+        the way to SERVING); :meth:`warm_index` builds it ahead, off the event loop."""
+        index = self._index_built
+        if index is None:
+            with self._index_lock:
+                index = self._index_built
+                if index is None:
+                    index = self._index_built = SearchIndex(self.operations)
+        return index
+
+    def warm_index(self) -> None:
+        """Build the search index now (the server runs this in a thread once it serves)."""
+        _ = self._index
 
     def __len__(self) -> int:
         return len(self.operations)

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import importlib
 import json
+import os
+import pickle
 import re
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,12 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import yaml
 
-from gateway.catalog.catalog import Catalog
+from gateway.catalog.catalog import Catalog, operation_digest
 from gateway.catalog.openapi import operations_from_openapi
 from gateway.errors import ConfigError
 from gateway.models import BackendSettings, Operation
 
-__all__ = ["fetch_spec", "fetch_spec_sync", "load_catalog", "load_catalog_sync"]
+__all__ = ["cache_dir", "fetch_spec", "fetch_spec_sync", "load_catalog", "load_catalog_sync"]
 
 _BACKEND_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FETCH_TIMEOUT_S = 30.0
@@ -184,18 +189,170 @@ async def fetch_spec(backend: BackendSettings, client: httpx.AsyncClient) -> dic
     return await asyncio.to_thread(_from_response, backend, source, response)
 
 
+# -- the on-disk cache of built operations ---------------------------------------------------
+#
+# Building ~2,000 operations from GitHub's 27 MB of specs (JSON parse, $ref resolution, schema
+# flattening, per-operation digests) takes seconds; unpickling the result takes ~40 ms. An entry
+# is keyed by the document's bytes, the backend's settings and the code that builds operations
+# (the source of this package's modules, the models and the Python version), so any change to
+# any of them is a miss, never a stale hit. Only documents read as bytes (files, URLs) are
+# cached; an in-process app's document is built each time (small, and it has no bytes).
+
+CACHE_ENTRIES = 16  # newest kept; older entries are removed when one is written
+_CODE_FILES = ("catalog/openapi.py", "catalog/catalog.py", "catalog/loader.py",
+               "catalog/_schema.py", "models.py")
+_code_key: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where built catalogs are cached: ``$SWITCHBOARD_CACHE_DIR/catalog``, else the XDG
+    cache (``~/.cache/switchboard/catalog``), as the sandbox's snapshot cache."""
+    env = os.environ.get("SWITCHBOARD_CACHE_DIR")
+    if env:
+        return Path(env) / "catalog"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "switchboard" / "catalog"
+
+
+def _code_fingerprint() -> str:
+    global _code_key
+    if _code_key is None:
+        from gateway import __version__
+
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256(f"{__version__}|{sys.version}|{pickle.HIGHEST_PROTOCOL}".encode())
+        for rel in _CODE_FILES:
+            path = root / rel
+            h.update(rel.encode())
+            h.update(path.read_bytes() if path.is_file() else b"-")
+        _code_key = h.hexdigest()
+    return _code_key
+
+
+def _cache_key(backend: BackendSettings, raw: bytes) -> str:
+    h = hashlib.sha256(_code_fingerprint().encode())
+    h.update(repr(backend).encode())  # every setting (hashed: headers never reach the disk)
+    h.update(hashlib.sha256(raw).digest())
+    return h.hexdigest()
+
+
+Built = tuple[BackendSettings, list[Operation], dict[str, str]]
+
+
+def _cache_read(key: str) -> Built | None:
+    path = cache_dir() / f"{key}.pickle"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        # A pickle runs code when loaded: only our own file that nobody else could write.
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            found = pickle.load(fh)
+    except Exception:  # a torn or foreign entry is a miss
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if not (isinstance(found, tuple) and len(found) == 3
+            and isinstance(found[0], BackendSettings) and isinstance(found[1], list)):
+        return None
+    return found
+
+
+def _cache_write(key: str, built: Built) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pickle")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(built, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, folder / f"{key}.pickle")  # atomic: readers see all or nothing
+        entries = sorted(folder.glob("*.pickle"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-CACHE_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full disk only costs the next start the build
+
+
+def _build(backend: BackendSettings, raw: bytes | dict[str, Any], where: str) -> Built:
+    """The backend (base_url resolved), its operations and their digests; from the cache
+    when the same document was built by the same code for the same settings before."""
+    if isinstance(raw, dict):
+        resolved, ops = _finish(backend, raw)
+        return resolved, ops, {}
+    key = _cache_key(backend, raw)
+    hit = _cache_read(key)
+    if hit is not None:
+        return hit
+    resolved, ops = _finish(backend, _parse(raw, backend, where))
+    built: Built = (resolved, ops, {op.name: operation_digest(op) for op in ops})
+    _cache_write(key, built)
+    return built
+
+
+def _raw_sync(backend: BackendSettings) -> tuple[bytes | dict[str, Any], str]:
+    """The document's bytes (file, URL) or, for an in-process app, the document itself."""
+    if backend.app:
+        return _from_app(backend), backend.app
+    source = backend.openapi or ""
+    if not _is_url(source):
+        path = Path(source[7:] if source.startswith("file://") else source)
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as exc:
+            raise ConfigError(f"backend {backend.name!r}: cannot read {path}: {exc.strerror}",
+                              field=_field(backend)) from exc
+    try:
+        with httpx.Client(timeout=_FETCH_TIMEOUT_S, follow_redirects=True) as client:
+            response = client.get(source, headers=_headers_for(backend, source))
+    except httpx.HTTPError as exc:
+        raise _unreachable(backend, source, exc) from exc
+    return _response_bytes(backend, source, response), source
+
+
+def _response_bytes(backend: BackendSettings, url: str, response: httpx.Response) -> bytes:
+    if response.status_code != 200:
+        raise ConfigError(f"backend {backend.name!r}: GET {url} returned HTTP "
+                          f"{response.status_code}", field=_field(backend))
+    return response.content
+
+
+async def _raw(backend: BackendSettings,
+               client: httpx.AsyncClient) -> tuple[bytes | dict[str, Any], str]:
+    source = backend.openapi or ""
+    if backend.app or not _is_url(source):
+        return await asyncio.to_thread(_raw_sync, backend)
+    try:
+        response = await client.get(source, headers=_headers_for(backend, source))
+    except httpx.HTTPError as exc:
+        raise _unreachable(backend, source, exc) from exc
+    return _response_bytes(backend, source, response), source
+
+
+def _catalog(built: list[Built]) -> Catalog:
+    digests: dict[str, str] = {}
+    for _, _, found in built:
+        digests.update(found)
+    return Catalog([op for _, ops, _ in built for op in ops], [b for b, _, _ in built],
+                   digests=digests)
+
+
 async def load_catalog(backends: Sequence[BackendSettings]) -> Catalog:
     """Fetch every backend's document concurrently and build the catalog."""
     _check(backends)
     async with httpx.AsyncClient(timeout=_FETCH_TIMEOUT_S, follow_redirects=True) as client:
-        specs = await asyncio.gather(*(fetch_spec(b, client) for b in backends))
+        raws = await asyncio.gather(*(_raw(b, client) for b in backends))
     built = await asyncio.to_thread(
-        lambda: [_finish(b, s) for b, s in zip(backends, specs, strict=True)])
-    return Catalog([op for _, ops in built for op in ops], [b for b, _ in built])
+        lambda: [_build(b, raw, where) for b, (raw, where) in zip(backends, raws, strict=True)])
+    return await asyncio.to_thread(_catalog, built)
 
 
 def load_catalog_sync(backends: Sequence[BackendSettings]) -> Catalog:
     """Blocking variant of :func:`load_catalog` (for the CLI and tests)."""
     _check(backends)
-    built = [_finish(b, fetch_spec_sync(b)) for b in backends]
-    return Catalog([op for _, ops in built for op in ops], [b for b, _ in built])
+    return _catalog([_build(b, *_raw_sync(b)) for b in backends])

@@ -206,6 +206,7 @@ checksum/policies rolls the pods on every change.
   "mcp" $mcp
 -}}
 {{- if $v.gateway.maxConcurrentRpcs }}{{ $_ := set $cfg "max_concurrent_rpcs" (int $v.gateway.maxConcurrentRpcs) }}{{ end -}}
+{{- if gt (int ($v.gateway.processes | default 1)) 1 }}{{ $_ := set $cfg "server" (dict "processes" (int $v.gateway.processes)) }}{{ end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
