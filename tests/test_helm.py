@@ -251,6 +251,19 @@ def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart)
     assert yaml.safe_load(yaml.safe_dump(config)) == config
 
 
+def test_gateway_processes_is_rendered_as_server_processes(chart: helm_python.Chart) -> None:
+    """gateway.processes is the config's server.processes (left out at 1, the gateway's
+    default); the chart's schema refuses 0 as the gateway's would."""
+    from gateway.config import SCHEMA
+
+    assert "server" not in gateway_config(render(chart))
+    rendered = gateway_config(render(chart, {"gateway": {"processes": 3}}))["server"]
+    assert rendered == {"processes": 3}
+    jsonschema.Draft202012Validator(SCHEMA["properties"]["server"]).validate(rendered)
+    with pytest.raises(helm_python.HelmValuesError):
+        render(chart, {"gateway": {"processes": 0}})
+
+
 def test_mcp_settings_are_rendered_into_the_config(chart: helm_python.Chart) -> None:
     """The chart's mcp.* values are gateway/config.py's mcp settings (McpSettings): each one
     set is rendered under its config name, each one left empty is left out (the gateway's
