@@ -88,7 +88,10 @@ async def test_command_line_is_narrow(tmp_path: Path) -> None:
     assert "--max-old-space-size=" in v8 and "--wasm-max-mem-pages=" in v8
     # Restore-cost flags (docs/benchmarks.md, "Code channel speed"): GC only, no capability.
     v8_flags = set(v8.split("=", 1)[1].split(","))
-    assert {"--min-semi-space-size=64", "--single-threaded-gc"} <= v8_flags
+    assert "--single-threaded-gc" in v8_flags
+    # A bigger young generation made V8 abort at the memory limit instead of letting the
+    # code's MemoryError through: never ship it.
+    assert not any(f.startswith("--min-semi-space-size") for f in v8_flags)
 
 
 async def test_snapshot_key_covers_every_v8_flag(tmp_path: Path) -> None:

@@ -49,9 +49,12 @@ _BASE_FLAGS = ("run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", 
 # Measured (bench/code_speed.py --floor, docs/benchmarks.md "Code channel speed"): restoring an
 # interpreter allocates tens of MiB of short-lived JS objects in the new isolate. With V8's default
 # 1-16 MiB semi-spaces that is a dozen scavenges per restore, each run in parallel on V8's worker
-# threads; a 64 MiB young generation and GC on the isolate's own thread cut the CPU of a restore
-# by ~20 % (all threads counted) on 2 cores, where parallel GC only adds contention.
-_GC_FLAGS = ("--min-semi-space-size=64", "--single-threaded-gc")
+# threads; GC on the isolate's own thread cuts the CPU of a restore by ~10 % (all threads
+# counted) on 2 cores, where parallel GC only adds contention. A 64 MiB young generation
+# (--min-semi-space-size=64) saved a little more but broke the memory limit's promise: code
+# that catches MemoryError at the limit then had V8 itself abort the process
+# (tests/security/test_sandbox_containment.py::test_a_caught_memory_error_stays_within_the_limit).
+_GC_FLAGS = ("--single-threaded-gc",)
 
 
 def _v8_flags(settings: SandboxSettings) -> str:
