@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
+from opentelemetry import trace
 
 from gateway.errors import Unauthenticated
+from gateway.frontdoor.scope import CallScope, call_scope
 from gateway.identity import Authenticator, bearer_token
 from gateway.mcp_errors import UNAUTHENTICATED
 
@@ -48,11 +50,14 @@ def _header(scope: MutableMapping[str, Any], name: bytes) -> str:
 class _AuthGuard:
     """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
     request, and serves the protected-resource metadata (no auth needed); lifespan and other
-    paths pass through."""
+    paths pass through. A refused caller is audited through the shared call scope (outcome
+    ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
-                 resource_url: str | None, authorization_servers: Sequence[str]) -> None:
+                 resource_url: str | None, authorization_servers: Sequence[str],
+                 tracer: trace.Tracer | None = None) -> None:
         self.app = app
+        self.tracer = tracer
         self.authenticator = authenticator
         self.path = path
         self.resource_url = resource_url
@@ -108,6 +113,23 @@ class _AuthGuard:
         })
         await send({"type": "http.response.body", "body": body})
 
+    async def _audit_refusal(self, scope: MutableMapping[str, Any], token: str | None,
+                             exc: Unauthenticated) -> str:
+        """One audit record for a refused request; returns its trace id ("" untraced)."""
+        if self.tracer is None:
+            return ""
+        opened: list[CallScope] = []
+        with contextlib.suppress(Unauthenticated):
+            async with call_scope(
+                    self.tracer, self.authenticator, transport="mcp",
+                    span_name="mcp unauthenticated", token=token, raw_request_id="",
+                    attributes={"http.request.method": str(scope.get("method", "")),
+                                "url.path": str(scope.get("path", ""))[:256]},
+                    log_fields={"mcp_method": "unauthenticated"},
+                    on_open=opened.append, refused=exc):
+                pass  # pragma: no cover - ``refused`` always raises
+        return opened[0].trace_id if opened else ""
+
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -126,6 +148,10 @@ class _AuthGuard:
         try:
             await self.authenticator.authenticate_async(bearer_token(headers))
         except Unauthenticated as exc:
+            data = exc.to_dict()
+            trace_id = await self._audit_refusal(scope, bearer_token(headers), exc)
+            if trace_id:
+                data["trace_id"] = trace_id
             challenge = (f'Bearer realm="switchboard", '
                          f'resource_metadata="{self.metadata_url(scope)}"')
             if bearer_token(headers) is not None:
@@ -136,7 +162,7 @@ class _AuthGuard:
                     "jsonrpc": "2.0",
                     "id": None,
                     "error": {"code": UNAUTHENTICATED, "message": exc.message,
-                              "data": exc.to_dict()},
+                              "data": data},
                 },
                 [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )

@@ -519,4 +519,4 @@ def create_mcp_app(
         host="0.0.0.0",  # only consulted for the default DNS-rebinding settings we override
     )
     return _AuthGuard(app, authenticator, path=path, resource_url=resource_url,
-                      authorization_servers=authorization_servers)
+                      authorization_servers=authorization_servers, tracer=pipeline.tracer)

@@ -391,3 +391,25 @@ def test_an_envelope_refusal_is_audited_the_same(door: Door, gateway: RunningGat
     assert attrs[A.PRINCIPAL_ID] == "finance-1"
     assert attrs[A.REQUEST_ID].startswith("<invalid len=207 "), attrs[A.REQUEST_ID]
     assert root["status"]["code"] == "ERROR"
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"], ids=["missing", "bad"])
+def test_a_refused_caller_is_audited_the_same(door: Door, gateway: RunningGateway,
+                                              token: str | None) -> None:
+    """Guessing tokens leaves a trail on both doors: one root record with outcome
+    ``unauthenticated``, no principal, and the identity span under it marked as the error —
+    MCP's 401 guard included, which answers before the MCP app sees the request."""
+    reply = door.code(token, "1 + 1")
+    assert reply.code == "unauthenticated", reply
+    records = audit(gateway, reply.trace_id)
+    root = root_of(records)
+    attrs = root["attributes"]
+    assert attrs[A.TRANSPORT] == door.name
+    assert attrs[A.OUTCOME] == "unauthenticated" and attrs[A.ERROR_TYPE] == "unauthenticated"
+    assert A.PRINCIPAL_ID not in attrs
+    assert root["status"]["code"] == "ERROR"
+    ident = [r for r in records if r["name"] == A.SPAN_IDENTITY]
+    assert [r["parent_span_id"] for r in ident] == [root["span_id"]]
+    assert ident[0]["status"]["code"] == "ERROR"
+    # The token itself is never written down.
+    assert "not-a-token" not in json.dumps(records)

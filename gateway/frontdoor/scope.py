@@ -101,6 +101,7 @@ async def call_scope(
     log_fields: Mapping[str, Any] | None = None,
     on_open: Callable[[CallScope], None] | None = None,
     on_end: Callable[[trace.Span, BaseException | None], None] | None = None,
+    refused: GatewayError | None = None,
 ) -> AsyncIterator[CallScope]:
     """The bookkeeping of one call, the same for every door (see the module docstring).
 
@@ -109,7 +110,9 @@ async def call_scope(
     once the caller is known. ``on_open(scope)`` runs as soon as the span is open (before
     identity: a door that quotes the trace id in a refusal takes it there);
     ``on_end(span, error)`` lets the door add its own status attribute
-    (``rpc.grpc.status_code``) before the span ends.
+    (``rpc.grpc.status_code``) before the span ends. ``refused`` is a verdict the door's own
+    guard already reached on this token (MCP's 401 guard): the identity span records it
+    instead of authenticating again, so a refused caller leaves the same record on every door.
     """
     started = time.perf_counter()
     with tracer.start_as_current_span(
@@ -131,6 +134,8 @@ async def call_scope(
                 on_open(scope)
             with tracer.start_as_current_span(attr.SPAN_IDENTITY) as ident:
                 try:
+                    if refused is not None:
+                        raise refused
                     principal = await authenticator.authenticate_async(token)
                 except GatewayError as exc:
                     ident.set_status(Status(StatusCode.ERROR, _clip(exc.message, 256)))
