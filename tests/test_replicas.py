@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ import httpx
 import pytest
 import yaml
 from tools_support import ROOT, Ledger, postgres_server, redis_server, run_ledger
+from waiting import scaled, wait_for_listening
 
 from gateway.client import SwitchboardClient
 from gateway.client_types import SwitchboardError
@@ -57,11 +57,6 @@ FINANCE = Principal(id="finance-1", tenant="demo", roles=("agent", "finance"))
 # Codes that mean "no outcome for you yet, ask again with the same request_id".
 RETRYABLE = {"unavailable", "deadline_exceeded", "cancelled", "outcome_unknown",
              "duplicate_in_flight", "backend_unavailable", "internal", "unknown"}
-LOAD = float(os.environ.get("SWITCHBOARD_TEST_LOAD_FACTOR", "") or 1)
-
-
-def scaled(seconds: float) -> float:
-    return seconds * LOAD
 
 
 @dataclass
@@ -210,7 +205,7 @@ def replicas(tmp: Path, ledger: Ledger, dsn: str, *,
                 text=True, cwd=ROOT)
             started.append(Replica(name, proc, audit, log, isolated))
         for rep in started:
-            rep.target = _listening(rep)
+            rep.target = wait_for_listening(rep.proc, rep.log, rep.name)
         yield started
     finally:
         for rep in started:
@@ -223,19 +218,6 @@ def replicas(tmp: Path, ledger: Ledger, dsn: str, *,
                 rep.proc.kill()
                 rep.proc.wait()
 
-
-def _listening(rep: Replica) -> str:
-    assert rep.proc.stdout is not None
-    deadline = time.monotonic() + scaled(240)  # above the sandbox's own start limit
-    while time.monotonic() < deadline:
-        line = rep.proc.stdout.readline()
-        if line.startswith("LISTENING grpc://"):
-            # keep draining stdout so a chatty server never blocks on a full pipe
-            threading.Thread(target=rep.proc.stdout.read, daemon=True).start()
-            return line.split("grpc://", 1)[1].strip()
-        if not line and rep.proc.poll() is not None:
-            break
-    raise AssertionError(f"{rep.name} did not start: {rep.log.read_text()[-3000:]}")
 
 
 # ---------------------------------------------------------------- the test

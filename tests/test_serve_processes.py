@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ import httpx
 import pytest
 import yaml
 from tools_support import ROOT, Ledger, run_ledger
+from waiting import scaled, wait_for_listening, wait_until_sync
 
 from gateway.client import SwitchboardClient
 from gateway.client_types import SwitchboardError
@@ -42,18 +42,11 @@ pytestmark = pytest.mark.timeout(600)
 
 TOKEN_FIN, TOKEN_AGENT = "dev-finance", "dev-agent"
 FINANCE = Principal(id="finance-1", tenant="demo", roles=("agent", "finance"))
-LOAD = float(os.environ.get("SWITCHBOARD_TEST_LOAD_FACTOR", "") or 1)
 RETRYABLE = {"unavailable", "duplicate_in_flight", "outcome_unknown", "deadline_exceeded"}
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout * LOAD
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return wait_until_sync(predicate, timeout, what=what)
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +81,7 @@ class Gateway:
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
             text=True, cwd=ROOT)
-        self.target = self._listening()
-
-    def _listening(self) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 240 * LOAD
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("LISTENING grpc://"):
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return line.split("grpc://", 1)[1].strip()
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"serve did not start: {self.log.read_text()[-3000:]}")
+        self.target = wait_for_listening(self.proc, self.log)
 
     def files(self) -> list[Path]:
         return sorted(self.audit.parent.glob("audit.*.jsonl"))
@@ -126,7 +107,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, ledger: Ledger) -> Iterato
         if gw.proc.poll() is None:
             gw.proc.send_signal(signal.SIGTERM)
         try:
-            gw.proc.wait(120 * LOAD)
+            gw.proc.wait(scaled(120))
         except subprocess.TimeoutExpired:
             gw.proc.kill()
             gw.proc.wait()
@@ -164,7 +145,7 @@ def _transfer(gw: Gateway, rid: str, args: dict[str, Any]) -> tuple[dict[str, An
 
 
 def _until_resolved(gw: Gateway, rid: str, args: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    deadline = time.monotonic() + 120 * LOAD
+    deadline = time.monotonic() + scaled(120)
     while True:
         result, code, trace_id = _transfer(gw, rid, args)
         if result is not None:
@@ -240,7 +221,7 @@ def test_a_dead_child_is_restarted_and_every_audit_file_verifies(gateway: Gatewa
 
     wait_for("the restarted child to answer", both_answer, 240)
     gateway.proc.send_signal(signal.SIGTERM)
-    assert gateway.proc.wait(120 * LOAD) == 0
+    assert gateway.proc.wait(scaled(120)) == 0
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify",
                           str(gateway.audit.parent)], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)

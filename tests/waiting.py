@@ -10,20 +10,25 @@ default 1) multiplies them all for an even slower machine.
 - :func:`bound`: a generous upper bound for something a configured limit ends (the limit plus
   a scaled slack) — the only kind of duration bound a test may assert;
 - :func:`wait_until` (async) and :func:`wait_until_sync`: poll a predicate until it returns
-  something truthy, return that value, or fail with ``what`` once the deadline passed.
+  something truthy, return that value, or fail with ``what`` once the deadline passed;
+- :func:`wait_for_listening`: the address a ``switchboard serve`` child prints once it listens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["LOAD_FACTOR", "bound", "scaled", "wait_until", "wait_until_sync"]
+__all__ = ["LOAD_FACTOR", "bound", "scaled", "wait_for_listening", "wait_until",
+           "wait_until_sync"]
 
 
 def _load_factor() -> float:
@@ -78,3 +83,21 @@ async def wait_until(pred: Callable[[], Any], timeout_s: float = DEFAULT_TIMEOUT
         if loop.time() >= deadline:
             raise AssertionError(f"not within {scaled(timeout_s):.0f} s: {what or pred}")
         await asyncio.sleep(interval)
+
+
+def wait_for_listening(proc: subprocess.Popen[str], log: Path, what: str = "serve",
+                       timeout_s: float = 240.0) -> str:
+    """``host:port`` from the ``LISTENING grpc://`` line a serve child prints on stdout; then
+    keeps draining stdout (a chatty server never blocks on a full pipe). Fails with the tail
+    of ``log`` (its stderr) if it exits first or the scaled deadline passes (the default is
+    above the sandbox's own start limit)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + scaled(timeout_s)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("LISTENING grpc://"):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return line.split("grpc://", 1)[1].strip()
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"{what} did not start: {log.read_text()[-3000:]}")

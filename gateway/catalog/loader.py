@@ -81,14 +81,7 @@ def _parse(text: str | bytes, backend: BackendSettings, where: str) -> dict[str,
     return doc
 
 
-def _from_file(backend: BackendSettings, source: str) -> dict[str, Any]:
-    path = Path(source[7:] if source.startswith("file://") else source)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"backend {backend.name!r}: cannot read {path}: {exc.strerror}",
-                          field=_field(backend)) from exc
-    return _parse(data, backend, str(path))
+
 
 
 def _from_app(backend: BackendSettings) -> dict[str, Any]:
@@ -127,11 +120,7 @@ def _headers_for(backend: BackendSettings, url: str) -> dict[str, str]:
     return dict(backend.headers) if (a.scheme, a.netloc) == (b.scheme, b.netloc) else {}
 
 
-def _from_response(backend: BackendSettings, url: str, response: httpx.Response) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise ConfigError(f"backend {backend.name!r}: GET {url} returned HTTP "
-                          f"{response.status_code}", field=_field(backend))
-    return _parse(response.content, backend, url)
+
 
 
 def _unreachable(backend: BackendSettings, url: str, exc: Exception) -> ConfigError:
@@ -162,31 +151,22 @@ def _finish(backend: BackendSettings, spec: dict[str, Any]) -> tuple[BackendSett
     return resolved, operations_from_openapi(resolved, spec)
 
 
+def _document(raw: bytes | dict[str, Any], backend: BackendSettings,
+              where: str) -> dict[str, Any]:
+    return raw if isinstance(raw, dict) else _parse(raw, backend, where)
+
+
 def fetch_spec_sync(backend: BackendSettings) -> dict[str, Any]:
     """The backend's OpenAPI document as a dict (blocking)."""
-    if backend.app:
-        return _from_app(backend)
-    source = backend.openapi or ""
-    if not _is_url(source):
-        return _from_file(backend, source)
-    try:
-        with httpx.Client(timeout=_FETCH_TIMEOUT_S, follow_redirects=True) as client:
-            response = client.get(source, headers=_headers_for(backend, source))
-    except httpx.HTTPError as exc:
-        raise _unreachable(backend, source, exc) from exc
-    return _from_response(backend, source, response)
+    raw, where = _raw_sync(backend)
+    return _document(raw, backend, where)
 
 
 async def fetch_spec(backend: BackendSettings, client: httpx.AsyncClient) -> dict[str, Any]:
     """The backend's OpenAPI document as a dict; file and import work runs off the loop."""
-    source = backend.openapi or ""
-    if backend.app or not _is_url(source):
-        return await asyncio.to_thread(fetch_spec_sync, backend)
-    try:
-        response = await client.get(source, headers=_headers_for(backend, source))
-    except httpx.HTTPError as exc:
-        raise _unreachable(backend, source, exc) from exc
-    return await asyncio.to_thread(_from_response, backend, source, response)
+    raw, where = await _raw(backend, client)
+    return await asyncio.to_thread(_document, raw, backend, where)
+
 
 
 # -- the on-disk cache of built operations ---------------------------------------------------
