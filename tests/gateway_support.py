@@ -127,3 +127,26 @@ def gateway_settings(state: Path, backends: dict[str, ServiceProcess], **overrid
         BackendSettings(name=n, openapi=f"{s.url}/openapi.json", base_url=s.url)
         for n, s in backends.items()))
     return replace(base, listen="127.0.0.1:0", **overrides)
+
+
+def mcp_endpoint(gateway: RunningGateway) -> Iterator[str]:
+    """The gateway's MCP endpoint URL for a fixture to yield from: the one ``serve`` started,
+    or one started here on the gateway's own event loop over its pipeline and authenticator
+    (stopped when the fixture ends)."""
+    from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
+
+    server = gateway.server
+    assert server is not None
+    if server.mcp_port:
+        yield f"http://127.0.0.1:{server.mcp_port}/mcp"
+        return
+
+    async def start() -> McpHandle:
+        return await start_mcp_server(
+            create_mcp_app(server.pipeline, server.authenticator), "127.0.0.1:0")
+
+    handle: McpHandle = gateway.call(start())
+    try:
+        yield handle.url
+    finally:
+        gateway.call(handle.stop(grace=2.0))

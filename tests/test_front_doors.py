@@ -22,12 +22,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from gateway_support import RunningGateway, code_request, error_of, md, tool_request
+from gateway_support import RunningGateway, code_request, error_of, mcp_endpoint, md, tool_request
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway.audit import attributes as A
 from gateway.frontdoor import GRPC, MCP, Fields
-from gateway.mcp_server import REQUEST_ID_META_KEY, McpHandle, create_mcp_app, start_mcp_server
+from gateway.mcp_server import REQUEST_ID_META_KEY
 from gateway.values import MAX_NAME_LENGTH, MAX_QUERY_LENGTH, MAX_SOURCE_BYTES
 
 TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 0.5, "currency": "USD"}
@@ -49,21 +49,7 @@ class Reply:
 
 @pytest.fixture(scope="module")
 def mcp_url(gateway: RunningGateway) -> Iterator[str]:
-    server = gateway.server
-    assert server is not None
-    if server.mcp_port:
-        yield f"http://127.0.0.1:{server.mcp_port}/mcp"
-        return
-
-    async def start() -> McpHandle:
-        return await start_mcp_server(
-            create_mcp_app(server.pipeline, server.authenticator), "127.0.0.1:0")
-
-    handle: McpHandle = gateway.call(start())
-    try:
-        yield handle.url
-    finally:
-        gateway.call(handle.stop(grace=2.0))
+    yield from mcp_endpoint(gateway)
 
 
 class GrpcDoor:

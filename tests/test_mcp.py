@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from gateway_support import RunningGateway
+from gateway_support import RunningGateway, mcp_endpoint
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from gateway.mcp_server import REQUEST_ID_META_KEY, McpHandle, create_mcp_app, start_mcp_server
+from gateway.mcp_server import REQUEST_ID_META_KEY
 
 TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 0.5, "currency": "USD"}
 
@@ -27,21 +27,7 @@ TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 0.5, "currency":
 def mcp_url(gateway: RunningGateway) -> Iterator[str]:
     """The gateway's MCP endpoint: the one ``serve`` started, or one started here on the
     gateway's own event loop over its pipeline and authenticator."""
-    server = gateway.server
-    assert server is not None
-    if server.mcp_port:
-        yield f"http://127.0.0.1:{server.mcp_port}/mcp"
-        return
-
-    async def start() -> McpHandle:
-        app = create_mcp_app(server.pipeline, server.authenticator)
-        return await start_mcp_server(app, "127.0.0.1:0")
-
-    handle: McpHandle = gateway.call(start())
-    try:
-        yield handle.url
-    finally:
-        gateway.call(handle.stop(grace=2.0))
+    yield from mcp_endpoint(gateway)
 
 
 @asynccontextmanager
