@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from gateway.catalog import (
     python_signature,
     sdk_doc,
 )
+from gateway.catalog.loader import cache_read, cache_write
 from gateway.errors import (
     ApprovalConsumed,
     ApprovalExpired,
@@ -410,24 +410,24 @@ class Pipeline:
         return meta_tools() + dedicated_tools(dedicated)
 
 
-def _sdk_cache_file(catalog: Catalog) -> Path:
+def _sdk_cache_name(catalog: Catalog) -> str:
     from gateway import __version__
     from gateway.catalog import render
-    from gateway.catalog.loader import cache_dir
 
     h = hashlib.sha256(f"{__version__}|{catalog.revision}".encode())
     h.update(Path(render.__file__).read_bytes())  # the code that renders signatures and docs
-    return cache_dir() / f"sdk-{h.hexdigest()[:32]}.json"
+    return f"sdk-{h.hexdigest()[:32]}.json"
 
 
 def _sdk_functions(catalog: Catalog, *, render: bool = True) -> tuple[SdkFunction, ...] | None:
     """Every operation as an SDK function; (signature, doc) cached on disk as JSON, keyed by
     the catalog revision (a content hash) and the rendering code. ``render=False``: None
     unless the cache has every operation."""
-    path = _sdk_cache_file(catalog)
+    name = _sdk_cache_name(catalog)
     rendered: dict[str, list[str]] = {}
-    with contextlib.suppress(OSError, ValueError):
-        found = json.loads(path.read_bytes())
+    data = cache_read(name)
+    with contextlib.suppress(ValueError):
+        found = json.loads(data) if data is not None else None
         if isinstance(found, dict):
             rendered = found
     fresh = False
@@ -443,11 +443,7 @@ def _sdk_functions(catalog: Catalog, *, render: bool = True) -> tuple[SdkFunctio
         out.append(SdkFunction(operation=op.name, backend=op.backend, function=op.short_name,
                                signature=pair[0], doc=pair[1]))
     if fresh:
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            tmp.write_text(json.dumps(rendered))
-            os.replace(tmp, path)
+        cache_write(name, json.dumps(rendered).encode())
     return tuple(out)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog import load_catalog_sync, loader
+from gateway.catalog.loader import cache_dir
 from gateway.models import BackendSettings
 
 
@@ -109,10 +110,15 @@ def test_the_sdk_is_cached_by_catalog_revision(cache: Path, tmp_path: Path,
     fresh = pl._sdk_functions(catalog)
     assert fresh is not None
     assert {f.operation for f in fresh} == {"pets.get_pet", "pets.create_pet"}
-    assert pl._sdk_cache_file(catalog).is_file()
+    entry = cache_dir() / pl._sdk_cache_name(catalog)
+    assert entry.is_file()
 
     def no_render(*_: object) -> str:
         raise AssertionError("rendered again although cached")
 
     monkeypatch.setattr(pl, "sdk_doc", no_render)
     assert pl._sdk_functions(catalog) == fresh
+    assert pl._sdk_functions(catalog, render=False) == fresh
+    # Its docs are shown to agents: an entry someone else could have written is a miss.
+    os.chmod(entry, 0o666)
+    assert pl._sdk_functions(catalog, render=False) is None

@@ -32,7 +32,8 @@ from gateway.catalog.openapi import operations_from_openapi
 from gateway.errors import ConfigError
 from gateway.models import BackendSettings, Operation
 
-__all__ = ["cache_dir", "fetch_spec", "fetch_spec_sync", "load_catalog", "load_catalog_sync"]
+__all__ = ["cache_dir", "cache_read", "cache_write", "fetch_spec", "fetch_spec_sync",
+           "load_catalog", "load_catalog_sync"]
 
 _BACKEND_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FETCH_TIMEOUT_S = 30.0
@@ -219,25 +220,55 @@ def _cache_key(backend: BackendSettings, raw: bytes) -> str:
 Built = tuple[BackendSettings, list[Operation], dict[str, str]]
 
 
-def _cache_read(key: str) -> Built | None:
-    path = cache_dir() / f"{key}.pickle"
+def cache_read(name: str) -> bytes | None:
+    """The cache entry ``name`` (in :func:`cache_dir`), or None: missing, torn, a symlink, or
+    not our own file that nobody else could write (a pickle runs code when loaded, and a
+    cached SDK doc is shown to agents)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(cache_dir() / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        # A pickle runs code when loaded: only our own file that nobody else could write.
         if st.st_uid != os.getuid() or st.st_mode & 0o022:
             return None
         with os.fdopen(fd, "rb") as fh:
             fd = -1
-            found = pickle.load(fh)
-    except Exception:  # a torn or foreign entry is a miss
+            return fh.read()
+    except OSError:
         return None
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def cache_write(name: str, data: bytes) -> None:
+    """Write the cache entry ``name`` atomically (readers see all or nothing) and keep the
+    newest ``CACHE_ENTRIES`` of its kind (same suffix); a read-only or full disk only costs
+    the next start the work."""
+    folder = cache_dir()
+    suffix = Path(name).suffix
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, folder / name)
+        entries = sorted(folder.glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-CACHE_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _cache_read(key: str) -> Built | None:
+    data = cache_read(f"{key}.pickle")
+    if data is None:
+        return None
+    try:
+        found = pickle.loads(data)
+    except Exception:  # a torn or foreign entry is a miss
+        return None
     if not (isinstance(found, tuple) and len(found) == 3
             and isinstance(found[0], BackendSettings) and isinstance(found[1], list)):
         return None
@@ -245,18 +276,7 @@ def _cache_read(key: str) -> Built | None:
 
 
 def _cache_write(key: str, built: Built) -> None:
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pickle")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(built, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, folder / f"{key}.pickle")  # atomic: readers see all or nothing
-        entries = sorted(folder.glob("*.pickle"), key=lambda p: p.stat().st_mtime)
-        for old in entries[:-CACHE_ENTRIES]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only or full disk only costs the next start the build
+    cache_write(f"{key}.pickle", pickle.dumps(built, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _build(backend: BackendSettings, raw: bytes | dict[str, Any], where: str) -> Built:
