@@ -70,11 +70,9 @@ MCP = Fields(door="mcp", request_id="_meta.switchboard/request_id", name="name",
 def recorded_request_id(raw: object) -> str:
     """The request id as the audit records it *before* it is checked: a well-formed id as
     itself, anything else as a bounded, escaped stand-in, nothing as a fresh UUID."""
-    if isinstance(raw, str) and raw:
-        return loggable_id(raw)
-    if raw is not None and raw != "":
-        return loggable_id(str(raw))
-    return str(uuid.uuid4())
+    if raw is None or raw == "":
+        return str(uuid.uuid4())
+    return loggable_id(raw if isinstance(raw, str) else str(raw))
 
 
 def request_id(value: object, fields: Fields, *, generate: bool = False) -> str:
