@@ -25,6 +25,7 @@ from gateway.errors import Unauthenticated
 from gateway.frontdoor.scope import CallScope, call_scope
 from gateway.identity import Authenticator, bearer_token
 from gateway.mcp_errors import UNAUTHENTICATED
+from gateway.values import split_listen
 
 __all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
 
@@ -281,17 +282,10 @@ class McpHandle:
             await self._task
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
     """Serve ``app`` with uvicorn on ``listen`` (port 0 picks a free port) in this loop; returns
     once it accepts connections."""
-    host, port = _split_listen(listen)
+    host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

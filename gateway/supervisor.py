@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from gateway.config import Settings
+from gateway.values import split_listen
 
 __all__ = ["child_audit_file", "child_settings", "supervise"]
 
@@ -67,16 +68,11 @@ def child_settings(settings: Settings, index: int, listen: str) -> Settings:
     return replace(settings, listen=listen, audit=audit, mcp=mcp)
 
 
-def _split(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def reserve(listen: str) -> tuple[socket.socket, str]:
     """Bind (not listen) ``listen`` with SO_REUSEPORT: ``:0`` becomes one concrete port for
     every child, and the port is held while children restart. A bound socket that does not
     listen takes no connections."""
-    host, port = _split(listen)
+    host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -33,6 +33,7 @@ __all__ = [
     "key_path",
     "loggable",
     "loggable_id",
+    "split_listen",
 ]
 
 MAX_ID_LENGTH = 128
@@ -178,3 +179,11 @@ def clean_result(value: Any, field: str = "result") -> Any:
         raise ResultInvalid(f"{path}: {type(item).__name__} is not a JSON value", field=path)
 
     return walk(value, field, 0)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; an empty host is every interface) as (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
