@@ -37,7 +37,17 @@ SPECS = {
     "Dialogporten (`@digdir/dialogporten-schema`)":
         MODULES / "@digdir/dialogporten-schema/swagger.verified.json",
     "rclone RC (`rclone-openapi`)": MODULES / "rclone-openapi/openapi.json",
+    "Twilio, all 50 specs (`@twilio-alpha/mcp`)":
+        MODULES / "@twilio-alpha/mcp/twilio-oai/spec/json",
+    "Figma REST (`@figma/rest-api-spec`)": MODULES / "@figma/rest-api-spec/openapi/openapi.yaml",
 }
+
+
+def _backends(path: Path) -> list[BackendSettings]:
+    """One backend for a spec file; one per spec for a vendor that publishes a directory."""
+    if path.is_dir():
+        return [BackendSettings(name=f.stem, openapi=str(f)) for f in sorted(path.glob("*.json"))]
+    return [BackendSettings(name="api", openapi=str(path))]
 
 
 def _tokens(counter: TokenCounter, value: Any) -> int:
@@ -52,8 +62,11 @@ def main() -> int:
     catalogs = {"demo (ledger + workspace)": [
         BackendSettings(name="ledger", app="gateway.demo.ledger:app"),
         BackendSettings(name="workspace", app="gateway.demo.workspace:app")]}
-    catalogs.update({k: [BackendSettings(name="api", openapi=str(v))] for k, v in SPECS.items()})
+    catalogs.update({k: _backends(v) for k, v in SPECS.items()})
+    only = sys.argv[1:]  # optional: labels containing any of these words
     for label, backends in catalogs.items():
+        if only and not any(word.lower() in label.lower() for word in only):
+            continue
         catalog = load_catalog_sync(backends)
         worst = (0, "")
         full = (0, "")

@@ -2,8 +2,10 @@
 2,000 o200k_base tokens, elided parts are named and readable by path, big ones page.
 
 Specs: GitHub's (api.github.com, GHEC, GHES 3.17-3.19 from ``@octokit/openapi``), Digdir's
-Dialogporten (``@digdir/dialogporten-schema``), rclone's RC API (``rclone-openapi``), all
-pinned in runtimes/package.json, and the demo ledger + workspace.
+Dialogporten (``@digdir/dialogporten-schema``), rclone's RC API (``rclone-openapi``), all 50 of
+Twilio's (``@twilio-alpha/mcp``'s twilio-oai copy, one backend per spec), Figma's REST API
+(``@figma/rest-api-spec``), all pinned in runtimes/package.json, and the demo ledger +
+workspace.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ SPECS = {
     "ghes-3.19": MODULES / "@octokit/openapi/generated/ghes-3.19.json",
     "dialogporten": MODULES / "@digdir/dialogporten-schema/swagger.verified.json",
     "rclone": MODULES / "rclone-openapi/openapi.json",
+    "twilio": MODULES / "@twilio-alpha/mcp/twilio-oai/spec/json",
+    "figma": MODULES / "@figma/rest-api-spec/openapi/openapi.yaml",
 }
 COUNTER = TokenCounter()
 
@@ -53,8 +57,12 @@ def load(spec: str) -> Catalog:
                                   BackendSettings(name="workspace",
                                                   app="gateway.demo.workspace:app")])
     path = SPECS[spec]
-    if not path.is_file():
+    if not path.exists():
         pytest.fail(f"{path} is missing: run `make setup` (npm ci in runtimes/)")
+    if path.is_dir():  # a vendor that publishes one spec per product: one backend each
+        files = sorted(path.glob("*.json"))
+        assert files, f"no specs in {path}"
+        return load_catalog_sync([BackendSettings(name=f.stem, openapi=str(f)) for f in files])
     return load_catalog_sync([BackendSettings(name="api", openapi=str(path))])
 
 
