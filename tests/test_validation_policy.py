@@ -27,10 +27,10 @@ from gateway.policy.base import STRICT_OBLIGATION
 from gateway.tools import validate_arguments
 
 PRINCIPAL = Principal(id="agent-1", tenant="demo", roles=("agent",))
-# A nested open object ("meta" has no additionalProperties): an undeclared "meta.y" passes the
-# schema itself, only strict validation rejects it. The operation is tagged "compliance" on
-# purpose: the catalog still closes its top level at load time (docs/policy.md), but the tag no
-# longer decides how a call is validated (these policies never look at it).
+# Open objects (neither the body nor "meta" has additionalProperties): an undeclared "meta.y" or
+# top-level "colour" passes the schema itself, only strict validation rejects it. The operation
+# is tagged "compliance" on purpose: the tag changes neither the schema the catalog builds nor
+# how a call is validated (these policies never look at it).
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "notes", "version": "1"},
@@ -45,6 +45,7 @@ SPEC: dict[str, Any] = {
 }
 GOOD = {"name": "n1", "meta": {"x": "1"}}
 TYPO = {"name": "n1", "meta": {"x": "1", "y": "undeclared"}}
+TOP_TYPO = {"name": "n1", "colour": "red"}
 
 
 def policy(extra: str) -> str:
@@ -100,18 +101,21 @@ def call(tmp_path: Path, rego: str, arguments: dict[str, Any]) -> tuple[list[boo
 
 def test_a_policy_that_asks_nothing_validates_as_the_schema_says(tmp_path: Path) -> None:
     op = operations_from_openapi(BackendSettings(name="notes"), SPEC)[0]
-    assert "compliance" in op.tags and op.input_schema["additionalProperties"] is False
-    strict, out = call(tmp_path, policy(""), TYPO)
-    assert strict == [False]
-    assert out.decision.validation == "standard" and out.result == {"ok": True}
+    assert "compliance" in op.tags and "additionalProperties" not in op.input_schema
+    for arguments in (TYPO, TOP_TYPO):
+        strict, out = call(tmp_path, policy(""), arguments)
+        assert strict == [False]
+        assert out.decision.validation == "standard" and out.result == {"ok": True}
 
 
 @pytest.mark.parametrize("extra", [', "validation": "strict"',
                                    f', "obligations": ["{STRICT_OBLIGATION}"]'])
 def test_a_policy_that_says_strict_rejects_undeclared_fields(tmp_path: Path, extra: str) -> None:
-    strict, out = call(tmp_path, policy(extra), TYPO)
-    assert strict == [True]
-    assert isinstance(out, SchemaInvalid), out
+    for arguments, field in ((TYPO, "arguments.meta.y"), (TOP_TYPO, "arguments.colour")):
+        strict, out = call(tmp_path, policy(extra), arguments)
+        assert strict == [True]
+        assert isinstance(out, SchemaInvalid), out
+        assert out.field == field, out.field
     strict, out = call(tmp_path, policy(extra), GOOD)
     assert out.decision.strict and STRICT_OBLIGATION in out.decision.obligations
     assert out.result == {"ok": True}

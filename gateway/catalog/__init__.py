@@ -9,11 +9,10 @@ from gateway.catalog.describe import (
     describe_document,
 )
 from gateway.catalog.loader import fetch_spec, fetch_spec_sync, load_catalog, load_catalog_sync
-from gateway.catalog.openapi import COMPLIANCE_TAG, operations_from_openapi, snake_case
+from gateway.catalog.openapi import operations_from_openapi, snake_case
 from gateway.catalog.render import describe_operation, py_type, python_signature, sdk_doc
 
 __all__ = [
-    "COMPLIANCE_TAG",
     "MAX_DESCRIBE_TOKENS",
     "Catalog",
     "TokenCounter",

@@ -17,9 +17,8 @@ from gateway.catalog._schema import SchemaConverter, deref
 from gateway.errors import ConfigError
 from gateway.models import BackendSettings, Operation, Parameter
 
-__all__ = ["COMPLIANCE_TAG", "arg_name", "operations_from_openapi", "snake_case"]
+__all__ = ["arg_name", "operations_from_openapi", "snake_case"]
 
-COMPLIANCE_TAG = "compliance"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # OpenAPI: header parameters with these names are ignored (the HTTP layer owns them).
 _IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
@@ -111,7 +110,6 @@ class _Builder:
         op_id = str(op.get("operationId") or f"{method}_{path}")
         short = self.unique(snake_case(op_id))
         tags = _tags(self.backend, op, item, short, op_id)
-        compliance = COMPLIANCE_TAG in tags
 
         merged: dict[tuple[str, str], dict[str, Any]] = {}
         for raw in [*(item.get("parameters") or []), *(op.get("parameters") or [])]:
@@ -166,10 +164,7 @@ class _Builder:
             flat = self._flatten(converted, body_required, set(properties)) if media else None
             if flat is None:
                 name = "body" if "body" not in properties else "request_body"
-                schema = converted
-                if compliance and _is_open_object(converted):
-                    schema = {**converted, "additionalProperties": False}
-                properties[name] = schema
+                properties[name] = converted
                 if body_required:
                     required.append(name)
                 params.append(Parameter(name, "body", body_required, ""))
@@ -184,8 +179,6 @@ class _Builder:
         if required:
             input_schema["required"] = required
         input_schema.update(root_extra)
-        if compliance:
-            input_schema["additionalProperties"] = False
         if needs:
             input_schema["$defs"] = self.conv.defs_for(frozenset(needs))
 
@@ -259,11 +252,6 @@ class _Builder:
                 out = self.conv.standalone(media[1]["schema"])
                 return out if isinstance(out, dict) else ({} if out is True else {"not": {}})
         return None
-
-
-def _is_open_object(schema: Any) -> bool:
-    return (isinstance(schema, dict) and isinstance(schema.get("properties"), dict)
-            and "additionalProperties" not in schema)
 
 
 def _iter_operations(spec: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any], Any]]:
