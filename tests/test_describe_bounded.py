@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.catalog import (
     MAX_DESCRIBE_TOKENS,
@@ -202,3 +204,90 @@ def test_help_docstrings_are_shortened_and_say_so() -> None:
     assert "sdk.describe('x.big')" in text
     small = load("demo").require("workspace.send_email")
     assert "shortened" not in sdk_doc(small)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing is lost: following every `$elided` marker and every page from the overview gives back
+# the whole description, value for value, and every answer on the way fits the budget.
+
+
+def _reassemble(d: dict[str, Any], path: str, sizes: list[int]) -> Any:
+    first = describe_bounded(d, path=path, counter=COUNTER)
+    pages = [first] + [describe_bounded(d, path=path, page=p, counter=COUNTER)
+                       for p in range(2, int(first.get("pages", 1)) + 1)]
+    sizes += [tokens(p) for p in pages]
+    assert all(p["at"] == path for p in pages)
+    values = [p["value"] for p in pages]
+    whole: Any
+    if isinstance(values[0], str):
+        whole = "".join(values)
+    elif isinstance(values[0], list):
+        whole = [item for v in values for item in v]
+    elif isinstance(values[0], dict):
+        whole = {}
+        for v in values:
+            assert not set(v) & set(whole), "pages overlap"
+            whole.update(v)
+    else:
+        assert len(values) == 1
+        whole = values[0]
+    return _fill(d, whole, sizes)
+
+
+def _fill(d: dict[str, Any], value: Any, sizes: list[int]) -> Any:
+    if isinstance(value, dict):
+        if isinstance(value.get("$elided"), str):
+            return _reassemble(d, value["$elided"], sizes)
+        return {k: _fill(d, v, sizes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(d, v, sizes) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+@pytest.mark.parametrize(("spec", "name"), [
+    ("github", "api.issues_list_events_for_timeline"),  # 105k tokens unbounded
+    ("dialogporten", "api.v1_service_owner_dialogs_queries_get_dialog"),
+    ("rclone", "api.options_info"),
+])
+def test_following_every_marker_and_page_gives_back_the_whole_description(
+        spec: str, name: str) -> None:
+    d = doc(load(spec).require(name))
+    sizes: list[int] = []
+    overview = describe_bounded(d, counter=COUNTER)
+    sizes.append(tokens(overview))
+    assert overview.pop("$hint", None) is not None, "expected a description too big to show"
+    whole = _fill(d, overview, sizes)
+    whole["description"] = _reassemble(d, "description", sizes)  # the overview cuts it
+    assert _plain(whole) == _plain(d)
+    assert len(sizes) > 3 and max(sizes) <= MAX_DESCRIBE_TOKENS, (len(sizes), max(sizes))
+
+
+_SEGMENTS = st.sampled_from(["input_schema", "output_schema", "properties", "items", "0", "1",
+                             "99999", "type", "description", "name", "$defs", "~0", "~1", "~",
+                             "", "..", "allOf", "-1", "01", "1e3", " ", "\u00e9"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.one_of(st.lists(_SEGMENTS, max_size=8).map(".".join),
+                      st.text(max_size=60)),
+       page=st.one_of(st.none(), st.integers(min_value=-3, max_value=12), st.booleans(),
+                      st.floats(allow_nan=True), st.text(max_size=3)))
+def test_any_path_and_page_is_an_answer_within_budget_or_invalid_request(
+        timeline: dict[str, Any], path: str, page: Any) -> None:
+    """Hostile look-ups never raise anything but InvalidRequest (field path or page) and never
+    answer over budget."""
+    try:
+        out = describe_bounded(timeline, path=path, page=page, counter=COUNTER)
+    except InvalidRequest as exc:
+        assert exc.field in ("path", "page"), exc.field
+        return
+    assert tokens(out) <= MAX_DESCRIBE_TOKENS
+
+
+@pytest.fixture(scope="module")
+def timeline(github: Catalog) -> dict[str, Any]:
+    return doc(github.require("api.issues_list_events_for_timeline"))
