@@ -12,7 +12,8 @@ A query's ``expected`` is one operation name or a list of names that answer the 
 a hit is any of them at rank 1 (hit@1) or in the first five (hit@5).
 
 ``--failures dev`` lists the dev queries that miss the top 1 with the ranking returned (what
-tuning may look at); the holdout half is never listed.
+tuning may look at); the holdout half is never listed. ``--split dev`` prints only the dev rows
+(and the latency), so a tuning run does not show a held-out number at all.
 """
 
 from __future__ import annotations
@@ -189,6 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in dev_failures(name, load_catalog_sync(CATALOGS[name])):
                 print(line)
         return 0
+    splits: tuple[str, ...] = ("dev", "holdout", "all")
+    if args[:1] == ["--split"]:
+        if args[1:] != ["dev"]:
+            print("only the dev half can be printed alone: --split dev", file=sys.stderr)
+            return 2
+        splits = ("dev",)
+    elif args:
+        print(f"unknown arguments: {args}", file=sys.stderr)
+        return 2
     print("| catalog | ops | split | queries | BM25F hit@1 | BM25F hit@5 | plain BM25 hit@1 | "
           "plain BM25 hit@5 |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
@@ -203,13 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in REAL:
             real[name] = r
             ops += len(catalog.operations)
-        for split in ("dev", "holdout", "all"):
+        for split in splits:
             s, b = r[f"switchboard/{split}"], r[f"bm25/{split}"]
             print(f"| {name} | {len(catalog.operations)} | {split} | {s['n']} | "
                   f"{s['hit@1']:.2f} | {s['hit@5']:.2f} | {b['hit@1']:.2f} | {b['hit@5']:.2f} |",
                   flush=True)
     vendors = len(set(REAL.values()))
-    for split in ("dev", "holdout", "all"):
+    for split in splits:
         n = sum(r[f"switchboard/{split}"]["n"] for r in real.values())
         cells = [pooled(real, f"{ranker}/{split}", m)
                  for ranker in ("switchboard", "bm25") for m in ("hit@1", "hit@5")]

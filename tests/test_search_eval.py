@@ -80,3 +80,11 @@ def test_a_list_of_equal_answers_counts_any_of_them() -> None:
     assert se.rank_of(q, ["svc.x", "svc.b", "svc.a"]) == 2
     assert se.rank_of({"expected": "svc.a"}, ["svc.a"]) == 1
     assert se.rank_of(q, ["svc.x"]) is None
+
+
+def test_the_bench_prints_held_out_rows_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    # Tuning runs use --split dev; no other split can be printed alone.
+    assert se.main(["--split", "holdout"]) == 2
+    assert se.main(["--failures", "holdout"]) == 2
+    assert se.main(["--bogus"]) == 2
+    assert "holdout" not in capsys.readouterr().out

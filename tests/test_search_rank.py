@@ -74,3 +74,22 @@ def test_the_order_is_deterministic_and_limited() -> None:
     once = index.search("call", limit=4)
     assert len(once) == 4 and index.search("call", limit=4) == once
     assert index.search("", limit=4) == [] and index.search("call", limit=0) == []
+
+
+def test_a_word_pair_counts_in_either_order() -> None:
+    # Both names are covered and both summaries say "repository"; "issues of a repository" is
+    # the pair "repository issues" of the second summary only (in the other order).
+    ops = [op("issues_list", "GET", "/issues", "List issues assigned to you in any repository"),
+           op("issues_list_for_repo", "GET", "/repos/{owner}/{repo}/issues",
+              "List repository issues"),
+           op("repos_list", "GET", "/repos", "List repositories")]
+    assert first(ops, "list the issues of a repository") == "issues_list_for_repo"
+
+
+def test_undoing_an_action_does_not_ask_for_that_action() -> None:
+    ops = [op("delete_dialog", "DELETE", "/dialogs/{id}", "Deletes a dialog"),
+           op("restore_dialog", "POST", "/dialogs/{id}/actions/restore",
+              "Restores a deleted dialog"),
+           op("get_dialog", "GET", "/dialogs/{id}", "Gets a single dialog")]
+    assert first(ops, "undo the delete of a dialog") == "restore_dialog"
+    assert first(ops, "delete a dialog") == "delete_dialog"

@@ -11,7 +11,8 @@ Second stage: the best 40 are re-scored by how much of the operation's name the 
 (IDF-weighted, so a long name's rare unmatched words cost more than its common prefix) and by
 whether the operation does what the query's verb asks (list / get / create / update / delete:
 the query's first action word against the name's verb, or the HTTP method and path shape), and
-by the share of the query's adjacent word pairs found adjacent in the name or summary.
+by the share of the query's adjacent word pairs found adjacent (either order) in the name or
+summary. A query that says to undo an action ("undo the delete") asks for no action.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
 (~1-2 ms over 1,000-1,500 operations, bench/search_eval.py). Pure Python, no model, no data
@@ -213,8 +214,16 @@ def _action_word(query: str) -> str:
     return ""
 
 
+# Words that reverse the action after them: "undo the delete" does not ask for a delete.
+_UNDOING = frozenset(["undo", "revert", "reverse"])
+
+
 def _query_actions(query: str) -> frozenset[str]:
     word = _action_word(query)
+    if word:
+        before = re.findall(r"[a-z]+", query.lower())
+        if _UNDOING.intersection(before[:before.index(word)]):
+            return frozenset()
     return frozenset(_QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)) or ())
 
 
@@ -223,8 +232,8 @@ def _query_actions(query: str) -> frozenset[str]:
 # counts as covered when it does what the query's verb asks, a term reached only through a
 # synonym counts _COVER_EXPANDED) and by (1 + _W_ACTION) when the operation's action is the one
 # the query asks for, and by (1 + _W_BIGRAM x the share of the query's adjacent word pairs that
-# are adjacent in the name or summary). The factors only raise a score, so the tail keeps its
-# order below the head.
+# are adjacent, in either order, in the name or summary). The factors only raise a score, so
+# the tail keeps its order below the head.
 _RERANK_DEPTH = 40
 _W_NAME = 2.0
 _W_ACTION = 0.5
@@ -257,6 +266,11 @@ def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[
 
 
 _W_BIGRAM = 0.25
+
+
+def _pairs(terms: Sequence[str]) -> frozenset[frozenset[str]]:
+    """Adjacent term pairs, either order ("repository issues" and "issues of a repository")."""
+    return frozenset(frozenset(p) for p in pairwise(terms) if p[0] != p[1])
 
 
 def _cover(weight: float) -> float:
@@ -297,15 +311,15 @@ class SearchIndex:
                             for name in self._name_terms]
         self._actions = [_op_actions(op) for op in operations]
         self._name_vocab: frozenset[str] = frozenset().union(*self._name_terms)
-        self._bigrams = [frozenset(pairwise(d["name"])) | frozenset(pairwise(d["summary"]))
-                         for d in docs]
+        self._bigrams = [_pairs(d["name"]) | _pairs(d["summary"]) for d in docs]
 
     def _wanted(self, query: str) -> frozenset[str]:
         wanted = _query_actions(query)
         if not wanted:
             words = _words(query)
             # "comment on an issue", "fork a repository": a resource used as the verb.
-            if words and not words[0].endswith("s") and _stem(words[0]) in self._name_vocab:
+            if (words and not words[0].endswith("s") and _stem(words[0]) in self._name_vocab
+                    and words[0] not in _UNDOING):
                 wanted = frozenset(("create",))
         return wanted
 
@@ -326,7 +340,7 @@ class SearchIndex:
         depth = max(_RERANK_DEPTH, limit)
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
-        pairs = frozenset(pairwise(stems))
+        pairs = _pairs(stems)
         head = []
         for doc, score in first[:depth]:
             mass = self._name_mass[doc]
