@@ -29,6 +29,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "runtimes/node_modules/@octokit/openapi/generated"
+# Readiness (the gateway service), not liveness (""): SERVING there means calls can be served.
+READINESS = "switchboard.v1.Gateway"
 
 
 def _config(tmp: Path, kind: str) -> Path | None:
@@ -74,7 +76,7 @@ def start_once(kind: str, tmp: Path, cache: Path, profile: Path | None,
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 try:
-                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    r = stub.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=2)
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         break
                 except grpc.RpcError:
