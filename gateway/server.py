@@ -160,6 +160,8 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         closers.append(purger.cancel)
         sandbox = SandboxPool(settings.sandbox, SessionRegistry(
             store, new_owner_id(), lease_s=settings.sandbox.session_idle_s * 1.5 + 30))
+        # Returns once one sandbox process has a ready interpreter (readiness needs no more:
+        # a code run can be served); the others start in the background, one after another.
         await sandbox.start()
         closers.append(sandbox.close)
     except BaseException:
