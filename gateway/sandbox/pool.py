@@ -96,6 +96,11 @@ class SandboxPool:
              "host_calls", "respawns", "recycles", "sessions_created", "sessions_expired",
              "sessions_evicted"), 0)
 
+    def bind_registry(self, registry: SessionRegistry) -> None:
+        """Set where sessions are claimed, when it is opened after the pool started (before
+        the first run: the server binds it before it serves)."""
+        self._registry = registry
+
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
