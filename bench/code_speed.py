@@ -3,6 +3,7 @@
     .venv/bin/python bench/code_speed.py                              # this checkout, 1 round
     .venv/bin/python bench/code_speed.py --compare /tmp/base --rounds 2   # A/B, interleaved
     .venv/bin/python bench/code_speed.py --floor                      # + the bare-restore floor
+    .venv/bin/python bench/code_speed.py --floor-only --compare /tmp/base  # floor: base vs this
 
 The base tree is a ``git archive`` of the base commit with its own ``runtimes/node_modules``
 (``npm ci`` in it, or a copy; never a symlink into a worktree)::
@@ -182,9 +183,14 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
 # ---- the bare-restore floor (Deno only) ---------------------------------------------------
 
 
-def floor(restores: int, rounds: int) -> dict[str, Any]:
-    """CPU per bare restore with V8's default GC and with the flags this tree ships, interleaved
-    round by round (same snapshot, same Deno, fresh DENO_DIR per process)."""
+def floor(restores: int, rounds: int, base: str = "") -> dict[str, Any]:
+    """CPU per bare restore, interleaved round by round (fresh DENO_DIR per process). Without
+    ``base``: V8's default GC against the flags this tree ships (same snapshot, same worker).
+    With ``base``: the base tree's runtime (its worker.ts and runner, its own snapshot) against
+    this tree's, both with this tree's flags; the base gets a copy of this restore_floor.ts in
+    its ``bench/`` so the script is the same."""
+    import shutil
+
     import deno
 
     sys.path.insert(0, str(REPO))
@@ -192,24 +198,32 @@ def floor(restores: int, rounds: int) -> dict[str, Any]:
     from gateway.sandbox.snapshot import ensure_snapshot
     from gateway.sandbox.types import SandboxSettings
 
-    runtime = REPO / "runtimes"
     settings = SandboxSettings()
-    variants = {
-        "v8 default GC": (f"--v8-flags=--max-old-space-size={settings.v8_heap_mb},"
-                          f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}"),
-        "shipped flags": _v8_flags(settings),
-    }
+    script = REPO / "bench" / "restore_floor.ts"
+    variants: dict[str, tuple[str, Path]]
+    if base:
+        (Path(base) / "bench").mkdir(exist_ok=True)
+        shutil.copy(script, Path(base) / "bench" / "restore_floor.ts")
+        variants = {"base": (_v8_flags(settings), Path(base)), "this": (_v8_flags(settings), REPO)}
+    else:
+        variants = {
+            "v8 default GC": (f"--v8-flags=--max-old-space-size={settings.v8_heap_mb},"
+                              f"--wasm-max-mem-pages={settings.wasm_max_mem_pages}", REPO),
+            "shipped flags": (_v8_flags(settings), REPO),
+        }
     out: dict[str, Any] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
-        snap = asyncio.run(ensure_snapshot(str(deno.find_deno_bin()), runtime, settings,
-                                           Path(tmp)))
+        snaps = {name: asyncio.run(ensure_snapshot(str(deno.find_deno_bin()), root / "runtimes",
+                                                   settings, Path(tmp)))
+                 for name, (_, root) in variants.items()}
         for rnd in range(rounds):
             names = list(variants) if rnd % 2 == 0 else list(reversed(variants))
             for name in names:
+                flags, root = variants[name]
                 argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config",
                         "--no-lock", "--no-remote", "--no-npm", "--unstable-worker-options",
                         "--allow-all",  # the script reads /proc/self; workers keep the sandbox's
-                        variants[name], str(REPO / "bench" / "restore_floor.ts"), str(snap),
+                        flags, str(root / "bench" / "restore_floor.ts"), str(snaps[name]),
                         str(restores)]
                 env = {"DENO_DIR": str(Path(tmp) / f"deno-{rnd}-{len(out[name])}"),
                        "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
@@ -293,7 +307,8 @@ def main() -> None:
     if rows:
         print(table(rows))
     if args.floor:
-        fl = floor(args.floor_restores, args.floor_rounds)
+        fl = floor(args.floor_restores, args.floor_rounds,
+                   args.compare if args.floor_only else "")
         print("\n| bare restore (runtimes/worker.ts in a new worker, nothing else) | CPU ms per "
               "restore, per round | median | wall p50 ms, per round |\n|---|---|---:|---|")
         for name, xs in fl.items():
@@ -301,6 +316,12 @@ def main() -> None:
             walls = ", ".join(f"{x['wall_ms_p50']:.0f}" for x in xs)
             print(f"| {name} | {', '.join(f'{c:.0f}' for c in cpu)} | "
                   f"{statistics.median(cpu):.0f} | {walls} |")
+        (a, xa), (b, xb) = list(fl.items())
+        ratios = [y["cpu_ms_per_restore"] / x["cpu_ms_per_restore"]
+                  for x, y in zip(xa, xb, strict=True)]
+        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(f"\n{b} / {a} CPU per restore, per round: {each} "
+              f"(median {statistics.median(ratios):.2f}x)")
         rows.append(("floor", fl))
     if args.json:
         print(json.dumps(rows))

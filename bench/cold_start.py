@@ -1,6 +1,7 @@
 """Cold start: ``switchboard serve`` from exec to the health service answering SERVING.
 
     .venv/bin/python bench/cold_start.py [--rounds 3] [--profile DIR]
+    .venv/bin/python bench/cold_start.py --kinds demo --restarts 6 --compare /tmp/base
 
 Two catalogs: the demo (the embedded defaults: two in-process FastAPI apps) and a large one,
 GitHub's api.github.com + GHEC specs from runtimes/node_modules/@octokit/openapi/generated/
@@ -29,6 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "runtimes/node_modules/@octokit/openapi/generated"
+# Readiness (the gateway service), not liveness (""): SERVING there means calls can be served.
+READINESS = "switchboard.v1.Gateway"
 
 
 def _config(tmp: Path, kind: str) -> Path | None:
@@ -74,7 +77,7 @@ def start_once(kind: str, tmp: Path, cache: Path, profile: Path | None,
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 try:
-                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    r = stub.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=2)
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         break
                 except grpc.RpcError:
@@ -97,10 +100,29 @@ def main() -> None:
     ap.add_argument("--compare", default="",
                     help="A/B: also start the gateway of this tree (e.g. a git archive of the "
                          "base), interleaved with this checkout's")
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="instead of rounds: one first start per tree (to fill its cache), then "
+                         "this many restarts per tree, alternating the trees (order flips)")
     args = ap.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
     load = [os.getloadavg()[0]]
     trees = [("base", args.compare), ("this", "")] if args.compare else [("this", "")]
+    if args.restarts:
+        with tempfile.TemporaryDirectory(prefix="cold-") as t:
+            for kind in args.kinds.split(","):
+                for label, tree in trees:
+                    (Path(t) / label / kind).mkdir(parents=True)
+                    got = start_once(kind, Path(t) / label / kind, Path(t) / label / kind / "c",
+                                     None, tree)
+                    results.setdefault(f"{label}: {kind} first", []).append(got)
+                for r in range(args.restarts):
+                    for label, tree in (trees if r % 2 == 0 else list(reversed(trees))):
+                        got = start_once(kind, Path(t) / label / kind,
+                                         Path(t) / label / kind / "c", None, tree)
+                        key = f"{label}: {kind} restart"
+                        results.setdefault(key, []).append(got)
+                        print(f"{key} #{r + 1}: {got['serving_s']:.2f} s", file=sys.stderr)
+        args.rounds = 0
     for r in range(args.rounds):
         for kind in args.kinds.split(","):
             for label, tree in trees:

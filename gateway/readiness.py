@@ -41,6 +41,8 @@ def readiness_checks(policy: PolicyEngine, policy_settings: PolicySettings,
             return f"OPA unreachable at {policy_settings.opa_url}: {type(exc).__name__}"
         return None if response.status_code == 200 else f"OPA health {response.status_code}"
 
+    # A process counts once it has restored its first interpreter (SandboxPool.start returns
+    # after the first one; the rest join in the background): alive > 0 means a run can be served.
     async def sandbox_alive() -> str | None:
         return None if sandbox.stats().get("alive", 0) > 0 else "no sandbox process alive"
 

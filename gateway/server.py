@@ -8,6 +8,7 @@ so tests run the real thing in-process on port 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,19 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     """Build and start the gateway described by ``settings``; returns it and the bound port."""
     telemetry = setup_telemetry(settings.audit)
     closers: list[Any] = []
+    # The sandbox pool starts first and in the background: its Deno processes boot, compile
+    # Pyodide and restore the snapshot on the other core while this one loads the catalog and
+    # the policy. It is awaited below, after them, so their errors still come first.
+    sandbox = SandboxPool(settings.sandbox)
+    sandbox_start = asyncio.create_task(sandbox.start(), name="sandbox-start")
+
+    async def stop_sandbox() -> None:
+        sandbox_start.cancel()
+        with contextlib.suppress(BaseException):
+            await sandbox_start
+        await sandbox.close()
+
+    closers.append(stop_sandbox)
     try:
         catalog = await load_catalog(settings.backends)
         policy: PolicyEngine = create_policy_engine(settings.policy)
@@ -158,10 +172,11 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
             closers.append(approval_store.aclose)
         purger = asyncio.create_task(_purge_forever(store), name="idempotency-purge")
         closers.append(purger.cancel)
-        sandbox = SandboxPool(settings.sandbox, SessionRegistry(
+        sandbox.bind_registry(SessionRegistry(
             store, new_owner_id(), lease_s=settings.sandbox.session_idle_s * 1.5 + 30))
-        await sandbox.start()
-        closers.append(sandbox.close)
+        # Done once one sandbox process has a ready interpreter (readiness needs no more: a
+        # code run can be served); the others start in the background, one after another.
+        await sandbox_start
     except BaseException:
         await _close_all(closers)
         telemetry.shutdown()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
+from waiting import scaled
 
 from gateway.errors import BackendError, PolicyDenied
 from gateway.models import Limits
@@ -24,6 +25,7 @@ async def sandbox_pool() -> AsyncIterator[SandboxPool]:
     os.environ[SENTINEL_ENV] = "hunter2"  # must never be visible inside the sandbox
     p = SandboxPool(SandboxSettings(workers=3))
     await p.start()
+    await p.wait_full(scaled(300))  # the tests count on every process (start() waits for one)
     yield p
     await p.close()
     os.environ.pop(SENTINEL_ENV, None)

@@ -48,3 +48,45 @@ def test_readiness_tracks_opa(backends: dict[str, Any], tmp_path: Path) -> None:
         assert _status(gw, "") == SERVING  # alive: not a reason to restart the pod
     finally:
         gw.stop()
+
+
+def test_serving_before_every_sandbox_process_is_up(backends: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    """SERVING waits for one ready sandbox process, not all: the others start in the
+    background, one after another, and a code run issued right at SERVING is served."""
+    from gateway_support import code_request
+    from waiting import scaled, wait_until_sync
+
+    from gateway.sandbox import SandboxSettings
+
+    workers = 3
+    gw = RunningGateway(gateway_settings(tmp_path, backends,
+                                         sandbox=SandboxSettings(workers=workers)))
+    try:
+        pool = gw.server.pipeline.sandbox if gw.server else None
+        assert pool is not None
+
+        async def stats() -> dict[str, Any]:
+            return pool.stats()
+
+        # create_server has returned: the gateway reports SERVING ...
+        assert _status(gw, "switchboard.v1.Gateway") == SERVING
+        at_serving = gw.call(stats())
+        # ... while the pool is still bringing up the rest of its processes (the second one
+        # only starts once the first has restored its interpreter, which is what SERVING
+        # waited for; the third after the second).
+        assert at_serving["starting"] and 1 <= at_serving["alive"] < workers, at_serving
+        resp = gw.stub.Execute(code_request("6 * 7"), metadata=md("dev-agent"),
+                               timeout=scaled(120))
+        assert not resp.error.code, resp.error
+        assert resp.result.number_value == 42
+        def full_size() -> dict[str, Any] | None:
+            s = gw.call(stats())
+            return s if s["alive"] == workers and not s["starting"] else None
+
+        full = wait_until_sync(full_size, scaled(300), interval=0.2,
+                               what="the pool reaching its full size")
+        assert full["respawns"] == 0
+        assert _status(gw, "switchboard.v1.Gateway") == SERVING
+    finally:
+        gw.stop()

@@ -89,16 +89,23 @@ class SandboxPool:
         self._started = False
         self._starting = False
         self._spawned = 0
+        self._filled = asyncio.Event()  # every slot has had its first start attempt
         self._sdk_cache: dict[str, str] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("runs", "ok", "user_errors", "timeouts", "memory", "crashes", "cancelled",
              "host_calls", "respawns", "recycles", "sessions_created", "sessions_expired",
              "sessions_evicted"), 0)
 
+    def bind_registry(self, registry: SessionRegistry) -> None:
+        """Set where sessions are claimed, when it is opened after the pool started (before
+        the first run: the server binds it before it serves)."""
+        self._registry = registry
+
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make (or reuse) the snapshot, then start every process; fails if none comes up."""
+        """Make (or reuse) the snapshot, then start processes until one is ready (the rest start
+        in the background, one after another); fails if none comes up."""
         if self._started or self._starting:
             return
         self._starting = True
@@ -131,16 +138,31 @@ class SandboxPool:
         except BaseException:
             await self.close()
             raise
-        results = await asyncio.gather(
-            *(self._spawn(i) for i in range(len(self._slots))), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if len(errors) == len(results):
+        # SERVING needs one interpreter, not all of them: start the processes one at a time
+        # until one is ready, return, and start the rest in the background one after another
+        # (each after the previous one's first restore, so they do not all compete for the
+        # CPU with each other and with the gateway's own start). Runs only ever go to ready
+        # processes (``_idle``); one arriving before any is ready waits in ``_acquire``.
+        errors: list[BaseException] = []
+        first = None
+        for i in range(len(self._slots)):
+            try:
+                await self._spawn(i)
+            except Exception as exc:
+                log.warning("sandbox process %d failed to start: %s", i, exc)
+                errors.append(exc)
+                continue
+            first = i
+            break
+        if first is None:
             await self.close()
             raise errors[0]
-        for i, r in enumerate(results):
-            if isinstance(r, BaseException):
-                log.warning("sandbox process %d failed to start: %s", i, r)
-                self._spawn_later(i, 1.0)
+        for i in range(first):
+            self._spawn_later(i, 1.0)
+        if first + 1 < len(self._slots):
+            self._bg(self._fill(range(first + 1, len(self._slots))))
+        else:
+            self._filled.set()
         self._bg(self._reaper())
 
     async def close(self) -> None:
@@ -206,6 +228,29 @@ class SandboxPool:
             self._counters["respawns"] += 1
             log.info("sandbox process %d exited (%s); respawning", proc.index, proc.death)
             self._spawn_later(proc.index, 0.0)
+
+    async def _fill(self, indexes: range) -> None:
+        """Start the processes the pool did not wait for, one after another."""
+        for i in indexes:
+            if self._closing:
+                return
+            try:
+                await self._spawn(i)
+            except Exception as exc:
+                log.warning("sandbox process %d failed to start: %s", i, exc)
+                self._spawn_later(i, 1.0)
+        self._filled.set()
+
+    async def wait_full(self, timeout_s: float) -> None:
+        """Wait until the background start has tried every process and all of them are alive
+        (for tests and benchmarks that need the whole pool; serving never waits for it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        await asyncio.wait_for(self._filled.wait(), timeout_s)
+        while self.stats()["alive"] < len(self._slots):
+            if loop.time() >= deadline:
+                raise TimeoutError("the sandbox pool did not reach its full size")
+            await asyncio.sleep(0.05)
 
     def _spawn_later(self, index: int, delay: float) -> None:
         async def again() -> None:
@@ -492,6 +537,7 @@ class SandboxPool:
             **self._counters,
             "processes": len(self._slots),
             "alive": sum(1 for p in self._slots if p is not None and not p.dead),
+            "starting": not self._filled.is_set(),  # the background start is still running
             "idle": len(self._idle),
             "active_runs": sum(p.active for p in procs),
             "sessions": len(self._sessions),

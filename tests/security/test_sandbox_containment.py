@@ -24,6 +24,8 @@ import pytest_asyncio
 
 pytest.register_assert_rewrite("tests.sandbox_support")
 
+from waiting import scaled
+
 from gateway.errors import ResourceExhausted, SandboxCrashed, SandboxMemory, SandboxTimeout
 from gateway.sandbox import SandboxPool, SandboxSettings, principal_key
 from tests.sandbox_support import JS_PRELUDE, Host, req
@@ -42,6 +44,7 @@ async def pool() -> AsyncIterator[SandboxPool]:
     p = SandboxPool(SandboxSettings(workers=3, max_sessions=6, max_sessions_per_principal=2,
                                     session_idle_s=600, queue_timeout_s=240))
     await p.start()
+    await p.wait_full(scaled(300))  # the attacks need every process (start() waits for one)
     yield p
     await p.close()
 
