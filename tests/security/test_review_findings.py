@@ -1,0 +1,114 @@
+"""Findings of the 2026-12-01 security review, against the real server.
+
+Each ``xfail(strict=True)`` test reproduces a confirmed break of a documented promise; it fails
+today and flips to XPASS (a failure under ``strict``) once the root cause is fixed, so the
+marker must then be removed. The plain tests pin down attacks that held where no other test
+covers the promise.
+
+The gateway-crashing cases run against a real ``switchboard serve`` subprocess (an in-process
+gateway would take the test runner down with it).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from gateway_support import code_request, md
+from google.protobuf import json_format
+from waiting import scaled
+
+from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class Served:
+    """A ``switchboard serve`` child and a channel to it; restarted when a test killed it."""
+
+    def __init__(self, backends: dict[str, Any], state: Path) -> None:
+        self.backends = backends
+        self.state = state
+        self.proc: ServiceProcess | None = None
+        self.channel: grpc.Channel | None = None
+        self.stub: pb_grpc.GatewayStub | None = None
+
+    def ensure(self) -> pb_grpc.GatewayStub:
+        if self.proc is not None and self.proc.proc.poll() is None and self.stub is not None:
+            return self.stub
+        self.close()
+        cfg = write_demo_config(self.state / "gw.yaml", ledger_url=self.backends["ledger"].url,
+                                workspace_url=self.backends["workspace"].url, state=self.state)
+        raw = yaml.safe_load(cfg.read_text())
+        raw["sandbox"] = {"workers": 1}
+        cfg.write_text(yaml.safe_dump(raw))
+        self.proc = spawn_service(
+            "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+            log_file=self.state / "gw.log", timeout=scaled(300))
+        self.channel = grpc.insecure_channel(self.proc.url.removeprefix("grpc://"))
+        self.stub = pb_grpc.GatewayStub(self.channel)
+        return self.stub
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is None
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.proc is not None:
+            self.proc.stop()
+        self.proc = self.channel = self.stub = None
+
+
+@pytest.fixture(scope="module")
+def served(backends: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[Served]:
+    s = Served(backends, tmp_path_factory.mktemp("review-serve"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _run(stub: pb_grpc.GatewayStub, source: str) -> pb.ExecuteResponse:
+    return stub.Execute(code_request(source), metadata=md("dev-agent"), timeout=scaled(120))
+
+
+def _result(resp: pb.ExecuteResponse) -> Any:
+    return json_format.MessageToDict(resp.result) if resp.HasField("result") else None
+
+
+# -- finding 1: a lone surrogate in a host call's arguments kills the gateway process ------
+
+LONE_SURROGATE_VIA_SDK = (
+    "from sdk import ledger\n"
+    "try:\n"
+    "    ledger.get_balance(account=chr(0xD800))\n"
+    "    result = 'called'\n"
+    "except Exception as e:\n"
+    "    result = getattr(e, 'code', type(e).__name__)\n"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 1: host-call arguments are not held to the envelope's JSON rules; a lone "
+    "surrogate reaches regorus Engine.set_input, which segfaults the gateway process"))
+def test_lone_surrogate_in_host_call_arguments_does_not_kill_the_gateway(
+        served: Served) -> None:
+    stub = served.ensure()
+    assert _result(_run(stub, "1 + 1")) == 2
+    try:
+        resp = _run(stub, LONE_SURROGATE_VIA_SDK)
+    except grpc.RpcError as err:
+        pytest.fail(f"the call failed with {err.code()} (gateway alive: {served.alive()})")
+    # A clear, stable refusal to the code, and the gateway keeps serving everyone else.
+    assert _result(resp) == "invalid_request"
+    assert served.alive()
+    assert _result(_run(stub, "2 + 2")) == 4
