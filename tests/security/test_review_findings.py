@@ -11,6 +11,8 @@ gateway would take the test runner down with it).
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,8 +109,73 @@ def test_lone_surrogate_in_host_call_arguments_does_not_kill_the_gateway(
     try:
         resp = _run(stub, LONE_SURROGATE_VIA_SDK)
     except grpc.RpcError as err:
+        if served.proc is not None:  # let a dying child finish dying before anyone reuses it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                served.proc.proc.wait(scaled(30))
         pytest.fail(f"the call failed with {err.code()} (gateway alive: {served.alive()})")
     # A clear, stable refusal to the code, and the gateway keeps serving everyone else.
     assert _result(resp) == "invalid_request"
     assert served.alive()
     assert _result(_run(stub, "2 + 2")) == 4
+
+
+# The same crash at its root, through every road to the engine (host-call arguments, an
+# OpenAPI document's tags, JWT claims): the embedded engine must fail closed on a string regorus
+# cannot take, never take the process down. Run in a child so the crash is observable.
+ENGINE_PROBE = """
+import asyncio, sys
+from gateway.policy import EmbeddedPolicyEngine, PolicySettings, build_input
+from gateway.models import Operation, Principal
+
+async def main():
+    eng = EmbeddedPolicyEngine(PolicySettings(path=sys.argv[1], reload=False))
+    await eng.start()
+    op = Operation(name="evil.get_a", backend="evil", operation_id="getA", summary="s",
+                   tags=("t" + chr(0xD800),), method="GET", path="/a")
+    agent = Principal(id="agent-1", tenant="demo", roles=("agent",))
+    d = await eng.decide(build_input(principal=agent, kind="host_call", operation=op,
+                                     operation_name=op.name, arguments={"a": chr(0xDC00)}))
+    print("ROUTE", d.route, flush=True)
+    await eng.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 1: EmbeddedPolicyEngine.decide hands lone surrogates to regorus set_input, "
+    "which segfaults instead of failing closed"))
+def test_engine_fails_closed_on_lone_surrogates_in_the_input(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", ENGINE_PROBE, str(repo / "policies")],
+                          capture_output=True, text=True, timeout=scaled(120), cwd=repo)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert "ROUTE deny" in proc.stdout
+
+
+# -- finding 2: NaN / Infinity / too-deep host-call arguments are an "internal" error --------
+
+RAW_HOST = (
+    "import _sandbox_runner as r, json\n"
+    "from pyodide.ffi import run_sync\n"
+    "def raw(op, text):\n"
+    "    return json.loads(run_sync(r._state['host'](op, text)))\n"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 2: _serve_call parses host-call arguments with json.loads (NaN/Infinity/1e400 "
+    "accepted, nesting unchecked) and never applies the envelope's JSON rules; the values "
+    "reach action_digest(allow_nan=False) and the call fails as 'internal' with no field"))
+@pytest.mark.parametrize("text", [
+    '{"account": "A1", "x": NaN}',
+    '{"account": "A1", "x": 1e400}',
+    '{"account": "A1", "x": ' + "[" * 3000 + "]" * 3000 + "}",
+], ids=["nan", "overflow-to-infinity", "too-deep"])
+def test_host_call_arguments_json_cannot_carry_get_invalid_request(
+        served: Served, text: str) -> None:
+    stub = served.ensure()
+    reply = _result(_run(stub, RAW_HOST + f"result = raw('ledger.get_balance', {text!r})"))
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid_request", reply
+    assert reply["error"].get("field", "").startswith("arguments"), reply
