@@ -16,15 +16,28 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
+import jwt
 import pytest
 import yaml
-from gateway_support import code_request, md, tool_request
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from gateway_support import (
+    RunningGateway,
+    code_request,
+    error_of,
+    gateway_settings,
+    mcp_endpoint,
+    md,
+    tool_request,
+)
 from google.protobuf import json_format
 from waiting import scaled
 
@@ -217,3 +230,73 @@ def test_masked_values_cannot_be_recovered_from_the_audit_digest(served: Served)
             recovered = guess
             break
     assert recovered is None, f"masked values recovered from the audit file: {recovered}"
+
+
+# -- finding 4: a JWT whose alg does not fit the JWKS key is an internal error ---------------
+
+_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(backends: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+                ) -> Iterator[tuple[RunningGateway, str, Path]]:
+    state = tmp_path_factory.mktemp("review-jwt")
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_RSA.public_key()))
+    (state / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig"}]}))
+    base = gateway_settings(state, backends)
+    gw = RunningGateway(replace(base, identity=replace(
+        base.identity, jwks_url=f"file://{state / 'jwks.json'}")))
+    try:
+        for url in mcp_endpoint(gw):
+            yield gw, url, state
+    finally:
+        gw.stop()
+
+
+def _jwt(key: Any, alg: str) -> str:
+    claims = {"sub": "bot-1", "tenant": "demo", "roles": ["agent"],
+              "exp": int(time.time()) + 3600}
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": "k1"})
+
+
+def _mismatched_tokens() -> dict[str, str]:
+    # Anyone can mint these: the kid is public (it is in the JWKS), the key is the caller's own.
+    return {"ES256": _jwt(ec.generate_private_key(ec.SECP256R1()), "ES256"),
+            "EdDSA": _jwt(ed25519.Ed25519PrivateKey.generate(), "EdDSA")}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 4: Authenticator._claims catches only jwt.InvalidTokenError; jwt.decode with "
+    "every allowed algorithm raises TypeError/InvalidKeyError when the header's alg does not "
+    "fit the key, so an anonymous caller gets INTERNAL instead of UNAUTHENTICATED"))
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
+def test_grpc_jwt_with_a_mismatched_alg_is_unauthenticated(
+        jwt_gateway: tuple[RunningGateway, str, Path], alg: str) -> None:
+    gw, _, _ = jwt_gateway
+    assert gw.stub.Execute(code_request("1 + 1"), metadata=md(_jwt(_RSA, "RS256")),
+                           timeout=scaled(120)).trace_id  # the JWKS works
+    with pytest.raises(grpc.RpcError) as info:
+        gw.stub.Execute(code_request("1 + 1"), metadata=md(_mismatched_tokens()[alg]),
+                        timeout=scaled(120))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error_of(info.value)["code"] == "unauthenticated"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 4: the MCP auth guard handles only Unauthenticated; the TypeError from "
+    "Authenticator._claims escapes to uvicorn (HTTP 500) and the refused request leaves no "
+    "audit record"))
+def test_mcp_jwt_with_a_mismatched_alg_is_a_401_and_audited(
+        jwt_gateway: tuple[RunningGateway, str, Path]) -> None:
+    _, url, state = jwt_gateway
+    resp = httpx.post(url, headers={
+        "authorization": f"Bearer {_mismatched_tokens()['ES256']}",
+        "accept": "application/json, text/event-stream", "content-type": "application/json"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+        timeout=scaled(60))
+    assert resp.status_code == 401, resp.text[:200]
+    trace_id = resp.json()["error"]["data"]["trace_id"]
+    names = [json.loads(line).get("name") for line in
+             (state / "audit.jsonl").read_text().splitlines()
+             if json.loads(line).get("trace_id") == trace_id]
+    assert "mcp unauthenticated" in names
