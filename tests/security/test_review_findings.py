@@ -371,3 +371,46 @@ def test_an_approval_by_a_role_the_policy_no_longer_accepts_does_not_run(
     assert not ran and reached == 0, (
         f"ran={ran}: the transfer reached the ledger {reached}x on an approval the current "
         "policy does not accept")
+
+
+# -- finding 6: MCP's discovery requests leave no audit record -------------------------------
+
+
+@pytest.fixture(scope="module")
+def mcp_url(gateway: RunningGateway) -> Iterator[str]:
+    yield from mcp_endpoint(gateway)
+
+
+def _records(gw: RunningGateway) -> list[dict[str, Any]]:
+    assert gw.server is not None
+    gw.server.telemetry.force_flush()
+    file = gw.settings.audit.file
+    assert file is not None
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 6: McpGateway.list_tools/read_resource/list_resources/complete authenticate "
+    "but never enter call_scope, so these MCP calls leave no span and no audit record "
+    "(their gRPC twins GetManifest/DescribeOperation each leave one)"))
+@pytest.mark.parametrize("method,params", [
+    ("tools/list", {}),
+    ("resources/read", {"uri": "switchboard://operations/ledger.get_balance"}),
+], ids=["tools-list", "resources-read"])
+def test_mcp_discovery_calls_are_audited_like_their_grpc_twins(
+        gateway: RunningGateway, mcp_url: str, method: str, params: dict[str, Any]) -> None:
+    before = len(_records(gateway))
+    gateway.stub.DescribeOperation(pb.DescribeOperationRequest(name="ledger.get_balance"),
+                                   metadata=md("dev-agent"), timeout=scaled(60))
+    grpc_roots = [r for r in _records(gateway)[before:] if r.get("parent_span_id") in (None, "")
+                  or r.get("name", "").startswith("switchboard.v1.")]
+    assert grpc_roots, "the gRPC describe leaves a record"
+    before = len(_records(gateway))
+    resp = httpx.post(mcp_url, headers={
+        "authorization": "Bearer dev-agent", "accept": "application/json",
+        "content-type": "application/json", "mcp-protocol-version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+        timeout=scaled(60))
+    assert resp.status_code == 200 and "result" in resp.json()
+    names = [r.get("name", "") for r in _records(gateway)[before:]]
+    assert any(n.startswith("mcp ") for n in names), names
