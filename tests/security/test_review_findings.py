@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -414,3 +415,49 @@ def test_mcp_discovery_calls_are_audited_like_their_grpc_twins(
     assert resp.status_code == 200 and "result" in resp.json()
     names = [r.get("name", "") for r in _records(gateway)[before:]]
     assert any(n.startswith("mcp ") for n in names), names
+
+
+# -- finding 7: a caller's output_schema pattern stalls the whole gateway (ReDoS) -------------
+
+REDOS_SCHEMA = {"type": "string", "pattern": "^(a+)+$"}
+REDOS_SOURCE = "'a' * 40 + '!'"  # 2**40 backtracking steps in Python's re
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 7: runs.result_of validates the result against the caller's output_schema "
+    "with jsonschema (Python re, backtracking) on the event loop; a catastrophic pattern "
+    "freezes every other caller"))
+def test_a_catastrophic_output_schema_pattern_does_not_stall_other_callers(
+        backends: dict[str, Any], tmp_path: Path) -> None:
+    victim_host = Served(backends, tmp_path)
+    try:
+        stub = victim_host.ensure()
+        assert _result(_run(stub, "1 + 1")) == 2
+        attack = code_request(REDOS_SOURCE)
+        attack.code_run.output_schema.update(REDOS_SCHEMA)
+        outcome: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                outcome["response"] = stub.Execute(attack, metadata=md("dev-agent"),
+                                                   timeout=scaled(600))
+            except grpc.RpcError as err:
+                outcome["error"] = err.code()  # type: ignore[attr-defined]
+
+        attacker = threading.Thread(target=send, daemon=True)
+        attacker.start()
+        deadline = time.monotonic() + scaled(300)
+        victims = 0
+        while attacker.is_alive() and time.monotonic() < deadline:
+            # Another principal's trivial run, with a deadline far above its own cost.
+            try:
+                resp = stub.Execute(code_request("2 + 2"), metadata=md("dev-finance"),
+                                    timeout=scaled(30))
+            except grpc.RpcError as err:
+                pytest.fail(f"a bystander's call failed with {err.code()} after {victims} "
+                            "succeeded while the attacker's run was validated")
+            assert _result(resp) == 4
+            victims += 1
+        assert not attacker.is_alive(), "the attacker's run never finished"
+    finally:
+        victim_host.close()
