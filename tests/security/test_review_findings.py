@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +462,44 @@ def test_a_catastrophic_output_schema_pattern_does_not_stall_other_callers(
         assert not attacker.is_alive(), "the attacker's run never finished"
     finally:
         victim_host.close()
+
+
+# -- finding 8: a caller's output_schema $ref makes the gateway fetch any URL (SSRF) ----------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 8: runs.output_validator builds a jsonschema validator with the default "
+    "registry, which retrieves remote $refs (http, https, file) with urllib on the event "
+    "loop; the caller reaches any URL from the gateway's network position and reads the "
+    "fetched document back in the validation error"))
+def test_output_schema_refs_are_never_fetched(served: Served) -> None:
+    hits: list[str] = []
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = json.dumps({"const": "INTERNAL-ONLY-7f3a"}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), Internal)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    try:
+        stub = served.ensure()
+        req = code_request("1")
+        req.code_run.output_schema.update(
+            {"$ref": f"http://127.0.0.1:{internal.server_address[1]}/metadata.json"})
+        try:
+            resp = stub.Execute(req, metadata=md("dev-agent"), timeout=scaled(120))
+            said = json_format.MessageToJson(resp)
+        except grpc.RpcError as err:
+            said = str(err.details())  # type: ignore[attr-defined]
+    finally:
+        internal.shutdown()
+    assert hits == [], f"the gateway fetched {hits}"
+    assert "INTERNAL-ONLY-7f3a" not in said
