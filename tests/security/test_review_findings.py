@@ -503,3 +503,30 @@ def test_output_schema_refs_are_never_fetched(served: Served) -> None:
         internal.shutdown()
     assert hits == [], f"the gateway fetched {hits}"
     assert "INTERNAL-ONLY-7f3a" not in said
+
+
+# -- attacks that held (promises no other test covers end to end) ----------------------------
+
+
+def test_another_principal_reusing_a_request_id_gets_no_recorded_outcome(
+        served: Served) -> None:
+    """dev-finance's transfer under request_id R is recorded; dev-agent reusing R (same
+    operation and arguments, then a tool it may call) is decided by the policy on its own and
+    never sees the finance principal's recorded result."""
+    stub = served.ensure()
+    rid = f"shared-{uuid.uuid4().hex}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 3, "currency": "USD",
+            "memo": rid}
+    first = stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                         metadata=md("dev-finance"), timeout=scaled(120))
+    assert not first.replayed
+    again = stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                         metadata=md("dev-finance"), timeout=scaled(120))
+    assert again.replayed  # the owner's retry replays ...
+    with pytest.raises(grpc.RpcError) as info:  # ... another principal's is decided afresh
+        stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                     metadata=md("dev-agent"), timeout=scaled(120))
+    assert error_of(info.value)["code"] == "policy_denied"
+    other = stub.Execute(tool_request("ledger.list_accounts", {}, rid),
+                         metadata=md("dev-agent"), timeout=scaled(120))
+    assert not other.replayed
