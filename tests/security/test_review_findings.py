@@ -530,3 +530,22 @@ def test_another_principal_reusing_a_request_id_gets_no_recorded_outcome(
     other = stub.Execute(tool_request("ledger.list_accounts", {}, rid),
                          metadata=md("dev-agent"), timeout=scaled(120))
     assert not other.replayed
+
+
+def test_an_oversized_mcp_body_is_refused_and_the_door_keeps_serving(
+        gateway: RunningGateway, mcp_url: str) -> None:
+    headers = {"authorization": "Bearer dev-agent", "accept": "application/json",
+               "content-type": "application/json", "mcp-protocol-version": "2025-06-18"}
+
+    def body() -> Iterator[bytes]:  # streamed (chunked): no content-length to trust
+        yield (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
+               b'{"name":"execute_code","arguments":{"code":"')
+        for _ in range(32):
+            yield b"x" * (1024 * 1024)
+        yield b'"}}}'
+
+    refused = httpx.post(mcp_url, headers=headers, content=body(), timeout=scaled(120))
+    assert refused.status_code == 413
+    listed = httpx.post(mcp_url, headers=headers, timeout=scaled(60),
+                        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+    assert listed.status_code == 200 and listed.json()["result"]["tools"]
