@@ -392,7 +392,8 @@ def _records(gw: RunningGateway) -> list[dict[str, Any]]:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "finding 6: McpGateway.list_tools/read_resource/list_resources/complete authenticate "
+    "finding 6: mcp_server._Handlers.list_tools/read_resource/list_resources/complete "
+    "authenticate "
     "but never enter call_scope, so these MCP calls leave no span and no audit record "
     "(their gRPC twins GetManifest/DescribeOperation each leave one)"))
 @pytest.mark.parametrize("method,params", [
