@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.catalog import operations_from_openapi, snake_case
+from gateway.catalog import load_catalog_sync, operations_from_openapi, snake_case
 from gateway.errors import ConfigError
 from gateway.models import BackendSettings, Operation, Parameter
 
@@ -310,3 +312,21 @@ def test_unresolvable_ref_is_a_config_error_naming_the_operation() -> None:
         "parameters": [{"$ref": "#/components/parameters/Missing"}], "responses": {}}}}}
     with pytest.raises(ConfigError, match="GET /a"):
         operations_from_openapi(BackendSettings(name="bad"), spec)
+
+
+def test_unpaired_surrogates_in_a_spec_become_replacement_characters(tmp_path: Path) -> None:
+    """A `\\ud800` escape is valid JSON but not valid Unicode: the catalog never hands such a
+    string on (to the policy engine as a tag, to the wire as a name or description)."""
+    spec = tmp_path / "evil.json"
+    spec.write_text(
+        '{"openapi": "3.0.3", "info": {"title": "t\\ud800", "version": "1"}, "paths": {"/a": '
+        '{"get": {"operationId": "getA", "tags": ["pay\\ud800ments"], "summary": "s\\udc00", '
+        '"parameters": [{"name": "q", "in": "query", "description": "d\\ud83d", '
+        '"schema": {"type": "string", "enum": ["x\\udfff"]}}], '
+        '"responses": {"200": {"description": "ok"}}}}}}')
+    catalog = load_catalog_sync([BackendSettings(name="evil", openapi=str(spec))])
+    op = catalog.require("evil.get_a")
+    assert "pay\ufffdments" in op.tags and op.summary == "s\ufffd"
+    schema = op.input_schema["properties"]["q"]
+    assert schema["description"] == "d\ufffd" and schema["enum"] == ["x\ufffd"]
+    orjson.dumps([op.tags, op.summary, op.input_schema])  # valid Unicode throughout

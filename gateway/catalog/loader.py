@@ -25,12 +25,14 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import orjson
 import yaml
 
 from gateway.catalog.catalog import Catalog, operation_digest
 from gateway.catalog.openapi import operations_from_openapi
 from gateway.errors import ConfigError
 from gateway.models import BackendSettings, Operation
+from gateway.values import clean_text
 
 __all__ = ["cache_dir", "cache_read", "cache_write", "fetch_spec", "fetch_spec_sync",
            "load_catalog", "load_catalog_sync"]
@@ -79,7 +81,25 @@ def _parse(text: str | bytes, backend: BackendSettings, where: str) -> dict[str,
     if not isinstance(doc, dict):
         raise ConfigError(f"backend {backend.name!r}: {where} is not an OpenAPI document",
                           field=_field(backend))
+    try:
+        orjson.dumps(doc)
+    except TypeError:  # a `\ud800` escape: an unpaired surrogate (or a key that is no string)
+        doc = {clean_text(str(k)): _valid_unicode(v) for k, v in doc.items()}
     return doc
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` with every unpaired surrogate in its strings and keys replaced by U+FFFD.
+
+    A spec's strings become tags the policy engine reads (regorus crashes on a lone
+    surrogate), names and descriptions the wire carries: they must be valid Unicode."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    return value
 
 
 

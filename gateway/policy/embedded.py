@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import regorus
 import structlog
 
@@ -120,6 +121,13 @@ class Evaluator:
     def evaluate(self, input: dict[str, Any], rule: str = ENTRYPOINT) -> Any:
         """The rule's value (None when undefined or null); PolicyError on failure."""
         engine = self._engine()
+        try:
+            # regorus takes the process down (SIGSEGV) on a string with an unpaired surrogate
+            # instead of raising: the engine only ever sees what orjson can write as JSON
+            # (no lone surrogates, integers within 64 bits, depth <= 255, string keys).
+            orjson.dumps(input)
+        except TypeError as exc:
+            raise PolicyError(f"the policy input is not valid JSON: {clean_error(exc)}") from None
         try:
             engine.set_input(input)
             # eval_rule, not eval_rule_as_json: the JSON variant renders undefined as the

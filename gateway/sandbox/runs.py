@@ -27,6 +27,7 @@ from gateway.errors import (
 from gateway.sandbox.process import DenoProcess
 from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT
 from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
+from gateway.values import MAX_DEPTH, check_input
 
 __all__ = ["CallState", "Output", "clean_error", "drive", "output_validator", "result_of"]
 
@@ -148,12 +149,7 @@ async def _serve_call(
                 f"host-call budget of {calls.limit} calls is spent", field="max_host_calls")
         if op not in calls.allowed:
             raise InvalidRequest(f"no such SDK operation: {op[:200]}", field="operation")
-        try:
-            args = json.loads(msg["args"])
-        except ValueError:
-            raise InvalidRequest("SDK arguments are not JSON", field="arguments") from None
-        if not isinstance(args, dict):
-            raise InvalidRequest("SDK arguments must be keyword arguments", field="arguments")
+        args = _host_arguments(msg["args"])
         value = await host_call(op, args)
         body = json.dumps({"ok": True, "value": value}, allow_nan=False)
     except GatewayError as exc:
@@ -171,6 +167,30 @@ async def _serve_call(
         await on_event(SandboxEvent(kind="host_call", data={
             "operation": op, "outcome": outcome,
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}))
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidRequest(f"arguments: {name} is not a JSON number (NaN and infinities are not "
+                         "allowed)", field="arguments")
+
+
+def _host_arguments(text: Any) -> dict[str, Any]:
+    """A host call's keyword arguments, held to the front door's JSON rules (finite numbers,
+    no unpaired surrogates, bounded depth: ``values.check_input``) before anything — the
+    policy engine, a digest, a backend — sees them. The code is untrusted: its JSON is too."""
+    if not isinstance(text, str):
+        raise InvalidRequest("SDK arguments are not JSON", field="arguments")
+    try:
+        args = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidRequest(f"arguments: nested more than {MAX_DEPTH} levels deep",
+                             field="arguments", details={"max_depth": MAX_DEPTH}) from None
+    except ValueError:
+        raise InvalidRequest("SDK arguments are not JSON", field="arguments") from None
+    if not isinstance(args, dict):
+        raise InvalidRequest("SDK arguments must be keyword arguments", field="arguments")
+    check_input(args, "arguments")  # 1e400 parses to inf without passing parse_constant
+    return args
 
 
 def result_of(

@@ -123,9 +123,6 @@ LONE_SURROGATE_VIA_SDK = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 1: host-call arguments are not held to the envelope's JSON rules; a lone "
-    "surrogate reaches regorus Engine.set_input, which segfaults the gateway process"))
 def test_lone_surrogate_in_host_call_arguments_does_not_kill_the_gateway(
         served: Served) -> None:
     stub = served.ensure()
@@ -166,9 +163,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 1: EmbeddedPolicyEngine.decide hands lone surrogates to regorus set_input, "
-    "which segfaults instead of failing closed"))
 def test_engine_fails_closed_on_lone_surrogates_in_the_input(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", ENGINE_PROBE, str(repo / "policies")],
@@ -187,10 +181,6 @@ RAW_HOST = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 2: _serve_call parses host-call arguments with json.loads (NaN/Infinity/1e400 "
-    "accepted, nesting unchecked) and never applies the envelope's JSON rules; the values "
-    "reach action_digest(allow_nan=False) and the call fails as 'internal' with no field"))
 @pytest.mark.parametrize("text", [
     '{"account": "A1", "x": NaN}',
     '{"account": "A1", "x": 1e400}',
