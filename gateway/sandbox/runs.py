@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jsonschema
+from referencing.exceptions import Unresolvable
 
 from gateway.errors import (
     GatewayError,
@@ -27,6 +28,7 @@ from gateway.errors import (
 from gateway.sandbox.process import DenoProcess
 from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT
 from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
+from gateway.schemas import UnsafePattern, check_untrusted, safe_validator
 from gateway.values import MAX_DEPTH, check_input
 
 __all__ = ["CallState", "Output", "clean_error", "drive", "output_validator", "result_of"]
@@ -236,7 +238,12 @@ def result_of(
         raise SandboxCrashed(f"the sandbox interpreter failed: {message}")
     result = reply.get("result") if ok else None
     if ok and validator is not None:
-        problems = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
+        try:
+            problems = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
+        except (UnsafePattern, Unresolvable) as exc:  # refused up front; belt and braces
+            ok, result, problems = False, None, []
+            error = {"type": "OutputSchemaError", "traceback": "", "path": "",
+                     "message": f"output_schema cannot be applied: {exc}"}
         if problems:
             ok, result = False, None
             first = problems[0]
@@ -273,7 +280,10 @@ def output_validator(schema: dict[str, Any] | None) -> jsonschema.protocols.Vali
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}",
                              field="output_schema") from None
-    return cls(schema)
+    # The caller's schema: no reference outside itself (never fetched), no pattern that
+    # could backtrack (evaluated on RE2) — gateway/schemas.py.
+    check_untrusted(schema, "output_schema")
+    return safe_validator(schema)
 
 
 def clean_error(error: Any) -> dict[str, Any]:

@@ -17,10 +17,12 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from referencing.exceptions import Unresolvable
 
 from gateway.audit.redact import redact
 from gateway.errors import OutputInvalid, SchemaInvalid
 from gateway.models import Operation
+from gateway.schemas import NO_REMOTE, UnsafePattern
 
 __all__ = ["check_output", "field_path", "validate_arguments"]
 
@@ -46,7 +48,9 @@ def _validator(op_name: str, schema: dict[str, Any], *, output: bool) -> Draft20
         if hit is not None and hit[0] is schema:
             _cache.move_to_end(key)
             return hit[1]
-    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    # NO_REMOTE: a spec's `$ref` to a URL or file is never fetched (gateway/schemas.py).
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER,
+                                     registry=NO_REMOTE)
     with _cache_lock:
         _cache[key] = (schema, validator)
         while len(_cache) > _CACHE_SIZE:
@@ -203,7 +207,12 @@ def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: b
     schema = op.input_schema or {"type": "object"}
     validator = _validator(op.name, schema, output=False)
     hidden = redact(dict(arguments), mask, "action.arguments") if mask else _MISSING
-    errors = [_describe(e, "arguments", hidden) for e in validator.iter_errors(dict(arguments))]
+    try:
+        errors = [_describe(e, "arguments", hidden)
+                  for e in validator.iter_errors(dict(arguments))]
+    except (UnsafePattern, Unresolvable) as exc:
+        raise SchemaInvalid(f"{op.name}'s arguments schema cannot be applied safely: {exc}",
+                            field="arguments", details={"operation": op.name}) from None
     if strict:
         seen = {e["field"] for e in errors if e["rule"] == "additionalProperties"}
         errors.extend(
@@ -224,7 +233,11 @@ def check_output(op: Operation, result: Any) -> None:
     if op.output_schema is None:
         return
     validator = _validator(op.name, op.output_schema, output=True)
-    errors = [_describe(e, "result") for e in validator.iter_errors(result)]
+    try:
+        errors = [_describe(e, "result") for e in validator.iter_errors(result)]
+    except (UnsafePattern, Unresolvable) as exc:
+        raise OutputInvalid(f"{op.name}'s output schema cannot be applied safely: {exc}",
+                            field="result", details={"operation": op.name}) from None
     if errors:
         errors.sort(key=lambda e: (e["field"], e["rule"]))
         first = errors[0]

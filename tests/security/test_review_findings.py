@@ -415,10 +415,6 @@ REDOS_SCHEMA = {"type": "string", "pattern": "^(a+)+$"}
 REDOS_SOURCE = "'a' * 40 + '!'"  # 2**40 backtracking steps in Python's re
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 7: runs.result_of validates the result against the caller's output_schema "
-    "with jsonschema (Python re, backtracking) on the event loop; a catastrophic pattern "
-    "freezes every other caller"))
 def test_a_catastrophic_output_schema_pattern_does_not_stall_other_callers(
         backends: dict[str, Any], tmp_path: Path) -> None:
     victim_host = Served(backends, tmp_path)
@@ -458,11 +454,6 @@ def test_a_catastrophic_output_schema_pattern_does_not_stall_other_callers(
 # -- finding 8: a caller's output_schema $ref makes the gateway fetch any URL (SSRF) ----------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 8: runs.output_validator builds a jsonschema validator with the default "
-    "registry, which retrieves remote $refs (http, https, file) with urllib on the event "
-    "loop; the caller reaches any URL from the gateway's network position and reads the "
-    "fetched document back in the validation error"))
 def test_output_schema_refs_are_never_fetched(served: Served) -> None:
     hits: list[str] = []
 
