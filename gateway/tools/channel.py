@@ -38,6 +38,7 @@ from gateway.errors import (
 from gateway.models import Operation, Principal
 from gateway.tools.client import NOT_APPLIED_STATUS, BackendClient, may_have_applied
 from gateway.tools.idempotency import (
+    BeginResult,
     IdempotencyRecord,
     IdempotencySettings,
     IdempotencyStore,
@@ -261,12 +262,13 @@ class ToolChannel:
                 set_status_on_exception=False) as span:
             span.set_attribute(A.REQUEST_ID, request_id)
             try:
-                record = await self._claim(op, key, fp, request_id, deadline)
+                claim = await self._claim(op, key, fp, request_id, deadline)
             except BaseException as exc:
                 span.set_attribute(A.IDEMPOTENCY_KEY_STATE, "conflict" if isinstance(
                     exc, IdempotencyConflict) else "in_flight")
                 record_outcome(span, exc)
                 raise
+            record = claim.record
             state = "replayed" if record.state == "done" else (
                 "recovering" if record.attempts > 0 else "new")
             span.set_attribute(A.IDEMPOTENCY_KEY_STATE, state)
@@ -281,7 +283,7 @@ class ToolChannel:
                 found = await self._resolve(op, key, record, deadline)
                 if found is not None:
                     return found
-            return await self._attempt(op, args, key, timeout_ms, secrets)
+            return await self._attempt(op, args, key, timeout_ms, secrets, marked=claim.sent)
         except BaseException:
             # Cancelled or failed while owning the claim: give it up, keeping any attempt
             # history (a no-op when the step already completed or abandoned it).
@@ -303,11 +305,16 @@ class ToolChannel:
     # -- steps --
 
     async def _claim(self, op: Operation, key: str, fp: str, request_id: str,
-                     deadline: float) -> IdempotencyRecord:
+                     deadline: float) -> BeginResult:
+        """Claim the record; a fresh one (no attempt yet) is claimed *and* marked sent in one
+        durable commit (``send=True``): nothing runs between the two steps but starting the
+        heartbeat, so a crash after that commit leaves exactly the state a crash after
+        ``mark_sent`` left — an attempt that may have applied, never re-sent blindly."""
         loop, poll = asyncio.get_running_loop(), 0.01
         while True:
             res = await self.store.begin(key, fp, op.name, owner=self.owner,
-                                         lease_s=self.settings.lease_s, ttl_s=self.settings.ttl_s)
+                                         lease_s=self.settings.lease_s, ttl_s=self.settings.ttl_s,
+                                         send=True)
             rec = res.record
             if rec.fingerprint != fp:
                 raise IdempotencyConflict(
@@ -315,7 +322,7 @@ class ToolChannel:
                     f"({rec.operation} with other arguments); use a new request_id",
                     field="request_id", details={"operation": rec.operation})
             if res.claimed or rec.state == "done":
-                return rec
+                return res
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise DuplicateInFlight(
@@ -384,9 +391,10 @@ class ToolChannel:
             await asyncio.sleep(settled_in)
 
     async def _attempt(self, op: Operation, args: dict[str, Any], key: str,
-                       timeout_ms: int | None, secrets: CallSecrets | None = None,
-                       ) -> ToolOutcome:
-        if not await self.store.mark_sent(key, self.owner):
+                       timeout_ms: int | None, secrets: CallSecrets | None = None, *,
+                       marked: bool = False) -> ToolOutcome:
+        # ``marked``: the claim already counted this attempt (one commit instead of two).
+        if not marked and not await self.store.mark_sent(key, self.owner):
             raise DuplicateInFlight(f"lost the claim on this request ({op.name}); retry",
                                     field="request_id", details={"operation": op.name})
         try:
