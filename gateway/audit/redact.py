@@ -425,11 +425,16 @@ def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> Gate
 
 
 def scrub_text(text: str, call: CallSecrets | None = None) -> str:
-    """Remove the call's masked values, registered secrets and ``Bearer``/``Basic`` credentials."""
+    """Remove the call's masked values, registered secrets and ``Bearer``/``Basic`` credentials.
+
+    A text shorter than the shortest spelling it could hold is returned as it is without
+    running the patterns (most span and log values are short words and ids)."""
+    if len(text) < MIN_MASKED_LEN:
+        return text
     if call:
         text = call.scrub(text)
     pattern = _secrets_re
-    if pattern is not None:
+    if pattern is not None and len(text) >= _MIN_SECRET_LEN:
         text = pattern.sub(REDACTED, text)
     if "earer" in text or "asic" in text:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
