@@ -277,7 +277,7 @@ class ToolChannel:
         if record.state == "done":
             return self._replay(op, record)
         done = self._done[key] = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(key))
+        heartbeat = _Heartbeat(self, key)
         try:
             if record.attempts > 0:
                 found = await self._resolve(op, key, record, deadline)
@@ -290,7 +290,7 @@ class ToolChannel:
             await self._abandon(key, retract=False)
             raise
         finally:
-            heartbeat.cancel()
+            heartbeat.stop()
             done.set()
             if self._done.get(key) is done:
                 del self._done[key]
@@ -426,15 +426,40 @@ class ToolChannel:
         await asyncio.shield(
             self.store.abandon(key, self.owner, retract_attempt=retract, hold_s=hold_s))
 
+    def _beat_interval(self) -> float:
+        return max(0.05, self.settings.lease_s / 3)
+
     async def _heartbeat(self, key: str) -> None:
-        interval = max(0.05, self.settings.lease_s / 3)
+        """Extend the lease now, then every interval (started one interval into the call)."""
+        interval = self._beat_interval()
         while True:
-            await asyncio.sleep(interval)
             try:
                 alive = await self.store.heartbeat(key, self.owner, self.settings.lease_s)
             except Exception as exc:  # the store hiccuped: the lease may still hold; try again
                 log.warning("idempotency_heartbeat_failed", key=key[:12], error=repr(exc))
-                continue
-            if not alive:
-                log.warning("idempotency_lease_lost", key=key[:12])
-                return
+            else:
+                if not alive:
+                    log.warning("idempotency_lease_lost", key=key[:12])
+                    return
+            await asyncio.sleep(interval)
+
+
+class _Heartbeat:
+    """Keeps a claim's lease alive while its call runs. A timer, not a task, until the first
+    beat is due: most calls end long before (the lease is 30 s, a beat every 10 s), and a task
+    created and cancelled per call costs more than the call's own bookkeeping."""
+
+    __slots__ = ("_handle", "_task")
+
+    def __init__(self, channel: ToolChannel, key: str) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(
+            channel._beat_interval(), self._start, channel, key)
+
+    def _start(self, channel: ToolChannel, key: str) -> None:
+        self._task = asyncio.ensure_future(channel._heartbeat(key))
+
+    def stop(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
