@@ -376,7 +376,7 @@ def test_fast_canonical_text_is_the_reference_text(tmp_path: Path) -> None:
     assert verify_chain(tmp_path / "a.jsonl").ok
 
 
-def test_fast_canonical_path_is_taken_for_ordinary_records(monkeypatch: Any) -> None:
+def test_fast_canonical_path_is_taken_for_ordinary_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hex ids and digests ("…3e…") hold digit-then-e pairs: they must not push an ordinary
     span record onto the json.dumps path (only a number token with an exponent may)."""
     from gateway.audit import chain
