@@ -426,11 +426,17 @@ def _drive_and_mark(env: dict[str, str], port: int, bport: int, args: argparse.N
     out: dict[str, Any] = {"load_before": os.getloadavg(), "processes": args.processes or 0,
                            "channels": args.channels}
     profiler = None
+    spy: subprocess.Popen[bytes] | None = None
     for line in driver.stdout:
         if line.startswith("mark "):
             name = line.split()[1]
             if loop is not None and args.profile and name == args.profile_phase:
                 profiler = _start_profile(loop)
+            if args.spy and name == args.profile_phase:
+                spy = _start_spy(args.spy)
+            if spy is not None and name == f"{args.profile_phase}_end":
+                _stop_spy(spy)
+                spy = None
             marks[name] = (cpu(), time.perf_counter())
             if loop is not None and profiler is not None and \
                     name == f"{args.profile_phase}_end":
@@ -484,6 +490,23 @@ def _run_gateway(settings: Any, env: dict[str, str], bport: int, args: argparse.
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         log_sink.close()
+
+
+def _start_spy(path: str) -> subprocess.Popen[bytes]:
+    """py-spy (``$PY_SPY``, else ``py-spy`` on PATH) sampling this whole process — every
+    thread; C code is charged to the Python frame that called it) for one phase, raw stacks."""
+    spy = subprocess.Popen(
+        [os.environ.get("PY_SPY", "py-spy"), "record", "--pid", str(os.getpid()), "-r", "250",
+         "-f", "raw", "-o", path], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the phase's calls start
+    return spy
+
+
+def _stop_spy(spy: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
 
 
 def _start_profile(loop: asyncio.AbstractEventLoop) -> Any:
@@ -542,7 +565,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", default="", help="cProfile one phase (gateway thread) to FILE")
     ap.add_argument("--profile-phase", default="conc_get",
-                    choices=("seq_get", "seq_post", "conc_get", "conc_post"))
+                    choices=("seq_get", "seq_post", "conc_get", "conc_post", "conc_deny"))
+    ap.add_argument("--spy", default="",
+                    help="py-spy the gateway process over --profile-phase to FILE (raw "
+                         "stacks; $PY_SPY names the binary). Its CPU is the spy's, not in "
+                         "the phase's figure only while attaching")
     ap.add_argument("--json", action="store_true", help="print the raw result as JSON")
     ap.add_argument("--processes", type=int, default=0,
                     help="run `switchboard serve --processes N` as subprocesses instead of the "

@@ -204,9 +204,9 @@ class Pipeline:
     async def execute(self, principal: Principal, action: Action, *,
                       on_event: EventSink | None = None) -> Outcome:
         span = trace.get_current_span()
-        span.set_attribute(attr.PRINCIPAL_ID, principal.id)
-        span.set_attribute(attr.TENANT, principal.tenant)
-        span.set_attribute(attr.ROLES, list(principal.roles))
+        # The principal, tenant and roles are on the root already (the call scope sets them
+        # as soon as identity succeeds); the request id is the envelope's, which may differ
+        # from the stand-in the scope recorded before the envelope was checked.
         span.set_attribute(attr.REQUEST_ID, action.request_id)
         if isinstance(action, ToolAction):
             return await self._execute_tool(principal, action, span)

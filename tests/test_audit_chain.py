@@ -357,12 +357,14 @@ def test_fast_canonical_text_is_the_reference_text(tmp_path: Path) -> None:
     values: list[object] = [0.0, -0.0, 1.0, 1e-5, 2.5e-5, 9.99e-5, 1e-4, 1e15, 1e16, 1e17,
                             5e-324, 1.7976931348623157e308, 2**63 - 1, -(2**63), 2**64, 10**30,
                             "0.00001", "x\x7fy", "\x00\x1f\n\t\"\\", "é", "\ud800", "日本",
-                            None, True, False, [], {}]
+                            None, True, False, [], {}, float("nan"), float("inf"), 1e-4,
+                            9.999999999999998e15, (1.5, "t")]
     for _ in range(20_000):
         exp = rnd.uniform(-25, 25)
         values.append(rnd.random() * 10**exp * rnd.choice((1, -1)))
         values.append(round(rnd.random() * 10**rnd.randint(-6, 6), rnd.randint(0, 8)))
         values.append("".join(chr(rnd.randrange(0, 0x80)) for _ in range(rnd.randint(0, 6))))
+        values.append(rnd.uniform(1e-4, 1e16) if rnd.random() < 0.5 else rnd.uniform(-1, 1))
     log = AuditLog(tmp_path / "a.jsonl")
     for i in range(0, len(values), 7):
         chunk = values[i:i + 7]
@@ -372,3 +374,20 @@ def test_fast_canonical_text_is_the_reference_text(tmp_path: Path) -> None:
         log.append(record)
     log.close()
     assert verify_chain(tmp_path / "a.jsonl").ok
+
+
+def test_fast_canonical_path_is_taken_for_ordinary_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hex ids and digests ("…3e…") hold digit-then-e pairs: they must not push an ordinary
+    span record onto the json.dumps path (only a number token with an exponent may)."""
+    from gateway.audit import chain
+
+    slow: list[object] = []
+    reference = chain._canonical
+    monkeypatch.setattr(chain, "_canonical", lambda rec: slow.append(rec) or reference(rec))
+    record = {"trace_id": "3e" * 16, "span_id": "1e2e3e4e5e6e7e8e", "duration_ms": 1.25,
+              "prev_hash": "sha256:" + "9e" * 32, "attributes": {"n": 3, "x": [1.5, 2]}}
+    assert chain._canonical_fast(record) == reference(record)
+    assert slow == []
+    for tricky in (1e-5, 2.5e-5, 1e16, -1e-7, float("nan"), float("inf"), -float("inf")):
+        assert chain._canonical_fast({"a": [tricky]}) == reference({"a": [tricky]})
+    assert len(slow) == 7

@@ -88,6 +88,28 @@ async def test_claim_block_complete_replay(store: IdempotencyStore) -> None:
     assert done.record.outcome == {"result": {"id": "T1"}} and done.record.attempts == 1
 
 
+async def test_claim_with_send_counts_the_attempt_in_one_step(store: IdempotencyStore) -> None:
+    """``begin(send=True)``: a fresh claim is also the intent (as mark_sent); a record with
+    earlier attempts is only claimed, so its owner finds out what they did first."""
+    first = await store.begin("k", "fp", "svc.op", owner=ME, lease_s=0.05, ttl_s=60.0,
+                              send=True)
+    assert first.claimed and first.sent and first.record.attempts == 0  # as found
+    rec = await store.get("k")
+    assert rec is not None and rec.attempts == 1 and rec.last_sent_at is not None
+    assert rec.owner == ME
+    busy = await store.begin("k", "fp", "svc.op", owner=OTHER, lease_s=30.0, ttl_s=60.0,
+                             send=True)
+    assert not busy.claimed and not busy.sent
+    await asyncio.sleep(0.06)  # ME's lease runs out: OTHER takes over a maybe-applied record
+    taken = await store.begin("k", "fp", "svc.op", owner=OTHER, lease_s=30.0, ttl_s=60.0,
+                              send=True)
+    assert taken.claimed and not taken.sent and taken.record.attempts == 1
+    rec = await store.get("k")
+    assert rec is not None and rec.attempts == 1  # nothing counted for the takeover
+    await store.abandon("k", OTHER, retract_attempt=True)
+    assert await store.get("k") is None  # the one attempt retracted: forgotten, as before
+
+
 async def test_different_fingerprint_never_claimed(store: IdempotencyStore) -> None:
     await begin(store, ME, lease_s=0.0)
     other = await begin(store, OTHER, fp="different")

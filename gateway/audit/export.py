@@ -1,9 +1,10 @@
 """Span exporters: the hash-chained audit file, and a guard around the OTLP exporter.
 
 Both scrub credentials (see :mod:`gateway.audit.redact`) before anything leaves the process.
-The file exporter runs under a ``SimpleSpanProcessor`` (synchronous, in end order); the OTLP
-exporter runs under a ``BatchSpanProcessor`` behind :class:`GuardedExporter`, which can abort
-a slow export so shutdown stays bounded when the collector is unreachable.
+The file exporter runs under :class:`FileSpanProcessor` (synchronous, in end order: the record
+is written before ``end()`` returns); the OTLP exporter runs under a ``BatchSpanProcessor``
+behind :class:`GuardedExporter`, which can abort a slow export so shutdown stays bounded when
+the collector is unreachable.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 import structlog
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SynchronousMultiSpanProcessor
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    Span,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+)
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
@@ -31,6 +38,7 @@ from gateway.audit.redact import (
 
 __all__ = [
     "CallScrubbingProcessor",
+    "FileSpanProcessor",
     "GuardedExporter",
     "JsonlSpanExporter",
     "scrub_span",
@@ -145,6 +153,32 @@ class JsonlSpanExporter(SpanExporter):
         except OSError:
             return False
         return True
+
+
+class FileSpanProcessor(SpanProcessor):
+    """``SimpleSpanProcessor`` for the audit file, minus what it does per span that the file
+    does not need: no suppress-instrumentation context attached and detached around the
+    export (the file exporter makes no instrumented calls), no-op ``on_start``. The record is
+    still written synchronously, before the span's ``end()`` returns; an unexpected error is
+    logged, never raised into the call."""
+
+    def __init__(self, exporter: JsonlSpanExporter) -> None:
+        self.exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is not None and not ctx.trace_flags.sampled:
+            return
+        try:
+            self.exporter.export((span,))
+        except Exception as exc:  # pragma: no cover - export() catches what it expects
+            _log.error("audit_export_failed", error=repr(exc), span=span.name)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
 
 
 def scrub_span(span: ReadableSpan, call: CallSecrets | None = None) -> ReadableSpan:

@@ -425,11 +425,16 @@ def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> Gate
 
 
 def scrub_text(text: str, call: CallSecrets | None = None) -> str:
-    """Remove the call's masked values, registered secrets and ``Bearer``/``Basic`` credentials."""
+    """Remove the call's masked values, registered secrets and ``Bearer``/``Basic`` credentials.
+
+    A text shorter than the shortest spelling it could hold is returned as it is without
+    running the patterns (most span and log values are short words and ids)."""
+    if len(text) < MIN_MASKED_LEN:
+        return text
     if call:
         text = call.scrub(text)
     pattern = _secrets_re
-    if pattern is not None:
+    if pattern is not None and len(text) >= _MIN_SECRET_LEN:
         text = pattern.sub(REDACTED, text)
     if "earer" in text or "asic" in text:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
@@ -440,14 +445,30 @@ def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
     """Scrub one attribute or log value (strings, and sequences/mappings of them).
 
     ``call``: the masked values of the call, scrubbed from every string except the gateway's
-    own facts (:data:`FACT_KEYS`).
+    own facts (:data:`FACT_KEYS`). Runs for every attribute of every span and every field of
+    every log line, so the plain JSON types are dispatched on their exact type first (no ABC
+    ``isinstance``); anything else takes the general branches below, with the same result.
     """
     if call is not None and key in FACT_KEYS:
         call = None
-    if isinstance(value, bool | int) and not is_secret_key(key):
-        return value
-    if is_secret_key(key) and value is not None and value != "":
-        return REDACTED
+    if is_secret_key(key):
+        if value is not None and value != "":
+            return REDACTED
+    else:
+        kind = type(value)
+        if kind is str:
+            return scrub_text(value, call)
+        if kind is int or kind is bool:
+            return value
+        if kind is dict:
+            return {k: scrub_value(k if type(k) is str else str(k), v, call)
+                    for k, v in value.items()}
+        if kind is list:
+            return [scrub_value("", v, call) for v in value]
+        if kind is float:
+            return value if math.isfinite(value) else str(value)
+        if isinstance(value, bool | int):
+            return value
     if isinstance(value, str):
         return scrub_text(value, call)
     if isinstance(value, list | tuple):

@@ -22,14 +22,18 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
-    SimpleSpanProcessor,
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.audit.chain import AuditLog, FsyncPolicy
-from gateway.audit.export import CallScrubbingProcessor, GuardedExporter, JsonlSpanExporter
+from gateway.audit.export import (
+    CallScrubbingProcessor,
+    FileSpanProcessor,
+    GuardedExporter,
+    JsonlSpanExporter,
+)
 from gateway.audit.tracing import register_provider, unregister_provider
 from gateway.errors import ConfigError
 
@@ -109,7 +113,7 @@ class Telemetry:
         self,
         provider: TracerProvider,
         file_exporter: JsonlSpanExporter | None,
-        file_processor: SimpleSpanProcessor | None,
+        file_processor: FileSpanProcessor | None,
         otlp: GuardedExporter | None,
         otlp_processor: BatchSpanProcessor | None,
     ) -> None:
@@ -198,11 +202,11 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
     pipeline = CallScrubbingProcessor()
     provider.add_span_processor(pipeline)
     file_exporter: JsonlSpanExporter | None = None
-    file_processor: SimpleSpanProcessor | None = None
+    file_processor: FileSpanProcessor | None = None
     if settings.file is not None:
         log = AuditLog(settings.file, settings.fsync, settings.fsync_interval_s)
         file_exporter = JsonlSpanExporter(log)
-        file_processor = SimpleSpanProcessor(file_exporter)
+        file_processor = FileSpanProcessor(file_exporter)
         pipeline.add_span_processor(file_processor)
     guarded: GuardedExporter | None = None
     batch: BatchSpanProcessor | None = None

@@ -38,6 +38,7 @@ from gateway.errors import (
 from gateway.models import Operation, Principal
 from gateway.tools.client import NOT_APPLIED_STATUS, BackendClient, may_have_applied
 from gateway.tools.idempotency import (
+    BeginResult,
     IdempotencyRecord,
     IdempotencySettings,
     IdempotencyStore,
@@ -261,12 +262,13 @@ class ToolChannel:
                 set_status_on_exception=False) as span:
             span.set_attribute(A.REQUEST_ID, request_id)
             try:
-                record = await self._claim(op, key, fp, request_id, deadline)
+                claim = await self._claim(op, key, fp, request_id, deadline)
             except BaseException as exc:
                 span.set_attribute(A.IDEMPOTENCY_KEY_STATE, "conflict" if isinstance(
                     exc, IdempotencyConflict) else "in_flight")
                 record_outcome(span, exc)
                 raise
+            record = claim.record
             state = "replayed" if record.state == "done" else (
                 "recovering" if record.attempts > 0 else "new")
             span.set_attribute(A.IDEMPOTENCY_KEY_STATE, state)
@@ -275,20 +277,20 @@ class ToolChannel:
         if record.state == "done":
             return self._replay(op, record)
         done = self._done[key] = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(key))
+        heartbeat = _Heartbeat(self, key)
         try:
             if record.attempts > 0:
                 found = await self._resolve(op, key, record, deadline)
                 if found is not None:
                     return found
-            return await self._attempt(op, args, key, timeout_ms, secrets)
+            return await self._attempt(op, args, key, timeout_ms, secrets, marked=claim.sent)
         except BaseException:
             # Cancelled or failed while owning the claim: give it up, keeping any attempt
             # history (a no-op when the step already completed or abandoned it).
             await self._abandon(key, retract=False)
             raise
         finally:
-            heartbeat.cancel()
+            heartbeat.stop()
             done.set()
             if self._done.get(key) is done:
                 del self._done[key]
@@ -303,11 +305,16 @@ class ToolChannel:
     # -- steps --
 
     async def _claim(self, op: Operation, key: str, fp: str, request_id: str,
-                     deadline: float) -> IdempotencyRecord:
+                     deadline: float) -> BeginResult:
+        """Claim the record; a fresh one (no attempt yet) is claimed *and* marked sent in one
+        durable commit (``send=True``): nothing runs between the two steps but starting the
+        heartbeat, so a crash after that commit leaves exactly the state a crash after
+        ``mark_sent`` left — an attempt that may have applied, never re-sent blindly."""
         loop, poll = asyncio.get_running_loop(), 0.01
         while True:
             res = await self.store.begin(key, fp, op.name, owner=self.owner,
-                                         lease_s=self.settings.lease_s, ttl_s=self.settings.ttl_s)
+                                         lease_s=self.settings.lease_s, ttl_s=self.settings.ttl_s,
+                                         send=True)
             rec = res.record
             if rec.fingerprint != fp:
                 raise IdempotencyConflict(
@@ -315,7 +322,7 @@ class ToolChannel:
                     f"({rec.operation} with other arguments); use a new request_id",
                     field="request_id", details={"operation": rec.operation})
             if res.claimed or rec.state == "done":
-                return rec
+                return res
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise DuplicateInFlight(
@@ -384,9 +391,10 @@ class ToolChannel:
             await asyncio.sleep(settled_in)
 
     async def _attempt(self, op: Operation, args: dict[str, Any], key: str,
-                       timeout_ms: int | None, secrets: CallSecrets | None = None,
-                       ) -> ToolOutcome:
-        if not await self.store.mark_sent(key, self.owner):
+                       timeout_ms: int | None, secrets: CallSecrets | None = None, *,
+                       marked: bool = False) -> ToolOutcome:
+        # ``marked``: the claim already counted this attempt (one commit instead of two).
+        if not marked and not await self.store.mark_sent(key, self.owner):
             raise DuplicateInFlight(f"lost the claim on this request ({op.name}); retry",
                                     field="request_id", details={"operation": op.name})
         try:
@@ -418,15 +426,40 @@ class ToolChannel:
         await asyncio.shield(
             self.store.abandon(key, self.owner, retract_attempt=retract, hold_s=hold_s))
 
+    def _beat_interval(self) -> float:
+        return max(0.05, self.settings.lease_s / 3)
+
     async def _heartbeat(self, key: str) -> None:
-        interval = max(0.05, self.settings.lease_s / 3)
+        """Extend the lease now, then every interval (started one interval into the call)."""
+        interval = self._beat_interval()
         while True:
-            await asyncio.sleep(interval)
             try:
                 alive = await self.store.heartbeat(key, self.owner, self.settings.lease_s)
             except Exception as exc:  # the store hiccuped: the lease may still hold; try again
                 log.warning("idempotency_heartbeat_failed", key=key[:12], error=repr(exc))
-                continue
-            if not alive:
-                log.warning("idempotency_lease_lost", key=key[:12])
-                return
+            else:
+                if not alive:
+                    log.warning("idempotency_lease_lost", key=key[:12])
+                    return
+            await asyncio.sleep(interval)
+
+
+class _Heartbeat:
+    """Keeps a claim's lease alive while its call runs. A timer, not a task, until the first
+    beat is due: most calls end long before (the lease is 30 s, a beat every 10 s), and a task
+    created and cancelled per call costs more than the call's own bookkeeping."""
+
+    __slots__ = ("_handle", "_task")
+
+    def __init__(self, channel: ToolChannel, key: str) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(
+            channel._beat_interval(), self._start, channel, key)
+
+    def _start(self, channel: ToolChannel, key: str) -> None:
+        self._task = asyncio.ensure_future(channel._heartbeat(key))
+
+    def stop(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()

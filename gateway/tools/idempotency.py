@@ -51,7 +51,8 @@ class IdempotencyRecord:
 @dataclass(frozen=True)
 class BeginResult:
     claimed: bool  # True: the caller now owns the record and must complete or abandon it
-    record: IdempotencyRecord
+    record: IdempotencyRecord  # as found/created, before ``send`` counted an attempt
+    sent: bool = False  # ``begin(send=True)`` also counted the attempt (no mark_sent needed)
 
 
 class IdempotencyStore(Protocol):
@@ -59,11 +60,14 @@ class IdempotencyStore(Protocol):
 
     async def begin(
         self, key: str, fingerprint: str, operation: str, *, owner: str, lease_s: float,
-        ttl_s: float,
+        ttl_s: float, send: bool = False,
     ) -> BeginResult:
         """Claim ``key`` (new, or pending whose owner is gone) or return the existing record.
 
-        A record with a different fingerprint is never claimed.
+        A record with a different fingerprint is never claimed. ``send``: when the claimed
+        record has no attempt yet, also count the one about to go to the backend — the claim
+        and :meth:`mark_sent` in one durable commit (``sent`` says it happened; a record with
+        earlier attempts is only claimed, so the caller can find out what they did first).
         """
         ...
 

@@ -116,8 +116,17 @@ class PostgresIdempotencyStore:
         return _record(row) if row else None
 
     async def begin(self, key: str, fingerprint: str, operation: str, *, owner: str,
-                    lease_s: float, ttl_s: float) -> BeginResult:
+                    lease_s: float, ttl_s: float, send: bool = False) -> BeginResult:
         async def claim(conn: Any) -> BeginResult:
+            got = await take(conn)
+            if not (send and got.claimed and got.record.attempts == 0):
+                return got
+            now = time.time()
+            await conn.execute(f"UPDATE {_TABLE} SET attempts = attempts + 1, last_sent_at = %s,"
+                               " updated_at = %s WHERE key = %s", (now, now, key))
+            return BeginResult(True, got.record, sent=True)
+
+        async def take(conn: Any) -> BeginResult:
             now = time.time()
             await conn.execute(f"DELETE FROM {_TABLE} WHERE key = %s AND state = 'done' AND "
                                "expires_at <= %s", (key, now))

@@ -75,18 +75,22 @@ class RedisIdempotencyStore:
                     continue  # someone changed the record meanwhile: decide again
 
     async def begin(self, key: str, fingerprint: str, operation: str, *, owner: str,
-                    lease_s: float, ttl_s: float) -> BeginResult:
+                    lease_s: float, ttl_s: float, send: bool = False) -> BeginResult:
+        def sent(rec: IdempotencyRecord, now: float) -> tuple[Any, Any]:
+            if send and rec.attempts == 0:  # the claim counts the attempt (one write)
+                return replace(rec, attempts=1, last_sent_at=now), BeginResult(True, rec, True)
+            return rec, BeginResult(True, rec)
+
         def claim(rec: IdempotencyRecord | None, now: float) -> tuple[Any, Any]:
             if rec is None:
-                new = IdempotencyRecord(key, fingerprint, operation, "pending", owner,
-                                        now + lease_s, 0, None, None, now, now + ttl_s)
-                return new, BeginResult(True, new)
+                return sent(IdempotencyRecord(key, fingerprint, operation, "pending", owner,
+                                              now + lease_s, 0, None, None, now, now + ttl_s),
+                            now)
             if rec.fingerprint != fingerprint or rec.state == "done":
                 return None, BeginResult(False, rec)
             if rec.lease_until > now and (not rec.owner or owner_alive(rec.owner) is not False):
                 return None, BeginResult(False, rec)
-            taken = replace(rec, owner=owner, lease_until=now + lease_s)
-            return taken, BeginResult(True, taken)
+            return sent(replace(rec, owner=owner, lease_until=now + lease_s), now)
 
         result: BeginResult = await self._change(key, claim)
         return result

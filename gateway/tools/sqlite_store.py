@@ -3,8 +3,9 @@
 Claims run in ``BEGIN IMMEDIATE`` transactions, so two gateway processes sharing the file
 serialise on the claim. Every transaction is committed before its caller hears back, so each
 step is safe against a killed process; against power loss, the steps that must survive it —
-``mark_sent`` (the intent, before any byte goes to the backend) and ``complete`` (the recorded
-outcome) — commit with ``synchronous=FULL`` (the WAL is fsynced, and with it every earlier
+``mark_sent`` (the intent, before any byte goes to the backend; or a claim that counts the
+attempt itself, ``begin(send=True)``) and ``complete`` (the recorded outcome) — commit with
+``synchronous=FULL`` (the WAL is fsynced, and with it every earlier
 transaction), the others (claim, heartbeat, abandon, forget, purge) with ``synchronous=NORMAL``:
 losing them to a power cut leaves an older state from which a retry is still at most once (a
 claim without a sent attempt, a lease of a dead owner, an attempt kept as "maybe applied").
@@ -159,6 +160,17 @@ class SQLiteIdempotencyStore:
         return _record(row) if row else None
 
     def _begin(self, key: str, fingerprint: str, operation: str, owner: str, lease_s: float,
+               ttl_s: float, send: bool = False) -> BeginResult:
+        got = self._claim(key, fingerprint, operation, owner, lease_s, ttl_s)
+        if not (send and got.claimed and got.record.attempts == 0):
+            return got
+        now = time.time()
+        self._db.execute(
+            "UPDATE idempotency SET attempts = attempts + 1, last_sent_at = ?, updated_at = ?"
+            " WHERE key = ?", (now, now, key))
+        return BeginResult(True, got.record, sent=True)
+
+    def _claim(self, key: str, fingerprint: str, operation: str, owner: str, lease_s: float,
                ttl_s: float) -> BeginResult:
         now = time.time()
         rec = self._select(key)
@@ -204,9 +216,11 @@ class SQLiteIdempotencyStore:
         return await future
 
     async def begin(self, key: str, fingerprint: str, operation: str, *, owner: str,
-                    lease_s: float, ttl_s: float) -> BeginResult:
+                    lease_s: float, ttl_s: float, send: bool = False) -> BeginResult:
+        # With ``send`` the claim is the intent too: committed with synchronous=FULL, as
+        # mark_sent is.
         out: BeginResult = await self._run(self._begin, key, fingerprint, operation, owner,
-                                           lease_s, ttl_s)
+                                           lease_s, ttl_s, send, durable=send)
         return out
 
     async def mark_sent(self, key: str, owner: str) -> bool:

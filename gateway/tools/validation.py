@@ -206,13 +206,15 @@ def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: b
         )
     schema = op.input_schema or {"type": "object"}
     validator = _validator(op.name, schema, output=False)
-    hidden = redact(dict(arguments), mask, "action.arguments") if mask else _MISSING
+    instance = dict(arguments)
     try:
-        errors = [_describe(e, "arguments", hidden)
-                  for e in validator.iter_errors(dict(arguments))]
+        found = list(validator.iter_errors(instance))
     except (UnsafePattern, Unresolvable) as exc:
         raise SchemaInvalid(f"{op.name}'s arguments schema cannot be applied safely: {exc}",
                             field="arguments", details={"operation": op.name}) from None
+    # The masked copy is only needed to word a violation: a valid call does not make it.
+    hidden = redact(instance, mask, "action.arguments") if mask and found else _MISSING
+    errors = [_describe(e, "arguments", hidden) for e in found]
     if strict:
         seen = {e["field"] for e in errors if e["rule"] == "additionalProperties"}
         errors.extend(
