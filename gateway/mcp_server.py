@@ -33,8 +33,8 @@ import json
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import mcp_types as types
@@ -65,6 +65,7 @@ from gateway.mcp_errors import (
     RESOURCE_NOT_FOUND,
     UnknownTool,
     internal_error_result,
+    request_error,
     tool_error_result,
     tool_result,
     unknown_tool_error,
@@ -256,22 +257,33 @@ class _Handlers:
             annotations=annotations,
         )
 
-    def _scope(
+    @asynccontextmanager
+    async def _scope(
         self, ctx: ServerRequestContext[Any, Any], method: str,
         attributes: Mapping[str, AttributeValue] | None = None,
-        opened: list[CallScope] | None = None,
-    ) -> AbstractAsyncContextManager[CallScope]:
+        on_error: Callable[[GatewayError, str], MCPError | None] | None = None,
+    ) -> AsyncIterator[CallScope]:
         """The shared call scope of one request other than ``tools/call`` (root span
         ``mcp <method>``, identity, outcome, audit record), as the gRPC door gives its
-        GetManifest / DescribeOperation: no request id is sent, so a fresh one is recorded."""
+        GetManifest / DescribeOperation: no request id is sent, so a fresh one is recorded.
+        The error is recorded inside the scope and answered outside it, as ``on_error`` maps
+        it (the handler's own JSON-RPC errors) or else :func:`request_error`."""
         headers = _request_headers(ctx)
-        return call_scope(
-            self.tracer, self.authenticator, transport="mcp", span_name=f"mcp {method}",
-            token=bearer_token(headers), raw_request_id=recorded_request_id(None),
-            attributes={"mcp.method.name": method, **(attributes or {})},
-            parent=_trace_parent(headers), log_fields={"mcp_method": method},
-            on_open=opened.append if opened is not None else None,
-        )
+        opened: list[CallScope] = []
+        try:
+            async with call_scope(
+                self.tracer, self.authenticator, transport="mcp", span_name=f"mcp {method}",
+                token=bearer_token(headers), raw_request_id=recorded_request_id(None),
+                attributes={"mcp.method.name": method, **(attributes or {})},
+                parent=_trace_parent(headers), log_fields={"mcp_method": method},
+                on_open=opened.append,
+            ) as scope:
+                yield scope
+        except Exception as exc:
+            trace_id = _opened_trace_id(opened)
+            mapped = on_error(exc, trace_id) if on_error is not None and isinstance(
+                exc, GatewayError) else None
+            raise (mapped or request_error(exc, trace_id)) from None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -331,19 +343,19 @@ class _Handlers:
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
         name = uri[len(OPERATION_URI_PREFIX):] if uri.startswith(OPERATION_URI_PREFIX) else ""
-        opened: list[CallScope] = []
-        try:
-            async with self._scope(ctx, "resources/read", {"mcp.resource.uri": _bounded_uri(uri)},
-                                   opened) as scope:
-                check_name(name, "uri")
-                doc = await self.pipeline.describe(_principal_of(scope), name)
-        except Unauthenticated:
-            raise
-        except GatewayError:
+
+        def not_found(exc: GatewayError, trace_id: str) -> MCPError | None:
             # Unknown and denied look the same to the caller, as in search_operations (the
             # audit record has the real outcome).
-            raise MCPError(RESOURCE_NOT_FOUND, "Resource not found",
-                           {"uri": loggable(uri), "trace_id": _opened_trace_id(opened)}) from None
+            if isinstance(exc, Unauthenticated):
+                return None
+            return MCPError(RESOURCE_NOT_FOUND, "Resource not found",
+                            {"uri": loggable(uri), "trace_id": trace_id})
+
+        async with self._scope(ctx, "resources/read", {"mcp.resource.uri": _bounded_uri(uri)},
+                               not_found) as scope:
+            check_name(name, "uri")
+            doc = await self.pipeline.describe(_principal_of(scope), name)
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json",
@@ -354,19 +366,22 @@ class _Handlers:
         self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
     ) -> types.CompleteResult:
         ref = params.ref
-        try:
-            async with self._scope(ctx, "completion/complete") as scope:
-                if not (isinstance(ref, types.ResourceTemplateReference)
-                        and ref.uri == _OPERATION_TEMPLATE):
-                    what = "prompt" if isinstance(ref, types.PromptReference) else "reference"
-                    raise _NoSuchReference(f"no such {what}", field="ref")
-                if params.argument.name != "name":
-                    return types.CompleteResult(completion=types.Completion(values=[]))
-                prefix = params.argument.value
-                names = sorted(op.name for op, _ in await self._reachable(_principal_of(scope))
-                               if op.name.startswith(prefix))
-        except _NoSuchReference as exc:
-            raise MCPError(INVALID_PARAMS, exc.message) from None
+
+        def no_such(exc: GatewayError, trace_id: str) -> MCPError | None:
+            return MCPError(INVALID_PARAMS, exc.message, {"code": exc.code, "field": "ref",
+                                                          "trace_id": trace_id}) \
+                if isinstance(exc, _NoSuchReference) else None
+
+        async with self._scope(ctx, "completion/complete", on_error=no_such) as scope:
+            if not (isinstance(ref, types.ResourceTemplateReference)
+                    and ref.uri == _OPERATION_TEMPLATE):
+                what = "prompt" if isinstance(ref, types.PromptReference) else "reference"
+                raise _NoSuchReference(f"no such {what}", field="ref")
+            if params.argument.name != "name":
+                return types.CompleteResult(completion=types.Completion(values=[]))
+            prefix = params.argument.value
+            names = sorted(op.name for op, _ in await self._reachable(_principal_of(scope))
+                           if op.name.startswith(prefix))
         return types.CompleteResult(
             completion=types.Completion(
                 values=names[:_MAX_COMPLETIONS],
