@@ -10,6 +10,14 @@ make the gateway wait or work in proportion to what it sends: a token over
 :class:`JwksCache` — one fetch at a time however many requests wait for it (single flight),
 with a bounded timeout, and at most one attempt per cool-down after a failure or for a key
 id it does not know (negative cache).
+
+Whatever a caller sends, verifying it ends in a :class:`Principal` or an ``Unauthenticated``,
+never another error (an anonymous caller must not reach an internal error): each JWKS key is
+pinned to the algorithms that fit it (its JWK ``alg``, else its key type's), a token whose
+``alg`` does not fit its key is refused before decoding, and any other failure while verifying
+is an ``Unauthenticated`` too. Only the configured JWKS is ever consulted: ``jku``, ``x5u``,
+``jwk`` and ``x5c`` headers are ignored, and a ``crit`` or ``b64`` header is refused (no
+extension is understood).
 """
 
 from __future__ import annotations
@@ -22,17 +30,20 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 import jwt
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from gateway.errors import Unauthenticated
 from gateway.models import Principal
 
-__all__ = ["MAX_TOKEN_BYTES", "Authenticator", "JwksCache", "bearer_token"]
+__all__ = ["MAX_TOKEN_BYTES", "Authenticator", "JwksCache", "SigningKey", "bearer_token"]
 
 log = structlog.get_logger("switchboard.identity")
 
@@ -41,6 +52,12 @@ MAX_KID_LENGTH = 256
 MAX_JWKS_BYTES = 1024 * 1024
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
+_EC_ALGORITHMS = {"secp256r1": frozenset({"ES256"}), "secp384r1": frozenset({"ES384"})}
+_EDDSA = frozenset({"EdDSA"})
+# JOSE header parameters that would change how the token is read (RFC 7515 §4.1.11, RFC 7797):
+# none is understood, so a token carrying one is refused rather than half-understood.
+_REFUSED_HEADERS = ("crit", "b64")
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
@@ -57,6 +74,57 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One JWKS key and the algorithms it may verify.
+
+    The set is fixed when the JWKS is read, from the key itself (an RSA key fits only RS*, a
+    P-256 key only ES256, an Ed25519/Ed448 key only EdDSA) narrowed to the JWK's ``alg`` when it
+    names one: the token's header never chooses how its own signature is checked.
+    """
+
+    kid: str
+    key: Any  # a cryptography public key
+    algorithms: frozenset[str]
+
+
+def _fitting_algorithms(key: object) -> frozenset[str]:
+    """The allowed algorithms a public key can verify (none for private or symmetric keys:
+    a JWKS that publishes one is misconfigured, and its key is not used)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return _RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return _EC_ALGORITHMS.get(key.curve.name, frozenset())
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return _EDDSA
+    return frozenset()
+
+
+def _signing_key(jwk: object) -> SigningKey | None:
+    """A JWKS member as a :class:`SigningKey`, or ``None`` when it cannot verify any allowed
+    algorithm (skipped, as PyJWT's key set skips unusable members)."""
+    if not isinstance(jwk, dict):
+        return None
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH \
+            or jwk.get("use") not in ("sig", None):
+        return None
+    declared = jwk.get("alg")
+    try:
+        key = jwt.PyJWK(jwk).key
+    except Exception as exc:  # PyJWKError, InvalidKeyError, ValueError from a bad member
+        log.warning("jwks.key_skipped", kid=_clip(kid, 64), error=type(exc).__name__)
+        return None
+    algorithms = _fitting_algorithms(key)
+    if declared is not None:
+        algorithms &= {declared} if isinstance(declared, str) else set()
+    if not algorithms:
+        log.warning("jwks.key_skipped", kid=_clip(kid, 64),
+                    error="no allowed algorithm fits the key")
+        return None
+    return SigningKey(kid=kid, key=key, algorithms=algorithms)
 
 
 class JwksCache:
@@ -91,7 +159,7 @@ class JwksCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, SigningKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._last_error = ""
@@ -100,7 +168,7 @@ class JwksCache:
 
     # -- public ----------------------------------------------------------------------------
 
-    async def get_async(self, kid: str) -> jwt.PyJWK:
+    async def get_async(self, kid: str) -> SigningKey:
         """The key for ``kid``; never blocks the event loop."""
         key, waiting = self._plan(kid)
         if key is not None:
@@ -114,7 +182,7 @@ class JwksCache:
                     from None
         return self._after_fetch(kid)
 
-    def get(self, kid: str) -> jwt.PyJWK:
+    def get(self, kid: str) -> SigningKey:
         """The key for ``kid``, blocking (for callers off the event loop)."""
         key, waiting = self._plan(kid)
         if key is not None:
@@ -132,7 +200,7 @@ class JwksCache:
     def _may_fetch(self, now: float) -> bool:
         return self._attempted_at is None or now - self._attempted_at >= self.cooldown_s
 
-    def _plan(self, kid: str) -> tuple[jwt.PyJWK | None, concurrent.futures.Future[None] | None]:
+    def _plan(self, kid: str) -> tuple[SigningKey | None, concurrent.futures.Future[None] | None]:
         """Under the lock: a usable key now, or the fetch to wait for, or neither (refused)."""
         with self._lock:
             now = self._clock()
@@ -148,7 +216,7 @@ class JwksCache:
                 return None, self._start_fetch(now)
             return None, None
 
-    def _after_fetch(self, kid: str) -> jwt.PyJWK:
+    def _after_fetch(self, kid: str) -> SigningKey:
         with self._lock:
             key = self._keys.get(kid)
             error = self._last_error
@@ -187,7 +255,7 @@ class JwksCache:
         finally:
             future.set_result(None)
 
-    def _download(self) -> dict[str, jwt.PyJWK]:
+    def _download(self) -> dict[str, SigningKey]:
         parts = urlsplit(self.url)
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
@@ -201,9 +269,17 @@ class JwksCache:
         data = json.loads(body)
         if not isinstance(data, dict):
             raise ValueError("JWKS document is not a JSON object")
-        keyset = jwt.PyJWKSet.from_dict(data)
-        return {k.key_id: k for k in keyset.keys
-                if k.key_id and k.public_key_use in ("sig", None)}
+        members = data.get("keys")
+        if not isinstance(members, list) or not members:
+            raise ValueError("JWKS document has no 'keys' list")
+        keys: dict[str, SigningKey] = {}
+        for member in members:
+            key = _signing_key(member)
+            if key is not None:
+                keys[key.kid] = key
+        if not keys:
+            raise ValueError("JWKS document has no usable signing key")
+        return keys
 
     def _http_get(self) -> bytes:
         deadline = time.monotonic() + self.timeout_s
@@ -252,20 +328,33 @@ class Authenticator:
         return bool(self._tokens)
 
     def authenticate(self, token: str | None) -> Principal:
-        found, kid = self._precheck(token)
-        if found is not None:
-            return found
-        assert token is not None and self.jwks is not None
-        return self._claims(token, self.jwks.get(kid))
+        """The caller of ``token``; ``Unauthenticated`` on any failure (see the module)."""
+        try:
+            found, kid, alg = self._precheck(token)
+            if found is not None:
+                return found
+            assert token is not None and self.jwks is not None
+            return self._claims(token, alg, self.jwks.get(kid))
+        except Unauthenticated:
+            raise
+        except Exception as exc:
+            raise _unverifiable(exc) from None
 
     async def authenticate_async(self, token: str | None) -> Principal:
-        found, kid = self._precheck(token)
-        if found is not None:
-            return found
-        assert token is not None and self.jwks is not None
-        return self._claims(token, await self.jwks.get_async(kid))
+        """The caller of ``token``, off the event loop for a JWKS fetch; ``Unauthenticated``
+        on any failure (see the module)."""
+        try:
+            found, kid, alg = self._precheck(token)
+            if found is not None:
+                return found
+            assert token is not None and self.jwks is not None
+            return self._claims(token, alg, await self.jwks.get_async(kid))
+        except Unauthenticated:
+            raise
+        except Exception as exc:
+            raise _unverifiable(exc) from None
 
-    def _precheck(self, token: str | None) -> tuple[Principal | None, str]:
+    def _precheck(self, token: str | None) -> tuple[Principal | None, str, str]:
         """The static principal, or the ``kid`` of a plausible JWT; otherwise refused. O(1)
         in the size of a hostile token: oversized ones are refused before anything else."""
         if not token:
@@ -279,7 +368,7 @@ class Authenticator:
             if hmac.compare_digest(known, given):
                 found = principal
         if found is not None:
-            return found, ""
+            return found, "", ""
         if self.jwks is None or not _JWT_SHAPE.fullmatch(token):
             raise Unauthenticated("invalid bearer token")
         try:
@@ -287,25 +376,35 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {_clip(str(exc))}") from None
         alg = header.get("alg")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise Unauthenticated("invalid token: algorithm not allowed")
+        if any(name in header for name in _REFUSED_HEADERS):
+            raise Unauthenticated("invalid token: header extensions ('crit', 'b64') are not "
+                                  "supported")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
             raise Unauthenticated("invalid token: missing or malformed 'kid' header")
-        return None, kid
+        return None, kid, alg
 
-    def _claims(self, token: str, key: jwt.PyJWK) -> Principal:
+    def _claims(self, token: str, alg: str, key: SigningKey) -> Principal:
+        """The token verified with ``key`` under ``alg`` only, once ``alg`` is known to fit
+        the key (PyJWT raises ``TypeError``/``InvalidKeyError``, not an ``InvalidTokenError``,
+        when a header's algorithm does not fit the key it is handed)."""
+        if alg not in key.algorithms:
+            raise Unauthenticated("invalid token: its algorithm does not fit the signing key")
         try:
             claims = jwt.decode(
                 token,
                 key.key,
-                algorithms=list(ALGORITHMS),
+                algorithms=[alg],
                 issuer=self._issuer,
                 audience=self._audience,
                 options={"require": ["exp", "sub"]},
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {_clip(str(exc))}") from None
+        if not isinstance(claims, dict):
+            raise Unauthenticated("invalid token: the payload is not a JSON object")
         tenant = claims.get("tenant")
         roles = claims.get("roles", [])
         if not isinstance(tenant, str) or not tenant:
@@ -313,3 +412,10 @@ class Authenticator:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("invalid token: 'roles' must be a list of strings")
         return Principal(id=str(claims["sub"]), tenant=tenant, roles=tuple(roles))
+
+
+def _unverifiable(exc: Exception) -> Unauthenticated:
+    """Any other failure while verifying a credential: the caller is refused like any bad
+    token (logged by type only: the message may quote the token)."""
+    log.warning("identity.verify_failed", error=type(exc).__name__)
+    return Unauthenticated("invalid token: it cannot be verified")

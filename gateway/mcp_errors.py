@@ -5,7 +5,8 @@ MCP has two ways to fail a ``tools/call``: a JSON-RPC error (the request itself 
 the protocol level: an unknown tool is ``-32602``, as the spec has it) and a tool result with
 ``isError: true`` (everything the model should read and act on: denials, bad arguments,
 approvals, backend failures). The HTTP layer answers an unauthenticated request ``401`` with
-a JSON-RPC error ``-32001`` before MCP sees it.
+a JSON-RPC error ``-32001`` before MCP sees it. Every other request (listing, reading,
+completion) fails as a JSON-RPC error only: :func:`request_error`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,23 @@ from typing import Any
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from gateway.errors import GatewayError, UnknownOperation
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    SchemaInvalid,
+    Unauthenticated,
+    UnknownOperation,
+)
 from gateway.frontdoor import error_payload
 
 __all__ = [
+    "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "RESOURCE_NOT_FOUND",
     "UNAUTHENTICATED",
     "UnknownTool",
     "internal_error_result",
+    "request_error",
     "tool_error_result",
     "tool_result",
     "unknown_tool_error",
@@ -32,6 +41,7 @@ __all__ = [
 
 # JSON-RPC codes of the MCP spec: invalid params (unknown tool/prompt), resource not found.
 INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 # The server-defined code of the 401 answer (before any MCP processing).
 UNAUTHENTICATED = -32001
@@ -72,3 +82,24 @@ def internal_error_result(trace_id: str) -> types.CallToolResult:
 def unknown_tool_error(exc: UnknownTool, trace_id: str) -> MCPError:
     return MCPError(INVALID_PARAMS, exc.message,
                     {"code": exc.code, "field": exc.field, "trace_id": trace_id})
+
+
+def request_error(exc: Exception, trace_id: str) -> MCPError:
+    """A failed request other than ``tools/call`` as a JSON-RPC error: the gateway's message
+    and stable code for its own errors, only "internal error" for anything else (the SDK
+    would otherwise send ``str(exc)`` to the client; the log and span keep it)."""
+    if isinstance(exc, MCPError):
+        return exc
+    if not isinstance(exc, GatewayError):
+        return MCPError(INTERNAL_ERROR, "internal error",
+                        {"code": "internal", "trace_id": trace_id})
+    if isinstance(exc, Unauthenticated):
+        code = UNAUTHENTICATED
+    elif isinstance(exc, InvalidRequest | SchemaInvalid | UnknownOperation):
+        code = INVALID_PARAMS
+    else:
+        code = INTERNAL_ERROR
+    data = {"code": exc.code, "trace_id": trace_id}
+    if exc.field:
+        data["field"] = exc.field
+    return MCPError(code, exc.message, data)

@@ -12,7 +12,9 @@ runs stateless (each POST stands alone), so replicas behind a load balancer need
 sessions; code-channel sessions are named explicitly by ``session_id``.
 
 Identity is the HTTP ``Authorization: Bearer`` header, checked twice: by an ASGI guard that
-answers 401 before any MCP processing, and again per tool call inside the call's audit span.
+answers 401 before any MCP processing, and again per request inside the call's audit span:
+every request a handler here answers (tools, resources, completion, logging level) runs in the
+shared call scope, so discovery leaves an audit record as its gRPC twins do.
 The guard also serves the OAuth protected-resource metadata (RFC 9728) without auth, and its
 401s point at it (``WWW-Authenticate: Bearer resource_metadata="..."``).
 The HTTP side (guard, JSON-only bridge, listener) is :mod:`gateway.mcp_http`; the error
@@ -31,7 +33,8 @@ import json
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import mcp_types as types
@@ -40,10 +43,12 @@ from jsonschema import Draft202012Validator
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from opentelemetry.context import Context
+from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
 from gateway.audit import extract_trace_context
-from gateway.errors import GatewayError, SchemaInvalid
+from gateway.errors import GatewayError, InvalidRequest, SchemaInvalid, Unauthenticated
 from gateway.frontdoor import MCP, CallScope, call_scope, envelope, outcome_payload
 from gateway.frontdoor.envelope import recorded_request_id
 from gateway.identity import Authenticator, bearer_token
@@ -60,6 +65,7 @@ from gateway.mcp_errors import (
     RESOURCE_NOT_FOUND,
     UnknownTool,
     internal_error_result,
+    request_error,
     tool_error_result,
     tool_result,
     unknown_tool_error,
@@ -102,7 +108,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DESTRUCTIVE_TAGS = frozenset({"destructive", "delete"})
 _READ_ONLY_TAGS = frozenset({"read-only", "readonly"})
 _MAX_COMPLETIONS = 100  # the spec's cap on completion values per response
-
+_MAX_URI_LENGTH = 512  # a resource URI recorded as is (longer ones as a bounded stand-in)
 
 
 def _is_read_only(op: Operation) -> bool:
@@ -175,6 +181,28 @@ def _bounded_name(name: str) -> str:
     return name if len(name) <= MAX_NAME_LENGTH and name.isprintable() else loggable(name)
 
 
+def _bounded_uri(uri: str) -> str:
+    """A resource URI as recorded before it is checked (the client chose it)."""
+    return uri if len(uri) <= _MAX_URI_LENGTH and uri.isprintable() else loggable(uri)
+
+
+def _request_headers(ctx: ServerRequestContext[Any, Any]) -> list[tuple[str, str]]:
+    headers = getattr(ctx.request, "headers", None)
+    return list(headers.items()) if headers is not None else []
+
+
+def _trace_parent(headers: Sequence[tuple[str, str]]) -> Context | None:
+    """The caller's W3C context, when it sent one (the root span's parent)."""
+    if any(k.lower() == "traceparent" for k, _ in headers):
+        return extract_trace_context(headers)
+    return None
+
+
+def _principal_of(scope: CallScope) -> Principal:
+    assert scope.principal is not None  # call_scope authenticated before yielding
+    return scope.principal
+
+
 class _Handlers:
     """The MCP request handlers over one pipeline."""
 
@@ -229,19 +257,42 @@ class _Handlers:
             annotations=annotations,
         )
 
-    async def principal(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
-        request = ctx.request
-        headers = getattr(request, "headers", None)
-        token = bearer_token(headers.items()) if headers is not None else None
-        return await self.authenticator.authenticate_async(token)
+    @asynccontextmanager
+    async def _scope(
+        self, ctx: ServerRequestContext[Any, Any], method: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        on_error: Callable[[GatewayError, str], MCPError | None] | None = None,
+    ) -> AsyncIterator[CallScope]:
+        """The shared call scope of one request other than ``tools/call`` (root span
+        ``mcp <method>``, identity, outcome, audit record), as the gRPC door gives its
+        GetManifest / DescribeOperation: no request id is sent, so a fresh one is recorded.
+        The error is recorded inside the scope and answered outside it, as ``on_error`` maps
+        it (the handler's own JSON-RPC errors) or else :func:`request_error`."""
+        headers = _request_headers(ctx)
+        opened: list[CallScope] = []
+        try:
+            async with call_scope(
+                self.tracer, self.authenticator, transport="mcp", span_name=f"mcp {method}",
+                token=bearer_token(headers), raw_request_id=recorded_request_id(None),
+                attributes={"mcp.method.name": method, **(attributes or {})},
+                parent=_trace_parent(headers), log_fields={"mcp_method": method},
+                on_open=opened.append,
+            ) as scope:
+                yield scope
+        except Exception as exc:
+            trace_id = _opened_trace_id(opened)
+            mapped = on_error(exc, trace_id) if on_error is not None and isinstance(
+                exc, GatewayError) else None
+            raise (mapped or request_error(exc, trace_id)) from None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        principal = await self.principal(ctx)
-        tools = await self.pipeline.manifest(principal)
-        code_hints = await self._code_annotations(principal)
-        return types.ListToolsResult(tools=[self._tool(t, code_hints) for t in tools])
+        async with self._scope(ctx, "tools/list") as scope:
+            principal = _principal_of(scope)
+            tools = await self.pipeline.manifest(principal)
+            code_hints = await self._code_annotations(principal)
+            return types.ListToolsResult(tools=[self._tool(t, code_hints) for t in tools])
 
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
@@ -249,57 +300,62 @@ class _Handlers:
         # Stateless: there is no session to remember the level in. Handshake-era clients get
         # execute_code's output at info (stdout) and warning (stderr); 2026-07-28 clients opt
         # in per request with the `_meta` log level, which the SDK applies.
-        await self.principal(ctx)
-        return types.EmptyResult()
+        async with self._scope(ctx, "logging/setLevel"):
+            return types.EmptyResult()
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        principal = await self.principal(ctx)
-        return types.ListResourcesResult(
-            resources=[
-                types.Resource(
-                    uri=OPERATION_URI_PREFIX + op.name,
-                    name=op.name,
-                    title=op.summary or None,
-                    description=f"{op.method} {op.path} ({route} route): " + (
-                        op.description or op.summary or op.name)[:500],
-                    mime_type="application/json",
-                )
-                for op, route in await self._reachable(principal)
-            ]
-        )
+        async with self._scope(ctx, "resources/list") as scope:
+            return types.ListResourcesResult(
+                resources=[
+                    types.Resource(
+                        uri=OPERATION_URI_PREFIX + op.name,
+                        name=op.name,
+                        title=op.summary or None,
+                        description=f"{op.method} {op.path} ({route} route): " + (
+                            op.description or op.summary or op.name)[:500],
+                        mime_type="application/json",
+                    )
+                    for op, route in await self._reachable(_principal_of(scope))
+                ]
+            )
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        await self.principal(ctx)
-        return types.ListResourceTemplatesResult(
-            resource_templates=[
-                types.ResourceTemplate(
-                    uri_template=_OPERATION_TEMPLATE,
-                    name="operation",
-                    title="Catalog operation",
-                    description="One catalog operation as describe_operation returns it: "
-                    "schemas, Python signature and the caller's route.",
-                    mime_type="application/json",
-                )
-            ]
-        )
+        async with self._scope(ctx, "resources/templates/list"):
+            return types.ListResourceTemplatesResult(
+                resource_templates=[
+                    types.ResourceTemplate(
+                        uri_template=_OPERATION_TEMPLATE,
+                        name="operation",
+                        title="Catalog operation",
+                        description="One catalog operation as describe_operation returns it: "
+                        "schemas, Python signature and the caller's route.",
+                        mime_type="application/json",
+                    )
+                ]
+            )
 
     async def read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
-        principal = await self.principal(ctx)
         uri = str(params.uri)
         name = uri[len(OPERATION_URI_PREFIX):] if uri.startswith(OPERATION_URI_PREFIX) else ""
-        try:
+
+        def not_found(exc: GatewayError, trace_id: str) -> MCPError | None:
+            # Unknown and denied look the same to the caller, as in search_operations (the
+            # audit record has the real outcome).
+            if isinstance(exc, Unauthenticated):
+                return None
+            return MCPError(RESOURCE_NOT_FOUND, "Resource not found",
+                            {"uri": loggable(uri), "trace_id": trace_id})
+
+        async with self._scope(ctx, "resources/read", {"mcp.resource.uri": _bounded_uri(uri)},
+                               not_found) as scope:
             check_name(name, "uri")
-            doc = await self.pipeline.describe(principal, name)
-        except GatewayError:
-            # Unknown and denied look the same, as in search_operations.
-            raise MCPError(RESOURCE_NOT_FOUND, "Resource not found",
-                           {"uri": loggable(uri)}) from None
+            doc = await self.pipeline.describe(_principal_of(scope), name)
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json",
@@ -309,17 +365,23 @@ class _Handlers:
     async def complete(
         self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
     ) -> types.CompleteResult:
-        principal = await self.principal(ctx)
         ref = params.ref
-        if not (isinstance(ref, types.ResourceTemplateReference)
-                and ref.uri == _OPERATION_TEMPLATE):
-            what = "prompt" if isinstance(ref, types.PromptReference) else "reference"
-            raise MCPError(INVALID_PARAMS, f"no such {what}")
-        if params.argument.name != "name":
-            return types.CompleteResult(completion=types.Completion(values=[]))
-        prefix = params.argument.value
-        names = sorted(op.name for op, _ in await self._reachable(principal)
-                       if op.name.startswith(prefix))
+
+        def no_such(exc: GatewayError, trace_id: str) -> MCPError | None:
+            return MCPError(INVALID_PARAMS, exc.message, {"code": exc.code, "field": "ref",
+                                                          "trace_id": trace_id}) \
+                if isinstance(exc, _NoSuchReference) else None
+
+        async with self._scope(ctx, "completion/complete", on_error=no_such) as scope:
+            if not (isinstance(ref, types.ResourceTemplateReference)
+                    and ref.uri == _OPERATION_TEMPLATE):
+                what = "prompt" if isinstance(ref, types.PromptReference) else "reference"
+                raise _NoSuchReference(f"no such {what}", field="ref")
+            if params.argument.name != "name":
+                return types.CompleteResult(completion=types.Completion(values=[]))
+            prefix = params.argument.value
+            names = sorted(op.name for op, _ in await self._reachable(_principal_of(scope))
+                           if op.name.startswith(prefix))
         return types.CompleteResult(
             completion=types.Completion(
                 values=names[:_MAX_COMPLETIONS],
@@ -341,10 +403,8 @@ class _Handlers:
         raw_id = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
         if raw_id is None or raw_id == "":
             raw_id = str(uuid.uuid4())  # MCP clients rarely send one: a fresh key per call
-        headers = list(getattr(ctx.request, "headers", {}).items()) \
-            if getattr(ctx.request, "headers", None) is not None else []
-        parent = extract_trace_context(headers) if any(
-            k.lower() == "traceparent" for k, _ in headers) else None
+        headers = _request_headers(ctx)
+        parent = _trace_parent(headers)
         opened: list[CallScope] = []
         try:
             async with call_scope(
@@ -432,6 +492,11 @@ class _Handlers:
 
 def _opened_trace_id(opened: Sequence[CallScope]) -> str:
     return opened[0].trace_id if opened else ""
+
+
+class _NoSuchReference(InvalidRequest):
+    """A completion for a prompt or template this server does not have: recorded as
+    ``invalid_request`` inside the call scope, answered as JSON-RPC ``-32602`` outside it."""
 
 
 class _Notifier:

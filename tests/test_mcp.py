@@ -18,7 +18,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from gateway.audit import AuditSettings, setup_telemetry
+from gateway.identity import Authenticator
+from gateway.mcp_http import _AuthGuard
 from gateway.mcp_server import REQUEST_ID_META_KEY
+from gateway.models import Principal
 
 TRANSFER = {"from_account": "A1", "to_account": "A2", "amount": 0.5, "currency": "USD"}
 
@@ -425,3 +429,74 @@ async def test_clients_accepting_only_json_get_json(mcp_url: str) -> None:
     # a client that accepts SSE gets the notifications too
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert '"notifications/progress"' in streamed.text and '"id":7' in streamed.text
+
+
+async def test_a_failing_authenticator_is_a_401_audited_never_a_500(tmp_path: Path) -> None:
+    """The guard's promise holds even if the authenticator breaks its own (raises something
+    other than ``Unauthenticated``): a 401, and one ``mcp unauthenticated`` record."""
+
+    class Broken(Authenticator):
+        async def authenticate_async(self, token: str | None) -> Principal:
+            raise TypeError("ec key expected")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        raise AssertionError("an unauthenticated request reached the MCP app")
+
+    telemetry = setup_telemetry(AuditSettings(file=tmp_path / "audit.jsonl"))
+    try:
+        guard = _AuthGuard(app, Broken({}), path="/mcp", resource_url=None,
+                           authorization_servers=(), tracer=telemetry.tracer)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard),
+                                     base_url="http://gw") as http:
+            resp = await http.post("/mcp", headers={"authorization": "Bearer x.y.z"},
+                                   json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        telemetry.force_flush()
+        records = [json.loads(line)
+                   for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    finally:
+        telemetry.shutdown()
+    assert resp.status_code == 401
+    data = resp.json()["error"]["data"]
+    assert data["code"] == "unauthenticated" and "ec key" not in resp.text
+    roots = [r for r in records if r["trace_id"] == data["trace_id"]
+             and r["name"] == "mcp unauthenticated"]
+    assert [r["attributes"]["switchboard.outcome"] for r in roots] == ["unauthenticated"]
+
+
+async def test_discovery_calls_continue_the_callers_trace(
+        mcp_url: str, gateway: RunningGateway) -> None:
+    trace_id = uuid.uuid4().hex
+    headers = {"authorization": "Bearer dev-agent", "accept": "application/json",
+               "content-type": "application/json", "mcp-protocol-version": "2025-06-18",
+               "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        resp = await http.post(mcp_url, headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "resources/list", "params": {}})
+    assert resp.status_code == 200 and resp.json()["result"]["resources"]
+    root = next(r for r in audit_records(gateway, trace_id) if r["name"] == "mcp resources/list")
+    assert root["parent_remote"] is True
+    assert root["attributes"]["switchboard.outcome"] == "ok"
+    assert any(r["name"] == "identity" for r in audit_records(gateway, trace_id))
+
+
+async def test_a_failing_discovery_call_is_recorded_and_leaks_nothing(
+    mcp_url: str, gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = gateway.server
+    assert server is not None
+
+    async def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("db password is hunter2")
+
+    monkeypatch.setattr(server.pipeline, "manifest", broken)
+    trace_id = uuid.uuid4().hex
+    headers = {"authorization": "Bearer dev-agent", "accept": "application/json",
+               "content-type": "application/json", "mcp-protocol-version": "2025-06-18",
+               "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        resp = await http.post(mcp_url, headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    assert "error" in resp.json(), resp.text[:300]
+    assert "hunter2" not in resp.text
+    root = next(r for r in audit_records(gateway, trace_id) if r["name"] == "mcp tools/list")
+    assert root["attributes"]["switchboard.outcome"] == "internal"

@@ -11,7 +11,10 @@ gateway would take the test runner down with it).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import shutil
@@ -32,6 +35,7 @@ import httpx
 import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from gateway_support import (
     RunningGateway,
@@ -262,10 +266,6 @@ def _mismatched_tokens() -> dict[str, str]:
             "EdDSA": _jwt(ed25519.Ed25519PrivateKey.generate(), "EdDSA")}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 4: Authenticator._claims catches only jwt.InvalidTokenError; jwt.decode with "
-    "every allowed algorithm raises TypeError/InvalidKeyError when the header's alg does not "
-    "fit the key, so an anonymous caller gets INTERNAL instead of UNAUTHENTICATED"))
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
 def test_grpc_jwt_with_a_mismatched_alg_is_unauthenticated(
         jwt_gateway: tuple[RunningGateway, str, Path], alg: str) -> None:
@@ -279,10 +279,6 @@ def test_grpc_jwt_with_a_mismatched_alg_is_unauthenticated(
     assert error_of(info.value)["code"] == "unauthenticated"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 4: the MCP auth guard handles only Unauthenticated; the TypeError from "
-    "Authenticator._claims escapes to uvicorn (HTTP 500) and the refused request leaves no "
-    "audit record"))
 def test_mcp_jwt_with_a_mismatched_alg_is_a_401_and_audited(
         jwt_gateway: tuple[RunningGateway, str, Path]) -> None:
     _, url, state = jwt_gateway
@@ -297,6 +293,140 @@ def test_mcp_jwt_with_a_mismatched_alg_is_a_401_and_audited(
              (state / "audit.jsonl").read_text().splitlines()
              if json.loads(line).get("trace_id") == trace_id]
     assert "mcp unauthenticated" in names
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _crafted(header: dict[str, Any], key: Any = _RSA, payload: bytes | None = None) -> str:
+    """A token with exactly ``header`` (PyJWT would add or check fields), signed by ``key``
+    (RS256) over ``payload`` (default: valid claims) — the real key where the point is that
+    even a good signature does not get the header through."""
+    claims = payload if payload is not None else json.dumps(
+        {"sub": "bot-1", "tenant": "demo", "roles": ["agent"],
+         "exp": int(time.time()) + 3600}).encode()
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(claims)}"
+    signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(
+        signing_input.encode(), key)
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def _hs256(header: dict[str, Any]) -> str:
+    claims = {"sub": "bot-1", "tenant": "demo", "exp": int(time.time()) + 3600}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    secret = _RSA.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
+def _hostile_tokens(jku_url: str) -> dict[str, str]:
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    attacker_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(attacker.public_key()))
+    inner = _jwt(_RSA, "RS256")
+    return {
+        "garbage-base64": "AAAA.AAAA.AAAA",
+        "header-not-an-object": f"{_b64(b'[]')}.e30.AAAA",
+        "header-not-utf8": f"{_b64(bytes([0xFF, 0xFE, 0xFD]))}.e30.AAAA",
+        "header-nested-too-deep": _b64(b'{"alg":"RS256","kid":"k1","x":' + b"[" * 2500
+                                       + b"]" * 2500 + b"}") + ".e30.AAAA",
+        "huge-header": _b64(json.dumps({"alg": "RS256", "kid": "k1",
+                                        "x": "y" * 5000}).encode()) + ".e30.AAAA",
+        "alg-none": _crafted({"alg": "none", "kid": "k1"}).rsplit(".", 1)[0] + ".",
+        "alg-not-a-string": _crafted({"alg": ["RS256"], "kid": "k1"}),
+        # The classic confusion: HMAC keyed with the (public) RSA key's PEM.
+        "hs256-keyed-with-the-public-key": _hs256({"alg": "HS256", "kid": "k1"}),
+        "kid-an-int": _crafted({"alg": "RS256", "kid": 1}),
+        "kid-a-list": _crafted({"alg": "RS256", "kid": ["k1"]}),
+        "kid-an-object": _crafted({"alg": "RS256", "kid": {"$ne": ""}}),
+        "crit-unknown": _crafted({"alg": "RS256", "kid": "k1", "crit": ["exp"], "exp": 1}),
+        "crit-b64-detached": _crafted({"alg": "RS256", "kid": "k1", "b64": False,
+                                       "crit": ["b64"]}),
+        # jku/x5u/jwk point at a key the attacker holds; only the configured JWKS counts.
+        "jku": _crafted({"alg": "RS256", "kid": "k1", "jku": jku_url}, attacker),
+        "x5u": _crafted({"alg": "RS256", "kid": "k1", "x5u": jku_url}, attacker),
+        "embedded-jwk": _crafted({"alg": "RS256", "kid": "k1", "jwk": attacker_jwk},
+                                 attacker),
+        # A nested JWT, signed with the real key: the inner token is never unwrapped.
+        "nested-jwt": _crafted({"alg": "RS256", "kid": "k1", "cty": "JWT"},
+                               payload=inner.encode()),
+    }
+
+
+@pytest.fixture(scope="module")
+def key_server() -> Iterator[tuple[str, list[str]]]:
+    """Where a hostile token's ``jku``/``x5u`` points; records any fetch."""
+    hits: list[str] = []
+    attacker_keys = json.dumps({"keys": []}).encode()
+
+    class Keys(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(attacker_keys)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/keys.json", hits
+    finally:
+        server.shutdown()
+
+
+HOSTILE = sorted(_hostile_tokens("http://x.invalid/"))
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_grpc_hostile_jwts_are_unauthenticated(
+        jwt_gateway: tuple[RunningGateway, str, Path],
+        key_server: tuple[str, list[str]], kind: str) -> None:
+    gw, _, _ = jwt_gateway
+    url, hits = key_server
+    with pytest.raises(grpc.RpcError) as info:
+        gw.stub.Execute(code_request("1 + 1"), metadata=md(_hostile_tokens(url)[kind]),
+                        timeout=scaled(120))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error_of(info.value)["code"] == "unauthenticated"
+    assert hits == []
+
+
+@pytest.mark.parametrize("kind", ["nested-jwt", "jku", "kid-an-object", "header-not-utf8",
+                                  "crit-b64-detached"])
+def test_mcp_hostile_jwts_are_a_401_and_audited(
+        jwt_gateway: tuple[RunningGateway, str, Path],
+        key_server: tuple[str, list[str]], kind: str) -> None:
+    _, url, state = jwt_gateway
+    jku, hits = key_server
+    resp = httpx.post(url, headers={
+        "authorization": f"Bearer {_hostile_tokens(jku)[kind]}",
+        "accept": "application/json", "content-type": "application/json",
+        "mcp-protocol-version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+        timeout=scaled(60))
+    assert resp.status_code == 401, resp.text[:200]
+    assert resp.json()["error"]["data"]["code"] == "unauthenticated"
+    trace_id = resp.json()["error"]["data"]["trace_id"]
+    roots = [rec for line in (state / "audit.jsonl").read_text().splitlines()
+             if (rec := json.loads(line)).get("trace_id") == trace_id
+             and rec.get("name") == "mcp unauthenticated"]
+    assert [r["attributes"]["switchboard.outcome"] for r in roots] == ["unauthenticated"]
+    assert hits == []
+
+
+def test_a_jwt_signed_by_the_jwks_key_still_gets_in(
+        jwt_gateway: tuple[RunningGateway, str, Path]) -> None:
+    """The pinning refuses what does not fit the key, not what does (every RS* on an RSA key
+    whose JWK names no ``alg``)."""
+    gw, _, _ = jwt_gateway
+    for alg in ("RS256", "RS384", "RS512"):
+        assert gw.stub.Execute(code_request("1 + 1"), metadata=md(_jwt(_RSA, alg)),
+                               timeout=scaled(120)).trace_id
 
 
 # -- finding 5: an approval outlives the policy that asked for it ----------------------------
@@ -381,15 +511,14 @@ def _records(gw: RunningGateway) -> list[dict[str, Any]]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 6: mcp_server._Handlers.list_tools/read_resource/list_resources/complete "
-    "authenticate "
-    "but never enter call_scope, so these MCP calls leave no span and no audit record "
-    "(their gRPC twins GetManifest/DescribeOperation each leave one)"))
 @pytest.mark.parametrize("method,params", [
     ("tools/list", {}),
     ("resources/read", {"uri": "switchboard://operations/ledger.get_balance"}),
-], ids=["tools-list", "resources-read"])
+    ("resources/list", {}),
+    ("completion/complete", {"ref": {"type": "ref/resource",
+                                     "uri": "switchboard://operations/{name}"},
+                             "argument": {"name": "name", "value": "ledger."}}),
+], ids=["tools-list", "resources-read", "resources-list", "completion"])
 def test_mcp_discovery_calls_are_audited_like_their_grpc_twins(
         gateway: RunningGateway, mcp_url: str, method: str, params: dict[str, Any]) -> None:
     before = len(_records(gateway))
@@ -407,6 +536,38 @@ def test_mcp_discovery_calls_are_audited_like_their_grpc_twins(
     assert resp.status_code == 200 and "result" in resp.json()
     names = [r.get("name", "") for r in _records(gateway)[before:]]
     assert any(n.startswith("mcp ") for n in names), names
+    root = next(r for r in _records(gateway)[before:] if r.get("name") == f"mcp {method}")
+    assert root["kind"] == "SERVER" and root["parent_span_id"] is None
+    assert root["attributes"]["mcp.method.name"] == method
+    assert root["attributes"]["switchboard.transport"] == "mcp"
+    assert root["attributes"]["switchboard.principal.id"] == "agent-1"  # dev-agent's
+    assert root["attributes"]["switchboard.outcome"] == "ok"
+
+
+@pytest.mark.parametrize("method,params,outcome,error", [
+    ("resources/read", {"uri": "switchboard://operations/nope.missing"},
+     "unknown_operation", -32002),
+    ("resources/read", {"uri": "switchboard://operations/" + "x" * 5000},
+     "invalid_request", -32002),
+    ("completion/complete", {"ref": {"type": "ref/prompt", "name": "p"},
+                             "argument": {"name": "name", "value": ""}},
+     "invalid_request", -32602),
+], ids=["unknown-resource", "hostile-uri", "unknown-prompt"])
+def test_a_refused_mcp_discovery_call_is_audited_with_its_outcome(
+        gateway: RunningGateway, mcp_url: str, method: str, params: dict[str, Any],
+        outcome: str, error: int) -> None:
+    """What the caller is told stays MCP's (unknown and denied look alike); the record has
+    the real outcome, and a hostile URI is recorded only as a bounded stand-in."""
+    before = len(_records(gateway))
+    resp = httpx.post(mcp_url, headers={
+        "authorization": "Bearer dev-agent", "accept": "application/json",
+        "content-type": "application/json", "mcp-protocol-version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+        timeout=scaled(60))
+    assert resp.json()["error"]["code"] == error, resp.text[:300]
+    roots = [r for r in _records(gateway)[before:] if r.get("name") == f"mcp {method}"]
+    assert [r["attributes"]["switchboard.outcome"] for r in roots] == [outcome]
+    assert len(roots[0]["attributes"].get("mcp.resource.uri", "")) <= 512
 
 
 # -- finding 7: a caller's output_schema pattern stalls the whole gateway (ReDoS) -------------
