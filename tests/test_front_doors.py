@@ -399,3 +399,21 @@ def test_a_refused_caller_is_audited_the_same(door: Door, gateway: RunningGatewa
     assert ident[0]["status"]["code"] == "ERROR"
     # The token itself is never written down.
     assert "not-a-token" not in json.dumps(records)
+
+
+def test_an_authenticator_that_breaks_is_a_refusal_on_both_doors(
+        door: Door, gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Authentication ends in a principal or a refusal, never an internal error, even when
+    the authenticator itself fails unexpectedly (both doors' own safety net)."""
+    server = gateway.server
+    assert server is not None
+
+    async def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("key store password is hunter2")
+
+    monkeypatch.setattr(server.authenticator, "authenticate_async", broken)
+    reply = door.code("dev-agent", "1 + 1")
+    assert reply.code == "unauthenticated", reply
+    records = audit(gateway, reply.trace_id)
+    assert root_of(records)["attributes"][A.OUTCOME] == "unauthenticated"
+    assert "hunter2" not in json.dumps(records) and "hunter2" not in repr(reply)

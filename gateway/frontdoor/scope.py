@@ -29,7 +29,7 @@ from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
 from gateway.audit import outcome_of, record_outcome
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Unauthenticated
 from gateway.identity import Authenticator
 from gateway.models import Outcome, Principal
 
@@ -136,7 +136,14 @@ async def call_scope(
                 try:
                     if refused is not None:
                         raise refused
-                    principal = await authenticator.authenticate_async(token)
+                    try:
+                        principal = await authenticator.authenticate_async(token)
+                    except GatewayError:
+                        raise
+                    except Exception as exc:  # authentication ends in a principal or a refusal
+                        log.warning("authentication failed unexpectedly",
+                                    error_type=type(exc).__name__)
+                        raise Unauthenticated("invalid token: it cannot be verified") from None
                 except GatewayError as exc:
                     ident.set_status(Status(StatusCode.ERROR, _clip(exc.message, 256)))
                     raise
