@@ -391,6 +391,53 @@ def test_an_approval_by_a_role_the_policy_no_longer_accepts_does_not_run(
     assert error_of(refused.value)["code"] == "approval_forbidden"
 
 
+def _set_approval_rules(gw: RunningGateway, policies: Path,
+                        rules: list[dict[str, Any]]) -> None:
+    """Rewrite the approval rules and wait until the gateway decides with them."""
+    assert gw.server is not None
+    before = gw.server.pipeline.policy.revision
+    data_file = policies / "switchboard" / "data.json"
+    data = json.loads(data_file.read_text())
+    if data["approvals"]["rules"] == rules:
+        return  # already in force (the same content keeps the same revision)
+    data["approvals"]["rules"] = rules
+    tmp = data_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(data_file)
+    wait_until_sync(lambda: gw.server is not None
+                    and gw.server.pipeline.policy.revision != before,
+                    what="the edited policy to load", timeout_s=60)
+
+
+def test_an_approval_the_policy_no_longer_requires_is_not_needed(
+        reloading_gateway: tuple[RunningGateway, Path], backends: dict[str, Any]) -> None:
+    """Finding 5, the other way: once the policy drops the requirement, the held request runs
+    without anyone approving it, exactly once (the idempotency channel replays after)."""
+    gw, policies = reloading_gateway
+    rule = {"operation": "ledger.create_transfer", "kinds": ["tool"], "argument": "amount",
+            "above": 1000, "roles": ["cfo"], "expires_s": 3600}
+    _set_approval_rules(gw, policies, [rule])
+    memo = f"review-{uuid.uuid4().hex[:8]}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 1200.0, "currency": "USD",
+            "memo": memo}
+    rid = str(uuid.uuid4())
+    with pytest.raises(grpc.RpcError) as info:
+        gw.stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                        metadata=md("dev-finance"), timeout=scaled(120))
+    assert error_of(info.value)["code"] == "approval_required"
+    _set_approval_rules(gw, policies, [])
+    first = gw.stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                            metadata=md("dev-finance"), timeout=scaled(120))
+    again = gw.stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                            metadata=md("dev-finance"), timeout=scaled(120))
+    assert not first.replayed and again.replayed
+    with urllib.request.urlopen(f"{backends['ledger'].url}/transfers", timeout=30) as resp:
+        items = json.load(resp)
+    if isinstance(items, dict):
+        items = items.get("items") or items.get("transfers") or []
+    assert sum(1 for t in items if t.get("memo") == memo) == 1
+
+
 # -- finding 6: MCP's discovery requests leave no audit record -------------------------------
 
 
