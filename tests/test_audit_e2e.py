@@ -107,6 +107,10 @@ def test_code_run_trace_shows_every_host_call(audited: RunningGateway, rx: OtlpR
         assert "policy.decide" in _names(rx, call), rx.render(resp.trace_id)
         assert call.attributes["switchboard.outcome"] == "ok"
         assert any(c.name.startswith("backend.call") for c in rx.children(call))
+        # Host calls' arguments are digested like a tool call's: keyed, never plain.
+        assert call.attributes["switchboard.arguments.hmac"].startswith("hmac-sha256:")
+        assert "switchboard.arguments.sha256" not in call.attributes
+    assert len({c.attributes["switchboard.digest.key_id"] for c in calls}) == 1
 
 
 def test_denial_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:
