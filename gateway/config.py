@@ -163,6 +163,7 @@ SCHEMA: dict[str, Any] = {
                 "checkpoint_key_file": {"type": ["string", "null"]},
                 "checkpoint_interval_s": {"type": "number", "exclusiveMinimum": 0},
                 "checkpoint_export": {"type": ["string", "null"]},
+                "digest_key_file": {"type": ["string", "null"]},
             },
         },
         "mcp": {
@@ -353,6 +354,8 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         aud["checkpoint_key_file"] = _resolve(base, aud["checkpoint_key_file"])
     if "checkpoint_export" in aud:
         aud["checkpoint_export"] = _resolve(base, aud["checkpoint_export"])
+    if "digest_key_file" in aud:
+        aud["digest_key_file"] = _resolve(base, aud["digest_key_file"])
     audit = AuditSettings(**aud)
     mcp_raw = dict(raw.get("mcp", {}))
     for key in ("allowed_hosts", "allowed_origins"):

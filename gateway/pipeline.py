@@ -23,9 +23,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.approvals import ApprovalService, action_digest
 from gateway.audit import attributes as attr
-from gateway.audit import digest, json_attr, redact
+from gateway.audit import json_attr, redact
 from gateway.audit.redact import (
     CallSecrets,
+    DigestKey,
     current_call_secrets,
     masked_values,
     register_masked,
@@ -133,10 +134,13 @@ class Pipeline:
         sandbox: SandboxPool,
         tracer: trace.Tracer,
         approvals: ApprovalService | None = None,
+        digest_key: DigestKey | None = None,
     ) -> None:
         self.catalog = catalog
         # Without a store, actions the policy holds for approval are denied (fail closed).
-        self.approvals = approvals or ApprovalService(None)
+        self.approvals = approvals or ApprovalService(None, digest_key=digest_key)
+        # Keys the argument digests in the trail (docs/audit.md, "Keyed digests").
+        self.digest_key = digest_key or self.approvals.digest_key
         self.policy = policy
         self.client = client
         self.tools = tools
@@ -219,7 +223,8 @@ class Pipeline:
         span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
         span.set_attribute(attr.GEN_AI_TOOL_NAME, action.name)
         span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, action.request_id)
-        span.set_attribute(attr.ARGUMENTS_SHA256, digest(action.arguments))
+        span.set_attribute(attr.ARGUMENTS_HMAC, self.digest_key.digest(action.arguments))
+        span.set_attribute(attr.DIGEST_KEY_ID, self.digest_key.key_id)
         op = self.catalog.require(action.name)
         decision = await self._decide(principal, "tool", op, op.name,
                                       arguments=action.arguments, labels=action.labels)
@@ -494,7 +499,8 @@ class _HostBridge:
         with self.p.tracer.start_as_current_span(f"host_call {operation}", context=self.ctx,
                                                  kind=SpanKind.INTERNAL) as span:
             span.set_attribute(attr.OPERATION, operation)
-            span.set_attribute(attr.ARGUMENTS_SHA256, digest(arguments))
+            span.set_attribute(attr.ARGUMENTS_HMAC, self.p.digest_key.digest(arguments))
+            span.set_attribute(attr.DIGEST_KEY_ID, self.p.digest_key.key_id)
             span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
             try:
                 if self.calls > self.limits.max_host_calls:

@@ -22,6 +22,7 @@ from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.approvals import ApprovalService, open_approval_store
 from gateway.approvals.servicer import add_approvals_service
 from gateway.audit import AuditSettings, Telemetry, register_secret, setup_telemetry
+from gateway.audit.redact import load_digest_key
 from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.grpc_services import HealthServicer, enable_reflection
@@ -144,6 +145,7 @@ async def _close_all(closers: list[Any]) -> None:
 async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     """Build and start the gateway described by ``settings``; returns it and the bound port."""
     telemetry = setup_telemetry(settings.audit)
+    digest_key = load_digest_key(settings.audit.digest_key_file)  # before anything to close
     closers: list[Any] = []
     # The sandbox pool starts first and in the background: its Deno processes boot, compile
     # Pyodide and restore the snapshot on the other core while this one loads the catalog and
@@ -194,7 +196,9 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
                         sandbox=sandbox,
                         tracer=telemetry.tracer,
                         approvals=ApprovalService(approval_store,
-                                                  replay_s=settings.idempotency.ttl_s))
+                                                  replay_s=settings.idempotency.ttl_s,
+                                                  digest_key=digest_key),
+                        digest_key=digest_key)
     authenticator = Authenticator(
         settings.identity.tokens, jwks_url=settings.identity.jwks_url,
         issuer=settings.identity.issuer, audience=settings.identity.audience)

@@ -14,10 +14,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as A
 from gateway.audit import digest, json_attr, redact, safe_url
+from gateway.audit.redact import DigestKey
 
 __all__ = ["FINANCE", "simulate_code_run", "simulate_denial", "simulate_tool_call"]
 
 FINANCE = {"id": "finance-1", "tenant": "demo", "roles": ["agent", "finance"]}
+_KEY = DigestKey(b"k" * 32)  # the simulated gateway's digest key
 
 
 def _root_attrs(principal: dict[str, Any], request_id: str) -> dict[str, Any]:
@@ -99,7 +101,8 @@ def simulate_tool_call(
                 A.DECISION_ID: "dec-tool-1",
                 A.POLICY_REVISION: "rev-1",
                 A.REASONS: ["compliance tag: payments"],
-                A.ARGUMENTS_SHA256: digest(args),
+                A.ARGUMENTS_HMAC: _KEY.digest(args),
+                A.DIGEST_KEY_ID: _KEY.key_id,
                 A.ARGUMENTS: json_attr(redact(args, mask, "action.arguments")),
                 A.REPLAYED: False,
                 A.OUTCOME: A.OUTCOME_OK,

@@ -73,7 +73,8 @@ def test_tool_call_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:
     assert a["gen_ai.operation.name"] == "execute_tool"
     assert a["gen_ai.tool.name"] == "ledger.create_transfer"
     assert a["rpc.system"] == "grpc" and a["rpc.grpc.status_code"] == 0
-    assert a["switchboard.arguments.sha256"].startswith("sha256:")
+    assert a["switchboard.arguments.hmac"].startswith("hmac-sha256:")
+    assert "switchboard.arguments.sha256" not in a  # a plain digest gives masked values back
     # The decision's mask redacts account numbers; the memo is kept.
     assert "A1" not in a["switchboard.arguments"] and "audit e2e" in a["switchboard.arguments"]
     assert root.status_code == "OK"
@@ -106,6 +107,10 @@ def test_code_run_trace_shows_every_host_call(audited: RunningGateway, rx: OtlpR
         assert "policy.decide" in _names(rx, call), rx.render(resp.trace_id)
         assert call.attributes["switchboard.outcome"] == "ok"
         assert any(c.name.startswith("backend.call") for c in rx.children(call))
+        # Host calls' arguments are digested like a tool call's: keyed, never plain.
+        assert call.attributes["switchboard.arguments.hmac"].startswith("hmac-sha256:")
+        assert "switchboard.arguments.sha256" not in call.attributes
+    assert len({c.attributes["switchboard.digest.key_id"] for c in calls}) == 1
 
 
 def test_denial_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:

@@ -79,7 +79,8 @@ def test_tool_call_tree_and_attributes(exported: tuple[OtlpReceiver, Path, dict[
     assert attrs[A.GEN_AI_TOOL_NAME] == "ledger.create_transfer"
     assert attrs[A.GEN_AI_TOOL_CALL_ID] == "req-tool-1"
     assert attrs[A.OUTCOME] == "ok"
-    assert attrs[A.ARGUMENTS_SHA256].startswith("sha256:")
+    assert attrs[A.ARGUMENTS_HMAC].startswith("hmac-sha256:")  # keyed, never a plain hash
+    assert len(attrs[A.DIGEST_KEY_ID]) == 16
     assert '"card_number":"[REDACTED]"' in attrs[A.ARGUMENTS]
     assert "4111" not in attrs[A.ARGUMENTS]
     assert root.resource["service.name"] == "switchboard-test"

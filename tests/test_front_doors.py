@@ -287,7 +287,7 @@ def switchboard_keys(record: dict[str, Any]) -> set[str]:
 
 # The switchboard.* keys of each kind of call's root span: the same set on both doors.
 TOOL_KEYS = {A.TRANSPORT, A.REQUEST_ID, A.PRINCIPAL_ID, A.TENANT, A.ROLES, A.ACTION_KIND,
-             A.OPERATION, A.ARGUMENTS_SHA256, A.ARGUMENTS, A.ROUTE, A.DECISION_ID,
+             A.OPERATION, A.ARGUMENTS_HMAC, A.DIGEST_KEY_ID, A.ARGUMENTS, A.ROUTE, A.DECISION_ID,
              A.POLICY_REVISION, A.OUTCOME}
 ALLOWED_TOOL_KEYS = TOOL_KEYS | {A.REASONS, A.REPLAYED}
 DENIED_TOOL_KEYS = TOOL_KEYS | {A.REASONS}

@@ -265,6 +265,22 @@ def test_secret_carries_the_token_table(chart: helm_python.Chart) -> None:
     assert "postgresql://" not in config_text and "tok-1" not in config_text
 
 
+def test_the_audit_digest_key_comes_from_the_secret(chart: helm_python.Chart) -> None:
+    key = "0123456789abcdef" * 4
+    rendered = render(chart, {"secrets": {"auditDigestKey": key},
+                              "audit": {"digestKey": {"fromSecret": True}}})
+    assert decode_secret(rendered.one("Secret"), "audit-digest-key") == key
+    env = {e["name"]: e for e in rendered.container("gateway")["env"]}
+    assert env["SWITCHBOARD_AUDIT_DIGEST_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": FULLNAME, "key": "audit-digest-key"}
+    assert key not in rendered.one("ConfigMap", FULLNAME)["data"]["config.yaml"]
+    # Off by default: no variable, no key in the Secret (the gateway warns and uses its own).
+    plain = render(chart, {})
+    assert "SWITCHBOARD_AUDIT_DIGEST_KEY" not in {
+        e["name"] for e in plain.container("gateway")["env"]}
+    assert "audit-digest-key" not in (plain.one("Secret").get("data") or {})
+
+
 def _policy_tree(rendered: Rendered, container: str = "opa",
                  root: str = "/policies") -> dict[str, str]:
     """The policy files a container sees: relative path -> content, from its mounts."""

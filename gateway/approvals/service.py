@@ -2,10 +2,16 @@
 
 The gate runs after the policy allowed an action that carries ``require_approval`` and before
 anything reaches the idempotency store or the backend. One approval exists per (tenant,
-principal, request_id, step) and is bound to the digest of the exact action; it is consumed
-once, by the first retry that finds it approved, and from then on lets that same request
-through to the idempotency channel (which replays its recorded outcome) for as long as the
-channel keeps outcomes.
+principal, request_id, step) and is bound to the digest of the exact action and to the
+requirement it was asked under (roles, expiry); it is consumed once, by the first retry that
+finds it approved, and from then on lets that same request through to the idempotency channel
+(which replays its recorded outcome) for as long as the channel keeps outcomes. An approval
+the *current* decision's requirement no longer accepts (another approver role, a shorter
+expiry) does not count: the action is held again.
+
+Digests: ``ApprovalRecord.digest`` is a plain SHA-256 used only to match a retry to its
+approval inside the gateway and its store; approvers and the audit trail see its HMAC under
+the server's digest key (docs/approvals.md, "What is approved").
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from gateway.approvals.store import ApprovalRecord, ApprovalStore, SQLiteApprovalStore
+from gateway.audit import attributes as attr
 from gateway.audit import redact
+from gateway.audit.redact import DigestKey
 from gateway.audit.tracing import contextual_tracer
 from gateway.errors import (
     ApprovalConsumed,
@@ -56,8 +64,9 @@ APPROVAL_STATE = "switchboard.approval.state"
 APPROVAL_OUTCOME = "switchboard.approval.outcome"
 APPROVAL_TRACE_ID = "switchboard.approval.trace_id"
 APPROVAL_REQUESTER = "switchboard.approval.requester_id"
-APPROVAL_DIGEST = "switchboard.approval.action_sha256"
+APPROVAL_DIGEST = "switchboard.approval.action_hmac"  # keyed: see the module docstring
 APPROVAL_COMMENT = "switchboard.approval.comment"
+APPROVAL_SUPERSEDED = "switchboard.approval.superseded_id"  # one the policy no longer accepts
 MAX_COMMENT = 2000
 
 
@@ -129,10 +138,42 @@ def open_approval_store(settings: IdempotencySettings) -> ApprovalStore | None:
     return None
 
 
+def _requirement_step(step: str, roles: tuple[str, ...], expires_s: float) -> str:
+    """The step of the approval asked for again under another requirement: each requirement a
+    request meets gets its own approval, and a policy that goes back finds the old one."""
+    return f"{step}#requirement:{_sha([sorted(roles), float(expires_s)])[:16]}"
+
+
+def _unmet(rec: ApprovalRecord, roles: tuple[str, ...], expires_s: float,
+           now: float) -> str:
+    """Why ``rec`` (not yet used) does not satisfy the current requirement; "" when it does.
+
+    Approver roles are not stored, so the check is on the roles that could approve it: only
+    if all of them are still accepted is its approver (who held one) known to be acceptable.
+    """
+    gone = sorted(set(rec.roles) - set(roles))
+    if gone:
+        return (f"approval {rec.id} could be decided by {' or '.join(gone)}, which the policy "
+                f"no longer accepts (now: {' or '.join(roles)})")
+    deadline = rec.created_at + expires_s
+    if deadline < rec.expires_at - 1e-3 and deadline <= now:
+        return (f"approval {rec.id} is older than the {expires_s:g} s the policy now allows "
+                f"(it was asked for on {_iso(rec.created_at)})")
+    return ""
+
+
 class ApprovalService:
-    def __init__(self, store: ApprovalStore | None, *, replay_s: float = 86400.0) -> None:
+    def __init__(self, store: ApprovalStore | None, *, replay_s: float = 86400.0,
+                 digest_key: DigestKey | None = None) -> None:
         self.store = store
         self.replay_s = replay_s  # how long a consumed approval lets its request replay
+        # Keys the action digest approvers and the trail see (a random one if none is given).
+        self.digest_key = digest_key or DigestKey.generate()
+
+    def shown_digest(self, rec: ApprovalRecord) -> str:
+        """What people see of the action digest: its HMAC, which no one can test guesses of
+        masked arguments against without the key."""
+        return self.digest_key.digest(rec.digest)
 
     # -- the gate --------------------------------------------------------------------------
 
@@ -157,9 +198,21 @@ class ApprovalService:
                                      field="request_id")
             key = approval_key(principal, request_id, step)
             digest = action_digest(principal, kind, operation, arguments, source_sha256)
-            span.set_attribute(APPROVAL_DIGEST, digest)
+            span.set_attribute(APPROVAL_DIGEST, self.digest_key.digest(digest))
+            span.set_attribute(attr.DIGEST_KEY_ID, self.digest_key.key_id)
             now = time.time()
             rec = await self.store.by_key(key)
+            unmet = ""
+            if rec is not None and rec.digest == digest and \
+                    rec.effective_state(now) in ("pending", "approved"):
+                unmet = _unmet(rec, need.roles, need.expires_s, now)
+            if unmet:
+                # Held again: a new approval under the current requirement, same request_id.
+                assert rec is not None
+                span.set_attribute(APPROVAL_SUPERSEDED, rec.id)
+                key = approval_key(principal, request_id,
+                                   _requirement_step(step, need.roles, need.expires_s))
+                rec = await self.store.by_key(key)
             if rec is None:
                 current = outer.get_span_context()
                 rec = await self.store.create(ApprovalRecord(
@@ -182,13 +235,13 @@ class ApprovalService:
             for link in _link(rec):
                 span.add_link(link.context, {"switchboard.link": "approval.request"})
             outer.set_attribute(APPROVAL_ID, rec.id)
-            outcome = await self._settle(rec, digest, request_id, now)
+            outcome = await self._settle(rec, digest, request_id, now, unmet)
             span.set_attribute(APPROVAL_STATE, rec.effective_state(now))
             span.set_attribute(APPROVAL_OUTCOME, outcome)
             return rec
 
     async def _settle(self, rec: ApprovalRecord, digest: str, request_id: str,
-                      now: float) -> str:
+                      now: float, unmet: str = "") -> str:
         assert self.store is not None
         if rec.digest != digest:
             raise ApprovalMismatch(
@@ -212,10 +265,12 @@ class ApprovalService:
                 details={"approval_id": rec.id})
         if state == "pending":
             roles = " or ".join(rec.roles)
+            again = f" ({unmet}: asked again)" if unmet else ""
             raise ApprovalRequired(
                 f"{rec.operation}: held for approval {rec.id} by {roles} until "
-                f"{_iso(rec.expires_at)}; nothing was executed. Once approved, retry with the "
-                "same request_id and arguments", details=_details(rec))
+                f"{_iso(rec.expires_at)}{again}; nothing was executed. Once approved, retry "
+                "with the same request_id and arguments",
+                details={**_details(rec), **({"superseded": unmet} if unmet else {})})
         if state == "rejected":
             raise ApprovalRejected(
                 f"{rec.operation}: approval {rec.id} was rejected by {rec.decided_by}"
@@ -279,7 +334,8 @@ class ApprovalService:
             span.set_attribute(APPROVAL_ID, rec.id)
             span.set_attribute(APPROVAL_TRACE_ID, rec.trace_id)
             span.set_attribute(APPROVAL_REQUESTER, rec.requester_id)
-            span.set_attribute(APPROVAL_DIGEST, rec.digest)
+            span.set_attribute(APPROVAL_DIGEST, self.shown_digest(rec))
+            span.set_attribute(attr.DIGEST_KEY_ID, self.digest_key.key_id)
             span.set_attribute("switchboard.operation", rec.operation)
             span.set_attribute("switchboard.principal.id", principal.id)
             if comment:
@@ -313,11 +369,13 @@ def _check_approver(principal: Principal, rec: ApprovalRecord, verb: str) -> Non
             field="approval_id", details={"approver_roles": list(rec.roles)})
 
 
-def describe(rec: ApprovalRecord) -> dict[str, Any]:
-    """An approval as JSON for the CLI and MCP: the masked action, never the raw one."""
+def describe(rec: ApprovalRecord, key: DigestKey) -> dict[str, Any]:
+    """An approval as JSON for the CLI and MCP: the masked action, never the raw one, and the
+    HMAC of its digest, never the plain digest (it would give the masked values back)."""
     return {"approval_id": rec.id, "state": rec.effective_state(), "tenant": rec.tenant,
             "requester_id": rec.requester_id, "request_id": rec.request_id, "kind": rec.kind,
             "operation": rec.operation, "action": rec.action, "reasons": list(rec.reasons),
             "approver_roles": list(rec.roles), "created_at": _iso(rec.created_at),
             "expires_at": _iso(rec.expires_at), "decided_by": rec.decided_by,
-            "comment": rec.comment, "trace_id": rec.trace_id, "action_sha256": rec.digest}
+            "comment": rec.comment, "trace_id": rec.trace_id, "action_hmac": key.digest(rec.digest),
+            "digest_key_id": key.key_id}

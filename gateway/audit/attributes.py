@@ -28,11 +28,12 @@ from opentelemetry.semconv.attributes import (
 __all__ = [
     "ACTION_KIND",
     "ARGUMENTS",
-    "ARGUMENTS_SHA256",
+    "ARGUMENTS_HMAC",
     "BACKEND",
     "CODE_BYTES",
     "CODE_SHA256",
     "DECISION_ID",
+    "DIGEST_KEY_ID",
     "ERROR_FIELD",
     "ERROR_TYPE",
     "GEN_AI_OPERATION_NAME",
@@ -126,7 +127,9 @@ LIMIT_MAX_OUTPUT_BYTES: Final = "switchboard.limits.max_output_bytes"
 OUTCOME: Final = "switchboard.outcome"  # "ok" or a stable error code (gateway.errors)
 OUTCOME_OK: Final = "ok"
 ERROR_FIELD: Final = "switchboard.error.field"
-ARGUMENTS_SHA256: Final = "switchboard.arguments.sha256"
+# Keyed (HMAC-SHA256, gateway.audit.redact.DigestKey): a plain hash would give masked values back.
+ARGUMENTS_HMAC: Final = "switchboard.arguments.hmac"
+DIGEST_KEY_ID: Final = "switchboard.digest.key_id"  # which key made the HMACs of a span
 ARGUMENTS: Final = "switchboard.arguments"  # redacted (decision mask), truncated JSON
 CODE_SHA256: Final = "switchboard.code.sha256"
 CODE_BYTES: Final = "switchboard.code.bytes"

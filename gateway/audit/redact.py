@@ -12,30 +12,39 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import json
 import math
+import os
 import re
+import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from gateway.audit import attributes as A
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 __all__ = [
+    "DIGEST_KEY_ENV",
     "FACT_KEYS",
+    "MIN_DIGEST_KEY_BYTES",
     "MIN_MASKED_LEN",
     "REDACTED",
     "CallSecrets",
+    "DigestKey",
     "close_span_secrets",
     "current_call_secrets",
     "digest",
     "is_secret_key",
     "json_attr",
+    "load_digest_key",
     "masked_forms",
     "masked_values",
     "open_span_secrets",
@@ -68,18 +77,91 @@ def canonical_json(value: Any) -> str:
     )
 
 
+def _digest_input(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")  # lone surrogates still digest
+    return canonical_json(value).encode("utf-8", "surrogatepass")
+
+
 def digest(value: Any) -> str:
     """``sha256:<hex>`` of bytes, of a str's UTF-8, or of any other value's canonical JSON.
 
-    Lets an auditor prove *which* arguments or code ran without the trail holding them.
+    Unkeyed: anyone can test a guess against it, so it is for data that is public anyway or
+    never leaves the process. A digest of unredacted data in the trail is a
+    :meth:`DigestKey.digest` (docs/audit.md, "Keyed digests").
     """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-    elif isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")  # lone surrogates still digest
-    else:
-        data = canonical_json(value).encode("utf-8", "surrogatepass")
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + hashlib.sha256(_digest_input(value)).hexdigest()
+
+
+DIGEST_KEY_ENV = "SWITCHBOARD_AUDIT_DIGEST_KEY"
+MIN_DIGEST_KEY_BYTES = 32
+
+
+class DigestKey:
+    """The server-held secret of the keyed digests (HMAC-SHA256) of unredacted data.
+
+    A plain SHA-256 beside a redacted copy hands masked low-entropy values back to anyone who
+    can try candidates; keyed, only a holder of the key (an auditor) can check which arguments
+    ran. ``key_id`` names the key in every record so digests stay checkable across rotations.
+    """
+
+    __slots__ = ("_secret", "ephemeral", "key_id")
+
+    def __init__(self, secret: bytes, *, ephemeral: bool = False) -> None:
+        if len(secret) < MIN_DIGEST_KEY_BYTES:
+            raise ValueError(f"a digest key needs at least {MIN_DIGEST_KEY_BYTES} bytes")
+        self._secret = bytes(secret)
+        self.ephemeral = ephemeral
+        # Derived from the key (one-way), so it names the key without a second setting.
+        self.key_id: str = hmac.new(self._secret, b"switchboard.digest.key_id",
+                                    hashlib.sha256).hexdigest()[:16]
+
+    @classmethod
+    def generate(cls) -> DigestKey:
+        """A random key for this process only (its digests cannot be re-checked later)."""
+        return cls(secrets.token_bytes(32), ephemeral=True)
+
+    def digest(self, value: Any) -> str:
+        """``hmac-sha256:<hex>`` of the same bytes :func:`digest` hashes."""
+        return "hmac-sha256:" + hmac.new(self._secret, _digest_input(value),
+                                         hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:  # never the secret
+        return f"DigestKey(key_id={self.key_id!r}, ephemeral={self.ephemeral})"
+
+
+def load_digest_key(key_file: Path | None, env: Mapping[str, str] | None = None) -> DigestKey:
+    """The key from ``audit.digest_key_file``, else ``$SWITCHBOARD_AUDIT_DIGEST_KEY``, else a
+    random per-process key (with a warning: its digests cannot be re-verified after a restart).
+
+    The key is the file's (or variable's) bytes without surrounding whitespace, at least 32
+    bytes (``openssl rand -hex 32``). It is registered as a secret, so it never reaches a log.
+    """
+    env = os.environ if env is None else env
+    raw: bytes | None = None
+    where = "audit.digest_key_file"
+    if key_file is not None:
+        try:
+            raw = key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {key_file}: {exc.strerror}",
+                              field=where) from exc
+    elif env.get(DIGEST_KEY_ENV):
+        raw, where = env[DIGEST_KEY_ENV].strip().encode(), DIGEST_KEY_ENV
+    if raw is None:
+        key = DigestKey.generate()
+        structlog.get_logger("switchboard.audit").warning(
+            "audit.digest_key.ephemeral", key_id=key.key_id,
+            reason="no audit.digest_key_file or $" + DIGEST_KEY_ENV + ": argument HMACs use a "
+            "random per-process key and cannot be re-verified after this process exits")
+        return key
+    if len(raw) < MIN_DIGEST_KEY_BYTES:
+        raise ConfigError(f"{where}: the digest key must be at least {MIN_DIGEST_KEY_BYTES} "
+                          f"bytes (got {len(raw)}); e.g. openssl rand -hex 32", field=where)
+    register_secret(raw.decode("utf-8", "replace"))
+    return DigestKey(raw)
 
 
 # --- masking by JSON path -------------------------------------------------------------------
@@ -273,11 +355,11 @@ garbage); validator messages never quote a masked value, whatever its length."""
 FACT_KEYS: frozenset[str] = frozenset({
     A.PRINCIPAL_ID, A.TENANT, A.ROLES, A.TRANSPORT, A.REQUEST_ID, A.SESSION_ID, A.ACTION_KIND,
     A.OPERATION, A.BACKEND, A.ROUTE, A.REASONS, A.OBLIGATIONS, A.DECISION_ID,
-    A.PARENT_DECISION_ID, A.POLICY_REVISION, A.OUTCOME, A.ERROR_FIELD, A.ARGUMENTS_SHA256,
+    A.PARENT_DECISION_ID, A.POLICY_REVISION, A.OUTCOME, A.ERROR_FIELD, A.ARGUMENTS_HMAC,
     A.CODE_SHA256, A.RESULT_SHA256, A.IDEMPOTENCY_KEY_STATE, A.SANDBOX_EXIT, A.RPC_SYSTEM,
     A.RPC_SERVICE, A.RPC_METHOD, A.HTTP_REQUEST_METHOD, A.SERVER_ADDRESS, A.ERROR_TYPE,
     A.GEN_AI_OPERATION_NAME, A.GEN_AI_TOOL_NAME, A.GEN_AI_TOOL_CALL_ID, "url.template",
-    "exception.type", "switchboard.error_code",
+    "exception.type", "switchboard.error_code", A.DIGEST_KEY_ID,
     # log fields bound or set by the gateway
     "principal", "tenant", "request_id", "trace_id", "span_id", "rpc_method", "level",
     "log_level", "timestamp", "logger", "outcome", "status", "decision_id", "route",

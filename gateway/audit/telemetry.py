@@ -71,6 +71,9 @@ class AuditSettings:
     # Also append every checkpoint there (a file, or a directory: <file>.checkpoints in it), on
     # another volume / a WORM mount: `verify --checkpoints` checks the file against that copy.
     checkpoint_export: Path | None = None
+    # The HMAC key of the argument digests (gateway.audit.redact.load_digest_key): a file
+    # holding at least 32 bytes; unset, $SWITCHBOARD_AUDIT_DIGEST_KEY, else a per-process key.
+    digest_key_file: Path | None = None
 
 
 def _otlp_exporter(settings: AuditSettings) -> SpanExporter:

@@ -65,7 +65,7 @@ app.kubernetes.io/part-of: switchboard
 
 {{/* Anything the pods need from a Secret at all? */}}
 {{- define "switchboard.usesSecret" -}}
-{{- if or .Values.identity.tokens.enabled .Values.identity.jwt.enabled .Values.idempotency.fromSecret -}}true{{- end -}}
+{{- if or .Values.identity.tokens.enabled .Values.identity.jwt.enabled .Values.idempotency.fromSecret .Values.audit.digestKey.fromSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/* image reference: repository[:tag][@digest]; the digest wins when set. */}}
@@ -228,6 +228,9 @@ checksum/policies rolls the pods on every change.
 {{- end -}}
 {{- if and (include "switchboard.createSecret" .) $v.idempotency.fromSecret (not $v.secrets.idempotencyDsn) -}}
 {{- fail "idempotency.fromSecret needs secrets.idempotencyDsn (or secrets.existingSecret with key idempotency-dsn)" -}}
+{{- end -}}
+{{- if and (include "switchboard.createSecret" .) $v.audit.digestKey.fromSecret (not $v.secrets.auditDigestKey) -}}
+{{- fail "audit.digestKey.fromSecret needs secrets.auditDigestKey (or secrets.existingSecret with key audit-digest-key)" -}}
 {{- end -}}
 {{- if and (include "switchboard.usesSecret" .) (not $v.secrets.create) (not $v.secrets.existingSecret) -}}
 {{- fail "identity tokens/JWT or idempotency.fromSecret read a Secret: set secrets.create=true or secrets.existingSecret" -}}
