@@ -1,9 +1,9 @@
 """Findings of the 2026-12-01 security review, against the real server.
 
-Each ``xfail(strict=True)`` test reproduces a confirmed break of a documented promise; it fails
-today and flips to XPASS (a failure under ``strict``) once the root cause is fixed, so the
-marker must then be removed. The plain tests pin down attacks that held where no other test
-covers the promise.
+Each test of a finding reproduced a confirmed break of a documented promise (it was written
+``xfail(strict=True)`` and failed until the root cause was fixed; all eight are fixed now, see
+CHANGELOG.md). The other tests pin down attacks that held where no other test covers the
+promise.
 
 The gateway-crashing cases run against a real ``switchboard serve`` subprocess (an in-process
 gateway would take the test runner down with it).
