@@ -30,7 +30,7 @@ from gateway.interceptors import CallInterceptor
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
-from gateway.sandbox import SandboxPool
+from gateway.sandbox import SandboxPool, start_sandbox
 from gateway.sandbox.registry import SessionRegistry
 from gateway.servicer import GatewayServicer
 from gateway.tools import (
@@ -141,15 +141,20 @@ async def _close_all(closers: list[Any]) -> None:
             log.exception("error while closing", closer=repr(close))
 
 
-async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
-    """Build and start the gateway described by ``settings``; returns it and the bound port."""
+async def create_server(
+    settings: Settings, *,
+    sandbox_started: tuple[SandboxPool, asyncio.Task[None]] | None = None,
+) -> tuple[GatewayServer, int]:
+    """Build and start the gateway described by ``settings``; returns it and the bound port.
+
+    ``sandbox_started``: a pool from :func:`gateway.sandbox.start_sandbox` started earlier
+    (``serve`` starts it before importing this module); owned by the server from here on."""
     telemetry = setup_telemetry(settings.audit)
     closers: list[Any] = []
     # The sandbox pool starts first and in the background: its Deno processes boot, compile
     # Pyodide and restore the snapshot on the other core while this one loads the catalog and
     # the policy. It is awaited below, after them, so their errors still come first.
-    sandbox = SandboxPool(settings.sandbox)
-    sandbox_start = asyncio.create_task(sandbox.start(), name="sandbox-start")
+    sandbox, sandbox_start = sandbox_started or start_sandbox(settings.sandbox)
 
     async def stop_sandbox() -> None:
         sandbox_start.cancel()
