@@ -36,15 +36,32 @@ def _settings(config: str | None, listen: str | None = None) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
+    import importlib
+
     from gateway.audit import configure_logging
-    from gateway.server import create_server
+    from gateway.sandbox import start_sandbox
 
     configure_logging(settings.audit.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before LISTENING: a prompt SIGTERM drains too
         loop.add_signal_handler(sig, stop.set)
-    gateway, port = await create_server(settings)
+    # The sandbox processes boot first (the longest step to SERVING), while the rest of the
+    # gateway (grpc, OpenTelemetry, the policy engine, the tool channel: ~0.5-1 s) is imported
+    # in a thread; their outcome is awaited in create_server after the catalog and policy, so
+    # a bad config or policy is still the error reported.
+    sandbox = start_sandbox(settings.sandbox)
+    try:
+        await asyncio.to_thread(importlib.import_module, "gateway.server")
+    except BaseException:
+        sandbox[1].cancel()
+        with contextlib.suppress(BaseException):
+            await sandbox[1]
+        await sandbox[0].close()
+        raise
+    from gateway.server import create_server  # imported above: instant
+
+    gateway, port = await create_server(settings, sandbox_started=sandbox)
     host = settings.listen.rsplit(":", 1)[0]
     print(f"LISTENING grpc://{host}:{port}", flush=True)
     if gateway.mcp_port:

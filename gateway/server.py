@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import httpx
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -28,10 +31,11 @@ from gateway.config import Settings
 from gateway.grpc_services import HealthServicer, enable_reflection
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
+from gateway.models import BackendSettings
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
-from gateway.sandbox import SandboxPool
+from gateway.sandbox import SandboxPool, start_sandbox
 from gateway.sandbox.registry import SessionRegistry
 from gateway.servicer import GatewayServicer
 from gateway.tools import (
@@ -123,12 +127,59 @@ async def _checkpoint_forever(telemetry: Telemetry, settings: AuditSettings) -> 
         await asyncio.to_thread(_checkpoint, settings)
 
 
-async def _warm(pipeline: Pipeline) -> None:
+class _LazyAppTransport(httpx.AsyncBaseTransport):
+    """An in-process app (``backends[].app``) imported on its first call, or right after
+    SERVING by :func:`_warm` (whichever comes first; one import, in a thread): with the demo
+    document cached, FastAPI and the apps (~0.5 s) are not on the way to SERVING."""
+
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+        self._loading: asyncio.Future[Any] | None = None
+        self._inner: httpx.ASGITransport | None = None
+
+    async def load(self) -> httpx.ASGITransport:
+        if self._inner is None:
+            if self._loading is None:
+                from gateway.tools.client import _load_app
+
+                self._loading = asyncio.ensure_future(asyncio.to_thread(_load_app, self.entry))
+            app = await asyncio.shield(self._loading)
+            if self._inner is None:
+                self._inner = httpx.ASGITransport(app=app)
+        return self._inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await (await self.load()).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+
+
+def _lazy_transports(made: list[_LazyAppTransport],
+                     ) -> Callable[[BackendSettings], httpx.AsyncBaseTransport | None]:
+    def transport_for(backend: BackendSettings) -> httpx.AsyncBaseTransport | None:
+        # BackendClient's own choice (an app without base_url goes through ASGI), made lazy.
+        if not backend.app or backend.base_url:
+            return None
+        made.append(_LazyAppTransport(backend.app))
+        return made[-1]
+    return transport_for
+
+
+async def _warm(pipeline: Pipeline, apps: list[_LazyAppTransport]) -> None:
+    # Ahead of the first call, not on the way to SERVING: the in-process apps, then the search
+    # index and the sandbox SDK.
+    for transport in apps:
+        try:
+            await transport.load()
+        except Exception:
+            log.exception("importing the backend app failed", app=transport.entry)
     try:
         await asyncio.to_thread(pipeline.catalog.warm_index)
         await asyncio.to_thread(pipeline.warm_sdk)
     except Exception:
-        log.exception("warming the catalog failed (built on first use instead)")
+        log.exception("warming failed (done on first use instead)")
 
 
 async def _close_all(closers: list[Any]) -> None:
@@ -142,16 +193,18 @@ async def _close_all(closers: list[Any]) -> None:
             log.exception("error while closing", closer=repr(close))
 
 
-async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
-    """Build and start the gateway described by ``settings``; returns it and the bound port."""
-    telemetry = setup_telemetry(settings.audit)
-    digest_key = load_digest_key(settings.audit.digest_key_file)  # before anything to close
-    closers: list[Any] = []
+async def create_server(
+    settings: Settings, *,
+    sandbox_started: tuple[SandboxPool, asyncio.Task[None]] | None = None,
+) -> tuple[GatewayServer, int]:
+    """Build and start the gateway described by ``settings``; returns it and the bound port.
+
+    ``sandbox_started``: a pool from :func:`gateway.sandbox.start_sandbox` started earlier
+    (``serve`` starts it before importing this module); owned by the server from here on."""
     # The sandbox pool starts first and in the background: its Deno processes boot, compile
     # Pyodide and restore the snapshot on the other core while this one loads the catalog and
     # the policy. It is awaited below, after them, so their errors still come first.
-    sandbox = SandboxPool(settings.sandbox)
-    sandbox_start = asyncio.create_task(sandbox.start(), name="sandbox-start")
+    sandbox, sandbox_start = sandbox_started or start_sandbox(settings.sandbox)
 
     async def stop_sandbox() -> None:
         sandbox_start.cancel()
@@ -159,13 +212,27 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
             await sandbox_start
         await sandbox.close()
 
+    try:
+        telemetry = setup_telemetry(settings.audit)
+    except BaseException:
+        await stop_sandbox()
+        raise
+    try:
+        digest_key = load_digest_key(settings.audit.digest_key_file)
+    except BaseException:
+        telemetry.shutdown()
+        await stop_sandbox()
+        raise
+    closers: list[Any] = []
     closers.append(stop_sandbox)
     try:
         catalog = await load_catalog(settings.backends)
         policy: PolicyEngine = create_policy_engine(settings.policy)
         await policy.start()
         closers.append(policy.close)
-        client = BackendClient({b.name: b for b in settings.backends})
+        lazy_apps: list[_LazyAppTransport] = []
+        client = BackendClient({b.name: b for b in settings.backends},
+                               transport_for=_lazy_transports(lazy_apps))
         closers.append(client.aclose)
         store = open_idempotency_store(settings.idempotency)
         closers.append(store.aclose)
@@ -176,6 +243,11 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
         closers.append(purger.cancel)
         sandbox.bind_registry(SessionRegistry(
             store, new_owner_id(), lease_s=settings.sandbox.session_idle_s * 1.5 + 30))
+        if any(b.base_url for b in settings.backends):
+            # aiohttp (~0.2-0.4 s) is imported on first use elsewhere (not needed by the demo's
+            # in-process apps); with network backends, before SERVING (while the sandbox boots)
+            # so the first call's attempt timeout is not spent importing it.
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
         # Done once one sandbox process has a ready interpreter (readiness needs no more: a
         # code run can be served); the others start in the background, one after another.
         await sandbox_start
@@ -260,7 +332,7 @@ async def create_server(settings: Settings) -> tuple[GatewayServer, int]:
     closers.append(watcher.cancel)
     # Built on first use otherwise: the search index and the sandbox SDK (seconds for
     # thousands of operations), ahead of the first call but not on the way to SERVING.
-    warm = asyncio.create_task(_warm(pipeline), name="warm-catalog")
+    warm = asyncio.create_task(_warm(pipeline, lazy_apps), name="warm-catalog")
     closers.append(warm.cancel)
     if settings.audit.file and settings.audit.checkpoint_key_file:
         signer = asyncio.create_task(_checkpoint_forever(telemetry, settings.audit),

@@ -122,3 +122,27 @@ def test_the_sdk_is_cached_by_catalog_revision(cache: Path, tmp_path: Path,
     # Its docs are shown to agents: an entry someone else could have written is a miss.
     os.chmod(entry, 0o666)
     assert pl._sdk_functions(catalog, render=False) is None
+
+
+def test_the_demo_apps_documents_are_cached(cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's own in-process apps (the embedded demo): the second load neither imports
+    the app nor asks it for its document, and gives the same catalog."""
+    from gateway.config import embedded_defaults
+
+    backends = embedded_defaults().backends
+    built = load_catalog_sync(backends)
+    assert len(list(cache.glob("*.appdoc"))) == len(backends)
+
+    def no_import(*_: object) -> object:
+        raise AssertionError("app imported although its document is cached")
+
+    monkeypatch.setattr(loader, "_from_app", no_import)
+    hit = load_catalog_sync(backends)
+    assert hit.revision == built.revision
+    assert hit.operations == built.operations
+
+
+def test_other_apps_documents_are_not_cached(cache: Path) -> None:
+    assert loader._app_source_key("tests.catalog_support:app") is None
+    assert loader._app_source_key("gateway.demo.ledger:app") is not None

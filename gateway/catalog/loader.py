@@ -315,10 +315,75 @@ def _build(backend: BackendSettings, raw: bytes | dict[str, Any], where: str) ->
     return built
 
 
+# -- the gateway's own in-process apps (the embedded demo) ------------------------------------
+#
+# Importing FastAPI and building the demo apps' documents is ~0.5-1 s of a ~2-3 s start. For an
+# entry point inside this package (``gateway.…``, the embedded demo) the document is cached as
+# JSON keyed by the gateway's own sources (the app's package, where its routes are defined,
+# and the code fingerprint) and the installed FastAPI/Starlette/pydantic (path, size, mtime of
+# each package and its dist-info name): a hit skips the import, and the bytes then hit the
+# pickle cache above too. Any other app is imported and asked for its document every time (its
+# document may depend on code this cannot see).
+
+_APP_LIBRARIES = ("fastapi", "starlette", "pydantic", "pydantic_core")
+
+
+def _app_source_key(entry: str) -> str | None:
+    module_name = entry.partition(":")[0]
+    if not module_name.startswith("gateway."):
+        return None
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    h = hashlib.sha256(f"{_code_fingerprint()}|{entry}".encode())
+    folder = Path(spec.origin).parent
+    try:
+        for path in sorted(folder.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for lib in _APP_LIBRARIES:
+            found = find_spec(lib)
+            if found is None or not found.origin:
+                h.update(f"{lib}:-".encode())
+                continue
+            st = os.stat(found.origin)
+            site = Path(found.origin).parent.parent
+            dists = sorted(n for n in os.listdir(site)
+                           if n.lower().startswith(lib.lower() + "-") and n.endswith(".dist-info"))
+            h.update(f"{lib}:{found.origin}:{st.st_size}:{st.st_mtime_ns}:{dists}".encode())
+    except (OSError, ImportError, ValueError):
+        return None
+    return h.hexdigest()
+
+
+def _app_raw(backend: BackendSettings) -> bytes | dict[str, Any]:
+    """An in-process app's document: JSON bytes from the cache or freshly built and cached
+    (the gateway's own apps), else the document itself."""
+    key = _app_source_key(backend.app or "")
+    if key is None:
+        return _from_app(backend)
+    name = f"{key}.appdoc"  # its own kind (suffix) in the newest-16 rule
+    data = cache_read(name)
+    if data is not None:
+        return data
+    doc = _from_app(backend)
+    try:
+        data = json.dumps(doc, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        return doc
+    cache_write(name, data)
+    return data
+
+
 def _raw_sync(backend: BackendSettings) -> tuple[bytes | dict[str, Any], str]:
-    """The document's bytes (file, URL) or, for an in-process app, the document itself."""
+    """The document's bytes (file, URL, a cached in-process app's document) or, for an
+    in-process app, the document itself."""
     if backend.app:
-        return _from_app(backend), backend.app
+        return _app_raw(backend), backend.app
     source = backend.openapi or ""
     if not _is_url(source):
         path = Path(source[7:] if source.startswith("file://") else source)

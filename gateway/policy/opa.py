@@ -21,12 +21,10 @@ import contextlib
 import hashlib
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
-from opa_client import AsyncOpaClient
 
 from gateway.errors import ConfigError, PolicyError
 from gateway.models import Decision
@@ -45,6 +43,9 @@ from .base import (
     parse_decision,
 )
 from .decisionlog import fail_closed, finish, finish_discovery, tracer
+
+if TYPE_CHECKING:  # aiohttp and opa_client are imported when an OPA engine is made
+    import aiohttp
 
 __all__ = ["OpaPolicyEngine"]
 
@@ -77,6 +78,8 @@ class OpaPolicyEngine:
             raise ConfigError(f"invalid OPA URL {settings.opa_url!r}", field="policy.opa_url")
         self.settings = settings
         self._timeout_s = max(settings.timeout_ms, 1) / 1000
+        from opa_client import AsyncOpaClient
+
         self._client = AsyncOpaClient(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
@@ -130,6 +133,8 @@ class OpaPolicyEngine:
         if self._started:
             return
         await self._client.__aenter__()
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=max(self._timeout_s, 1.0))
         )
@@ -160,6 +165,8 @@ class OpaPolicyEngine:
 
     async def refresh_revision(self) -> None:
         """Hash the policy sources OPA serves (id + raw text); keep the last hash on failure."""
+        import aiohttp
+
         if self._session is None:
             return
         try:
@@ -185,6 +192,8 @@ class OpaPolicyEngine:
             await self.probe()
 
     async def _query(self, input: dict[str, Any], rule: str = ENTRYPOINT_RULE) -> Any:
+        import aiohttp
+
         try:
             response = await asyncio.wait_for(
                 self._client.query_rule(

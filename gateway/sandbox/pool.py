@@ -38,7 +38,7 @@ from gateway.sandbox.runs import CallState, Output, drive, output_validator, res
 from gateway.sandbox.snapshot import ensure_snapshot
 from gateway.sandbox.types import EventCallback, HostCall, RunRequest, RunResult, SandboxSettings
 
-__all__ = ["SandboxPool", "default_runtime_dir"]
+__all__ = ["SandboxPool", "default_runtime_dir", "start_sandbox"]
 
 log = logging.getLogger(__name__)
 _DISCOVERY = frozenset({"sdk.search", "sdk.describe"})
@@ -65,6 +65,14 @@ class _Session:
 
 def _handed(fut: asyncio.Future[DenoProcess]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def start_sandbox(settings: SandboxSettings) -> tuple[SandboxPool, asyncio.Task[None]]:
+    """A pool with its :meth:`SandboxPool.start` already under way in the background (call in
+    a running loop): ``serve`` starts it before importing the rest of the gateway, so the Deno
+    processes boot while the gateway's own modules load; await the task for the outcome."""
+    pool = SandboxPool(settings)
+    return pool, asyncio.create_task(pool.start(), name="sandbox-start")
 
 
 class SandboxPool:

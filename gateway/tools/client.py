@@ -24,10 +24,9 @@ import random
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import httpx
 import structlog
 import yarl
@@ -40,6 +39,9 @@ from gateway.audit.tracing import contextual_tracer
 from gateway.errors import BackendError, BackendUnavailable, ConfigError, GatewayError
 from gateway.models import BackendSettings, Operation
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
+
+if TYPE_CHECKING:  # imported on the first network call (or right after SERVING)
+    import aiohttp
 
 __all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
 
@@ -234,6 +236,8 @@ class BackendClient:
     def _session(self, backend: str) -> aiohttp.ClientSession:
         session = self._sessions.get(backend)
         if session is None or session.closed:
+            import aiohttp
+
             # No proxies from the environment, no cookies kept between calls (as httpx here:
             # trust_env=False, a fresh jar never read), TCP_NODELAY (aiohttp's default), at
             # most 100 connections per backend (httpx's default pool).
@@ -351,6 +355,8 @@ class BackendClient:
     async def _send_aiohttp(self, backend: str, method: str, path: str,
                             query: list[tuple[str, str]], headers: dict[str, str], body: Any,
                             timeout_s: float) -> _Reply:
+        import aiohttp
+
         url = self._bases[backend] + path
         if query:
             url += "?" + urlencode(query, quote_via=quote)
