@@ -140,9 +140,9 @@ class _LazyAppTransport(httpx.AsyncBaseTransport):
     async def load(self) -> httpx.ASGITransport:
         if self._inner is None:
             if self._loading is None:
-                from gateway.tools.client import _load_app
+                from gateway.tools.client import load_app
 
-                self._loading = asyncio.ensure_future(asyncio.to_thread(_load_app, self.entry))
+                self._loading = asyncio.ensure_future(asyncio.to_thread(load_app, self.entry))
             app = await asyncio.shield(self._loading)
             if self._inner is None:
                 self._inner = httpx.ASGITransport(app=app)

@@ -43,7 +43,7 @@ from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
 if TYPE_CHECKING:  # imported on the first network call (or right after SERVING)
     import aiohttp
 
-__all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "may_have_applied"]
+__all__ = ["BackendClient", "RetryPolicy", "build_request_parts", "load_app", "may_have_applied"]
 
 log = structlog.get_logger(__name__)
 _tracer = contextual_tracer("switchboard.tools")
@@ -162,7 +162,7 @@ def _error_message(response: _Reply) -> str:
     return json.dumps(data)[:200]
 
 
-def _load_app(entry_point: str) -> Any:
+def load_app(entry_point: str) -> Any:
     module_name, _, attr = entry_point.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -222,7 +222,7 @@ class BackendClient:
                 self._bases[name] = base_url.rstrip("/")  # aiohttp: see _session()
                 continue
             if transport is None and not base_url and settings.app:
-                transport = httpx.ASGITransport(app=_load_app(settings.app))
+                transport = httpx.ASGITransport(app=load_app(settings.app))
             if not base_url:
                 if transport is None:
                     raise ConfigError(f"backend {name!r} has neither base_url nor app",
