@@ -8,6 +8,7 @@ covers the promise.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -19,8 +20,9 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from gateway_support import error_of, md, tool_request
-from waiting import scaled
+from gateway_support import code_request, error_of, md, tool_request
+from google.protobuf import json_format
+from waiting import scaled, wait_until_sync
 
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
@@ -107,6 +109,67 @@ def test_a_slow_policy_decision_fails_closed_and_others_keep_being_served(
                                              "policy_error", "policy_timeout"}
 
 
+# -- finding 2: a host call racing the end of its run is cancelled mid-flight --------------
+
+# Sandboxed code reaches the runner's JS ``hostCall`` (docs/sandbox.md: nothing inside an
+# isolate is trusted) and fires a host call without waiting for it, then returns at once.
+FIRE_AND_FORGET = r"""
+import sys, json
+f = sys._getframe()
+while f and not (f.f_code.co_name == "run" and "host" in f.f_locals):
+    f = f.f_back
+f.f_locals["host"]("workspace.send_email",
+                   json.dumps({"to": ["race@example.com"], "subject": SUBJECT, "body": "b"}))
+result = "returned"
+"""
+
+
+def _audit(gw: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gw.settings.audit.file.read_text().splitlines()
+            if line.strip()]
+
+
+def _outbox_subjects(stub: pb_grpc.GatewayStub) -> set[str]:
+    resp = stub.Execute(code_request(
+        "from sdk import workspace\nresult = workspace.list_outbox()"),
+        metadata=md("dev-agent"), timeout=scaled(120))
+    assert resp.HasField("result"), json_format.MessageToJson(resp)
+    found = json_format.MessageToDict(resp.result)
+    text = json.dumps(found)
+    return {w for w in text.replace('"', " ").split() if w.startswith("race-")}
+
+
+@pytest.mark.xfail(strict=True, reason="finding 2: in-flight host calls are cancelled when the "
+                   "run's done frame arrives; the effect lands but the audit says cancelled")
+def test_an_effect_of_a_host_call_racing_the_end_of_its_run_is_audited_as_applied(
+        gateway: Any) -> None:
+    stub = gateway.stub
+    traces: dict[str, str] = {}
+    applied: set[str] = set()
+    for _ in range(10):
+        subject = f"race-{uuid.uuid4().hex[:10]}"
+        resp = stub.Execute(code_request(FIRE_AND_FORGET.replace("SUBJECT", repr(subject))),
+                            metadata=md("dev-agent"), timeout=scaled(120))
+        traces[subject] = resp.trace_id
+        applied = _outbox_subjects(stub) & set(traces)
+        if applied:
+            break
+    assert applied, "no fire-and-forget send_email landed in 10 runs"
+
+    def records_of(trace: str) -> list[dict[str, Any]]:
+        return [r for r in _audit(gateway) if r.get("trace_id") == trace
+                and str(r.get("name")).split(" ")[0] in {"host_call", "backend.call"}]
+
+    for subject in applied:
+        trace = traces[subject]
+        wait_until_sync(lambda t=trace: len(records_of(t)) >= 2, 60, what="the call's records")
+        outcomes = {r["name"].split(" ")[0]: r.get("attributes", {}).get("switchboard.outcome")
+                    for r in records_of(trace)}
+        # the email was queued: the trail must not say the call was cancelled / has no outcome
+        assert outcomes.get("backend.call") not in {None, "cancelled"}, (subject, outcomes)
+        assert outcomes.get("host_call") not in {None, "cancelled"}, (subject, outcomes)
+
+
 # -- attacks that held -------------------------------------------------------------------------
 
 
@@ -135,3 +198,24 @@ def test_a_retry_with_changed_arguments_under_the_same_request_id_is_a_conflict(
         err = error_of(info.value)
         assert err["code"] == "idempotency_conflict", err
         assert err.get("field") == "request_id", err
+
+
+def test_explain_leaves_an_audit_record_without_masked_values(gateway: Any) -> None:
+    """Explain executes nothing but is a call: it is chained into the audit file under the
+    trace id the caller is given, with principal and outcome, and the masked account never
+    reaches the file."""
+    secret = f"ACCT-{uuid.uuid4().hex[:16]}"
+    req = tool_request("ledger.create_transfer", {
+        "from_account": secret, "to_account": "ACCT-2222333344", "amount": 5,
+        "currency": "USD", "memo": "m"})
+    _, call = gateway.stub.Explain.with_call(req, metadata=md("dev-agent"), timeout=scaled(60))
+    trace = dict(call.trailing_metadata() or ())["switchboard-trace-id"]
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in _audit(gateway) if r.get("trace_id") == trace
+                and r.get("name") == "switchboard.v1.Gateway/Explain"]
+
+    (rec,) = wait_until_sync(mine, 60, what="the Explain record")
+    assert rec["attributes"]["switchboard.principal.id"] == "agent-1"
+    assert rec["attributes"]["switchboard.outcome"] == "ok"
+    assert secret not in gateway.settings.audit.file.read_text()
