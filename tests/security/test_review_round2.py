@@ -219,3 +219,50 @@ def test_explain_leaves_an_audit_record_without_masked_values(gateway: Any) -> N
     assert rec["attributes"]["switchboard.principal.id"] == "agent-1"
     assert rec["attributes"]["switchboard.outcome"] == "ok"
     assert secret not in gateway.settings.audit.file.read_text()
+
+
+@pytest.fixture
+def two_tenant_gateway(backends: dict[str, Any], tmp_path: Path,
+                       ) -> Iterator[pb_grpc.GatewayStub]:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    data_file = policies / "switchboard" / "data.json"
+    data = json.loads(data_file.read_text())
+    data["tenants"]["acme"] = {"backends": ["ledger", "workspace"]}
+    data_file.write_text(json.dumps(data))
+    cfg = write_demo_config(tmp_path / "ids.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=tmp_path)
+    identity = yaml.safe_load(cfg.read_text())["identity"]
+    # the same principal id and roles as dev-finance, in another tenant
+    identity["tokens"]["acme-finance"] = {"id": "finance-1", "tenant": "acme",
+                                          "roles": ["agent", "finance"]}
+    proc = _serve(backends, tmp_path, identity=identity,
+                  policy={"path": str(policies), "reload": False})
+    channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
+    try:
+        yield pb_grpc.GatewayStub(channel)
+    finally:
+        channel.close()
+        proc.stop()
+
+
+def test_the_same_principal_id_and_request_id_in_two_tenants_never_collide(
+        two_tenant_gateway: pb_grpc.GatewayStub) -> None:
+    """Idempotency records are scoped to tenant + principal: finance-1 of tenant acme reusing
+    demo's finance-1 request_id with the very same arguments gets its own transfer, not a
+    replay of the other tenant's recorded outcome (and not a conflict)."""
+    stub = two_tenant_gateway
+    rid = f"tenants-{uuid.uuid4().hex}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 4, "currency": "USD",
+            "memo": rid}
+    demo = stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                        metadata=md("dev-finance"), timeout=scaled(120))
+    assert not demo.replayed
+    acme = stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                        metadata=md("acme-finance"), timeout=scaled(120))
+    assert not acme.replayed
+    assert json_format.MessageToDict(acme.result) != json_format.MessageToDict(demo.result)
+    again = stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                         metadata=md("acme-finance"), timeout=scaled(120))
+    assert again.replayed
+    assert json_format.MessageToDict(again.result) == json_format.MessageToDict(acme.result)
