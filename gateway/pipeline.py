@@ -565,6 +565,13 @@ class _HostBridge:
                 span.set_attribute(attr.OUTCOME, exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise
+            except asyncio.CancelledError:
+                # The run ended (deadline, cancel) with this call in flight: say so; its
+                # backend.call span says whether the request may have been sent.
+                span.set_attribute(attr.OUTCOME, "cancelled")
+                span.set_status(Status(StatusCode.ERROR, "the run ended before the call "
+                                       "returned; it may have reached its backend"))
+                raise
 
     def _replay(self, span: trace.Span, index: int, call_digest: str) -> Any:
         recorded_digest, result = self.log[index]

@@ -113,6 +113,11 @@ async def drive(
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             elif kind == "done":
+                if tasks:
+                    # Calls the code did not wait for may already be at their backend:
+                    # finish them within the run's deadline, so each effect is audited with
+                    # its real outcome instead of being cut off as "cancelled".
+                    await asyncio.wait(set(tasks), timeout=max(0.0, deadline - time.monotonic()))
                 return msg
             elif kind == "_dead":
                 raise proc.death or SandboxCrashed("the sandbox process exited")

@@ -139,8 +139,6 @@ def _outbox_subjects(stub: pb_grpc.GatewayStub) -> set[str]:
     return {w for w in text.replace('"', " ").split() if w.startswith("race-")}
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: in-flight host calls are cancelled when the "
-                   "run's done frame arrives; the effect lands but the audit says cancelled")
 def test_an_effect_of_a_host_call_racing_the_end_of_its_run_is_audited_as_applied(
         gateway: Any) -> None:
     stub = gateway.stub
