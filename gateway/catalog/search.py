@@ -21,6 +21,7 @@ beyond this module.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import Counter, defaultdict
@@ -330,14 +331,18 @@ class SearchIndex:
             return []
         scores: dict[int, float] = defaultdict(float)
         k1 = self.k1
+        k1p = k1 + 1
         for term, qweight in terms.items():
             idf = self._idf.get(term)
             if idf is None:
                 continue
+            w = qweight * idf  # hoisted: the same products in the same order, bit for bit
             for doc, tf in self._postings[term]:
-                scores[doc] += qweight * idf * tf * (k1 + 1) / (tf + k1)
-        first = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+                scores[doc] += w * tf * k1p / (tf + k1)
         depth = max(_RERANK_DEPTH, limit)
+        # Only the head is re-ranked and at most `limit` are returned: select it
+        # (heapq.nsmallest is sorted(...)[:n], ties included) instead of sorting every match.
+        first = heapq.nsmallest(depth, scores.items(), key=_by_score)
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
         pairs = _pairs(stems)
@@ -355,5 +360,9 @@ class SearchIndex:
             if pairs:
                 score *= 1 + _W_BIGRAM * len(pairs & self._bigrams[doc]) / len(pairs)
             head.append((doc, score))
-        ranked = sorted(head, key=lambda kv: (-kv[1], kv[0])) + first[depth:]
+        ranked = sorted(head, key=_by_score)
         return [(doc, round(score, 6)) for doc, score in ranked[:limit]]
+
+
+def _by_score(kv: tuple[int, float]) -> tuple[float, int]:
+    return (-kv[1], kv[0])
