@@ -91,6 +91,11 @@ async def test_bad_edit_rejected_previous_keeps_serving(
     (root / "switchboard" / "data.json").write_text("{not json")
     eng.reload_now()
     assert eng.revision == good and "invalid data file" in (eng.last_reload_error or "")
+    # Nested deeper than the JSON parser recurses: rejected with a reason, never a crash.
+    (root / "switchboard" / "data.json").write_text(
+        '{"switchboard": ' + "[" * 5000 + "]" * 5000 + "}")
+    eng.reload_now()
+    assert eng.revision == good and "nested too deeply" in (eng.last_reload_error or "")
 
 
 async def test_fix_after_bad_edit_is_picked_up(live: tuple[EmbeddedPolicyEngine, Path]) -> None:

@@ -158,6 +158,8 @@ def load_bundle(root: Path, *, with_tests: bool = False) -> Bundle:
             value = json.loads(raw) if p.suffix == ".json" else yaml.safe_load(raw)
         except (ValueError, yaml.YAMLError) as exc:
             raise PolicyError(f"{rel}: invalid data file: {exc}") from exc
+        except RecursionError:
+            raise PolicyError(f"{rel}: invalid data file: nested too deeply") from None
         _merge(data, p.parent.relative_to(root).parts, value or {}, rel)
     if not any(not name.endswith("_test.rego") for name, _ in modules):
         raise NoPolicy(f"no .rego policy files (with content) under {root}")

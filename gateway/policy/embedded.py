@@ -284,6 +284,10 @@ class EmbeddedPolicyEngine:
             self.last_reload_error = exc.message
             _log.error("policy.reload_rejected", error=exc.message, serving=previous)
             return False
+        except Exception as exc:  # anything else that fails a load rejects it the same way
+            self.last_reload_error = f"the policy could not be loaded: {clean_error(exc)}"
+            _log.error("policy.reload_rejected", error=self.last_reload_error, serving=previous)
+            return False
         self._evaluator = evaluator  # atomic swap; in-flight decisions hold the old evaluator
         self._absent = None
         self.last_reload_error = None
