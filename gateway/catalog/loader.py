@@ -81,10 +81,6 @@ def _parse(text: str | bytes, backend: BackendSettings, where: str) -> dict[str,
     if not isinstance(doc, dict):
         raise ConfigError(f"backend {backend.name!r}: {where} is not an OpenAPI document",
                           field=_field(backend))
-    try:
-        orjson.dumps(doc)
-    except TypeError:  # a `\ud800` escape: an unpaired surrogate (or a key that is no string)
-        doc = {clean_text(str(k)): _valid_unicode(v) for k, v in doc.items()}
     return doc
 
 
@@ -100,9 +96,6 @@ def _valid_unicode(value: Any) -> Any:
     if isinstance(value, list):
         return [_valid_unicode(v) for v in value]
     return value
-
-
-
 
 
 def _from_app(backend: BackendSettings) -> dict[str, Any]:
@@ -141,9 +134,6 @@ def _headers_for(backend: BackendSettings, url: str) -> dict[str, str]:
     return dict(backend.headers) if (a.scheme, a.netloc) == (b.scheme, b.netloc) else {}
 
 
-
-
-
 def _unreachable(backend: BackendSettings, url: str, exc: Exception) -> ConfigError:
     return ConfigError(f"backend {backend.name!r}: cannot fetch {url}: "
                        f"{type(exc).__name__}: {exc}", field=_field(backend))
@@ -166,6 +156,10 @@ def _base_url(backend: BackendSettings, spec: dict[str, Any], source: str | None
 
 def _finish(backend: BackendSettings, spec: dict[str, Any]) -> tuple[BackendSettings,
                                                                        list[Operation]]:
+    try:
+        orjson.dumps(spec)
+    except TypeError:  # a `\ud800` escape: an unpaired surrogate (or a key that is no string)
+        spec = {clean_text(str(k)): _valid_unicode(v) for k, v in spec.items()}
     source = backend.openapi if backend.openapi else None
     base = _base_url(backend, spec, source) if backend.openapi else backend.base_url
     resolved = dataclasses.replace(backend, base_url=base)
@@ -187,7 +181,6 @@ async def fetch_spec(backend: BackendSettings, client: httpx.AsyncClient) -> dic
     """The backend's OpenAPI document as a dict; file and import work runs off the loop."""
     raw, where = await _raw(backend, client)
     return await asyncio.to_thread(_document, raw, backend, where)
-
 
 
 # -- the on-disk cache of built operations ---------------------------------------------------
