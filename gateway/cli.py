@@ -39,7 +39,7 @@ async def _serve(settings: Settings) -> int:
     import importlib
 
     from gateway.audit import configure_logging
-    from gateway.sandbox import start_sandbox
+    from gateway.sandbox import start_sandbox, stop_sandbox
 
     configure_logging(settings.audit.log_format)
     stop = asyncio.Event()
@@ -54,10 +54,7 @@ async def _serve(settings: Settings) -> int:
     try:
         await asyncio.to_thread(importlib.import_module, "gateway.server")
     except BaseException:
-        sandbox[1].cancel()
-        with contextlib.suppress(BaseException):
-            await sandbox[1]
-        await sandbox[0].close()
+        await stop_sandbox(sandbox)
         raise
     from gateway.server import create_server  # imported above: instant
 

@@ -8,7 +8,7 @@ so tests run the real thing in-process on port 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from gateway.models import BackendSettings
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, create_policy_engine
 from gateway.readiness import Readiness, readiness_checks
-from gateway.sandbox import SandboxPool, start_sandbox
+from gateway.sandbox import SandboxPool, start_sandbox, stop_sandbox
 from gateway.sandbox.registry import SessionRegistry
 from gateway.servicer import GatewayServicer
 from gateway.tools import (
@@ -204,27 +204,15 @@ async def create_server(
     # The sandbox pool starts first and in the background: its Deno processes boot, compile
     # Pyodide and restore the snapshot on the other core while this one loads the catalog and
     # the policy. It is awaited below, after them, so their errors still come first.
-    sandbox, sandbox_start = sandbox_started or start_sandbox(settings.sandbox)
-
-    async def stop_sandbox() -> None:
-        sandbox_start.cancel()
-        with contextlib.suppress(BaseException):
-            await sandbox_start
-        await sandbox.close()
-
+    started = sandbox_started or start_sandbox(settings.sandbox)
+    sandbox, sandbox_start = started
     try:
+        digest_key = load_digest_key(settings.audit.digest_key_file)  # holds no resource
         telemetry = setup_telemetry(settings.audit)
     except BaseException:
-        await stop_sandbox()
+        await stop_sandbox(started)
         raise
-    try:
-        digest_key = load_digest_key(settings.audit.digest_key_file)
-    except BaseException:
-        telemetry.shutdown()
-        await stop_sandbox()
-        raise
-    closers: list[Any] = []
-    closers.append(stop_sandbox)
+    closers: list[Any] = [functools.partial(stop_sandbox, started)]
     try:
         catalog = await load_catalog(settings.backends)
         policy: PolicyEngine = create_policy_engine(settings.policy)

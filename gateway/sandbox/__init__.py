@@ -4,7 +4,7 @@ See docs/sandbox.md for the security model. Public API: :class:`SandboxPool` and
 types it takes and returns.
 """
 
-from gateway.sandbox.pool import SandboxPool, default_runtime_dir, start_sandbox
+from gateway.sandbox.pool import SandboxPool, default_runtime_dir, start_sandbox, stop_sandbox
 from gateway.sandbox.types import (
     EventCallback,
     HostCall,
@@ -28,4 +28,5 @@ __all__ = [
     "default_runtime_dir",
     "principal_key",
     "start_sandbox",
+    "stop_sandbox",
 ]

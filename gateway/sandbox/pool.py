@@ -75,6 +75,16 @@ def start_sandbox(settings: SandboxSettings) -> tuple[SandboxPool, asyncio.Task[
     return pool, asyncio.create_task(pool.start(), name="sandbox-start")
 
 
+async def stop_sandbox(started: tuple[SandboxPool, asyncio.Task[None]]) -> None:
+    """Undo :func:`start_sandbox` whatever state its start is in: cancel the start, let it
+    finish, close the pool (every process it started)."""
+    pool, start = started
+    start.cancel()
+    with contextlib.suppress(BaseException):
+        await start
+    await pool.close()
+
+
 class SandboxPool:
     """Isolated Pyodide interpreters for the code channel, one per process."""
 
