@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from opentelemetry import trace
 
 from gateway.errors import Unauthenticated
-from gateway.frontdoor.scope import CallScope, call_scope
+from gateway.frontdoor.scope import CallScope, authenticate, call_scope
 from gateway.identity import Authenticator, bearer_token
 from gateway.mcp_errors import UNAUTHENTICATED
 from gateway.values import split_listen
@@ -34,7 +33,6 @@ MCP_PATH = "/mcp"
 # RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
 # under it.
 PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
-log = structlog.get_logger("switchboard.mcp")
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 
 ASGIApp = Callable[
@@ -149,7 +147,7 @@ class _AuthGuard:
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
-            await _authenticate(self.authenticator, bearer_token(headers))
+            await authenticate(self.authenticator, bearer_token(headers))
         except Unauthenticated as exc:
             data = exc.to_dict()
             trace_id = await self._audit_refusal(scope, bearer_token(headers), exc)
@@ -171,19 +169,6 @@ class _AuthGuard:
             )
             return
         await _json_only_bridge(self.app, scope, receive, send)
-
-
-async def _authenticate(authenticator: Authenticator, token: str | None) -> None:
-    """The guard's verdict: any failure to verify the token is a refusal (401, audited), never
-    an error that escapes to uvicorn as a 500 with no record. The authenticator already
-    promises ``Unauthenticated``; this keeps the door's promise if that one is ever broken."""
-    try:
-        await authenticator.authenticate_async(token)
-    except Unauthenticated:
-        raise
-    except Exception as exc:
-        log.warning("mcp.authenticate_failed", error=type(exc).__name__)
-        raise Unauthenticated("invalid token: it cannot be verified") from None
 
 
 def _last_jsonrpc_response(body: bytes) -> bytes | None:
