@@ -38,7 +38,7 @@ from gateway.sandbox.runs import CallState, Output, drive, output_validator, res
 from gateway.sandbox.snapshot import ensure_snapshot
 from gateway.sandbox.types import EventCallback, HostCall, RunRequest, RunResult, SandboxSettings
 
-__all__ = ["SandboxPool", "default_runtime_dir", "start_sandbox"]
+__all__ = ["SandboxPool", "default_runtime_dir", "start_sandbox", "stop_sandbox"]
 
 log = logging.getLogger(__name__)
 _DISCOVERY = frozenset({"sdk.search", "sdk.describe"})
