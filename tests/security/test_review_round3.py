@@ -1,0 +1,235 @@
+"""Findings of the third 2026-12-01 security review round, against the real server.
+
+Each ``xfail(strict=True)`` test reproduces a confirmed break of a documented promise; it fails
+today and flips to XPASS (a failure under ``strict``) once the root cause is fixed, so the
+marker must then be removed. The plain tests pin down attacks that held where no other test
+covers the promise.
+
+The cases that stall or may crash the gateway run against a real ``switchboard serve``
+subprocess of their own (an in-process gateway would take the test runner down with it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from gateway_support import code_request, md, tool_request
+from google.protobuf import json_format
+from waiting import scaled, wait_until_sync
+
+from gateway._proto.switchboard.v1 import gateway_pb2 as pb
+from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _serve(backends: dict[str, Any], state: Path, **sections: Any) -> ServiceProcess:
+    cfg = write_demo_config(state / "gw.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=state)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["sandbox"] = {"workers": 1}
+    raw.update(sections)
+    cfg.write_text(yaml.safe_dump(raw))
+    return spawn_service(
+        "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        log_file=state / "gw.log", timeout=scaled(300))
+
+
+@pytest.fixture
+def own_gateway(backends: dict[str, Any], tmp_path: Path) -> Iterator[pb_grpc.GatewayStub]:
+    """A ``switchboard serve`` child for one test (killed after it, however stuck it is)."""
+    proc = _serve(backends, tmp_path)
+    channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
+    try:
+        yield pb_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+        proc.stop(timeout=scaled(15))
+
+
+def _result(resp: pb.ExecuteResponse) -> Any:
+    return json_format.MessageToDict(resp.result) if resp.HasField("result") else None
+
+
+# -- finding 1: a caller's output_schema is evaluated in exponential / quadratic time --------
+
+def _ref_fanout_schema(levels: int) -> dict[str, Any]:
+    """Forty local definitions, each referring twice to the next: 2**40 evaluations of a
+    schema a few KiB long ("billion laughs" for JSON Schema). Only '#…' references, no
+    pattern: everything check_untrusted lets through."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(levels)}
+    defs[f"d{levels}"] = {"type": "integer"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+OUTPUT_SCHEMA_BOMBS = {
+    # any result at all: 1
+    "local-ref-fanout": ("1", _ref_fanout_schema(40)),
+    # jsonschema's uniqueItems compares unsortable items pairwise: 30,000 distinct objects are
+    # ~4.5e8 comparisons (a 330 KB result, well under max_result_bytes)
+    "unique-items": ("[{'k': i} for i in range(30000)]",
+                     {"type": "array", "uniqueItems": True}),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="finding 1: a caller's output_schema is evaluated on the "
+                   "serving event loop in super-linear time (local $ref fan-out, uniqueItems): "
+                   "one code run stalls every caller")
+@pytest.mark.parametrize("bomb", sorted(OUTPUT_SCHEMA_BOMBS))
+def test_a_costly_output_schema_does_not_stall_other_callers(
+        own_gateway: pb_grpc.GatewayStub, bomb: str) -> None:
+    stub = own_gateway
+    assert stub.Execute(tool_request("ledger.get_balance", {"account": "A1"}),
+                        metadata=md("dev-finance"), timeout=scaled(120)).trace_id
+    source, schema = OUTPUT_SCHEMA_BOMBS[bomb]
+    attack = code_request(source)
+    attack.code_run.output_schema.update(schema)
+    outcome: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            outcome["response"] = stub.Execute(attack, metadata=md("dev-agent"),
+                                               timeout=scaled(600))
+        except grpc.RpcError as err:
+            outcome["error"] = err.code()
+
+    attacker = threading.Thread(target=send, daemon=True)
+    attacker.start()
+    deadline = time.monotonic() + scaled(300)
+    served = 0
+    while attacker.is_alive() and time.monotonic() < deadline:
+        # Another principal's tool call (no sandbox process needed), with a deadline far
+        # above its own cost.
+        try:
+            stub.Execute(tool_request("ledger.get_balance", {"account": "A1"}),
+                         metadata=md("dev-finance"), timeout=scaled(30))
+        except grpc.RpcError as err:
+            pytest.fail(f"a bystander's call failed with {err.code()} after {served} "
+                        "succeeded while the attacker's result was validated")
+        served += 1
+    assert not attacker.is_alive(), "the attacker's run never finished"
+
+
+# -- finding 2: the Web Cache API is a disk-backed store shared by every run and principal --
+
+# Sandboxed code reaches the JS global scope (docs/sandbox.md); Deno's Cache API there needs no
+# permission and persists to $DENO_DIR/location_data/web_cache, which every process of the pool
+# shares and no run ever clears.
+_JS = ("import pyodide_js\nfrom pyodide.ffi import run_sync\n"
+       "F = pyodide_js._module.constructor.constructor\n")
+CACHE_PUT = _JS + (
+    "put = F('v', 'return (async () => { const c = await caches.open(\"r3\");'\n"
+    "        ' await c.put(\"http://x/k\", new Response(v)); return \"stored\"; })()')\n"
+    "result = run_sync(put(inputs['marker']))\n")
+CACHE_GET = _JS + (
+    "get = F('return (async () => { const c = await caches.open(\"r3\");'\n"
+    "        ' const r = await c.match(\"http://x/k\"); return r ? await r.text() : \"\"; })()')\n"
+    "try:\n"
+    "    result = run_sync(get())\n"
+    "except Exception as e:\n"
+    "    result = 'refused: ' + type(e).__name__\n")
+
+
+@pytest.mark.xfail(strict=True, reason="finding 2: Deno's Cache API (caches.open/put) writes to "
+                   "the pool's shared DENO_DIR without any permission; a later run of another "
+                   "principal reads it back (and a run can fill the host's disk)")
+def test_a_run_cannot_leave_data_for_another_principals_run(gateway: Any) -> None:
+    marker = f"R3-SECRET-{time.time_ns()}"
+    wrote = gateway.stub.Execute(code_request(CACHE_PUT, inputs={"marker": marker}),
+                                 metadata=md("dev-agent"), timeout=scaled(120))
+    seen = []
+    for _ in range(3):  # later isolated runs, fresh isolates, another principal
+        resp = gateway.stub.Execute(code_request(CACHE_GET), metadata=md("dev-finance"),
+                                    timeout=scaled(120))
+        seen.append(json_format.MessageToJson(resp))
+    assert not any(marker in s for s in seen), (
+        f"dev-finance read what dev-agent's run stored (that run said "
+        f"{_result(wrote)!r})")
+
+
+# -- finding 3: sdk.search / sdk.describe from code leave no trace in the audit record -------
+
+
+def _audit(gw: Any) -> list[dict[str, Any]]:
+    gw.server.telemetry.force_flush()
+    return [json.loads(line) for line in gw.settings.audit.file.read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.mark.xfail(strict=True, reason="finding 3: the host calls sdk.search/sdk.describe are "
+                   "counted against max_host_calls but get no host_call span, and the run's "
+                   "switchboard.host_calls says 0")
+def test_sdk_discovery_calls_from_code_are_in_the_audit_record(gateway: Any) -> None:
+    source = ("import sdk\n"
+              "result = [len(sdk.search('balance')), 'name' in sdk.describe('ledger.get_balance')]")
+    resp = gateway.stub.Execute(code_request(source), metadata=md("dev-agent"),
+                                timeout=scaled(120))
+    assert _result(resp) == [2, True]  # both host calls were answered
+
+    def mine() -> list[dict[str, Any]]:
+        found = [r for r in _audit(gateway) if r.get("trace_id") == resp.trace_id]
+        return found if any(r.get("parent_span_id") is None for r in found) else []
+
+    records = wait_until_sync(mine, 60, what="the run's records")
+    root = next(r for r in records if r.get("parent_span_id") is None)
+    calls = [r["name"] for r in records if str(r.get("name", "")).startswith("host_call")]
+    # Two host calls were made and budgeted (docs/sandbox.md): the trail says so.
+    assert root["attributes"].get("switchboard.host_calls") == 2, root["attributes"]
+    assert sorted(calls) == ["host_call sdk.describe", "host_call sdk.search"], calls
+
+
+# -- finding 4: a host call's error is recorded unbounded, three times over -----------------
+
+# Four refused host calls with a 500 kB argument each (well inside the run's 8 MiB of host-call
+# arguments): the schema error quotes the value, and the host_call span records it as its
+# status message, as an exception event's message and inside that event's stack trace.
+AUDIT_FLOOD = (
+    "from sdk import ledger\n"
+    "for _ in range(4):\n"
+    "    try:\n"
+    "        ledger.get_balance(account='Z' * 500_000)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "result = 'done'\n")
+
+
+@pytest.mark.xfail(strict=True, reason="finding 4: host_call spans record the refusal's message "
+                   "unclipped (status + exception event + stack trace, 3x the argument): a run "
+                   "writes ~24 MB to the audit file, and a full audit disk loses later records")
+def test_a_refused_host_call_leaves_a_bounded_audit_record(gateway: Any) -> None:
+    audit = gateway.settings.audit.file
+    gateway.server.telemetry.force_flush()
+    before = audit.stat().st_size
+    resp = gateway.stub.Execute(code_request(AUDIT_FLOOD), metadata=md("dev-finance"),
+                                timeout=scaled(120))
+    assert _result(resp) == "done"
+
+    def mine() -> list[dict[str, Any]]:
+        found = [r for r in _audit(gateway) if r.get("trace_id") == resp.trace_id]
+        return found if any(r.get("parent_span_id") is None for r in found) else []
+
+    records = wait_until_sync(mine, 60, what="the run's records")
+    calls = [r for r in records if r["name"] == "host_call ledger.get_balance"]
+    assert len(calls) == 4
+    assert all(r["attributes"]["switchboard.outcome"] == "schema_invalid" for r in calls)
+    # As on the tool door's root span: the refusal is recorded, bounded, and an expected
+    # error carries no stack trace (docs/audit.md, record_outcome).
+    biggest = max(len(json.dumps(r)) for r in calls)
+    traced = [e for r in calls for e in r.get("events", [])
+              if "exception.stacktrace" in e.get("attributes", {})]
+    grown = audit.stat().st_size - before
+    assert biggest <= 64 * 1024 and not traced and grown <= 1024 * 1024, (
+        f"largest host_call record {biggest} bytes, {len(traced)} stack traces of an expected "
+        f"error; the audit file grew {grown} bytes for one run")
