@@ -15,14 +15,17 @@ import json
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
-from gateway_support import code_request, md, tool_request
+from gateway_support import code_request, error_of, mcp_endpoint, md, tool_request
 from google.protobuf import json_format
 from waiting import scaled, wait_until_sync
 
@@ -233,3 +236,66 @@ def test_a_refused_host_call_leaves_a_bounded_audit_record(gateway: Any) -> None
     assert biggest <= 64 * 1024 and not traced and grown <= 1024 * 1024, (
         f"largest host_call record {biggest} bytes, {len(traced)} stack traces of an expected "
         f"error; the audit file grew {grown} bytes for one run")
+
+
+# -- attacks that held -------------------------------------------------------------------------
+
+
+def test_concurrent_duplicates_with_different_arguments_make_one_transfer(
+        gateway: Any, backends: dict[str, Any]) -> None:
+    """Exactly-once under a race: twelve concurrent create_transfer calls under one request_id,
+    half with another amount. One transfer reaches the ledger; every other call is a replay of
+    it (same arguments) or idempotency_conflict (other arguments), never a second effect."""
+    rid = f"race-{uuid.uuid4().hex}"
+    outcomes: list[tuple[int, str, bool]] = []
+    lock = threading.Lock()
+
+    def call(amount: int) -> None:
+        args = {"from_account": "A1", "to_account": "A2", "amount": amount,
+                "currency": "USD", "memo": rid}
+        try:
+            resp = gateway.stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                                        metadata=md("dev-finance"), timeout=scaled(120))
+            got = (amount, "ok", resp.replayed)
+        except grpc.RpcError as err:
+            got = (amount, str(error_of(err).get("code")), False)
+        with lock:
+            outcomes.append(got)
+
+    threads = [threading.Thread(target=call, args=(3 if i % 2 else 4,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(scaled(300))
+    assert len(outcomes) == 12
+    winners = {a for a, code, replayed in outcomes if code == "ok" and not replayed}
+    assert len(winners) == 1, outcomes
+    (winner,) = winners
+    for amount, code, _ in outcomes:
+        assert code == ("ok" if amount == winner else "idempotency_conflict"), outcomes
+    with urllib.request.urlopen(f"{backends['ledger'].url}/transfers?limit=500",
+                                timeout=30) as resp:
+        items = json.load(resp)
+    assert sum(1 for t in items if t.get("memo") == rid) == 1
+
+
+@pytest.fixture(scope="module")
+def mcp_url(gateway: Any) -> Iterator[str]:
+    yield from mcp_endpoint(gateway)
+
+
+def test_an_mcp_argument_integer_past_64_bits_fails_closed(mcp_url: str) -> None:
+    """MCP's JSON carries integers of any size (gRPC's Struct cannot): one the policy engine
+    cannot take is a fail-closed policy_error for that call, not an allow and not a crash."""
+    headers = {"authorization": "Bearer dev-agent", "accept": "application/json",
+               "content-type": "application/json", "mcp-protocol-version": "2025-06-18"}
+    body = ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+            '"ledger__get_balance","arguments":{"account":' + "9" * 400 + "}}}")
+    resp = httpx.post(mcp_url, headers=headers, content=body, timeout=scaled(60))
+    assert resp.status_code == 200, resp.text[:300]
+    result = resp.json()["result"]
+    assert result["isError"] is True
+    assert result["structuredContent"]["error"]["code"] == "policy_error"
+    listed = httpx.post(mcp_url, headers=headers, timeout=scaled(60),
+                        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+    assert listed.status_code == 200 and listed.json()["result"]["tools"]
