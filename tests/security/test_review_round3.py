@@ -12,6 +12,7 @@ subprocess of their own (an in-process gateway would take the test runner down w
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
@@ -29,6 +30,8 @@ from gateway_support import code_request, error_of, mcp_endpoint, md, tool_reque
 from google.protobuf import json_format
 from waiting import scaled, wait_until_sync
 
+from gateway._proto.switchboard.v1 import approvals_pb2 as apb
+from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
@@ -299,3 +302,63 @@ def test_an_mcp_argument_integer_past_64_bits_fails_closed(mcp_url: str) -> None
     listed = httpx.post(mcp_url, headers=headers, timeout=scaled(60),
                         json={"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
     assert listed.status_code == 200 and listed.json()["result"]["tools"]
+
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+@pytest.fixture
+def two_tenant_approvers(backends: dict[str, Any], tmp_path: Path) -> Iterator[grpc.Channel]:
+    """Tenant acme with its own approver and a principal sharing dev-finance's id."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    data_file = policies / "switchboard" / "data.json"
+    data = json.loads(data_file.read_text())
+    data["tenants"]["acme"] = {"backends": ["ledger", "workspace"]}
+    data_file.write_text(json.dumps(data))
+    cfg = write_demo_config(tmp_path / "ids.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=tmp_path)
+    identity = yaml.safe_load(cfg.read_text())["identity"]
+    identity["tokens"]["acme-approver"] = {"id": "approver-9", "tenant": "acme",
+                                           "roles": ["approver"]}
+    # the requester's own id, in another tenant, with the approver role
+    identity["tokens"]["acme-finance-approver"] = {"id": "finance-1", "tenant": "acme",
+                                                   "roles": ["approver"]}
+    proc = _serve(backends, tmp_path, identity=identity,
+                  policy={"path": str(policies), "reload": False})
+    channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
+    try:
+        yield channel
+    finally:
+        channel.close()
+        proc.stop()
+
+
+def test_an_approver_of_another_tenant_can_neither_see_nor_decide_an_approval(
+        two_tenant_approvers: grpc.Channel) -> None:
+    """A held demo transfer: approvers of tenant acme (one even with the requester's principal
+    id) get approval_not_found for Get, Approve and Reject and do not see it listed; the
+    transfer stays held until demo's approver decides."""
+    stub = pb_grpc.GatewayStub(two_tenant_approvers)  # type: ignore[no-untyped-call]
+    approvals = apb_grpc.ApprovalsServiceStub(two_tenant_approvers)  # type: ignore[no-untyped-call]
+    rid = f"xtenant-{uuid.uuid4().hex}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 1500, "currency": "USD",
+            "memo": rid}
+    with pytest.raises(grpc.RpcError) as held:
+        stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                     metadata=md("dev-finance"), timeout=scaled(120))
+    approval_id = error_of(held.value)["details"]["approval_id"]
+    for token in ("acme-approver", "acme-finance-approver"):
+        listed = approvals.ListApprovals(apb.ListApprovalsRequest(state="all"),
+                                         metadata=md(token), timeout=scaled(60))
+        assert approval_id not in {a.approval_id for a in listed.approvals}
+        for rpc, req in ((approvals.GetApproval, apb.GetApprovalRequest(approval_id=approval_id)),
+                         (approvals.Approve, apb.ApproveRequest(approval_id=approval_id)),
+                         (approvals.Reject, apb.RejectRequest(approval_id=approval_id))):
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(req, metadata=md(token), timeout=scaled(60))
+            assert error_of(info.value)["code"] == "approval_not_found", (token, rpc)
+    with pytest.raises(grpc.RpcError) as again:
+        stub.Execute(tool_request("ledger.create_transfer", args, rid),
+                     metadata=md("dev-finance"), timeout=scaled(120))
+    assert error_of(again.value)["code"] == "approval_required"
