@@ -388,3 +388,31 @@ def test_sensitive_fields_nested_in_arguments_never_reach_the_audit_file(gateway
     leaked = [name for name, value in (("card number", card), ("password", password))
               if value in text]
     assert not leaked, f"in clear in the audit file: {leaked}; recorded {recorded}"
+
+
+# -- finding 6: a result nested past the host's recursion limit is an internal error ---------
+
+# The worker is untrusted (docs/sandbox.md): code can post its own `done` frame, whose reply the
+# host parses with json.loads. 100,000 levels raise RecursionError, which result_of does not
+# treat as a malformed result.
+DEEP_DONE = _JS + (
+    "import json, time\n"
+    "g = F('return globalThis')()\n"
+    "reply = '{\"ok\": true, \"result\": ' + '[' * 100000 + ']' * 100000 + '}'\n"
+    "g.postMessage(g.JSON.parse(json.dumps({'t': 'done', 'reply': reply, 'truncated': False,\n"
+    "                                       'fatal': False, 'ms': 1})))\n"
+    "time.sleep(1)\n")
+
+
+@pytest.mark.xfail(strict=True, reason="finding 6: runs.result_of catches ValueError/KeyError/"
+                   "TypeError but not RecursionError: a too-deep result is 'internal' (logged "
+                   "as an unexpected failure, and a session survives it) instead of "
+                   "sandbox_crashed")
+def test_a_result_nested_too_deep_is_a_sandbox_crash_not_an_internal_error(
+        gateway: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        gateway.stub.Execute(code_request(DEEP_DONE), metadata=md("dev-agent"),
+                             timeout=scaled(120))
+    assert error_of(info.value)["code"] == "sandbox_crashed", error_of(info.value)
+    assert _result(gateway.stub.Execute(code_request("2 + 2"), metadata=md("dev-agent"),
+                                        timeout=scaled(120))) == 4
