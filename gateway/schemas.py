@@ -17,16 +17,36 @@ what its code returns). Two library defaults made those a weapon:
   refused in an untrusted schema and fails validation closed in a catalog schema (every
   pattern in the real specs this project tests with compiles).
 
+* **Super-linear keywords.** jsonschema's ``uniqueItems`` compares unsortable items (objects)
+  pairwise: 30,000 distinct objects are 4.5e8 comparisons. Every validator in the process
+  (catalog, config, caller) uses :func:`unique` instead: one canonical hashable key per item,
+  O(n) hashing with jsonschema's own equality (``1 == 1.0``, ``True != 1``, key order
+  irrelevant, nested).
+* **Exponential schemas.** Local references alone can fan out: forty ``$defs`` each
+  ``allOf``-referencing the next twice are 2**40 evaluations of a few-KiB schema, and
+  ``unevaluatedProperties``/``unevaluatedItems`` walk the same graph again outside the keyword
+  functions. A caller's schema (:func:`untrusted_validator`) is evaluated under a work budget
+  (:func:`validate_untrusted`): every keyword evaluation and every step of jsonschema's
+  "evaluated keys" walk is charged (more for keywords whose cost grows with the schema's or
+  the instance's width), the budget is proportional to the instance's size
+  (``max(BUDGET_FLOOR, BUDGET_PER_NODE * nodes)``) and ``$ref`` chains nest at most
+  ``MAX_REF_DEPTH`` deep; past either, :class:`SchemaTooCostly`. The caller then runs the
+  evaluation off the event loop (``asyncio.to_thread``), so even a costly-but-allowed schema
+  holds nobody else up.
+
 The RE2 evaluation is installed by replacing the ``re`` module jsonschema's keyword modules
-use (they call only ``re.search``); ``tests/security/test_schema_safety.py`` checks that every
-jsonschema module that imports ``re`` is covered, so an upgrade cannot silently undo it.
+use (they call only ``re.search``), and ``uniqueItems`` by replacing the ``uniq`` helper its
+keyword calls; ``tests/security/test_schema_safety.py`` checks that every jsonschema module that
+imports ``re`` or ``uniq`` is covered, so an upgrade cannot silently undo it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,12 +61,19 @@ from jsonschema.protocols import Validator
 from gateway.errors import InvalidRequest
 
 __all__ = [
+    "BUDGET_FLOOR",
+    "BUDGET_PER_NODE",
+    "MAX_REF_DEPTH",
     "NO_REMOTE",
     "PATCHED_MODULES",
+    "SchemaTooCostly",
     "UnsafePattern",
     "check_untrusted",
     "compile_pattern",
     "safe_validator",
+    "unique",
+    "untrusted_validator",
+    "validate_untrusted",
 ]
 
 _OPTIONS = re2.Options()
@@ -95,6 +122,192 @@ _LINEAR_RE = SimpleNamespace(search=_search)
 PATCHED_MODULES = (jsonschema._keywords, jsonschema._utils, jsonschema._legacy_keywords)
 for _module in PATCHED_MODULES:
     _module.re = _LINEAR_RE  # type: ignore[attr-defined]
+
+
+# --- uniqueItems in linear time --------------------------------------------------------------
+
+_TRUE, _FALSE, _NULL = ("bool", True), ("bool", False), ("null",)
+
+
+def _key(item: Any) -> Any:
+    """A hashable stand-in for ``item``: two items get equal keys exactly when jsonschema's
+    ``_utils.equal`` calls them equal (numbers by value, so ``1`` and ``1.0`` collide — their
+    hashes agree in Python —, booleans apart from numbers, objects without key order)."""
+    if item is True:
+        return _TRUE
+    if item is False:
+        return _FALSE
+    if item is None:
+        return _NULL
+    if isinstance(item, str):
+        return ("str", item)
+    if isinstance(item, int | float):
+        return ("num", item)
+    if isinstance(item, dict):
+        return ("obj", frozenset((k, _key(v)) for k, v in item.items()))
+    if isinstance(item, list | tuple):
+        return ("arr", tuple(_key(v) for v in item))
+    return ("other", item)  # not JSON; hashable or TypeError (then the slow path below)
+
+
+def unique(container: Iterable[Any]) -> bool:
+    """jsonschema's ``_utils.uniq`` (are all items distinct?) in O(total size)."""
+    items = list(container)
+    try:
+        return len({_key(item) for item in items}) == len(items)
+    except TypeError:  # an unhashable non-JSON item: only a trusted caller can get here
+        return bool(_SLOW_UNIQ(items))
+
+
+_SLOW_UNIQ = jsonschema._utils.uniq
+jsonschema._keywords.uniq = unique  # type: ignore[attr-defined]
+UNIQ_MODULES = (jsonschema._keywords,)
+
+
+# --- a work budget for a caller's schema -----------------------------------------------------
+
+BUDGET_FLOOR = 100_000  # charge units any result may use, however small
+BUDGET_PER_NODE = 50  # per JSON value of the instance (a pydantic union schema uses ~11)
+MAX_REF_DEPTH = 128  # $ref/$dynamicRef evaluations nested inside each other
+
+
+class SchemaTooCostly(ValueError):
+    """Evaluating a caller's schema would cost more than its budget (or nest too deep)."""
+
+
+class _Budget:
+    __slots__ = ("left", "limit", "refs")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.refs = 0
+
+    def charge(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise SchemaTooCostly(
+                f"evaluating the schema costs more than its budget of {self.limit} steps "
+                f"({BUDGET_PER_NODE} per JSON value of the result, at least {BUDGET_FLOOR})")
+
+
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "switchboard_schema_budget", default=None)
+_WIDE_VALUE = frozenset({"enum", "patternProperties", "dependentSchemas", "dependentRequired",
+                         "dependencies"})
+_REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+_REF_UNITS = 9
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, dict | list) else 0
+
+
+def _charge(keyword: str, value: Any, instance: Any, schema: Any) -> int:
+    """Units for one keyword evaluation: 1, plus the widths it iterates over; a keyword whose
+    work is (schema width * instance width) is charged the product."""
+    units = 1 + _size(value) + _size(instance)
+    if keyword in _REF_KEYWORDS:
+        units += _REF_UNITS  # a registry lookup and a new validator: ~10x a plain keyword
+    elif keyword in _WIDE_VALUE:
+        units += _size(value) * _size(instance)
+    elif keyword in ("additionalProperties", "unevaluatedProperties") and \
+            isinstance(schema, dict):
+        units += _size(schema.get("patternProperties")) * _size(instance)
+    return units
+
+
+def _metered(keyword: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    is_ref = keyword in _REF_KEYWORDS
+
+    def keyword_fn(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        budget = _budget.get()
+        if budget is None:  # outside validate_untrusted: unmetered (never for a caller)
+            yield from fn(validator, value, instance, schema) or ()
+            return
+        budget.charge(_charge(keyword, value, instance, schema))
+        if not is_ref:
+            yield from fn(validator, value, instance, schema) or ()
+            return
+        budget.refs += 1
+        try:
+            if budget.refs > MAX_REF_DEPTH:
+                raise SchemaTooCostly(f"the schema's references nest more than "
+                                      f"{MAX_REF_DEPTH} deep")
+            yield from fn(validator, value, instance, schema) or ()
+        finally:
+            budget.refs -= 1
+
+    keyword_fn.__name__ = getattr(fn, "__name__", keyword)
+    return keyword_fn
+
+
+def _metered_walk(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """jsonschema's walk for ``unevaluated*`` follows allOf/anyOf/$ref itself: charged too."""
+
+    @functools.wraps(fn)
+    def walk(validator: Any, instance: Any, schema: Any) -> Any:
+        budget = _budget.get()
+        if budget is not None:
+            budget.charge(1 + _REF_UNITS + _size(instance))  # evolve + lookup: dear
+        return fn(validator, instance, schema)
+
+    return walk
+
+
+for _name in ("find_evaluated_item_indexes_by_schema", "find_evaluated_property_keys_by_schema"):
+    _walk_fn = _metered_walk(getattr(jsonschema._utils, _name))
+    # _utils recurses through its module global; _keywords imported the name itself.
+    setattr(jsonschema._utils, _name, _walk_fn)
+    setattr(jsonschema._keywords, _name, _walk_fn)
+
+_untrusted_classes: dict[type, type] = {}
+_classes_lock = threading.Lock()
+
+
+def _untrusted_class(cls: type) -> Any:
+    with _classes_lock:
+        hit = _untrusted_classes.get(cls)
+        if hit is None:
+            validators = {k: _metered(k, fn) for k, fn in cls.VALIDATORS.items()}  # type: ignore[attr-defined]
+            hit = jsonschema.validators.extend(cls, validators)  # type: ignore[no-untyped-call]
+            _untrusted_classes[cls] = hit
+        return hit
+
+
+def untrusted_validator(schema: dict[str, Any] | bool) -> Validator:
+    """A validator for a caller's schema (checked with :func:`check_untrusted` first): as
+    :func:`safe_validator`, with every keyword metered. Evaluate it only through
+    :func:`validate_untrusted`."""
+    cls = _untrusted_class(jsonschema.validators.validator_for(schema))
+    validator: Validator = cls(schema, registry=NO_REMOTE)
+    return validator
+
+
+def _nodes(instance: Any) -> int:
+    count, stack = 0, [instance]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def validate_untrusted(validator: Validator, instance: Any) -> list[jsonschema.ValidationError]:
+    """Every violation of ``instance`` (sorted by path), within the work budget; raises
+    :class:`SchemaTooCostly` past it (or when evaluation would recurse past Python's limit).
+    Blocking and CPU-bound: call it in a thread (``asyncio.to_thread``)."""
+    budget = _Budget(max(BUDGET_FLOOR, BUDGET_PER_NODE * _nodes(instance)))
+    token = _budget.set(budget)
+    try:
+        return sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+    except RecursionError:
+        raise SchemaTooCostly("the schema and the result nest too deep to evaluate") from None
+    finally:
+        _budget.reset(token)
 
 
 def safe_validator(schema: dict[str, Any] | bool, *,

@@ -11,6 +11,7 @@ surrogates in output text become U+FFFD.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_QUERY_LENGTH",
     "MAX_SOURCE_BYTES",
+    "MAX_WIRE_DEPTH",
+    "UnreadableJson",
     "check_id",
     "check_input",
     "check_name",
@@ -31,6 +34,7 @@ __all__ = [
     "clean_result",
     "clean_text",
     "key_path",
+    "loads_bounded",
     "loggable",
     "loggable_id",
     "split_listen",
@@ -46,6 +50,11 @@ MAX_SOURCE_BYTES = 256 * 1024
 # three messages per object level and upb refuses more than 100 nested messages, so 32 is the
 # deepest object nesting every gRPC client can decode (ExecuteEvent included).
 MAX_DEPTH = 32
+# JSON nesting the gateway will parse at all from an untrusted peer (the sandbox's frames and
+# results). Far above MAX_DEPTH, so an honest result nested 33+ deep still parses and gets its
+# documented result_invalid; far below Python's recursion limit, so the C parser never
+# reaches it (a RecursionError would escape every `except ValueError`).
+MAX_WIRE_DEPTH = 512
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _PATH_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
@@ -107,6 +116,57 @@ def key_path(path: str, key: str) -> str:
         return f"{path}.{key}"
     text = key[:64].encode("ascii", "backslashreplace").decode("ascii")
     return f"{path}[{text!r}{'…' if len(key) > 64 else ''}]"
+
+
+class UnreadableJson(ValueError):
+    """Text an untrusted peer sent that :func:`loads_bounded` will not accept; ``too_deep``
+    when the reason is nesting past the bound."""
+
+    def __init__(self, reason: str, *, too_deep: bool = False) -> None:
+        super().__init__(reason)
+        self.too_deep = too_deep
+
+
+def _refuse_constant(name: str) -> Any:
+    raise UnreadableJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON syntax, not a number JSON can carry
+        raise UnreadableJson(f"{text[:40]} overflows a double")
+    return value
+
+
+def loads_bounded(text: str | bytes, max_depth: int = MAX_WIRE_DEPTH) -> Any:
+    """``json.loads`` for text from an untrusted peer, with one failure type: every refusal —
+    bad syntax, NaN/Infinity or an overflowing number, an integer past Python's digit limit,
+    nesting deeper than ``max_depth`` (checked on the parsed value, so the bound does not
+    depend on how deep the caller's stack is), a RecursionError all the same — is
+    :class:`UnreadableJson` (a ValueError). Lone surrogates parse (``clean_result`` turns them
+    into U+FFFD later), as with ``json.loads``."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise UnreadableJson(f"nested more than {max_depth} levels deep", too_deep=True) from None
+    except UnreadableJson:
+        raise
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise UnreadableJson(f"not JSON: {str(exc)[:200]}") from None
+    opens = (text.count(b"[") + text.count(b"{") if isinstance(text, bytes)
+             else text.count("[") + text.count("{"))
+    if opens > max_depth:  # else it cannot be nested that deep: skip the walk
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, dict | list):
+                if depth >= max_depth:
+                    raise UnreadableJson(f"nested more than {max_depth} levels deep",
+                                         too_deep=True)
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children
+                             if isinstance(child, dict | list))
+    return value
 
 
 def check_input(value: Any, field: str) -> Any:

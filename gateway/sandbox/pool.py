@@ -515,7 +515,7 @@ class SandboxPool:
         elif sess is not None and send_sdk:
             sess.rev = req.sdk_revision
         try:
-            return result_of(done, out, calls, (time.perf_counter() - t0) * 1000,
+            return await result_of(done, out, calls, (time.perf_counter() - t0) * 1000,
                              limits.timeout_ms, limits.memory_mb, validator, self._counters)
         except SandboxError:
             self._end_session(sess)

@@ -13,10 +13,10 @@ frame is checked here (type, fields, sizes) and a frame that fails ends that pro
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gateway.errors import SandboxCrashed
+from gateway.values import loads_bounded
 
 __all__ = [
     "HOST_FRAMES",
@@ -75,9 +75,10 @@ _STR_LIMITS = {"op": MAX_OPERATION, "args": MAX_CALL_ARGS, "id": 128, "reason": 
 
 
 def decode_frame(body: bytes) -> dict[str, Any]:
-    """Parse one inbound frame body; SandboxCrashed if it is not a JSON object with a known t."""
+    """Parse one inbound frame body; SandboxCrashed if it is not a JSON object with a known t.
+    Bounded (``values.loads_bounded``): nesting, numbers and syntax all fail as ValueError."""
     try:
-        msg = json.loads(body)
+        msg = loads_bounded(body)
     except ValueError:
         raise SandboxCrashed("unreadable frame from the sandbox process") from None
     if not isinstance(msg, dict) or msg.get("t") not in PROCESS_FRAMES:

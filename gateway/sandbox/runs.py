@@ -28,8 +28,14 @@ from gateway.errors import (
 from gateway.sandbox.process import DenoProcess
 from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT
 from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
-from gateway.schemas import UnsafePattern, check_untrusted, safe_validator
-from gateway.values import MAX_DEPTH, check_input
+from gateway.schemas import (
+    SchemaTooCostly,
+    UnsafePattern,
+    check_untrusted,
+    untrusted_validator,
+    validate_untrusted,
+)
+from gateway.values import MAX_DEPTH, UnreadableJson, check_input, loads_bounded
 
 __all__ = ["CallState", "Output", "clean_error", "drive", "output_validator", "result_of"]
 
@@ -176,11 +182,6 @@ async def _serve_call(
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}))
 
 
-def _reject_constant(name: str) -> Any:
-    raise InvalidRequest(f"arguments: {name} is not a JSON number (NaN and infinities are not "
-                         "allowed)", field="arguments")
-
-
 def _host_arguments(text: Any) -> dict[str, Any]:
     """A host call's keyword arguments, held to the front door's JSON rules (finite numbers,
     no unpaired surrogates, bounded depth: ``values.check_input``) before anything — the
@@ -188,19 +189,20 @@ def _host_arguments(text: Any) -> dict[str, Any]:
     if not isinstance(text, str):
         raise InvalidRequest("SDK arguments are not JSON", field="arguments")
     try:
-        args = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise InvalidRequest(f"arguments: nested more than {MAX_DEPTH} levels deep",
-                             field="arguments", details={"max_depth": MAX_DEPTH}) from None
-    except ValueError:
-        raise InvalidRequest("SDK arguments are not JSON", field="arguments") from None
+        args = loads_bounded(text)
+    except UnreadableJson as exc:
+        if exc.too_deep:
+            raise InvalidRequest(f"arguments: nested more than {MAX_DEPTH} levels deep",
+                                 field="arguments", details={"max_depth": MAX_DEPTH}) from None
+        raise InvalidRequest(f"SDK arguments are not JSON ({exc})"[:300],
+                             field="arguments") from None
     if not isinstance(args, dict):
         raise InvalidRequest("SDK arguments must be keyword arguments", field="arguments")
     check_input(args, "arguments")  # 1e400 parses to inf without passing parse_constant
     return args
 
 
-def result_of(
+async def result_of(
     done: dict[str, Any],
     out: Output,
     calls: CallState,
@@ -210,7 +212,9 @@ def result_of(
     validator: jsonschema.protocols.Validator | None,
     counters: dict[str, int],
 ) -> RunResult:
-    """The RunResult of a ``done`` frame, or the SandboxError it stands for."""
+    """The RunResult of a ``done`` frame, or the SandboxError it stands for. The caller's
+    ``output_schema`` is evaluated in a thread, under its work budget (gateway/schemas.py):
+    however costly, it holds up no other caller."""
     status = done.get("status")
     reason = str(done.get("reason") or "")[:2000]
     if status == "timeout":
@@ -226,7 +230,9 @@ def result_of(
         counters["crashes"] += 1
         raise SandboxCrashed(f"the sandbox worker failed: {reason or status}")
     try:
-        reply = json.loads(str(done.get("reply")))
+        # Bounded: a reply nested past MAX_WIRE_DEPTH, an overflowing number, bad syntax are
+        # all ValueError — the worker broke the protocol, whatever it sent.
+        reply = loads_bounded(str(done.get("reply")))
         ok = reply["ok"]
         error = reply.get("error")
         if not isinstance(ok, bool) or not (error is None or isinstance(error, dict)):
@@ -244,8 +250,10 @@ def result_of(
     result = reply.get("result") if ok else None
     if ok and validator is not None:
         try:
-            problems = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
-        except (UnsafePattern, Unresolvable) as exc:  # refused up front; belt and braces
+            problems = await asyncio.to_thread(validate_untrusted, validator, result)
+        except (UnsafePattern, Unresolvable, SchemaTooCostly) as exc:
+            # A pattern or reference was refused up front (belt and braces); a schema too
+            # costly for this result fails the run as the schema's error, never the gateway.
             ok, result, problems = False, None, []
             error = {"type": "OutputSchemaError", "traceback": "", "path": "",
                      "message": f"output_schema cannot be applied: {exc}"}
@@ -285,10 +293,13 @@ def output_validator(schema: dict[str, Any] | None) -> jsonschema.protocols.Vali
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}",
                              field="output_schema") from None
+    except RecursionError:
+        raise InvalidRequest("output_schema is nested too deep to check",
+                             field="output_schema") from None
     # The caller's schema: no reference outside itself (never fetched), no pattern that
-    # could backtrack (evaluated on RE2) — gateway/schemas.py.
+    # could backtrack (evaluated on RE2), every keyword metered — gateway/schemas.py.
     check_untrusted(schema, "output_schema")
-    return safe_validator(schema)
+    return untrusted_validator(schema)
 
 
 def clean_error(error: Any) -> dict[str, Any]:

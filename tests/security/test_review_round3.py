@@ -90,9 +90,6 @@ OUTPUT_SCHEMA_BOMBS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a caller's output_schema is evaluated on the "
-                   "serving event loop in super-linear time (local $ref fan-out, uniqueItems): "
-                   "one code run stalls every caller")
 @pytest.mark.parametrize("bomb", sorted(OUTPUT_SCHEMA_BOMBS))
 def test_a_costly_output_schema_does_not_stall_other_callers(
         own_gateway: pb_grpc.GatewayStub, bomb: str) -> None:
@@ -404,10 +401,6 @@ DEEP_DONE = _JS + (
     "time.sleep(1)\n")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6: runs.result_of catches ValueError/KeyError/"
-                   "TypeError but not RecursionError: a too-deep result is 'internal' (logged "
-                   "as an unexpected failure, and a session survives it) instead of "
-                   "sandbox_crashed")
 def test_a_result_nested_too_deep_is_a_sandbox_crash_not_an_internal_error(
         gateway: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
