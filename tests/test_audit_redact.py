@@ -28,7 +28,7 @@ ARGS: dict[str, Any] = {
     "memo": "private",
     "amount": 10,
     "payees": [{"name": "a", "iban": "X1"}, {"name": "b", "iban": "X2"}],
-    "meta": {"k1": {"secret": 1}, "k2": {"secret": 2, "keep": 3}},
+    "meta": {"k1": {"pin": 1}, "k2": {"pin": 2, "keep": 3}},  # not credential keys
 }
 
 
@@ -53,10 +53,10 @@ ARGS: dict[str, Any] = {
         ),
         (["payees[1].iban"], "", lambda r: [p["iban"] for p in r["payees"]] == ["X1", REDACTED]),
         (
-            ["meta.*.secret"],
+            ["meta.*.pin"],
             "",
             lambda r: (
-                r["meta"] == {"k1": {"secret": REDACTED}, "k2": {"secret": REDACTED, "keep": 3}}
+                r["meta"] == {"k1": {"pin": REDACTED}, "k2": {"pin": REDACTED, "keep": 3}}
             ),
         ),
         (["meta"], "", lambda r: r["meta"] == REDACTED),

@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
@@ -28,6 +28,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
+from gateway import maskpath
 from gateway.audit import attributes as A
 from gateway.errors import ConfigError, GatewayError
 
@@ -59,7 +60,6 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
-_WILDCARD = "*"
 
 
 def _json_default(value: Any) -> Any:
@@ -167,49 +167,14 @@ def load_digest_key(key_file: Path | None, env: Mapping[str, str] | None = None)
 # --- masking by JSON path -------------------------------------------------------------------
 
 
-def _split(path: str) -> list[str]:
-    return [p for p in path.replace("[", ".").replace("]", "").split(".") if p]
+# The path language (``**`` any depth, ``*`` globs, keys compared case- and style-blind) is
+# gateway/maskpath.py, shared with the policy decision log. Every argument tree also gets the
+# credential-key backstop (maskpath.CREDENTIAL_KEYS) whatever the decision's mask says.
+_BACKSTOP = maskpath.credential_paths("arguments")
 
 
-def _apply(value: Any, parts: Sequence[str]) -> Any:
-    if not parts:
-        return REDACTED
-    head, rest = parts[0], parts[1:]
-    if isinstance(value, Mapping):
-        out = dict(value)
-        for key in list(out):
-            if head == _WILDCARD or key == head:
-                out[key] = _apply(out[key], rest)
-        return out
-    if isinstance(value, list | tuple):
-        items = list(value)
-        for i, item in enumerate(items):
-            if head == _WILDCARD or head == str(i):
-                items[i] = _apply(item, rest)
-        return items
-    return value  # path goes deeper than the value: nothing to hide there
-
-
-def _relative(mask: Sequence[str], prefix: str) -> Iterator[list[str]]:
-    """Each mask path as a path inside the value that sits at ``prefix`` (see :func:`redact`)."""
-    for parts in _relative_paths(tuple(mask), prefix):
-        yield list(parts)
-
-
-@functools.lru_cache(maxsize=1024)
-def _relative_paths(mask: tuple[str, ...], prefix: str) -> tuple[tuple[str, ...], ...]:
-    # Pure in its arguments, and a decision's mask repeats on every call: worked out once.
-    pre = _split(prefix)
-    tails = [pre[i:] for i in range(len(pre) + 1)]
-    out: list[tuple[str, ...]] = []
-    for path in mask:
-        parts = _split(path)
-        for tail in tails:
-            if len(parts) > len(tail) and all(
-                p in (t, _WILDCARD) for p, t in zip(parts, tail, strict=False)
-            ):
-                out.append(tuple(parts[len(tail) :]))
-    return tuple(out)
+def _with_backstop(mask: Sequence[str]) -> list[str]:
+    return [*mask, *_BACKSTOP]
 
 
 def redact(value: Any, mask: Sequence[str], prefix: str = "") -> Any:
@@ -218,48 +183,19 @@ def redact(value: Any, mask: Sequence[str], prefix: str = "") -> Any:
     ``value`` sits at ``prefix`` in the policy input (e.g. ``"action.arguments"``). A mask path
     applies when it starts with the prefix or with any tail of it, so
     ``action.arguments.card_number``, ``arguments.card_number`` and ``card_number`` all hide
-    ``card_number`` in the arguments. ``*`` matches any key or list item; ``items.0`` or
-    ``items[0]`` a list index. Paths that do not exist are ignored. Over-matching only
-    redacts more, which is the safe direction.
+    ``card_number`` in the arguments. ``*`` matches any key or list item (inside a segment, a
+    glob); ``**`` any number of levels; ``items.0`` or ``items[0]`` a list index; keys match
+    whatever their case and ``_``/``-``/camelCase style (gateway/maskpath.py). Credential keys
+    in the arguments (``password``, ``*token``, …) are hidden at any depth in any case. Paths
+    that do not exist are ignored. Over-matching only redacts more, which is the safe
+    direction.
     """
-    out = value
-    for parts in _relative(mask, prefix):
-        out = _apply(out, parts)
-    return out
-
-
-def _leaves(value: Any, out: list[Any]) -> None:
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _leaves(item, out)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _leaves(item, out)
-    else:
-        out.append(value)
-
-
-def _collect(value: Any, parts: Sequence[str], out: list[Any]) -> None:
-    if not parts:
-        _leaves(value, out)
-        return
-    head, rest = parts[0], parts[1:]
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if head == _WILDCARD or key == head:
-                _collect(item, rest, out)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            if head == _WILDCARD or head == str(i):
-                _collect(item, rest, out)
+    return maskpath.redact(value, _with_backstop(mask), prefix, REDACTED)
 
 
 def masked_values(value: Any, mask: Sequence[str], prefix: str = "") -> list[Any]:
     """The scalar leaves :func:`redact` would hide (same path rules), in no particular order."""
-    out: list[Any] = []
-    for parts in _relative(mask, prefix):
-        _collect(value, parts, out)
-    return out
+    return maskpath.collect(value, _with_backstop(mask), prefix)
 
 
 def json_attr(value: Any, max_len: int = 4096) -> str:
@@ -476,8 +412,7 @@ def register_masked(value: Any, mask: Sequence[str], prefix: str = "") -> CallSe
     secrets = current_call_secrets()
     if secrets is None:  # (an empty set is falsy: never `or` here)
         secrets = CallSecrets()
-    if mask:
-        secrets.add(masked_values(value, mask, prefix))
+    secrets.add(masked_values(value, mask, prefix))  # the credential backstop even unmasked
     return secrets
 
 

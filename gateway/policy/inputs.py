@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.maskpath import credential_paths
+from gateway.maskpath import redact as mask_redact
 from gateway.models import Operation, Principal
 
 __all__ = ["REDACTED", "build_input", "redact"]
@@ -46,66 +47,18 @@ def build_input(
     }
 
 
-_LEAF: dict[str, Any] = {}
-
-
-@functools.lru_cache(maxsize=256)
-def _trie(mask: tuple[str, ...]) -> dict[str, Any]:
-    """The mask as a tree of path segments; a path ending at a node makes it a leaf."""
-    root: dict[str, Any] = {}
-    for path in mask:
-        parts = [p for p in path.split(".") if p]
-        if not parts:
-            continue
-        node = root
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is _LEAF:
-                break  # a shorter path already redacts this whole subtree
-            node = node.setdefault(part, {})
-        else:
-            node[parts[-1]] = _LEAF
-    return root
-
-
-def _apply(value: Any, node: dict[str, Any]) -> Any:
-    if isinstance(value, dict):
-        out: dict[str, Any] | None = None
-        for key, child in node.items():
-            targets = value.keys() if key == "*" else ((key,) if key in value else ())
-            for k in targets:
-                new = REDACTED if child is _LEAF else _apply(value[k], child)
-                if new is not value[k]:
-                    if out is None:
-                        out = dict(value)
-                    out[k] = new
-        return value if out is None else out
-    if isinstance(value, list):
-        items: list[Any] | None = None
-        for key, child in node.items():
-            if key == "*":
-                idx: range | tuple[int, ...] = range(len(value))
-            elif key.isdigit() and int(key) < len(value):
-                idx = (int(key),)
-            else:
-                continue
-            for i in idx:
-                new = REDACTED if child is _LEAF else _apply(value[i], child)
-                if new is not value[i]:
-                    if items is None:
-                        items = list(value)
-                    items[i] = new
-        return value if items is None else items
-    return value
+# Same path language as the audit trail (gateway/maskpath.py: ``**``, globs, style-blind
+# keys), and the same credential-key backstop over the arguments.
+_BACKSTOP = credential_paths("action.arguments")
 
 
 def redact(value: Any, mask: Sequence[str]) -> Any:
-    """A copy of ``value`` with every dotted path in ``mask`` replaced by ``"[redacted]"``.
+    """A copy of ``value`` with every path in ``mask`` replaced by ``"[redacted]"``.
 
     Paths are dot-separated keys (``action.arguments.card_number``); ``*`` matches every key or
-    list element, a number indexes a list. Missing paths are ignored; the input is not mutated
+    list element, ``**`` any number of levels, a number indexes a list; keys match whatever
+    their case and ``_``/``-``/camelCase style. Credential keys under ``action.arguments`` are
+    redacted whatever the mask. Missing paths are ignored; the input is not mutated
     (untouched branches are shared, touched ones copied).
     """
-    if not mask:
-        return value
-    return _apply(value, _trie(tuple(mask)))
+    return mask_redact(value, [*mask, *_BACKSTOP], "", REDACTED)

@@ -168,15 +168,26 @@ test_plain_calls_have_no_obligations if {
 
 test_mask_covers_payment_accounts if {
 	d := routing.decision with input as call(finance, "tool", "ledger.create_transfer")
-	"action.arguments.from_account" in d.mask
-	"action.arguments.to_account" in d.mask
-	"action.arguments.card_number" in d.mask
+	"action.arguments.**.from_account" in d.mask
+	"action.arguments.**.to_account" in d.mask
+	"action.arguments.**.card_number" in d.mask
 }
 
 test_mask_always_has_card_numbers if {
 	d := routing.decision with input as call(agent, "host_call", "workspace.send_email")
-	"action.arguments.card_number" in d.mask
-	not "action.arguments.from_account" in d.mask
+	"action.arguments.**.card_number" in d.mask
+	not "action.arguments.**.from_account" in d.mask
+}
+
+# The shipped masks reach any depth ("**": gateway/maskpath.py), not only top-level keys.
+test_mask_always_reaches_any_depth if {
+	d := routing.decision with input as call(agent, "tool", "ledger.list_accounts")
+	every name in ["card_number", "cvv", "iban", "password", "token"] {
+		concat(".", ["action.arguments.**", name]) in d.mask
+	}
+	every p in data.switchboard.mask.always {
+		startswith(p, "action.arguments.**.")
+	}
 }
 
 test_tenant_backends_from_data if {
