@@ -36,7 +36,13 @@ from opentelemetry.trace import SpanKind
 from gateway.audit import attributes as A
 from gateway.audit import inject_trace_context, record_outcome, safe_url
 from gateway.audit.tracing import contextual_tracer
-from gateway.errors import BackendError, BackendUnavailable, ConfigError, GatewayError
+from gateway.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+)
 from gateway.models import BackendSettings, Operation
 from gateway.tools.breaker import BreakerPolicy, CircuitBreaker
 
@@ -114,6 +120,23 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
+# A path parameter that is, once quoted, a dot-segment or nothing: HTTP clients and servers
+# collapse "/accounts/../x" to "/x" (even above the base path), so it would address another
+# resource than the operation's; "" makes "//" that some servers merge too.
+_NOT_A_SEGMENT = frozenset({"", ".", ".."})
+
+
+def _path_segment(name: str, value: Any) -> str:
+    """``value`` percent-encoded as exactly one path segment (``/`` included), or
+    InvalidRequest naming the argument when no encoding keeps it one."""
+    segment = quote(_scalar(value), safe="")
+    if segment in _NOT_A_SEGMENT:
+        raise InvalidRequest(
+            f"arguments.{name}: a path parameter cannot be empty, '.' or '..'",
+            field=f"arguments.{name}")
+    return segment
+
+
 def build_request_parts(
     op: Operation, arguments: Mapping[str, Any]
 ) -> tuple[str, list[tuple[str, str]], dict[str, str], Any]:
@@ -128,7 +151,7 @@ def build_request_parts(
         value = arguments[param.name]
         wire = param.wire_name or param.name
         if param.location == "path":
-            path = path.replace("{" + wire + "}", quote(_scalar(value), safe=""))
+            path = path.replace("{" + wire + "}", _path_segment(param.name, value))
         elif param.location == "query":
             if value is None:
                 continue
