@@ -53,6 +53,7 @@ CREDENTIAL_KEYS: tuple[str, ...] = (
     "*credential*", "*authorization*", "*cookie*", "*token", "*bearer*",
 )  # fmt: skip
 _IGNORED = re.compile(r"[\s_\-]+")
+_MAX_STEPS = 8192
 
 
 def normalise_key(key: str) -> str:
@@ -97,12 +98,16 @@ _State = frozenset[tuple[int, int]]
 class Mask:
     """Compiled mask paths: an NFA over normalised keys (``**`` loops on itself)."""
 
-    __slots__ = ("_paths", "start")
+    __slots__ = ("_accepting", "_at", "_paths", "_steps", "start")
 
     def __init__(self, paths: Iterable[str]) -> None:
         self._paths = tuple(tuple(_Segment(s) for s in split_path(p)) for p in paths)
         self._paths = tuple(p for p in self._paths if p)
         self.start: _State = self._closure({(i, 0) for i in range(len(self._paths))})
+        # Pure in (states, key): memoised, so a call's redaction is a dict lookup per node.
+        self._steps: dict[tuple[_State, str], _State] = {}
+        self._at: dict[str, tuple[_State, bool]] = {}
+        self._accepting: dict[_State, bool] = {}
 
     def _closure(self, states: Iterable[tuple[int, int]]) -> _State:
         out: set[tuple[int, int]] = set()
@@ -119,6 +124,14 @@ class Mask:
 
     def step(self, states: _State, key: str) -> _State:
         """The states after descending into ``key`` (already normalised)."""
+        hit = self._steps.get((states, key))
+        if hit is None:
+            if len(self._steps) >= _MAX_STEPS:
+                self._steps.clear()  # keys are attacker-chosen: bound the memo
+            hit = self._steps[(states, key)] = self._step(states, key)
+        return hit
+
+    def _step(self, states: _State, key: str) -> _State:
         nxt: set[tuple[int, int]] = set()
         for path, pos in states:
             segments = self._paths[path]
@@ -132,12 +145,26 @@ class Mask:
         return self._closure(nxt) if nxt else frozenset()
 
     def accepts(self, states: _State) -> bool:
-        return any(pos >= len(self._paths[path]) for path, pos in states)
+        hit = self._accepting.get(states)
+        if hit is None:
+            if len(self._accepting) >= _MAX_STEPS:
+                self._accepting.clear()
+            hit = self._accepting[states] = any(
+                pos >= len(self._paths[path]) for path, pos in states)
+        return hit
 
     def at(self, prefix: str) -> tuple[_State, bool]:
         """The states for a value sitting at ``prefix``; a path may start at any tail of the
         prefix (``action.arguments.x``, ``arguments.x`` and ``x`` all name ``x`` in the
         arguments). True when the prefix itself is masked (hide the whole value)."""
+        hit = self._at.get(prefix)
+        if hit is None:
+            if len(self._at) >= _MAX_STEPS:
+                self._at.clear()
+            hit = self._at[prefix] = self._at_uncached(prefix)
+        return hit
+
+    def _at_uncached(self, prefix: str) -> tuple[_State, bool]:
         states = self.start
         for part in split_path(prefix):
             stepped = self.step(states, normalise_key(part))
