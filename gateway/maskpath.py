@@ -8,8 +8,9 @@ A path is dot-separated segments (``action.arguments.card_number``; ``items[0]``
 ``items.0``):
 
 * a plain segment names a key (or, as digits, a list index). Keys compare **by their
-  normalised spelling**: case, ``_``, ``-`` and spaces do not count, so ``card_number`` also
-  names ``cardNumber``, ``CARD-NUMBER`` and ``Card Number``;
+  normalised spelling**: case, ``_``, ``-``, ``.``, spaces and invisible format characters do
+  not count, after NFKC, so ``card_number`` also names ``cardNumber``, ``CARD-NUMBER``,
+  ``Card Number``, ``card.number`` and the fullwidth form;
 * ``*`` is any one key or list item; ``*`` inside a segment is a glob over the normalised key
   (``*token`` names ``access_token`` and ``refreshToken``);
 * ``**`` is any number of levels, none included, through objects and lists alike:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -52,13 +54,18 @@ CREDENTIAL_KEYS: tuple[str, ...] = (
     "*password*", "*passwd*", "*passphrase*", "*secret*", "*apikey*", "*privatekey*",
     "*credential*", "*authorization*", "*cookie*", "*token", "*bearer*",
 )  # fmt: skip
-_IGNORED = re.compile(r"[\s_\-]+")
+_IGNORED = re.compile(r"[\s_.\-]+")
 _MAX_STEPS = 8192
 
 
 def normalise_key(key: str) -> str:
-    """``cardNumber``, ``card_number``, ``CARD-NUMBER`` → ``cardnumber``."""
-    return _IGNORED.sub("", key).casefold()
+    """``cardNumber``, ``card_number``, ``CARD-NUMBER``, ``card.number``, the fullwidth form
+    or one with a zero-width space inside → ``cardnumber`` (NFKC, no separators or invisible
+    format characters, casefolded)."""
+    text = unicodedata.normalize("NFKC", key)
+    if not text.isascii():
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return _IGNORED.sub("", text).casefold()
 
 
 def split_path(path: str) -> list[str]:

@@ -197,15 +197,31 @@ _WIDE_VALUE = frozenset({"enum", "patternProperties", "dependentSchemas", "depen
                          "dependencies"})
 _REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 _REF_UNITS = 9
+_TEXT_KEYWORDS = frozenset({"pattern", "patternProperties", "additionalProperties",
+                            "unevaluatedProperties", "propertyNames", "const", "enum",
+                            "uniqueItems"})
 
 
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, dict | list) else 0
 
 
+def _kib(instance: Any) -> int:
+    """KiB of text a keyword scans or compares in ``instance`` (a string, or an object's
+    keys): a 1 MiB string is not one step for ``pattern``, ``const`` or ``enum``."""
+    if isinstance(instance, str):
+        return len(instance) >> 10
+    if isinstance(instance, dict) and len(instance) < 1 << 16:
+        return sum(len(k) for k in instance if isinstance(k, str)) >> 10
+    if isinstance(instance, dict):
+        return len(instance) >> 4  # a huge object: its key count stands in (O(1) here)
+    return 0
+
+
 def _charge(keyword: str, value: Any, instance: Any, schema: Any) -> int:
     """Units for one keyword evaluation: 1, plus the widths it iterates over; a keyword whose
-    work is (schema width * instance width) is charged the product."""
+    work is (schema width * instance width) is charged the product, one that scans text per
+    KiB scanned (per pattern, for patternProperties)."""
     units = 1 + _size(value) + _size(instance)
     if keyword in _REF_KEYWORDS:
         units += _REF_UNITS  # a registry lookup and a new validator: ~10x a plain keyword
@@ -214,6 +230,8 @@ def _charge(keyword: str, value: Any, instance: Any, schema: Any) -> int:
     elif keyword in ("additionalProperties", "unevaluatedProperties") and \
             isinstance(schema, dict):
         units += _size(schema.get("patternProperties")) * _size(instance)
+    if keyword in _TEXT_KEYWORDS:
+        units += _kib(instance) * max(1, _size(value) if keyword != "const" else 1)
     return units
 
 
@@ -285,11 +303,15 @@ def untrusted_validator(schema: dict[str, Any] | bool) -> Validator:
 
 
 def _nodes(instance: Any) -> int:
+    """JSON values in ``instance``, a string (or key) counting once more per KiB."""
     count, stack = 0, [instance]
     while stack:
         item = stack.pop()
         count += 1
-        if isinstance(item, dict):
+        if isinstance(item, str):
+            count += len(item) >> 10
+        elif isinstance(item, dict):
+            count += sum(len(k) for k in item if isinstance(k, str)) >> 10
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)

@@ -435,7 +435,10 @@ class SandboxPool:
             inputs = json.dumps(req.inputs, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"inputs are not JSON: {exc}", field="inputs") from None
-        validator = output_validator(req.output_schema)
+        # Checking a caller's schema against the metaschema is linear in its size, which can be
+        # megabytes: in a thread, like its evaluation (gateway/schemas.py).
+        validator = (await asyncio.to_thread(output_validator, req.output_schema)
+                     if req.output_schema is not None else None)
         self._counters["runs"] += 1
         if req.session_id is None:
             proc = await self._acquire()

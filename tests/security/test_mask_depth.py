@@ -43,7 +43,8 @@ ALWAYS = tuple(SHIPPED["always"])
 
 @pytest.mark.parametrize("key", [
     "card_number", "cardNumber", "CardNumber", "CARD_NUMBER", "card-number", "Card Number",
-    "card__number", "CARD-number"])
+    "card__number", "CARD-number", "card.number", "\uff43\uff41\uff52\uff44_number",
+    "card\u200bnumber", "\u00adcard_number"])
 def test_key_spellings_are_one_key(key: str) -> None:
     args = {"payment": {"methods": [{"x": 1}, {key: "4000000000000002"}]}}
     out = redact(args, ALWAYS, "action.arguments")

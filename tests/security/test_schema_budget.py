@@ -196,6 +196,32 @@ def test_a_wide_schema_times_a_wide_result_is_charged_the_product() -> None:
         S.validate_untrusted(validator, {f"k{i}": i for i in range(3000)})
 
 
+@pytest.mark.parametrize("leaf", [
+    {"pattern": "zzz"}, {"const": "y" * 1_000_000}, {"enum": ["y" * 1_000_000, 1]},
+    {"patternProperties": {"zzz": False}}, {"propertyNames": {"pattern": "zzz"}},
+], ids=["pattern", "const", "enum", "patternProperties", "propertyNames"])
+def test_text_scanning_keywords_are_charged_per_kib(leaf: dict[str, Any]) -> None:
+    """One 1 MiB string (or key) scanned by a fanned-out pattern/const/enum: each scan is
+    charged by its length, so the fan-out stops after a few hundred scans, not 100,000."""
+    schema = _chain(40, lambda t: {"allOf": [_ref(t), _ref(t)]})
+    schema["$defs"]["d40"] = leaf
+    big = "y" * 1_000_000 + "x"
+    validator = output_validator(schema)
+    assert validator is not None
+    assert S._charge("pattern", "zzz", big, {}) > 900  # 1 + 976 KiB
+    instance = {big: 1} if "Properties" in next(iter(leaf)) or "Names" in next(iter(leaf)) \
+        else big
+    with pytest.raises(S.SchemaTooCostly):
+        S.validate_untrusted(validator, instance)
+
+
+def test_a_big_string_under_an_honest_pattern_is_within_budget() -> None:
+    validator = output_validator({"type": "object", "properties": {
+        "text": {"type": "string", "pattern": "^[a-y]+$", "maxLength": 2_000_000}}})
+    assert validator is not None
+    assert S.validate_untrusted(validator, {"text": "y" * 2_000_000}) == []
+
+
 def test_the_budget_grows_with_the_result() -> None:
     """A big honest result under a real schema stays well inside its budget."""
     schema = {"type": "array", "uniqueItems": True, "items": {
