@@ -176,12 +176,24 @@ class SchemaTooCostly(ValueError):
 
 
 class _Budget:
-    __slots__ = ("left", "limit", "refs")
+    __slots__ = ("_weights", "left", "limit", "refs")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.left = limit
         self.refs = 0
+        self._weights: dict[int, int] = {}
+
+    def weight(self, instance: Any) -> int:
+        """:func:`_nodes` of a container, once per container per validation (the instance
+        is alive throughout, so its id is stable): what a deep compare or hash walks."""
+        if not isinstance(instance, dict | list):
+            return 1 + _kib(instance)
+        key = id(instance)
+        hit = self._weights.get(key)
+        if hit is None:
+            hit = self._weights[key] = _nodes(instance)
+        return hit
 
     def charge(self, units: int) -> None:
         self.left -= units
@@ -197,6 +209,7 @@ _WIDE_VALUE = frozenset({"enum", "patternProperties", "dependentSchemas", "depen
                          "dependencies"})
 _REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 _REF_UNITS = 9
+_DEEP_COMPARE = frozenset({"const", "enum", "uniqueItems"})
 _TEXT_KEYWORDS = frozenset({"pattern", "patternProperties", "additionalProperties",
                             "unevaluatedProperties", "propertyNames", "const", "enum",
                             "uniqueItems"})
@@ -243,9 +256,18 @@ def _metered(keyword: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if budget is None:  # outside validate_untrusted: unmetered (never for a caller)
             yield from fn(validator, value, instance, schema) or ()
             return
-        budget.charge(_charge(keyword, value, instance, schema))
+        units = _charge(keyword, value, instance, schema)
+        if keyword in _DEEP_COMPARE:
+            # const/enum compare, uniqueItems hashes, the whole nested instance
+            units += budget.weight(instance) * (_size(value) if keyword == "enum" else 1)
+        elif is_ref:
+            units += (len(value) >> 4 if isinstance(value, str) else 0) + budget.refs
+        budget.charge(units)
         if not is_ref:
-            yield from fn(validator, value, instance, schema) or ()
+            for error in fn(validator, value, instance, schema) or ():
+                # jsonschema's messages repr the instance: a big one costs per error
+                budget.charge(len(error.message) >> 8)
+                yield error
             return
         budget.refs += 1
         try:

@@ -215,6 +215,40 @@ def test_text_scanning_keywords_are_charged_per_kib(leaf: dict[str, Any]) -> Non
         S.validate_untrusted(validator, instance)
 
 
+_WIDE = [1] * 50_000 + [2]
+_SAME = [1] * 50_000 + [3]
+
+
+@pytest.mark.parametrize(("leaf", "instance"), [
+    ({"const": [_SAME]}, [_WIDE]),  # a one-item list whose item is 50,001 values deep-compared
+    ({"enum": [[_SAME], 0]}, [_WIDE]),
+    ({"uniqueItems": True}, [_WIDE, _SAME]),  # hashing walks every nested value
+    ({"type": "object"}, ["y" * 1_000_000]),  # each failure's message reprs the megabyte
+    ({"not": {"type": "array"}}, ["y" * 1_000_000]),
+], ids=["const", "enum", "uniqueItems", "error-repr", "not-repr"])
+def test_deep_compares_and_big_error_messages_are_charged(leaf: dict[str, Any],
+                                                          instance: Any) -> None:
+    schema = _chain(40, lambda t: {"allOf": [_ref(t), _ref(t)]})
+    schema["$defs"]["d40"] = leaf
+    validator = output_validator(schema)
+    assert validator is not None
+    with pytest.raises(S.SchemaTooCostly):
+        S.validate_untrusted(validator, instance)
+
+
+def test_long_reference_pointers_are_charged_by_length() -> None:
+    """A ``$ref`` whose JSON pointer walks 5,000 levels costs that walk on every lookup."""
+    inner: dict[str, Any] = {"type": "integer"}
+    for _ in range(5000):
+        inner = {"a": inner}
+    pointer = "#/$defs/x" + "/a" * 5000
+    schema = {"$defs": {"x": inner}, "allOf": [{"$ref": pointer}] * 2000}
+    validator = output_validator(schema)
+    assert validator is not None
+    with pytest.raises(S.SchemaTooCostly):
+        S.validate_untrusted(validator, 1)
+
+
 def test_a_big_string_under_an_honest_pattern_is_within_budget() -> None:
     validator = output_validator({"type": "object", "properties": {
         "text": {"type": "string", "pattern": "^[a-y]+$", "maxLength": 2_000_000}}})
