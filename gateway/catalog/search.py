@@ -4,15 +4,18 @@ First stage: each operation is one document made of weighted fields (name x3, su
 x1, parameter names x0.7, the opening of the description x0.5, parameter descriptions x0.3),
 scored by BM25F with per-field length normalisation. Terms are lower-cased, camelCase /
 snake_case-split, stop-word-free and lightly stemmed; run-together name words ("deletefile")
-also count as their halves. Query words are expanded through a small table of generic API
-synonyms ("text" -> message, "credit" -> balance) at a lower weight.
+also count as their halves. Query words are expanded through a table of generic
+everyday-to-API words ("text" -> message, "credit" -> balance, "hang up" -> terminate,
+"spend" -> usage) at a lower weight.
 
 Second stage: the best 40 are re-scored by how much of the operation's name the query covers
 (IDF-weighted, so a long name's rare unmatched words cost more than its common prefix) and by
 whether the operation does what the query's verb asks (list / get / create / update / delete:
 the query's first action word against the name's verb, or the HTTP method and path shape), and
 by the share of the query's adjacent word pairs found adjacent (either order) in the name or
-summary. A query that says to undo an action ("undo the delete") asks for no action.
+summary, and by whether the query's head noun ("a new verification *service* for ...") is the
+resource the operation's path ends in. Undoing is an action of its own: "undo the delete",
+"bring back a suspended user" ask for an ``un-`` or restoring operation.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
 (~1-2 ms over 1,000-1,500 operations, bench/search_eval.py). Pure Python, no model, no data
