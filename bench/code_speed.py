@@ -77,6 +77,16 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(f[1]), (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TCK
 
 
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process itself (all its threads, no children)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(f[11]) + int(f[12])) / TCK
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of ``root`` and all its live descendants, each with its reaped children."""
     procs: dict[int, tuple[int, float]] = {}
@@ -131,10 +141,21 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                     await run()
                 await asyncio.sleep(3.0)  # every process restores its next interpreter
 
+            async def quiet(limit_s: float = 60.0) -> None:
+                """Until the gateway's tree uses < 0.15 CPU-s in a second (processes that
+                replace the ones sessions took have started), at most ``limit_s``."""
+                end = time.monotonic() + limit_s
+                while time.monotonic() < end:
+                    cpu0 = tree_cpu(gw_pid)
+                    await asyncio.sleep(1.0)
+                    if tree_cpu(gw_pid) - cpu0 < 0.15:
+                        return
+
             async def burst(name: str, callers: list[str | None]) -> None:
                 n = 0
                 load0 = os.getloadavg()[0]
-                cpu0, t0 = tree_cpu(gw_pid), time.perf_counter()
+                spy = _start_spy(args.spy, gw_pid, args.duration) if name == "sess" else None
+                cpu0, gw0, t0 = tree_cpu(gw_pid), own_cpu(gw_pid), time.perf_counter()
 
                 async def caller(session: str | None) -> None:
                     nonlocal n
@@ -145,8 +166,12 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.gather(*(caller(s) for s in callers))
                 wall = time.perf_counter() - t0
                 cpu = tree_cpu(gw_pid) - cpu0
+                gw = own_cpu(gw_pid) - gw0
                 out[name] = {"n": n, "runs_s": n / wall, "cpu_s_per_run": cpu / max(1, n),
+                             "gateway_cpu_s_per_run": gw / max(1, n),
                              "cpu_util": cpu / wall, "load": [load0, os.getloadavg()[0]]}
+                if spy is not None:
+                    spy.wait()
 
             async def series(name: str, burners: int) -> None:
                 procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
@@ -167,17 +192,38 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                         p.kill()
                         p.wait()
 
-            await settle()
-            await burst("iso", [None] * args.clients)
-            sessions = [f"speed-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]
-            for s in sessions:
-                await run(s)
-            await burst("sess", [s for s in sessions for _ in range(4)])
-            await settle()
-            await series("warm", 0)
-            await settle()
-            await series("warm_load", 2)
+            phases = set(args.phases.split(","))
+            if "iso" in phases:
+                await settle()
+                await burst("iso", [None] * args.clients)
+            if "sess" in phases:
+                sessions = [f"speed-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.sessions)]
+                for s in sessions:
+                    await run(s)
+                for _ in range(args.sess_warmup):  # tier-up of the session path, both sides
+                    await asyncio.gather(*(run(s) for s in sessions))
+                await quiet()  # the processes that replaced the sessions' have restored
+                await burst("sess", [s for s in sessions for _ in range(args.per_session)])
+            if "warm" in phases:
+                await settle()
+                await series("warm", 0)
+            if "warm_load" in phases:
+                await settle()
+                await series("warm_load", 2)
     return out
+
+
+def _start_spy(path: str, pid: int, duration: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (PY_SPY, else the venv's) over the gateway process for one phase, raw format;
+    PY_SPY_RATE samples/s (200), PY_SPY_NATIVE=1 for native frames (slows the gateway ~10x)."""
+    if not path:
+        return None
+    spy = os.environ.get("PY_SPY") or str(Path(sys.executable).parent / "py-spy")
+    native = ["--native"] if os.environ.get("PY_SPY_NATIVE") else []
+    return subprocess.Popen(
+        [spy, "record", *native, "-r", os.environ.get("PY_SPY_RATE", "200"), "-f", "raw",
+         "-o", path, "-p", str(pid), "-d", str(max(1, int(duration) - 1))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ---- the bare-restore floor (Deno only) ---------------------------------------------------
@@ -243,7 +289,10 @@ def floor(restores: int, rounds: int, base: str = "") -> dict[str, Any]:
 def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE), "--child", "--workers", str(args.workers),
            "--clients", str(args.clients), "--duration", str(args.duration),
-           "--warm-runs", str(args.warm_runs), "--pause", str(args.pause)]
+           "--warm-runs", str(args.warm_runs), "--pause", str(args.pause),
+           "--phases", args.phases, "--sessions", str(args.sessions),
+           "--per-session", str(args.per_session), "--sess-warmup", str(args.sess_warmup),
+           "--spy", args.spy]
     root = tree or str(REPO)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
@@ -259,15 +308,19 @@ def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| tree | isolated runs/s | CPU-s / isolated run | session runs/s | "
-             "CPU ms / session run | warm p50 ms (p99) | warm p50 ms under 2 burners (p99) | "
-             "load (iso → warm_load) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "CPU ms / session run (gateway) | warm p50 ms (p99) | "
+             "warm p50 ms under 2 burners (p99) | load (first → last phase) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    nan = {"runs_s": float("nan"), "cpu_s_per_run": float("nan"), "p50_ms": float("nan"),
+           "p99_ms": float("nan"), "gateway_cpu_s_per_run": float("nan"), "load": [0.0, 0.0]}
     for label, r in rows:
-        i, s, w, wl = r["iso"], r["sess"], r["warm"], r["warm_load"]
+        i, s, w, wl = (r.get(k, nan) for k in ("iso", "sess", "warm", "warm_load"))
+        loads = [r[k]["load"] for k in ("iso", "sess", "warm", "warm_load") if k in r]
         lines.append(
             f"| {label} | {i['runs_s']:.2f} | {i['cpu_s_per_run']:.3f} | {s['runs_s']:.0f} | "
-            f"{s['cpu_s_per_run'] * 1e3:.2f} | {w['p50_ms']:.1f} ({w['p99_ms']:.1f}) | "
-            f"{wl['p50_ms']:.1f} ({wl['p99_ms']:.1f}) | "
-            f"{i['load'][0]:.1f} → {wl['load'][1]:.1f} |")
+            f"{s['cpu_s_per_run'] * 1e3:.2f} ({s['gateway_cpu_s_per_run'] * 1e3:.2f}) | "
+            f"{w['p50_ms']:.1f} ({w['p99_ms']:.1f}) | {wl['p50_ms']:.1f} ({wl['p99_ms']:.1f}) | "
+            f"{loads[0][0]:.1f} → {loads[-1][1]:.1f} |")
     return "\n".join(lines)
 
 
@@ -281,6 +334,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per throughput phase")
     ap.add_argument("--warm-runs", type=int, default=30)
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between warm runs")
+    ap.add_argument("--phases", default="iso,sess,warm,warm_load",
+                    help="comma-separated subset of iso,sess,warm,warm_load")
+    ap.add_argument("--sessions", type=int, default=4, help="sessions of the sess phase")
+    ap.add_argument("--per-session", type=int, default=4, help="callers per session")
+    ap.add_argument("--sess-warmup", type=int, default=0,
+                    help="untimed rounds of one run per session before the sess phase")
+    ap.add_argument("--spy", default="", help="py-spy raw profile of the gateway in sess")
     ap.add_argument("--floor", action="store_true", help="also measure the bare-restore floor")
     ap.add_argument("--floor-restores", type=int, default=15)
     ap.add_argument("--floor-rounds", type=int, default=3)
