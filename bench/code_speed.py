@@ -226,6 +226,81 @@ def _start_spy(path: str, pid: int, duration: float) -> subprocess.Popen[bytes] 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# ---- session runs on the pool itself (no gateway) -------------------------------------------
+
+
+def _threads(pid: int) -> dict[str, float]:
+    """CPU seconds per thread kind of one process (``/proc/<pid>/task``; digits dropped)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")].rstrip("0123456789-")
+        f = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / TCK
+    return out
+
+
+async def _pool_child(args: argparse.Namespace) -> dict[str, Any]:
+    """``--pool-runs`` trivial session runs straight on a SandboxPool of this tree, one session
+    after ``--pool-warmup`` untimed runs: CPU ms per run of the host (this process) and of the
+    session's Deno process per thread kind (supervisor ``deno``, ``worker-*``, V8 background),
+    and the worker's own run time (the ``done`` frame's ``ms``)."""
+    root = Path(args.tree or REPO)
+    sys.path.insert(0, str(root))
+    import gateway.sandbox.pool as pool_mod
+    from gateway.models import Limits
+    from gateway.sandbox import RunRequest, SandboxPool, SandboxSettings, SdkFunction
+
+    worker_ms: list[float] = []
+    drive = pool_mod.drive
+
+    async def timed_drive(*a: Any, **k: Any) -> dict[str, Any]:
+        done: dict[str, Any] = await drive(*a, **k)
+        worker_ms.append(float(done.get("ms") or 0.0))
+        return done
+
+    pool_mod.drive = timed_drive  # type: ignore[assignment]
+    sdk = (SdkFunction("ledger.get_balance", "ledger", "get_balance",
+                       "get_balance(account: str) -> dict", "Balance."),)
+
+    async def host(op: str, kwargs: dict[str, Any]) -> Any:
+        return {"balance": 1}
+
+    def req() -> RunRequest:
+        return RunRequest(source=TRIVIAL, inputs={}, limits=Limits(timeout_ms=10000),
+                          principal_key="bench", session_id="s", sdk=sdk, sdk_revision="r1")
+
+    pool = SandboxPool(SandboxSettings(workers=1, runtime_dir=root / "runtimes"))
+    await pool.start()
+    try:
+        for _ in range(args.pool_warmup):
+            await pool.run(req(), host)
+        await asyncio.sleep(2.0)
+        pid = pool._sessions[("bench", "s")].proc.pid
+        assert pid is not None
+        worker_ms.clear()
+        th0, host0, load0 = _threads(pid), own_cpu(os.getpid()), os.getloadavg()[0]
+        t0 = time.perf_counter()
+        for _ in range(args.pool_runs):
+            r = await pool.run(req(), host)
+            assert r.ok and r.result == 2, r
+        wall = time.perf_counter() - t0
+        th = _threads(pid)
+        n = args.pool_runs
+        deno = {k: (v - th0.get(k, 0.0)) / n * 1e3 for k, v in th.items()}
+        return {"runs_s": n / wall, "host_ms": (own_cpu(os.getpid()) - host0) / n * 1e3,
+                "deno_ms": sum(deno.values()),
+                "deno_threads_ms": {k: round(v, 3) for k, v in deno.items() if abs(v) > 1e-3},
+                "worker_run_ms_p50": statistics.median(worker_ms),
+                "load": [load0, os.getloadavg()[0]]}
+    finally:
+        await pool.close()
+
+
 # ---- the bare-restore floor (Deno only) ---------------------------------------------------
 
 
@@ -287,6 +362,16 @@ def floor(restores: int, rounds: int, base: str = "") -> dict[str, Any]:
 
 
 def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.pool:
+        cmd = [sys.executable, str(HERE), "--pool-child", "--pool-runs", str(args.pool_runs),
+               "--pool-warmup", str(args.pool_warmup)]
+        if tree:
+            cmd += ["--tree", tree]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tree or str(REPO))
+        if res.returncode:
+            raise SystemExit(f"pool child for {tree or REPO} failed:\n{res.stderr[-4000:]}")
+        pool_data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return pool_data
     cmd = [sys.executable, str(HERE), "--child", "--workers", str(args.workers),
            "--clients", str(args.clients), "--duration", str(args.duration),
            "--warm-runs", str(args.warm_runs), "--pause", str(args.pause),
@@ -341,6 +426,11 @@ def main() -> None:
     ap.add_argument("--sess-warmup", type=int, default=0,
                     help="untimed rounds of one run per session before the sess phase")
     ap.add_argument("--spy", default="", help="py-spy raw profile of the gateway in sess")
+    ap.add_argument("--pool", action="store_true",
+                    help="instead: one session's trivial runs straight on the pool, CPU per "
+                         "run of host and Deno per thread kind (no gateway)")
+    ap.add_argument("--pool-runs", type=int, default=3000)
+    ap.add_argument("--pool-warmup", type=int, default=1200)
     ap.add_argument("--floor", action="store_true", help="also measure the bare-restore floor")
     ap.add_argument("--floor-restores", type=int, default=15)
     ap.add_argument("--floor-rounds", type=int, default=3)
@@ -348,12 +438,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--tree", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pool-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_only:
         args.floor = True
         args.rounds = 0
     if args.child:
         print(json.dumps(asyncio.run(_child(args))))
+        return
+    if args.pool_child:
+        print(json.dumps(asyncio.run(_pool_child(args))))
         return
     rows: list[tuple[str, dict[str, Any]]] = []
     for rnd in range(args.rounds):
@@ -364,7 +458,14 @@ def main() -> None:
             data = run_child(tree, args)
             rows.append((f"{label} #{rnd + 1}", data))
             print(f"{label} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
-    if rows:
+    if rows and args.pool:
+        print("| tree | runs/s | host CPU ms/run | Deno CPU ms/run | per thread kind | "
+              "worker run p50 ms | load |\n|---|---:|---:|---:|---|---:|---|")
+        for label, r in rows:
+            print(f"| {label} | {r['runs_s']:.0f} | {r['host_ms']:.3f} | {r['deno_ms']:.3f} | "
+                  f"{json.dumps(r['deno_threads_ms'])} | {r['worker_run_ms_p50']:.3f} | "
+                  f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
+    elif rows:
         print(table(rows))
     if args.floor:
         fl = floor(args.floor_restores, args.floor_rounds,
