@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import time
 from typing import Any
 
 import regorus
@@ -103,8 +104,9 @@ def _answer(engines: dict[str, regorus.Engine | str], frame: dict[str, Any]) -> 
     try:
         value = evaluate_rule(engine, frame["input"], frame["rule"])
     except RuleFailed as exc:
-        return {"t": "error", "id": frame["id"], "error": str(exc)}
-    return {"t": "value", "id": frame["id"], "value": value}
+        return {"t": "error", "id": frame["id"], "error": str(exc),
+                "cpu_ns": time.thread_time_ns()}
+    return {"t": "value", "id": frame["id"], "value": value, "cpu_ns": time.thread_time_ns()}
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -117,7 +119,7 @@ def serve(in_fd: int, out_fd: int) -> int:
     """Answer frames until stdin's EOF (0) or a broken frame (3)."""
     reader = FrameReader(GATEWAY_FRAMES, MAX_FRAME)
     engines: dict[str, regorus.Engine | str] = {}
-    _write(out_fd, encode({"t": "ready", "pid": os.getpid()}))
+    _write(out_fd, encode({"t": "ready", "pid": os.getpid(), "cpu_ns": time.thread_time_ns()}))
     while True:
         chunk = os.read(in_fd, 1 << 20)
         if not chunk:

@@ -45,10 +45,12 @@ GATEWAY_FRAMES: dict[str, tuple[str, ...]] = {
 }
 
 # Frames the worker sends, with their fields.
+# cpu_ns: the worker's CPU time (its one thread's, as /proc/PID/schedstat counts it) when it
+# wrote the frame; the gateway counts a request's CPU budget from it (idle in between).
 WORKER_FRAMES: dict[str, tuple[str, ...]] = {
-    "ready": ("pid",),  # first frame: imports done, reading frames
-    "value": ("id", "value"),  # the rule's value; null when undefined (eval_rule's None)
-    "error": ("id", "error"),  # why the rule has no value: the fail-closed reason, verbatim
+    "ready": ("pid", "cpu_ns"),  # first frame: imports done, reading frames
+    "value": ("id", "value", "cpu_ns"),  # the rule's value; null when undefined (None)
+    "error": ("id", "error", "cpu_ns"),  # why the rule has no value: the reason, verbatim
 }
 
 _HEADER = struct.Struct(">I")
