@@ -124,6 +124,28 @@ async def test_a_worker_killed_mid_decision_fails_closed_then_recovers(
     assert pid not in eng.workers.pids and eng.workers.replaced == 1
 
 
+async def test_the_deadline_counts_cpu_time_not_time_spent_waiting_for_a_core(
+        engine_factory: Callable[..., Any]) -> None:
+    """A stopped worker (as if starved of CPU on a busy machine) is not killed when the
+    deadline's wall time passes, only at the wall cap (10x); resumed in time, it answers."""
+    eng: EmbeddedPolicyEngine = await engine_factory(timeout_ms=1000, workers=1)
+    assert eng.workers is not None
+    (pid,) = eng.workers.pids
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waiting = asyncio.create_task(eng.decide(_input("fast")))
+        await asyncio.sleep(1.5)  # past 1000 ms of wall time, well before the 10 s cap
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    served = await asyncio.wait_for(waiting, scaled(60))
+    assert served.route == "code" and not served.error_code
+    assert eng.workers.pids == [pid] and eng.workers.replaced == 0
+    os.kill(pid, signal.SIGSTOP)  # never resumed: the wall cap ends it (SIGKILL still works)
+    capped = await asyncio.wait_for(eng.decide(_input("other")), scaled(120))
+    assert capped.route == "deny" and "did not decide within 1000 ms" in capped.reasons[0]
+    await wait_until(lambda: not running(pid), scaled(60), what="the stopped worker killed")
+
+
 async def test_a_reload_reaches_every_worker_and_no_old_decision_is_served(
         engine_factory: Callable[..., Any], tmp_path: Path) -> None:
     eng: EmbeddedPolicyEngine = await engine_factory(workers=2)
