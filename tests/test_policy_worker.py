@@ -97,7 +97,7 @@ async def test_a_decision_over_its_deadline_is_denied_and_its_worker_replaced(
 
 async def test_other_decisions_are_served_while_a_slow_one_runs(
         engine_factory: Callable[..., Any]) -> None:
-    eng: EmbeddedPolicyEngine = await engine_factory(timeout_ms=scaled(60) * 1000, workers=2)
+    eng: EmbeddedPolicyEngine = await engine_factory(timeout_ms=int(scaled(60) * 1000), workers=2)
     slow = asyncio.create_task(eng.decide(_input("slow")))
     try:
         for i in range(5):  # each a cache miss, on the other worker
@@ -110,7 +110,7 @@ async def test_other_decisions_are_served_while_a_slow_one_runs(
 
 async def test_a_worker_killed_mid_decision_fails_closed_then_recovers(
         engine_factory: Callable[..., Any]) -> None:
-    eng: EmbeddedPolicyEngine = await engine_factory(timeout_ms=scaled(120) * 1000, workers=1)
+    eng: EmbeddedPolicyEngine = await engine_factory(timeout_ms=int(scaled(120) * 1000), workers=1)
     assert eng.workers is not None
     (pid,) = eng.workers.pids
     slow = asyncio.create_task(eng.decide(_input("slow")))
