@@ -135,6 +135,15 @@ class _Worker(asyncio.SubprocessProtocol):
         if fd == 1 and self.alive:  # its exit usually follows at once, and says more
             self.loop.call_later(1.0, self.kill, _exit_text(None))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release_transport()  # exited and every pipe closed
+
+    def release_transport(self) -> None:
+        """Close the transport (a no-op once it is): one left to the garbage collector after
+        its loop closed raises from ``__del__``."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
     def process_exited(self) -> None:
         code = self.transport.get_returncode() if self.transport is not None else None
         self._lost(_exit_text(code))
@@ -385,4 +394,6 @@ class PolicyWorkers:
                     worker.kill("it did not exit on close")
             if pending:
                 await asyncio.wait(pending, timeout=CLOSE_GRACE_S)
+        for worker in workers:
+            worker.release_transport()
         self._workers.clear()
