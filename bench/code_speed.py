@@ -77,6 +77,16 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(f[1]), (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TCK
 
 
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process itself (all its threads, no children)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(f[11]) + int(f[12])) / TCK
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of ``root`` and all its live descendants, each with its reaped children."""
     procs: dict[int, tuple[int, float]] = {}
@@ -131,10 +141,21 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                     await run()
                 await asyncio.sleep(3.0)  # every process restores its next interpreter
 
+            async def quiet(limit_s: float = 60.0) -> None:
+                """Until the gateway's tree uses < 0.15 CPU-s in a second (processes that
+                replace the ones sessions took have started), at most ``limit_s``."""
+                end = time.monotonic() + limit_s
+                while time.monotonic() < end:
+                    cpu0 = tree_cpu(gw_pid)
+                    await asyncio.sleep(1.0)
+                    if tree_cpu(gw_pid) - cpu0 < 0.15:
+                        return
+
             async def burst(name: str, callers: list[str | None]) -> None:
                 n = 0
                 load0 = os.getloadavg()[0]
-                cpu0, t0 = tree_cpu(gw_pid), time.perf_counter()
+                spy = _start_spy(args.spy, gw_pid, args.duration) if name == "sess" else None
+                cpu0, gw0, t0 = tree_cpu(gw_pid), own_cpu(gw_pid), time.perf_counter()
 
                 async def caller(session: str | None) -> None:
                     nonlocal n
@@ -145,8 +166,12 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.gather(*(caller(s) for s in callers))
                 wall = time.perf_counter() - t0
                 cpu = tree_cpu(gw_pid) - cpu0
+                gw = own_cpu(gw_pid) - gw0
                 out[name] = {"n": n, "runs_s": n / wall, "cpu_s_per_run": cpu / max(1, n),
+                             "gateway_cpu_s_per_run": gw / max(1, n),
                              "cpu_util": cpu / wall, "load": [load0, os.getloadavg()[0]]}
+                if spy is not None:
+                    spy.wait()
 
             async def series(name: str, burners: int) -> None:
                 procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
@@ -167,17 +192,113 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
                         p.kill()
                         p.wait()
 
-            await settle()
-            await burst("iso", [None] * args.clients)
-            sessions = [f"speed-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]
-            for s in sessions:
-                await run(s)
-            await burst("sess", [s for s in sessions for _ in range(4)])
-            await settle()
-            await series("warm", 0)
-            await settle()
-            await series("warm_load", 2)
+            phases = set(args.phases.split(","))
+            if "iso" in phases:
+                await settle()
+                await burst("iso", [None] * args.clients)
+            if "sess" in phases:
+                sessions = [f"speed-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.sessions)]
+                for s in sessions:
+                    await run(s)
+                for _ in range(args.sess_warmup):  # tier-up of the session path, both sides
+                    await asyncio.gather(*(run(s) for s in sessions))
+                await quiet()  # the processes that replaced the sessions' have restored
+                await burst("sess", [s for s in sessions for _ in range(args.per_session)])
+            if "warm" in phases:
+                await settle()
+                await series("warm", 0)
+            if "warm_load" in phases:
+                await settle()
+                await series("warm_load", 2)
     return out
+
+
+def _start_spy(path: str, pid: int, duration: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (PY_SPY, else the venv's) over the gateway process for one phase, raw format;
+    PY_SPY_RATE samples/s (200), PY_SPY_NATIVE=1 for native frames (slows the gateway ~10x)."""
+    if not path:
+        return None
+    spy = os.environ.get("PY_SPY") or str(Path(sys.executable).parent / "py-spy")
+    native = ["--native"] if os.environ.get("PY_SPY_NATIVE") else []
+    return subprocess.Popen(
+        [spy, "record", *native, "-r", os.environ.get("PY_SPY_RATE", "200"), "-f", "raw",
+         "-o", path, "-p", str(pid), "-d", str(max(1, int(duration) - 1))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# ---- session runs on the pool itself (no gateway) -------------------------------------------
+
+
+def _threads(pid: int) -> dict[str, float]:
+    """CPU seconds per thread kind of one process (``/proc/<pid>/task``; digits dropped)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")].rstrip("0123456789-")
+        f = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / TCK
+    return out
+
+
+async def _pool_child(args: argparse.Namespace) -> dict[str, Any]:
+    """``--pool-runs`` trivial session runs straight on a SandboxPool of this tree, one session
+    after ``--pool-warmup`` untimed runs: CPU ms per run of the host (this process) and of the
+    session's Deno process per thread kind (supervisor ``deno``, ``worker-*``, V8 background),
+    and the worker's own run time (the ``done`` frame's ``ms``)."""
+    root = Path(args.tree or REPO)
+    sys.path.insert(0, str(root))
+    import gateway.sandbox.pool as pool_mod
+    from gateway.models import Limits
+    from gateway.sandbox import RunRequest, SandboxPool, SandboxSettings, SdkFunction
+
+    worker_ms: list[float] = []
+    drive = pool_mod.drive
+
+    async def timed_drive(*a: Any, **k: Any) -> dict[str, Any]:
+        done: dict[str, Any] = await drive(*a, **k)
+        worker_ms.append(float(done.get("ms") or 0.0))
+        return done
+
+    pool_mod.drive = timed_drive  # type: ignore[assignment]
+    sdk = (SdkFunction("ledger.get_balance", "ledger", "get_balance",
+                       "get_balance(account: str) -> dict", "Balance."),)
+
+    async def host(op: str, kwargs: dict[str, Any]) -> Any:
+        return {"balance": 1}
+
+    def req() -> RunRequest:
+        return RunRequest(source=TRIVIAL, inputs={}, limits=Limits(timeout_ms=10000),
+                          principal_key="bench", session_id="s", sdk=sdk, sdk_revision="r1")
+
+    pool = SandboxPool(SandboxSettings(workers=1, runtime_dir=root / "runtimes"))
+    await pool.start()
+    try:
+        for _ in range(args.pool_warmup):
+            await pool.run(req(), host)
+        await asyncio.sleep(2.0)
+        pid = pool._sessions[("bench", "s")].proc.pid
+        assert pid is not None
+        worker_ms.clear()
+        th0, host0, load0 = _threads(pid), own_cpu(os.getpid()), os.getloadavg()[0]
+        t0 = time.perf_counter()
+        for _ in range(args.pool_runs):
+            r = await pool.run(req(), host)
+            assert r.ok and r.result == 2, r
+        wall = time.perf_counter() - t0
+        th = _threads(pid)
+        n = args.pool_runs
+        deno = {k: (v - th0.get(k, 0.0)) / n * 1e3 for k, v in th.items()}
+        return {"runs_s": n / wall, "host_ms": (own_cpu(os.getpid()) - host0) / n * 1e3,
+                "deno_ms": sum(deno.values()),
+                "deno_threads_ms": {k: round(v, 3) for k, v in deno.items() if abs(v) > 1e-3},
+                "worker_run_ms_p50": statistics.median(worker_ms),
+                "load": [load0, os.getloadavg()[0]]}
+    finally:
+        await pool.close()
 
 
 # ---- the bare-restore floor (Deno only) ---------------------------------------------------
@@ -241,9 +362,22 @@ def floor(restores: int, rounds: int, base: str = "") -> dict[str, Any]:
 
 
 def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.pool:
+        cmd = [sys.executable, str(HERE), "--pool-child", "--pool-runs", str(args.pool_runs),
+               "--pool-warmup", str(args.pool_warmup)]
+        if tree:
+            cmd += ["--tree", tree]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tree or str(REPO))
+        if res.returncode:
+            raise SystemExit(f"pool child for {tree or REPO} failed:\n{res.stderr[-4000:]}")
+        pool_data: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return pool_data
     cmd = [sys.executable, str(HERE), "--child", "--workers", str(args.workers),
            "--clients", str(args.clients), "--duration", str(args.duration),
-           "--warm-runs", str(args.warm_runs), "--pause", str(args.pause)]
+           "--warm-runs", str(args.warm_runs), "--pause", str(args.pause),
+           "--phases", args.phases, "--sessions", str(args.sessions),
+           "--per-session", str(args.per_session), "--sess-warmup", str(args.sess_warmup),
+           "--spy", args.spy]
     root = tree or str(REPO)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
@@ -259,15 +393,19 @@ def run_child(tree: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| tree | isolated runs/s | CPU-s / isolated run | session runs/s | "
-             "CPU ms / session run | warm p50 ms (p99) | warm p50 ms under 2 burners (p99) | "
-             "load (iso → warm_load) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "CPU ms / session run (gateway) | warm p50 ms (p99) | "
+             "warm p50 ms under 2 burners (p99) | load (first → last phase) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    nan = {"runs_s": float("nan"), "cpu_s_per_run": float("nan"), "p50_ms": float("nan"),
+           "p99_ms": float("nan"), "gateway_cpu_s_per_run": float("nan"), "load": [0.0, 0.0]}
     for label, r in rows:
-        i, s, w, wl = r["iso"], r["sess"], r["warm"], r["warm_load"]
+        i, s, w, wl = (r.get(k, nan) for k in ("iso", "sess", "warm", "warm_load"))
+        loads = [r[k]["load"] for k in ("iso", "sess", "warm", "warm_load") if k in r]
         lines.append(
             f"| {label} | {i['runs_s']:.2f} | {i['cpu_s_per_run']:.3f} | {s['runs_s']:.0f} | "
-            f"{s['cpu_s_per_run'] * 1e3:.2f} | {w['p50_ms']:.1f} ({w['p99_ms']:.1f}) | "
-            f"{wl['p50_ms']:.1f} ({wl['p99_ms']:.1f}) | "
-            f"{i['load'][0]:.1f} → {wl['load'][1]:.1f} |")
+            f"{s['cpu_s_per_run'] * 1e3:.2f} ({s['gateway_cpu_s_per_run'] * 1e3:.2f}) | "
+            f"{w['p50_ms']:.1f} ({w['p99_ms']:.1f}) | {wl['p50_ms']:.1f} ({wl['p99_ms']:.1f}) | "
+            f"{loads[0][0]:.1f} → {loads[-1][1]:.1f} |")
     return "\n".join(lines)
 
 
@@ -281,6 +419,18 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per throughput phase")
     ap.add_argument("--warm-runs", type=int, default=30)
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between warm runs")
+    ap.add_argument("--phases", default="iso,sess,warm,warm_load",
+                    help="comma-separated subset of iso,sess,warm,warm_load")
+    ap.add_argument("--sessions", type=int, default=4, help="sessions of the sess phase")
+    ap.add_argument("--per-session", type=int, default=4, help="callers per session")
+    ap.add_argument("--sess-warmup", type=int, default=0,
+                    help="untimed rounds of one run per session before the sess phase")
+    ap.add_argument("--spy", default="", help="py-spy raw profile of the gateway in sess")
+    ap.add_argument("--pool", action="store_true",
+                    help="instead: one session's trivial runs straight on the pool, CPU per "
+                         "run of host and Deno per thread kind (no gateway)")
+    ap.add_argument("--pool-runs", type=int, default=3000)
+    ap.add_argument("--pool-warmup", type=int, default=1200)
     ap.add_argument("--floor", action="store_true", help="also measure the bare-restore floor")
     ap.add_argument("--floor-restores", type=int, default=15)
     ap.add_argument("--floor-rounds", type=int, default=3)
@@ -288,12 +438,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--tree", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pool-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_only:
         args.floor = True
         args.rounds = 0
     if args.child:
         print(json.dumps(asyncio.run(_child(args))))
+        return
+    if args.pool_child:
+        print(json.dumps(asyncio.run(_pool_child(args))))
         return
     rows: list[tuple[str, dict[str, Any]]] = []
     for rnd in range(args.rounds):
@@ -304,7 +458,14 @@ def main() -> None:
             data = run_child(tree, args)
             rows.append((f"{label} #{rnd + 1}", data))
             print(f"{label} #{rnd + 1}: {json.dumps(data)}", file=sys.stderr, flush=True)
-    if rows:
+    if rows and args.pool:
+        print("| tree | runs/s | host CPU ms/run | Deno CPU ms/run | per thread kind | "
+              "worker run p50 ms | load |\n|---|---:|---:|---:|---|---:|---|")
+        for label, r in rows:
+            print(f"| {label} | {r['runs_s']:.0f} | {r['host_ms']:.3f} | {r['deno_ms']:.3f} | "
+                  f"{json.dumps(r['deno_threads_ms'])} | {r['worker_run_ms_p50']:.3f} | "
+                  f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
+    elif rows:
         print(table(rows))
     if args.floor:
         fl = floor(args.floor_restores, args.floor_rounds,

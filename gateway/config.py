@@ -92,6 +92,7 @@ SCHEMA: dict[str, Any] = {
                 "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 60000},
                 "reload": {"type": "boolean"},
                 "reload_interval_s": {"type": "number", "exclusiveMinimum": 0},
+                "workers": {"type": "integer", "minimum": 1, "maximum": 16},
             },
         },
         "backends": {

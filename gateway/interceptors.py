@@ -137,6 +137,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, tracer: trace.Tracer) -> None:
         self.authenticator = authenticator
         self.tracer = tracer
+        # method -> (the servicer's handler, our wrapped one): the generic handlers return the
+        # same handler object for a method on every call, so it is wrapped once, not per RPC.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -146,7 +149,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
+        if handler is None:
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            wrapped: grpc.RpcMethodHandler[Any, Any] = cached[1]
+            return wrapped
+        wrapped = self._wrap(method, handler)
+        if len(self._wrapped) < 1024:  # the methods of the registered services, a few dozen
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any],
+              ) -> grpc.RpcMethodHandler[Any, Any]:
+        if method.startswith(PUBLIC_PREFIXES):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -253,8 +253,8 @@ class Pipeline:
                 await self.approvals.gate(
                     principal, decision, request_id=action.request_id, kind="tool",
                     operation=op.name, arguments=action.arguments)
-            # The channel validates (in its own span) before anything reaches the store or
-            # backend.
+            # The channel validates (recorded on this root span) before anything reaches the
+            # store or backend.
             outcome = await self.tools.execute(
                 op, action.arguments, request_id=action.request_id, principal=principal,
                 strict=decision.strict, mask=decision.mask)

@@ -255,7 +255,6 @@ function startRun(m: Any) {
     calls: 0, argChars: 0, inflight: new Set(), t0: performance.now(),
   };
   current = run;
-  send({ t: "started", id });
   run.timer = setTimeout(() => {
     killWorker();
     finish(run, { status: "timeout", dropped: session });

@@ -127,7 +127,7 @@ async function init(msg: Any) {
         "_m = types.ModuleType('_sandbox_runner')\n" +
         "sys.modules['_sandbox_runner'] = _m\n" +
         "exec(compile(_src, '_sandbox_runner.py', 'exec'), _m.__dict__)\n" +
-        // The Python half of the warm-up (the first eval_code, json, a signature parse: ~40 ms
+        // The Python half of the warm-up (the first evaluation, json, a signature parse: ~40 ms
         // of first-time work) done once here, so it is in the snapshot instead of in every
         // restore. Our own code on constant data; it leaves no user state and no JS references.
         "_m.warm()\n" +

@@ -82,11 +82,7 @@ def simulate_tool_call(
         kind=SpanKind.SERVER,
         attributes=_root_attrs(principal, request_id),
     ) as root:
-        with tracer.start_as_current_span(A.SPAN_IDENTITY):
-            pass
         _decide(tracer, "tool", "dec-tool-1", ["compliance tag: payments"])
-        with tracer.start_as_current_span(A.SPAN_SCHEMA_VALIDATE):
-            pass
         with tracer.start_as_current_span(A.SPAN_IDEMPOTENCY) as idem:
             idem.set_attributes({A.IDEMPOTENCY_KEY_STATE: "new", A.REPLAYED: False})
         _backend(tracer, op, "POST", "http://user:pw@127.0.0.1:9/transfers?token=t0k", 201)
@@ -125,8 +121,6 @@ def simulate_code_run(
     with tracer.start_as_current_span(
         A.SPAN_EXECUTE, kind=SpanKind.SERVER, attributes=_root_attrs(principal, request_id)
     ) as root:
-        with tracer.start_as_current_span(A.SPAN_IDENTITY):
-            pass
         _decide(tracer, "code", "dec-code-1", ["default: code channel"])
         with tracer.start_as_current_span(A.SPAN_SANDBOX_RUN) as run:
             for i, op in enumerate(host_calls):
@@ -173,8 +167,6 @@ def simulate_denial(
     with tracer.start_as_current_span(
         A.SPAN_EXECUTE, kind=SpanKind.SERVER, attributes=_root_attrs(who, request_id)
     ) as root:
-        with tracer.start_as_current_span(A.SPAN_IDENTITY):
-            pass
         _decide(tracer, "deny", "dec-deny-1", reasons)
         root.set_attributes(
             {

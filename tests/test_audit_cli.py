@@ -52,18 +52,17 @@ def test_show_renders_the_code_run_as_a_tree(tel: Telemetry, tmp_path: Path) -> 
     code, text = _show(trace_id, tmp_path / "audit.jsonl")
     assert code == 0, text
     lines = text.splitlines()
-    assert lines[0].startswith(f"trace {trace_id}  10 spans")
+    assert lines[0].startswith(f"trace {trace_id}  9 spans")
     assert lines[1].startswith("switchboard.v1.Gateway/Execute [SERVER]  +0.000 ms")
     assert lines[1].endswith("OK")
     heads = [ln for ln in lines[2:] if "  +" in ln and " ms" in ln]
     # indentation encodes the tree: host calls under sandbox.run, their decisions under them
-    assert heads[0].startswith("├─ identity")
-    assert heads[1].startswith("├─ policy.decide")
-    assert heads[2].startswith("└─ sandbox.run")
-    assert heads[3].startswith("   ├─ host_call ledger.get_balance")
-    assert heads[4].startswith("   │  ├─ policy.decide")
-    assert heads[5].startswith("   │  └─ backend.call ledger.get_balance [CLIENT]")
-    assert heads[6].startswith("   └─ host_call workspace.list_files")
+    assert heads[0].startswith("├─ policy.decide")
+    assert heads[1].startswith("└─ sandbox.run")
+    assert heads[2].startswith("   ├─ host_call ledger.get_balance")
+    assert heads[3].startswith("   │  ├─ policy.decide")
+    assert heads[4].startswith("   │  └─ backend.call ledger.get_balance [CLIENT]")
+    assert heads[5].startswith("   └─ host_call workspace.list_files")
     for needle in (
         "principal.id: finance-1",
         "tenant: demo",
@@ -151,10 +150,10 @@ def test_tenant_filter_hides_other_tenants_calls(tel: Telemetry, tmp_path: Path)
     simulate_tool_call(tel.tracer, context=ctx, request_id="demo-req")
     simulate_tool_call(tel.tracer, context=ctx, principal=other, request_id="acme-req")
     file = tmp_path / "audit.jsonl"
-    assert len(read_trace(file, TRACE)) == 12
+    assert len(read_trace(file, TRACE)) == 8
     demo = read_trace(file, TRACE, tenant="demo")
     acme = read_trace(file, TRACE, tenant="acme")
-    assert len(demo) == len(acme) == 6
+    assert len(demo) == len(acme) == 4
     assert {s["span_id"] for s in demo}.isdisjoint({s["span_id"] for s in acme})
     code, text = _show(TRACE, file, tenant="acme")
     assert code == 0 and "acme-req" in text and "demo-req" not in text
@@ -169,7 +168,7 @@ def test_verify_cli(tel: Telemetry, tmp_path: Path) -> None:
     file = tmp_path / "audit.jsonl"
     buf = io.StringIO()
     assert cli_audit_verify(file, out=buf) == 0
-    assert "OK:" in buf.getvalue() and "9 records" in buf.getvalue()
+    assert "OK:" in buf.getvalue() and "6 records" in buf.getvalue()
     lines = file.read_text().splitlines(keepends=True)
     del lines[4]
     file.write_text("".join(lines))
@@ -198,14 +197,14 @@ def test_secrets_never_reach_the_file_or_the_collector(tmp_path: Path) -> None:
             span.set_status("ERROR", f"backend rejected {backend_key}")  # type: ignore[arg-type]
         simulate_tool_call(tel.tracer)
         tel.shutdown()
-        spans = rx.wait_for_spans_sync(7)
+        spans = rx.wait_for_spans_sync(5)
     text = (tmp_path / "audit.jsonl").read_text()
     for secret in (token, backend_key, "whatever-value"):
         assert secret not in text
         assert secret not in repr([(s.attributes, s.events, s.status_message) for s in spans])
     assert text.count("[REDACTED]") >= 5
     # untouched spans go out as they were
-    assert any(s.name == "identity" for s in spans)
+    assert any(s.name == "idempotency" for s in spans)
 
 
 async def test_cancelled_call_still_leaves_its_record(tel: Telemetry, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def _names(rx: OtlpReceiver, span: ReceivedSpan) -> list[str]:
 def test_tool_call_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:
     resp = audited.stub.Execute(tool_request("ledger.create_transfer", TRANSFER),
                                 metadata=md("dev-finance"), timeout=30)
-    _tree(audited, rx, resp.trace_id, 5)
+    _tree(audited, rx, resp.trace_id, 4)
     root = _root(rx, resp.trace_id)
     a = root.attributes
     assert a["switchboard.principal.id"] == "finance-1" and a["switchboard.tenant"] == "demo"
@@ -79,8 +79,11 @@ def test_tool_call_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:
     assert "A1" not in a["switchboard.arguments"] and "audit e2e" in a["switchboard.arguments"]
     assert root.status_code == "OK"
     children = _names(rx, root)
-    for step in ("identity", "policy.decide", "schema.validate", "idempotency"):
+    for step in ("policy.decide", "idempotency"):
         assert step in children, rx.render(resp.trace_id)
+    # identity and the schema check are recorded on the root, not in spans of their own
+    assert "identity" not in children and "schema.validate" not in children
+    assert a["switchboard.schema.strict"] is True  # a compliance operation
     backend = [s for s in rx.trace(resp.trace_id) if s.name.startswith("backend.call")]
     assert len(backend) == 1 and backend[0].kind == "CLIENT"
     assert backend[0].attributes["http.request.method"] == "POST"
@@ -119,7 +122,7 @@ def test_denial_trace(audited: RunningGateway, rx: OtlpReceiver) -> None:
                              metadata=md("dev-agent"), timeout=30)
     trailers = dict(info.value.trailing_metadata() or ())  # type: ignore[attr-defined]
     trace_id = trailers["switchboard-trace-id"]
-    _tree(audited, rx, trace_id, 3)
+    _tree(audited, rx, trace_id, 2)
     root = _root(rx, trace_id)
     assert root.attributes["switchboard.route"] == "deny"
     assert root.attributes["switchboard.outcome"] == "policy_denied"

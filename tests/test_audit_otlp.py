@@ -46,7 +46,7 @@ def exported(
             "deny": simulate_denial(tel.tracer),
         }
         assert tel.force_flush(5000)
-        rx.wait_for_spans_sync(6 + 10 + 3, timeout=10)
+        rx.wait_for_spans_sync(4 + 9 + 2, timeout=10)
         tel.shutdown()
         yield rx, settings.file or Path(), ids
 
@@ -59,9 +59,7 @@ def test_tool_call_tree_and_attributes(exported: tuple[OtlpReceiver, Path, dict[
     root = roots[0]
     assert root.kind == "SERVER" and root.status_code == "OK"
     assert _names(rx.children(root)) == [
-        "identity",
         "policy.decide",
-        "schema.validate",
         "idempotency",
         "backend.call ledger.create_transfer",
     ], rx.render(ids["tool"])
@@ -84,7 +82,7 @@ def test_tool_call_tree_and_attributes(exported: tuple[OtlpReceiver, Path, dict[
     assert '"card_number":"[REDACTED]"' in attrs[A.ARGUMENTS]
     assert "4111" not in attrs[A.ARGUMENTS]
     assert root.resource["service.name"] == "switchboard-test"
-    decide = rx.children(root)[1]
+    decide = rx.children(root)[0]
     assert decide.attributes[A.ROUTE] == "tool"
     assert decide.attributes[A.DECISION_ID] == "dec-tool-1"
 
@@ -95,8 +93,8 @@ def test_code_run_tree_shows_each_host_call(
     rx, _file, ids = exported
     spans = rx.trace(ids["code"])
     root = next(s for s in spans if s.parent_span_id is None)
-    assert _names(rx.children(root)) == ["identity", "policy.decide", "sandbox.run"]
-    run = rx.children(root)[2]
+    assert _names(rx.children(root)) == ["policy.decide", "sandbox.run"]
+    run = rx.children(root)[1]
     assert run.attributes[A.HOST_CALLS] == 2
     calls = rx.children(run)
     assert _names(calls) == ["host_call ledger.get_balance", "host_call workspace.list_files"]
@@ -120,7 +118,7 @@ def test_denial_records_reasons_and_error_status(
     assert root.attributes[A.ROUTE] == "deny"
     assert root.attributes[A.REASONS] == ["ledger.create_transfer requires role finance"]
     assert root.attributes[A.RPC_GRPC_STATUS_CODE] == 7
-    assert _names(rx.children(root)) == ["identity", "policy.decide"]  # nothing ran
+    assert _names(rx.children(root)) == ["policy.decide"]  # nothing ran
 
 
 def test_exports_carry_headers_and_match_the_file(
@@ -129,7 +127,7 @@ def test_exports_carry_headers_and_match_the_file(
     rx, file, ids = exported
     assert all(h.get("x-collector-key") == "k-123" for h in rx.headers)
     report = verify_chain(file)
-    assert report.ok and report.records == len(rx.spans) == 19
+    assert report.ok and report.records == len(rx.spans) == 15
     for trace_id in ids.values():
         in_file = {r["span_id"] for r in read_trace(file, trace_id)}
         assert in_file == {s.span_id for s in rx.trace(trace_id)}
@@ -181,7 +179,7 @@ def test_unreachable_collector_never_blocks_calls(
     took = time.perf_counter() - started
     assert took < settings.otlp_timeout_s, f"shutdown waited on the export ({took:.2f}s)"
     report = verify_chain(tmp_path / "audit.jsonl")
-    assert report.ok and report.records == 50 * 6
+    assert report.ok and report.records == 50 * 4
 
 
 def test_bad_otlp_settings_are_config_errors(tmp_path: Path) -> None:
@@ -198,8 +196,7 @@ def test_otlp_only_without_file(tmp_path: Path) -> None:
         assert tel.audit_file is None
         simulate_denial(tel.tracer)
         tel.shutdown()
-        assert _names(rx.wait_for_spans_sync(3)) == [
-            "identity",
+        assert _names(rx.wait_for_spans_sync(2)) == [
             "policy.decide",
             "switchboard.v1.Gateway/Execute",
         ]
@@ -242,13 +239,12 @@ async def test_receiver_async_api(tmp_path: Path, protocol: str) -> None:
             )
         )
         trace_id = simulate_denial(tel.tracer)
-        spans = await rx.wait_for_spans(3, timeout=10)
+        spans = await rx.wait_for_spans(2, timeout=10)
         tel.shutdown()
     assert {s.trace_id for s in spans} == {trace_id}
     assert rx.render(trace_id).splitlines() == [
         "switchboard.v1.Gateway/Execute [SERVER] ERROR",
-        "  identity [INTERNAL] UNSET",
         "  policy.decide [INTERNAL] UNSET",
     ]
-    with pytest.raises(AssertionError, match="expected 4 spans"):
-        rx.wait_for_spans_sync(4, timeout=0.05)
+    with pytest.raises(AssertionError, match="expected 3 spans"):
+        rx.wait_for_spans_sync(3, timeout=0.05)

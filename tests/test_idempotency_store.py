@@ -91,7 +91,7 @@ async def test_claim_block_complete_replay(store: IdempotencyStore) -> None:
 async def test_claim_with_send_counts_the_attempt_in_one_step(store: IdempotencyStore) -> None:
     """``begin(send=True)``: a fresh claim is also the intent (as mark_sent); a record with
     earlier attempts is only claimed, so its owner finds out what they did first."""
-    first = await store.begin("k", "fp", "svc.op", owner=ME, lease_s=0.05, ttl_s=60.0,
+    first = await store.begin("k", "fp", "svc.op", owner=ME, lease_s=30.0, ttl_s=60.0,
                               send=True)
     assert first.claimed and first.sent and first.record.attempts == 0  # as found
     rec = await store.get("k")
@@ -100,7 +100,10 @@ async def test_claim_with_send_counts_the_attempt_in_one_step(store: Idempotency
     busy = await store.begin("k", "fp", "svc.op", owner=OTHER, lease_s=30.0, ttl_s=60.0,
                              send=True)
     assert not busy.claimed and not busy.sent
-    await asyncio.sleep(0.06)  # ME's lease runs out: OTHER takes over a maybe-applied record
+    # ME's lease runs out (ended by its owner rather than raced against a short lease, which a
+    # busy machine can outlast before the check above): OTHER takes over a maybe-applied record
+    assert await store.heartbeat("k", ME, 0.0)
+    await asyncio.sleep(0.01)
     taken = await store.begin("k", "fp", "svc.op", owner=OTHER, lease_s=30.0, ttl_s=60.0,
                               send=True)
     assert taken.claimed and not taken.sent and taken.record.attempts == 1

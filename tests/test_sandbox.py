@@ -104,6 +104,39 @@ async def test_syntax_error_and_system_exit_are_data(pool: SandboxPool) -> None:
     assert not r.ok and r.error is not None and r.error["type"] == "KeyboardInterrupt"
 
 
+# What pyodide.code.eval_code returns for each (the runner's own _eval must agree with it).
+_EVAL_CASES = [
+    ("1 + 1", 2),
+    ("1 + 1;", None),  # a trailing semicolon quiets the last expression
+    ("1 + 1 ; # a comment", None),
+    ("1 + 1 # a comment;", 2),  # the ; is in the comment
+    ("'a;'", "a;"),  # the ; is in a string
+    ("x = 3", None),
+    ("", None),
+    ("# only a comment", None),
+    ("  a = 1\n  a + 1\n", 2),  # dedented
+    ("s = '''a\n   \nb'''\ns", "a\n\nb"),  # dedent also empties a whitespace-only line
+    ("def g(a: int): pass\nrepr(g.__annotations__)", "{'a': <class 'int'>}"),  # no future flags
+    ("[i for i in range(3)]", [0, 1, 2]),
+]
+
+
+@pytest.mark.parametrize(("source", "value"), _EVAL_CASES)
+async def test_last_expression_rules_match_eval_code(pool: SandboxPool, source: str,
+                                                     value: object) -> None:
+    r = await pool.run(req(source), Host())
+    assert r.ok and r.result == value, r
+
+
+async def test_error_in_the_last_expression_points_at_its_line(pool: SandboxPool) -> None:
+    r = await pool.run(req("x = 1\n\n\n(x / 0)"), Host())
+    assert not r.ok and r.error is not None and r.error["type"] == "ZeroDivisionError"
+    assert 'File "<code>", line 4, in <module>' in r.error["traceback"]
+    assert "_sandbox_runner" not in r.error["traceback"]
+    r = await pool.run(req("await x"), Host())
+    assert not r.ok and r.error is not None and r.error["type"] == "SyntaxError"
+
+
 async def test_stdout_and_stderr_are_captured(pool: SandboxPool) -> None:
     events = Events()
     src = "import sys\nprint('one')\nprint('two', file=sys.stderr)\nprint('three')\n5"

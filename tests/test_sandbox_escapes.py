@@ -323,15 +323,18 @@ async def test_recursion_is_a_user_error(pool: SandboxPool) -> None:
     assert not r.ok and r.error is not None and r.error["type"] == "RecursionError"
 
 
+@pytest.mark.timeout(600)
 async def test_wasm_memory_bomb(pool: SandboxPool) -> None:
     src = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 * 1024 * 1024))\n"
     with pytest.raises(SandboxMemory):
-        await pool.run(req(src, timeout_ms=30000, memory_mb=256), Host())
+        # A generous run timeout: the promise is the memory limit, and growing wasm memory at
+        # load 30 on 2 cores took over 30 s of wall time.
+        await pool.run(req(src, timeout_ms=120_000, memory_mb=256), Host())
     caught = ("blocks = []\ntry:\n    while True:\n        blocks.append(bytearray(2**26))\n"
               "except MemoryError:\n    pass\nlen(blocks)")
     # The kernel refuses memory past the limit; code that handles that goes on within it
     # (64 MiB blocks: at most 128 MiB plus the interpreter's own free heap).
-    r = await pool.run(req(caught, timeout_ms=30000, memory_mb=128), Host())
+    r = await pool.run(req(caught, timeout_ms=120_000, memory_mb=128), Host())
     assert r.ok and 1 <= r.result <= 2
     await assert_clean(pool)
 

@@ -20,10 +20,10 @@ import search_eval as se
 
 REAL = tuple(se.REAL)
 # hit@5 over all of a spec's queries, measured and rounded down to 0.05.
-HIT5_FLOOR = {"github": 0.95, "ghec": 0.95, "ghes": 0.80, "rclone": 0.90,
-              "dialogporten": 0.95, "twilio": 0.85, "figma": 0.90}
-# Pooled over the real specs, the held-out half: measured 0.67 / 0.91.
-HOLDOUT_HIT1_FLOOR = 0.65
+HIT5_FLOOR = {"github": 0.95, "ghec": 0.95, "ghes": 0.80, "rclone": 0.95,
+              "dialogporten": 0.95, "twilio": 0.90, "figma": 0.90}
+# Pooled over the real specs, the held-out half: measured 0.717 / 0.924 (66 / 85 of 92).
+HOLDOUT_HIT1_FLOOR = 0.70
 HOLDOUT_HIT5_FLOOR = 0.90
 
 Results = dict[str, dict[str, dict[str, Any]]]

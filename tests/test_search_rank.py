@@ -3,7 +3,13 @@ catalogs: each factor on its own, so a regression names its cause."""
 
 from __future__ import annotations
 
-from gateway.catalog.search import SearchIndex, tokenize
+from gateway.catalog.search import (
+    SearchIndex,
+    _path_resource,
+    _query_head,
+    _undo_asked,
+    tokenize,
+)
 from gateway.models import Operation
 
 
@@ -93,3 +99,35 @@ def test_undoing_an_action_does_not_ask_for_that_action() -> None:
            op("get_dialog", "GET", "/dialogs/{id}", "Gets a single dialog")]
     assert first(ops, "undo the delete of a dialog") == "restore_dialog"
     assert first(ops, "delete a dialog") == "delete_dialog"
+
+
+def test_undoing_is_an_action_of_its_own() -> None:
+    # "bring back" asks for the un- operation, not the one named by the word after it.
+    ops = [op("admin_suspend_user", "PUT", "/users/{name}/suspended", "Suspend a user"),
+           op("admin_unsuspend_user", "DELETE", "/users/{name}/suspended", "Unsuspend a user"),
+           op("admin_create_user", "POST", "/admin/users", "Create a user")]
+    assert first(ops, "bring back a suspended user") == "admin_unsuspend_user"
+    assert first(ops, "suspend a user") == "admin_suspend_user"
+    assert not _undo_asked("back up a file") and _undo_asked("roll back the release")
+
+
+def test_the_query_head_noun_prefers_the_path_that_ends_in_it() -> None:
+    assert _query_head("set up a new verification service for our login flow") == "servic"
+    assert _query_head("hang up a call that is still in progress") == "call"
+    assert _path_resource("/Calls/{CallSid}/Recordings/{Sid}.json") == "record"
+    assert _path_resource("/v2/Services") == "servic"
+    ops = [op("create_verification", "POST", "/Services/{ServiceSid}/Verifications",
+              "Create a new Verification using a Service"),
+           op("create_service", "POST", "/Services", "Create a new Verification Service")]
+    assert first(ops, "set up a new verification service") == "create_service"
+    assert first(ops, "start a new verification") == "create_verification"
+
+
+def test_everyday_words_reach_the_words_specs_use() -> None:
+    # "hang up" reaches "terminates", "spend" reaches "usage" (the vocabulary table).
+    assert first(CALLS, "hang up a call") == "update_call"
+    ops = [op("list_message", "GET", "/Messages.json", "Retrieve messages"),
+           op("list_usage_record", "GET", "/Usage/Records.json", "Retrieve usage records"),
+           op("list_notification", "GET", "/Notifications.json", "Retrieve notifications")]
+    assert first(ops, "how much did we spend on messages") == "list_message"
+    assert first(ops, "how much did we spend this month") == "list_usage_record"

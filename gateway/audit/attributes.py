@@ -66,16 +66,15 @@ __all__ = [
     "RPC_SERVICE",
     "RPC_SYSTEM",
     "SANDBOX_EXIT",
+    "SCHEMA_STRICT",
     "SERVER_ADDRESS",
     "SESSION_ID",
     "SPAN_BACKEND_CALL",
     "SPAN_EXECUTE",
     "SPAN_HOST_CALL",
     "SPAN_IDEMPOTENCY",
-    "SPAN_IDENTITY",
     "SPAN_POLICY_DECIDE",
     "SPAN_SANDBOX_RUN",
-    "SPAN_SCHEMA_VALIDATE",
     "TENANT",
     "TRANSPORT",
     "URL_FULL",
@@ -85,9 +84,7 @@ __all__ = [
 
 # --- span names ---------------------------------------------------------------------------
 SPAN_EXECUTE: Final = "switchboard.v1.Gateway/Execute"
-SPAN_IDENTITY: Final = "identity"
 SPAN_POLICY_DECIDE: Final = "policy.decide"
-SPAN_SCHEMA_VALIDATE: Final = "schema.validate"
 SPAN_IDEMPOTENCY: Final = "idempotency"
 SPAN_BACKEND_CALL: Final = "backend.call"
 SPAN_SANDBOX_RUN: Final = "sandbox.run"
@@ -139,6 +136,7 @@ HOST_CALLS: Final = "switchboard.host_calls"
 REPLAYED: Final = "switchboard.replayed"  # idempotent replay of a stored result
 IDEMPOTENCY_KEY_STATE: Final = "switchboard.idempotency.state"  # new|replayed|in_flight|conflict
 SANDBOX_EXIT: Final = "switchboard.sandbox.exit"  # ok|error|timeout|memory|crashed
+SCHEMA_STRICT: Final = "switchboard.schema.strict"  # on the call's span: strict validation
 
 # --- OpenTelemetry semantic conventions (re-exported) ---------------------------------------
 # rpc.* are the names opentelemetry-instrumentation-grpc emits today; newer incubating semconv

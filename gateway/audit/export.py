@@ -1,8 +1,9 @@
 """Span exporters: the hash-chained audit file, and a guard around the OTLP exporter.
 
 Both scrub credentials (see :mod:`gateway.audit.redact`) before anything leaves the process.
-The file exporter runs under :class:`FileSpanProcessor` (synchronous, in end order: the record
-is written before ``end()`` returns); the OTLP exporter runs under a ``BatchSpanProcessor``
+:class:`AuditSink` receives every span of a gateway as it ends and writes its record with the
+file exporter synchronously (in end order: the record is written before ``end()`` returns);
+the OTLP exporter runs under a ``BatchSpanProcessor``
 behind :class:`GuardedExporter`, which can abort a slow export so shutdown stays bounded when
 the collector is unreachable.
 """
@@ -15,15 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import (
-    Event,
-    ReadableSpan,
-    Span,
-    SpanProcessor,
-    SynchronousMultiSpanProcessor,
-)
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
@@ -35,10 +29,10 @@ from gateway.audit.redact import (
     scrub_text,
     scrub_value,
 )
+from gateway.audit.spans import AuditSpan
 
 __all__ = [
-    "CallScrubbingProcessor",
-    "FileSpanProcessor",
+    "AuditSink",
     "GuardedExporter",
     "JsonlSpanExporter",
     "scrub_span",
@@ -79,8 +73,10 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
 
 
-def span_to_record(span: ReadableSpan) -> dict[str, Any]:
-    """The audit-file record of one finished span (before chaining), credentials scrubbed."""
+def span_to_record(span: ReadableSpan | AuditSpan, call: CallSecrets | None = None,
+                   ) -> dict[str, Any]:
+    """The audit-file record of one finished span (before chaining), credentials scrubbed —
+    and the masked values of ``call`` (the span's call), in the same one pass."""
     ctx = span.get_span_context()
     assert ctx is not None
     parent = span.parent
@@ -99,16 +95,16 @@ def span_to_record(span: ReadableSpan) -> dict[str, Any]:
         "duration_ms": round((end - start) / 1e6, 3),
         "status": {
             "code": span.status.status_code.name,
-            "message": scrub_text(span.status.description or ""),
+            "message": scrub_text(span.status.description or "", call),
         },
-        "attributes": _attrs(span.attributes),
+        "attributes": _attrs(span.attributes, call),
         "resource": _resource(span.resource),
     }
     if parent is not None and parent.is_remote:
         rec["parent_remote"] = True
     if span.events:
         rec["events"] = [
-            {"name": e.name, "time_ns": e.timestamp, "attributes": _attrs(e.attributes)}
+            {"name": e.name, "time_ns": e.timestamp, "attributes": _attrs(e.attributes, call)}
             for e in span.events
         ]
     if span.links:
@@ -132,17 +128,22 @@ class JsonlSpanExporter(SpanExporter):
         self.failures = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = SpanExportResult.SUCCESS
+        ok = True
         for span in spans:
-            try:
-                self.log.append(span_to_record(span))
-                self.last_error = ""
-            except (OSError, ValueError, TypeError) as exc:
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                _log.error("audit_write_failed", error=self.last_error, span=span.name)
-                result = SpanExportResult.FAILURE
-        return result
+            ok = self.write(span) and ok
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def write(self, span: ReadableSpan | AuditSpan, call: CallSecrets | None = None) -> bool:
+        """Write one span's record (scrubbed, with ``call``'s masked values) before returning."""
+        try:
+            self.log.append(span_to_record(span, call))
+        except (OSError, ValueError, TypeError) as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            _log.error("audit_write_failed", error=self.last_error, span=span.name)
+            return False
+        self.last_error = ""
+        return True
 
     def shutdown(self) -> None:
         self.log.close()
@@ -153,32 +154,6 @@ class JsonlSpanExporter(SpanExporter):
         except OSError:
             return False
         return True
-
-
-class FileSpanProcessor(SpanProcessor):
-    """``SimpleSpanProcessor`` for the audit file, minus what it does per span that the file
-    does not need: no suppress-instrumentation context attached and detached around the
-    export (the file exporter makes no instrumented calls), no-op ``on_start``. The record is
-    still written synchronously, before the span's ``end()`` returns; an unexpected error is
-    logged, never raised into the call."""
-
-    def __init__(self, exporter: JsonlSpanExporter) -> None:
-        self.exporter = exporter
-
-    def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.context
-        if ctx is not None and not ctx.trace_flags.sampled:
-            return
-        try:
-            self.exporter.export((span,))
-        except Exception as exc:  # pragma: no cover - export() catches what it expects
-            _log.error("audit_export_failed", error=repr(exc), span=span.name)
-
-    def shutdown(self) -> None:
-        self.exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
 
 
 def scrub_span(span: ReadableSpan, call: CallSecrets | None = None) -> ReadableSpan:
@@ -212,24 +187,36 @@ def scrub_span(span: ReadableSpan, call: CallSecrets | None = None) -> ReadableS
     )
 
 
-class CallScrubbingProcessor(SynchronousMultiSpanProcessor):
-    """The provider's one processor: ties each span to its call's masked values (registered
-    with :func:`gateway.audit.register_masked`) and hands the file and OTLP processors a copy
-    with those values scrubbed — synchronously at ``end()``, so no exporter thread needs the
-    call's context."""
+class AuditSink:
+    r"""Where a gateway's :class:`~gateway.audit.spans.AuditSpan`\ s go, synchronously.
 
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+    At start a span joins its call's set of masked values (a local root opens one); at end it
+    leaves it, its record — scrubbed of credentials and of those values in one pass — is
+    written to the hash-chained file before ``end()`` returns, and, only when a collector is
+    configured, an SDK ``ReadableSpan`` of it (scrubbed the same way) is queued for OTLP.
+    Never raises into the call: a failed write is logged and kept in ``audit_error``."""
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        ctx = span.get_span_context()
+    def __init__(self, resource: Resource, file: JsonlSpanExporter | None,
+                 otlp: SpanProcessor | None) -> None:
+        self.resource = resource
+        self.file = file
+        self.otlp = otlp
+
+    def on_start(self, span: AuditSpan) -> None:
+        ctx = span.context
         open_span_secrets(ctx.trace_id, ctx.span_id, span.parent)
-        super().on_start(span, parent_context=parent_context)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.get_span_context()
-        call = close_span_secrets(ctx.trace_id, ctx.span_id) if ctx is not None else None
-        super().on_end(scrub_span(span, call) if call else span)
+    def on_end(self, span: AuditSpan) -> None:
+        ctx = span.context
+        call = close_span_secrets(ctx.trace_id, ctx.span_id) or None  # an empty set: None
+        try:
+            if self.file is not None:
+                self.file.write(span, call)
+            if self.otlp is not None:
+                readable = span.readable()
+                self.otlp.on_end(scrub_span(readable, call) if call else readable)
+        except Exception as exc:  # pragma: no cover - write() catches what it expects
+            _log.error("audit_export_failed", error=repr(exc), span=span.name)
 
 
 class GuardedExporter(SpanExporter):

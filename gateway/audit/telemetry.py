@@ -1,8 +1,12 @@
-"""Telemetry set-up: a TracerProvider per gateway instance, its exporters, trace context.
+"""Telemetry set-up: the tracers of one gateway instance, its exporters, trace context.
 
 Not the global provider: tests (and embedders) run several gateways in one process, and each
-must write its own audit file. The sampler is ``ALWAYS_ON`` on purpose — a client-supplied
-``traceparent`` with the sampled flag off must not switch off the audit trail.
+must write its own audit file. Spans are :class:`gateway.audit.spans.AuditSpan` (the tracing
+API implemented for the audit trail, not the SDK's ``Span``): every one is sampled — a
+client-supplied ``traceparent`` with the sampled flag off must not switch off the audit
+trail — and written by :class:`gateway.audit.export.AuditSink` as it ends. The SDK is used
+for what it is good at here: the ``Resource``, and the OTLP exporter behind its
+``BatchSpanProcessor`` when a collector is configured.
 """
 
 from __future__ import annotations
@@ -19,21 +23,15 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.audit.chain import AuditLog, FsyncPolicy
-from gateway.audit.export import (
-    CallScrubbingProcessor,
-    FileSpanProcessor,
-    GuardedExporter,
-    JsonlSpanExporter,
-)
+from gateway.audit.export import AuditSink, GuardedExporter, JsonlSpanExporter
+from gateway.audit.spans import AuditTracer
 from gateway.audit.tracing import register_provider, unregister_provider
 from gateway.errors import ConfigError
 
@@ -114,21 +112,18 @@ class Telemetry:
 
     def __init__(
         self,
-        provider: TracerProvider,
-        file_exporter: JsonlSpanExporter | None,
-        file_processor: FileSpanProcessor | None,
+        sink: AuditSink,
         otlp: GuardedExporter | None,
         otlp_processor: BatchSpanProcessor | None,
     ) -> None:
-        self._provider = provider
-        self._file = file_exporter
-        self._file_processor = file_processor
+        self._sink = sink
+        self._file = sink.file
         self._otlp = otlp
         self._otlp_processor = otlp_processor
         self._closed = False
         self._tracers: dict[str, trace.Tracer] = {}
         self.tracer: trace.Tracer = self.tracer_for(_SCOPE)
-        register_provider(provider.resource, self)
+        register_provider(sink.resource, self)
         ref = weakref.ref(self)
 
         def _at_exit() -> None:  # a forgotten shutdown still fsyncs and flushes (bounded)
@@ -143,7 +138,7 @@ class Telemetry:
         """A tracer of this gateway's provider with instrumentation scope ``name``."""
         tracer = self._tracers.get(name)
         if tracer is None:
-            tracer = self._tracers.setdefault(name, self._provider.get_tracer(name))
+            tracer = self._tracers.setdefault(name, AuditTracer(self._sink, name))
         return tracer
 
     @property
@@ -182,10 +177,13 @@ class Telemetry:
             return
         self._closed = True
         atexit.unregister(self._at_exit)
-        unregister_provider(self._provider.resource)
-        if self._file_processor is not None:
-            self._file_processor.shutdown()
-        worker = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        unregister_provider(self._sink.resource)
+        if self._file is not None:
+            self._file.shutdown()
+        proc = self._otlp_processor
+        if proc is None:
+            return
+        worker = threading.Thread(target=proc.shutdown, name="otel-shutdown", daemon=True)
         worker.start()
         worker.join(timeout_ms / 1000)
         if worker.is_alive() and self._otlp is not None:
@@ -194,23 +192,12 @@ class Telemetry:
 
 
 def setup_telemetry(settings: AuditSettings) -> Telemetry:
-    """Build the provider: audit file (synchronous, chained) and optional OTLP (batched)."""
-    provider = TracerProvider(
-        sampler=ALWAYS_ON,
-        resource=Resource.create({SERVICE_NAME: settings.service_name}),
-        shutdown_on_exit=False,  # Telemetry.shutdown owns it (and bounds it)
-    )
-    # One processor on the provider: it scrubs each span of its call's masked values, then
-    # hands it to the file and OTLP processors below.
-    pipeline = CallScrubbingProcessor()
-    provider.add_span_processor(pipeline)
+    """Build the sink: audit file (synchronous, chained) and optional OTLP (batched)."""
+    resource = Resource.create({SERVICE_NAME: settings.service_name})
     file_exporter: JsonlSpanExporter | None = None
-    file_processor: FileSpanProcessor | None = None
     if settings.file is not None:
         log = AuditLog(settings.file, settings.fsync, settings.fsync_interval_s)
         file_exporter = JsonlSpanExporter(log)
-        file_processor = FileSpanProcessor(file_exporter)
-        pipeline.add_span_processor(file_processor)
     guarded: GuardedExporter | None = None
     batch: BatchSpanProcessor | None = None
     if settings.otlp_endpoint:
@@ -225,8 +212,7 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
             schedule_delay_millis=settings.otlp_schedule_delay_ms,
             export_timeout_millis=settings.otlp_timeout_s * 1000,
         )
-        pipeline.add_span_processor(batch)
-    return Telemetry(provider, file_exporter, file_processor, guarded, batch)
+    return Telemetry(AuditSink(resource, file_exporter, batch), guarded, batch)
 
 
 def _text(value: str | bytes) -> str:

@@ -4,15 +4,18 @@ First stage: each operation is one document made of weighted fields (name x3, su
 x1, parameter names x0.7, the opening of the description x0.5, parameter descriptions x0.3),
 scored by BM25F with per-field length normalisation. Terms are lower-cased, camelCase /
 snake_case-split, stop-word-free and lightly stemmed; run-together name words ("deletefile")
-also count as their halves. Query words are expanded through a small table of generic API
-synonyms ("text" -> message, "credit" -> balance) at a lower weight.
+also count as their halves. Query words are expanded through a table of generic
+everyday-to-API words ("text" -> message, "credit" -> balance, "hang up" -> terminate,
+"spend" -> usage) at a lower weight.
 
 Second stage: the best 40 are re-scored by how much of the operation's name the query covers
 (IDF-weighted, so a long name's rare unmatched words cost more than its common prefix) and by
 whether the operation does what the query's verb asks (list / get / create / update / delete:
 the query's first action word against the name's verb, or the HTTP method and path shape), and
 by the share of the query's adjacent word pairs found adjacent (either order) in the name or
-summary. A query that says to undo an action ("undo the delete") asks for no action.
+summary, and by whether the query's head noun ("a new verification *service* for ...") is the
+resource the operation's path ends in. Undoing is an action of its own: "undo the delete",
+"bring back a suspended user" ask for an ``un-`` or restoring operation.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
 (~1-2 ms over 1,000-1,500 operations, bench/search_eval.py). Pure Python, no model, no data
@@ -78,6 +81,70 @@ _EXPAND: dict[str, tuple[str, ...]] = {
     "who": ("list", "user", "member", "participant"),
     "give": ("assign", "grant", "add"), "grant": ("assign", "add"),
 }
+# A generic everyday-to-API vocabulary, written in one pass (not grown from misses): state
+# changes, calls and messages, identity and access, money, files, collaboration, monitoring.
+_VOCABULARY: dict[str, tuple[str, ...]] = {
+    # state changes
+    "terminate": ("end", "cancel", "complete"), "hang": ("end", "terminate", "complete"),
+    "cancel": ("stop", "cancel"), "stop": ("cancel", "end", "disable", "pause"),
+    "resume": ("start", "unpause"), "restart": ("rerun", "retry"), "rerun": ("retry", "run"),
+    "retry": ("rerun",), "renew": ("refresh", "update"), "refresh": ("renew", "rotate"),
+    "rotate": ("regenerate", "refresh"), "revoke": ("delete", "remove"),
+    "disconnect": ("delete", "remove", "end"), "connect": ("create", "link"),
+    "uninstall": ("delete", "remove"), "leave": ("remove", "delete"),
+    "join": ("participant", "member", "add"), "accept": ("approve", "update"),
+    "reject": ("decline", "dismiss", "deny"), "decline": ("reject", "dismiss"),
+    "expire": ("expiration", "expiry"), "mute": ("hold", "update"),
+    "forward": ("redirect",), "redirect": ("forward", "update"),
+    "copy": ("duplicate", "clone"), "duplicate": ("copy",), "move": ("transfer", "rename"),
+    "export": ("download",), "import": ("upload",), "backup": ("snapshot", "copy"),
+    # calls, messages, media
+    "caller": ("call", "from"), "phone": ("number",), "voicemail": ("recording",),
+    "transcript": ("transcription",), "transcribe": ("transcription",),
+    "chat": ("message", "conversation"), "reply": ("comment", "response", "message"),
+    "attendee": ("participant", "member"), "video": ("media",),
+    "attachment": ("media", "file"), "delivered": ("delivery", "status"),
+    # identity and access
+    "enroll": ("register", "factor", "create"), "register": ("create", "enroll"),
+    "signup": ("register",), "login": ("auth", "session", "token"),
+    "authenticate": ("auth", "token", "login"), "password": ("credential", "secret"),
+    "key": ("secret", "credential", "token"), "secret": ("credential", "key"),
+    "token": ("key", "credential"), "mfa": ("factor", "verification"),
+    "2fa": ("factor", "verification"), "myself": ("me", "authenticated"),
+    "identity": ("user", "me"), "role": ("permission",), "permission": ("role", "access"),
+    "access": ("permission",), "owner": ("admin",), "admin": ("owner", "administrator"),
+    "allow": ("allowlist", "permit", "grant"), "whitelist": ("allowlist", "safelist"),
+    "blacklist": ("blocklist", "denylist"), "block": ("ban", "deny"), "ban": ("block",),
+    "spam": ("fraud", "block"),
+    # money and usage
+    "cost": ("price", "pricing", "usage", "billing"), "price": ("pricing", "cost"),
+    "bill": ("billing", "invoice", "usage"), "spend": ("usage", "billing", "cost"),
+    "quota": ("limit", "usage"), "limit": ("quota", "rate"),
+    # files and storage
+    "folder": ("directory", "dir"), "directory": ("folder", "dir"),
+    # collaboration and organisation
+    "team": ("group",), "group": ("team",), "member": ("user", "participant"),
+    "participant": ("member",), "tag": ("label",), "label": ("tag",),
+    "favorite": ("star",), "follow": ("watch", "subscribe"), "subscribe": ("subscription",),
+    "unsubscribe": ("subscription",), "link": ("url",), "url": ("link",),
+    "bot": ("app",), "integration": ("app", "installation"), "application": ("app",),
+    "job": ("run", "task"), "task": ("job",), "pipeline": ("workflow",),
+    "workflow": ("pipeline",),
+    # monitoring and settings
+    "notify": ("notification", "alert"), "webhook": ("hook", "callback"),
+    "callback": ("webhook", "hook"), "log": ("audit", "event"),
+    "history": ("log", "event", "activity", "version"), "activity": ("event", "log"),
+    "version": ("revision", "release"), "revision": ("version",),
+    "status": ("state",), "state": ("status",), "health": ("status", "ping"),
+    "config": ("configuration", "setting", "option"),
+    "setting": ("configuration", "config", "option", "preference"),
+    "option": ("setting", "config"), "preference": ("setting",),
+    "analytics": ("stat", "metric", "usage"), "metric": ("stat", "analytics"),
+    "use": ("usage",), "used": ("usage",), "count": ("stat", "total"),
+    "total": ("count", "stat"),
+}
+assert not set(_VOCABULARY) & set(_EXPAND)
+_EXPAND.update(_VOCABULARY)
 _EXPANSION_WEIGHT = 0.4
 # (field, weight, length normalisation b) for BM25F.
 _FIELDS = (("name", 3.0, 0.75), ("summary", 2.0, 0.75), ("tags", 1.0, 0.3),
@@ -172,6 +239,15 @@ _QUERY_ACTIONS: dict[str, tuple[str, ...]] = {
     "pause": ("update",), "redact": ("update",),
     "delete": ("delete",), "remove": ("delete",), "drop": ("delete",), "destroy": ("delete",),
     "erase": ("delete",), "release": ("delete",), "kick": ("delete",),
+    # the generic vocabulary's verbs
+    "register": ("create",), "subscribe": ("create",),
+    "join": ("create",), "connect": ("create",), "invite": ("create",),
+    "revoke": ("delete",), "uninstall": ("delete",), "disconnect": ("delete",),
+    "leave": ("delete",), "unsubscribe": ("delete",),
+    "accept": ("update",), "reject": ("update",), "decline": ("update",),
+    "mute": ("update",), "resume": ("update",), "stop": ("update",), "cancel": ("update",),
+    "renew": ("update",), "rotate": ("update",), "terminate": ("update", "delete"),
+    "export": ("get",),
 }
 # Query words that only say what to do, not to what: their own term counts little.
 _VERB_ONLY = frozenset(["get", "fetch", "read", "retrieve", "show", "view", "see", "look",
@@ -217,15 +293,58 @@ def _action_word(query: str) -> str:
 
 # Words that reverse the action after them: "undo the delete" does not ask for a delete.
 _UNDOING = frozenset(["undo", "revert", "reverse"])
+# Undoing is an action of its own: a query with one of these words (or "back", as in "bring
+# back", "roll back", not "back up") asks for it, and an operation does it when its name has an
+# ``un-`` word (unsuspend, unarchive) or a restoring verb.
+_UNDO_WORDS = frozenset(["undo", "revert", "reverse", "restore", "reinstate", "recover"])
+_UNDO_NAME_TERMS = frozenset(_stem(w) for w in ("undo", "restore", "revert", "reinstate",
+                                                "recover"))
+
+
+def _undo_asked(query: str) -> bool:
+    raw = re.findall(r"[a-z]+", query.lower())
+    return any(w in _UNDO_WORDS or (w == "back" and raw[i + 1:i + 2] != ["up"])
+               for i, w in enumerate(raw))
 
 
 def _query_actions(query: str) -> frozenset[str]:
+    if _undo_asked(query):
+        return frozenset(("undo",))
     word = _action_word(query)
-    if word:
-        before = re.findall(r"[a-z]+", query.lower())
-        if _UNDOING.intersection(before[:before.index(word)]):
-            return frozenset()
     return frozenset(_QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)) or ())
+
+
+# Function words that may stand inside a noun phrase ("a new verification service").
+_ARTICLES = frozenset(["a", "an", "the", "my", "our", "your", "their", "its", "this", "these",
+                       "those", "all", "every", "each"])
+
+
+def _query_head(query: str) -> str:
+    """The stemmed last word of the first noun phrase after the action word (or from the
+    start): "set up a new verification service for our login flow" -> servic."""
+    raw = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", query).lower())
+    verb = _action_word(query)
+    start = raw.index(verb) + 1 if verb in raw else 0
+    phrase: list[str] = []
+    for word in raw[start:]:
+        if word in _STOP or word in _ARTICLES:
+            if phrase and word not in _ARTICLES:
+                break
+            continue
+        phrase.append(word)
+    return _stem(phrase[-1]) if phrase else ""
+
+
+def _path_resource(path: str) -> str:
+    """The stemmed last word of the path's last literal segment, what the operation acts on
+    (``/Calls/{CallSid}/Recordings/{Sid}.json`` -> record)."""
+    for seg in reversed([s for s in path.split("/") if s]):
+        if seg.startswith(("{", ":")):
+            continue
+        words = tokenize(re.sub(r"\.(json|xml|ya?ml)$", "", seg))
+        if words:
+            return words[-1]
+    return ""
 
 
 # Second stage: the best _RERANK_DEPTH first-stage candidates are re-scored, multiplied by
@@ -243,7 +362,7 @@ _COVER_EXPANDED = 0.4
 
 def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[str]]]) -> None:
     """Run-together name words ("deletefile", "hashsum") also count as their two halves when
-    both halves are words the catalog uses elsewhere."""
+    both halves are words the catalog uses elsewhere; ``un-`` words as the word and "undo"."""
     vocab: set[str] = set()
     for doc in docs:
         vocab.update(doc["name"])
@@ -267,6 +386,8 @@ def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[
 
 
 _W_BIGRAM = 0.25
+# x (1 + _W_HEAD) when the query's head noun is the resource at the end of the operation's path.
+_W_HEAD = 0.25
 
 
 def _pairs(terms: Sequence[str]) -> frozenset[frozenset[str]]:
@@ -310,7 +431,9 @@ class SearchIndex:
         # Name terms that are verbs, by the action they stand for ("fetch" -> "get").
         self._name_verbs = [{t: _STEMMED_ACTIONS[t] for t in name if t in _STEMMED_ACTIONS}
                             for name in self._name_terms]
-        self._actions = [_op_actions(op) for op in operations]
+        self._actions = [_op_actions(op) | ({"undo"} if name & _UNDO_NAME_TERMS else set())
+                         for op, name in zip(operations, self._name_terms, strict=True)]
+        self._resources = [_path_resource(op.path) for op in operations]
         self._name_vocab: frozenset[str] = frozenset().union(*self._name_terms)
         self._bigrams = [_pairs(d["name"]) | _pairs(d["summary"]) for d in docs]
 
@@ -346,8 +469,11 @@ class SearchIndex:
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
         pairs = _pairs(stems)
+        query_head = _query_head(query)
         head = []
         for doc, score in first[:depth]:
+            if query_head and self._resources[doc] == query_head:
+                score *= 1 + _W_HEAD
             mass = self._name_mass[doc]
             if mass:
                 verbs = self._name_verbs[doc]

@@ -1,10 +1,11 @@
 """Policy routing: every action is decided by the Rego policy in ``policies/``.
 
-Two engines behind :class:`PolicyEngine`: ``embedded`` (regorus, in-process, hot reload) and
-``opa`` (a real OPA server over its REST API). Both fail closed: any problem deciding is a deny
-with ``error_code="policy_error"``, and when no valid policy is loaded (files gone, the
-``decision`` rule missing or undefined) every decision is such a deny, carrying the reason
-:data:`POLICY_UNAVAILABLE`, and ``engine.unavailable`` says why (readiness: NOT_SERVING).
+Two engines behind :class:`PolicyEngine`: ``embedded`` (regorus in policy worker processes, a
+deadline per decision, hot reload) and ``opa`` (a real OPA server over its REST API). Both fail
+closed: any problem deciding is a deny with ``error_code="policy_error"``, and when no valid
+policy is loaded (files gone, the ``decision`` rule missing or undefined) every decision is
+such a deny, carrying the reason :data:`POLICY_UNAVAILABLE`, and ``engine.unavailable`` says
+why (readiness: NOT_SERVING).
 """
 
 from __future__ import annotations

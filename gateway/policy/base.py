@@ -74,9 +74,12 @@ class PolicySettings:
     engine: Literal["embedded", "opa"] = "embedded"
     path: Path | None = None  # policies dir; default: the repo's policies/ (or env override)
     opa_url: str = "http://127.0.0.1:8181"
+    # The budget of one decision: OPA's answer, or (embedded) a worker's evaluation, whose
+    # worker is killed and replaced when it overruns; waiting for a free worker has its own.
     timeout_ms: int = 500
     reload: bool = True
     reload_interval_s: float = 0.5
+    workers: int = 2  # embedded: policy worker processes per gateway process
 
 
 def default_policy_dir(path: Path | None = None) -> Path:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from asyncio import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import yaml
 from gateway.errors import PolicyError
 
 from .base import ENTRYPOINT, PROBE_INPUT, NoPolicy
+from .worker import clean_error, engine_failure
 
 __all__ = [
     "UNDEFINED",
@@ -42,18 +41,6 @@ __all__ = [
 ]
 
 _DATA_NAMES = ("data.json", "data.yaml", "data.yml")
-
-
-def engine_failure(exc: BaseException) -> bool:
-    """True for errors an engine call may raise, including pyo3's PanicException (a Rust
-    panic, which derives from BaseException); False for interpreter/task control flow."""
-    return not isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | CancelledError)
-
-
-def clean_error(exc: BaseException) -> str:
-    """regorus messages end in a Rust backtrace; keep the part a human needs."""
-    text = str(exc).split("Stack backtrace:", 1)[0].strip()
-    return re.sub(r"\n\s*\n", "\n", text) or type(exc).__name__
 
 
 def _files(root: Path, with_tests: bool) -> list[Path]:

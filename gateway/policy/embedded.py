@@ -1,21 +1,26 @@
-"""The embedded engine: regorus in-process, with hot reload and a sound decision cache.
+"""The embedded engine: regorus in policy worker processes, with hot reload and a decision cache.
 
-regorus Engines are thread-affine and hold the GIL (~0.2 ms per decision), so decisions are
-evaluated inline on the calling thread. Each thread gets its own Engine per revision (built on
-first use, ~2 ms); the serving :class:`Bundle` is swapped atomically by the reload watcher,
-so in-flight calls finish on the revision they started with.
+regorus holds the GIL for a whole evaluation and has no time limit, so the gateway never
+evaluates a decision itself: cache misses and ``advertise`` go to this process's policy
+workers (:mod:`.workerpool`), each bounded by ``timeout_ms`` (an overrun is a fail-closed deny
+and the worker is killed and replaced). What stays here is what makes a revision: loading,
+compiling + probing it once (a bundle that does not compile is rejected before it serves),
+the cache key, and the cache. ``Evaluator.decide``/``evaluate`` still evaluate in-process,
+for ``switchboard policy check``/``test`` and the benchmarks.
 
 Decisions are cached per revision, keyed on the parts of ``input`` the policy can read
 (found statically, see :mod:`.inputpaths`): for the shipped policy that is the principal, the
 action kind/operation and the catalog entry, not arguments or time. A policy that reads the
-whole input or calls a non-deterministic built-in is never cached.
+whole input or calls a non-deterministic built-in is never cached. A hit costs what it did
+before the workers: it never leaves the gateway.
 
 What the files say is what runs (OPA's file-watcher semantics): a change that does not compile
 is rejected and the previous revision keeps serving, but files that are gone or empty mean *no*
 policy (every decision a deny with :data:`POLICY_UNAVAILABLE`), and a policy whose ``decision``
 is missing or undefined serves as it is (OPA would answer undefined: a deny) while
 ``unavailable`` tells readiness it is not usable. The evaluator, and with it the decision cache,
-belongs to one revision: nothing decided by an old revision is served after a change.
+belongs to one revision: nothing decided by an old revision is served after a change, and
+every request to a worker names its revision.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import orjson
 import regorus
 import structlog
 
@@ -48,20 +52,13 @@ from .base import (
     parse_advertise,
     parse_decision,
 )
-from .bundle import (
-    UNDEFINED,
-    Bundle,
-    Snapshot,
-    clean_error,
-    engine_failure,
-    load_bundle,
-    probe,
-    snapshot,
-)
+from .bundle import UNDEFINED, Bundle, Snapshot, clean_error, load_bundle, probe, snapshot
 from .decisionlog import fail_closed, finish, finish_discovery, policy_unavailable, tracer
 from .inputpaths import CacheKeyFn, make_key_fn
+from .worker import RuleFailed, evaluate_rule
+from .workerpool import PolicyWorkers, input_json
 
-__all__ = ["EmbeddedPolicyEngine", "Evaluator"]
+__all__ = ["EmbeddedPolicyEngine", "Evaluator", "action_kind", "probe_problem"]
 
 _log = structlog.get_logger("switchboard.policy")
 
@@ -119,60 +116,60 @@ class Evaluator:
         return engine
 
     def evaluate(self, input: dict[str, Any], rule: str = ENTRYPOINT) -> Any:
-        """The rule's value (None when undefined or null); PolicyError on failure."""
+        """The rule's value (None when undefined or null), in this process; PolicyError on
+        failure (the texts a worker sends: :func:`.worker.evaluate_rule`)."""
         engine = self._engine()
+        input_json(input)
         try:
-            # regorus takes the process down (SIGSEGV) on a string with an unpaired surrogate
-            # instead of raising: the engine only ever sees what orjson can write as JSON
-            # (no lone surrogates, integers within 64 bits, depth <= 255, string keys).
-            orjson.dumps(input)
-        except TypeError as exc:
-            raise PolicyError(f"the policy input is not valid JSON: {clean_error(exc)}") from None
+            return evaluate_rule(engine, input, rule)
+        except RuleFailed as exc:
+            raise PolicyError(str(exc)) from exc
+
+    def lookup(self, input: dict[str, Any]) -> tuple[Decision | None, str | None]:
+        """(the cached decision, None) on a hit; else (None, the key to :meth:`remember` the
+        decision under, or None when this input is not cached)."""
+        if self.cache_key is None:
+            return None, None
         try:
-            engine.set_input(input)
-            # eval_rule, not eval_rule_as_json: the JSON variant renders undefined as the
-            # string "<undefined>", and the native one is ~25 % faster.
-            return engine.eval_rule(rule)
-        except Exception as exc:
-            if "not a valid rule path" in str(exc):  # no module defines the rule
-                raise PolicyError(f"{rule} is undefined: no policy file defines it") from exc
-            raise PolicyError(f"policy evaluation failed: {clean_error(exc)}") from exc
-        except BaseException as exc:  # pyo3 PanicException derives from BaseException
-            if not engine_failure(exc):
-                raise
-            raise PolicyError(f"policy engine panicked: {clean_error(exc)}") from exc
+            key: str | None = self.cache_key(input)
+        except (TypeError, ValueError):
+            return None, None  # not JSON: evaluate (and fail) the slow way
+        if key is None or len(key) > _MAX_KEY_CHARS:
+            return None, None  # a policy keyed on big arguments: do not hold them in memory
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return hit, None
+        return None, key
+
+    def remember(self, key: str | None, decision: Decision) -> None:
+        if key is None:
+            return
+        with self._cache_lock:
+            self._cache[key] = decision
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     def decide(self, input: dict[str, Any]) -> Decision:
-        """Evaluate and parse; never raises for policy problems (fail-closed deny instead)."""
+        """Evaluate (in this process) and parse; never raises for policy problems."""
         if not isinstance(input, dict):
             return fail_closed("policy input must be a JSON object")
-        key = None
-        if self.cache_key is not None:
-            try:
-                key = self.cache_key(input)
-            except (TypeError, ValueError):
-                key = None  # not JSON: evaluate (and fail) the slow way
-            if key is not None and len(key) > _MAX_KEY_CHARS:
-                key = None  # a policy keyed on big arguments: do not hold them in memory
-            if key is not None:
-                with self._cache_lock:
-                    hit = self._cache.get(key)
-                    if hit is not None:
-                        self._cache.move_to_end(key)
-                        self.cache_hits += 1
-                        return hit
+        hit, key = self.lookup(input)
+        if hit is not None:
+            return hit
         try:
-            action = input.get("action")
-            kind = str(action.get("kind", "")) if isinstance(action, dict) else ""
-            decision = parse_decision(self.evaluate(input), kind=kind)
+            decision = parse_decision(self.evaluate(input), kind=action_kind(input))
         except PolicyError as exc:
             return fail_closed(exc.message)  # never cached: the next call tries again
-        if key is not None:
-            with self._cache_lock:
-                self._cache[key] = decision
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        self.remember(key, decision)
         return decision
+
+
+def action_kind(input: dict[str, Any]) -> str:
+    action = input.get("action")
+    return str(action.get("kind", "")) if isinstance(action, dict) else ""
 
 
 def _holds_values(data: Any) -> bool:
@@ -206,6 +203,7 @@ class EmbeddedPolicyEngine:
         self._absent: str | None = None  # why the files hold no policy; None when they do
         self._snapshot: Snapshot = ()
         self._watcher: asyncio.Task[None] | None = None
+        self.workers: PolicyWorkers | None = None  # started by start(), stopped by close()
         self.last_reload_error: str | None = None
 
     @property
@@ -219,9 +217,9 @@ class EmbeddedPolicyEngine:
         """None while a usable policy serves; else why not (readiness: NOT_SERVING)."""
         if self._absent is not None:
             return self._absent
-        if self._evaluator is None:
+        if self._evaluator is None or self.workers is None:
             return "policy engine is not started"
-        return self._evaluator.probe_problem
+        return self._evaluator.probe_problem or self.workers.unavailable
 
     async def start(self) -> None:
         """Load the policy and start watching.
@@ -229,6 +227,7 @@ class EmbeddedPolicyEngine:
         Raises PolicyError when the directory does not exist or the policy does not compile
         (``opa run`` refuses to start on both). A directory without policy starts the engine
         with no policy (every decision denied, ``unavailable`` set), as OPA starts with none.
+        Then the policy workers start (one that cannot is retried, never raised).
         """
         if not self.root.is_dir():
             raise PolicyError(f"policy directory {self.root} does not exist")
@@ -238,9 +237,14 @@ class EmbeddedPolicyEngine:
         except NoPolicy as exc:
             self._absent = exc.message
             _log.error("policy.unavailable", reason=exc.message, root=str(self.root))
-        else:
+        if self.workers is None:
+            self.workers = PolicyWorkers(self.settings.workers, self.settings.timeout_ms)
+            if self._evaluator is not None:
+                self.workers.load_frame(self._evaluator.bundle)  # each worker gets it first
+            await self.workers.start()
+        if self._evaluator is not None:
             _log.info("policy.loaded", revision=self.revision, root=str(self.root),
-                      unavailable=self.unavailable)
+                      workers=self.workers.pids, unavailable=self.unavailable)
         if self.settings.reload and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="policy-reload")
 
@@ -252,6 +256,9 @@ class EmbeddedPolicyEngine:
             self._watcher = None
         if self._evaluator is not None:
             self._evaluator.release()  # on the serving thread, where its engine lives
+        if self.workers is not None:
+            await self.workers.close()
+            self.workers = None
 
     def reload_now(self) -> bool:
         """Reload if the files changed; True when what serves changed (a new revision, or
@@ -260,7 +267,8 @@ class EmbeddedPolicyEngine:
         A bundle that fails to load, compile or probe is rejected and logged; whatever served
         before (a revision, or no policy) keeps serving. Files that hold no policy (directory
         gone or emptied, every ``.rego`` removed or zero-byte) are not an error: nothing serves
-        and every decision is denied until a policy is back.
+        and every decision is denied until a policy is back. Call it on the serving loop's
+        thread: it sends a new revision to the workers at once.
         """
         current = snapshot(self.root)
         if current == self._snapshot:
@@ -290,6 +298,8 @@ class EmbeddedPolicyEngine:
             return False
         self._evaluator = evaluator  # atomic swap; in-flight decisions hold the old evaluator
         self._absent = None
+        if self.workers is not None:
+            self.workers.load(bundle)
         self.last_reload_error = None
         if evaluator.probe_problem:
             _log.error("policy.reloaded", revision=self.revision, previous=previous,
@@ -306,6 +316,28 @@ class EmbeddedPolicyEngine:
             except Exception as exc:  # never let the watcher die
                 _log.error("policy.reload_failed", error=str(exc))
 
+    async def _evaluate(self, evaluator: Evaluator, input: dict[str, Any], rule: str) -> Any:
+        """The rule's value from a worker; PolicyError with the fail-closed reason."""
+        encoded = input_json(input)
+        if self.workers is None:
+            raise PolicyError("policy engine is not started")
+        return await self.workers.evaluate(evaluator.bundle, rule, encoded)
+
+    async def _decide(self, evaluator: Evaluator, input: dict[str, Any]) -> Decision:
+        """:meth:`Evaluator.decide` with the evaluation in a worker: a hit never leaves."""
+        if not isinstance(input, dict):
+            return fail_closed("policy input must be a JSON object")
+        hit, key = evaluator.lookup(input)
+        if hit is not None:
+            return hit
+        try:
+            value = await self._evaluate(evaluator, input, ENTRYPOINT)
+            decision = parse_decision(value, kind=action_kind(input))
+        except PolicyError as exc:
+            return fail_closed(exc.message)  # never cached: the next call tries again
+        evaluator.remember(key, decision)
+        return decision
+
     async def decide(self, input: dict[str, Any]) -> Decision:
         with tracer.start_as_current_span("policy.decide") as span:
             start = time.perf_counter()
@@ -316,7 +348,7 @@ class EmbeddedPolicyEngine:
                             else fail_closed("policy engine is not started"))
                 revision = self.revision
             else:
-                decision = evaluator.decide(input)
+                decision = await self._decide(evaluator, input)
                 revision = evaluator.revision
                 if decision.error_code and evaluator.probe_problem:
                     # What serves has no usable decision (rule gone, data gone): say so.
@@ -342,7 +374,8 @@ class EmbeddedPolicyEngine:
                                    error=self._absent or "policy engine is not started")
             else:
                 try:
-                    tools, code = parse_advertise(evaluator.evaluate(input, ADVERTISE))
+                    tools, code = parse_advertise(
+                        await self._evaluate(evaluator, input, ADVERTISE))
                     result = Discovery(tools, code, evaluator.revision)
                 except PolicyError as exc:
                     result = Discovery(policy_revision=evaluator.revision, error=exc.message)

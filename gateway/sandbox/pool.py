@@ -109,6 +109,7 @@ class SandboxPool:
         self._spawned = 0
         self._filled = asyncio.Event()  # every slot has had its first start attempt
         self._sdk_cache: dict[str, str] = {}
+        self._allowed_cache: dict[str, tuple[tuple[Any, ...], frozenset[str]]] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("runs", "ok", "user_errors", "timeouts", "memory", "crashes", "cancelled",
              "host_calls", "respawns", "recycles", "sessions_created", "sessions_expired",
@@ -473,8 +474,7 @@ class SandboxPool:
         run_id = uuid.uuid4().hex
         t0 = time.perf_counter()
         out = Output(budget=max(0, limits.max_output_bytes))
-        calls = CallState(limit=limits.max_host_calls,
-                          allowed={f.operation for f in req.sdk} | _DISCOVERY)
+        calls = CallState(limit=limits.max_host_calls, allowed=self._allowed(req))
         send_sdk = sess is None or sess.rev != req.sdk_revision or not req.sdk_revision
         # The memory this run may allocate, enforced by the kernel: baseline + memory_mb.
         base = sess.base if sess is not None else proc.vm_data()
@@ -531,6 +531,18 @@ class SandboxPool:
     def _count_error(self, exc: SandboxError) -> None:
         name = {"sandbox_timeout": "timeouts", "sandbox_memory": "memory"}.get(exc.code, "crashes")
         self._counters[name] += 1
+
+    def _allowed(self, req: RunRequest) -> frozenset[str]:
+        """The operations a run may call: its SDK's and discovery (per SDK revision, cached)."""
+        hit = self._allowed_cache.get(req.sdk_revision) if req.sdk_revision else None
+        if hit is not None and hit[0] is req.sdk:
+            return hit[1]
+        allowed = frozenset(f.operation for f in req.sdk) | _DISCOVERY
+        if req.sdk_revision:
+            if len(self._allowed_cache) > 16:
+                self._allowed_cache.clear()
+            self._allowed_cache[req.sdk_revision] = (req.sdk, allowed)
+        return allowed
 
     def _sdk_json(self, req: RunRequest) -> str:
         if req.sdk_revision and req.sdk_revision in self._sdk_cache:

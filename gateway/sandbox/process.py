@@ -116,6 +116,7 @@ class DenoProcess:
         self._sock = sock
         self._deno_dir = deno_dir
         self._hard_limit = data_limit_mb * MIB
+        self._data_limit = -1  # the RLIMIT_DATA soft limit last set (-1: not yet)
         self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.Server | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -363,12 +364,16 @@ class DenoProcess:
         if pid is None or self.dead:
             return
         value = self._hard_limit if soft is None else min(self._hard_limit, soft)
+        if value == self._data_limit:
+            return  # already in force (a session's runs all get the same limit)
         try:
             resource.prlimit(pid, resource.RLIMIT_DATA, (value, self._hard_limit))
         except ProcessLookupError:
             return
         except OSError as exc:  # never run without the limit: the process is unusable
             raise SandboxCrashed(f"cannot limit the sandbox process's memory: {exc}") from None
+        # Only this host sets it: the process itself cannot (no ffi, sys or run permission).
+        self._data_limit = value
 
     async def kill(self) -> None:
         """SIGKILL the process and release everything; idempotent."""

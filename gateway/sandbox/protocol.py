@@ -60,7 +60,6 @@ PROCESS_FRAMES: dict[str, tuple[str, ...]] = {
     "hello": ("pid", "snapshotBytes"),  # first frame after connecting
     "ready": ("startMs",),  # an interpreter is restored and idle (after start or recycle)
     "init_failed": ("reason",),  # the interpreter could not start
-    "started": ("id",),  # the run's clock started
     "event": ("id", "stream", "line"),  # one line of stdout/stderr (stream: "stdout"|"stderr")
     "host_call": ("id", "call", "op", "args"),  # call: int ≥ 1, unique per run
     # status: ok | fatal | timeout | cancelled | crashed | violation; reply (ok/fatal): the

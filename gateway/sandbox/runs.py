@@ -8,6 +8,7 @@ and checked here. User-code errors come back as data; anything else raises a San
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -74,7 +75,7 @@ class Output:
 @dataclass
 class CallState:
     limit: int
-    allowed: set[str]
+    allowed: frozenset[str] | set[str]
     count: int = 0
 
 
@@ -92,19 +93,24 @@ async def drive(
 ) -> dict[str, Any]:
     """Serve one run's frames until its ``done`` frame; returns it."""
     tasks: set[asyncio.Task[None]] = set()
-    deadline = time.monotonic() + timeout_ms / 1000 + kill_grace_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000 + kill_grace_s
     received = 0
     try:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            msg = None
+            if loop.time() < deadline:
+                try:
+                    msg = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    # One timer per wait and no task (asyncio.wait_for wraps the get in one).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(deadline):
+                            msg = await queue.get()
+            if msg is None:
                 # The supervisor did not end the run on time: the process is unresponsive.
                 await proc.kill()
                 raise SandboxTimeout(f"code ran longer than {timeout_ms} ms")
-            try:
-                msg = await asyncio.wait_for(queue.get(), remaining)
-            except TimeoutError:
-                continue
             kind = msg["t"]
             if kind == "event":
                 await _on_output(msg, out, on_event)
@@ -123,7 +129,7 @@ async def drive(
                     # Calls the code did not wait for may already be at their backend:
                     # finish them within the run's deadline, so each effect is audited with
                     # its real outcome instead of being cut off as "cancelled".
-                    await asyncio.wait(set(tasks), timeout=max(0.0, deadline - time.monotonic()))
+                    await asyncio.wait(set(tasks), timeout=max(0.0, deadline - loop.time()))
                 return msg
             elif kind == "_dead":
                 raise proc.death or SandboxCrashed("the sandbox process exited")

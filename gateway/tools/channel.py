@@ -237,21 +237,18 @@ class ToolChannel:
         if not request_id:
             raise InvalidRequest("request_id: required for tool calls (it is the idempotency "
                                  "key)", field="request_id")
-        with _tracer.start_as_current_span(
-                "schema.validate", record_exception=False,
-                set_status_on_exception=False) as vspan:
-            vspan.set_attribute(A.OPERATION, op.name)
-            vspan.set_attribute("switchboard.schema.strict", strict)
-            try:
-                validate_arguments(op, arguments, strict=strict, mask=mask)
-            except BaseException as exc:
-                record_outcome(vspan, exc)
-                raise
+        # The check is recorded on the call's own span (the tool call's root, or a code run's
+        # `host_call`): `switchboard.schema.strict` here, and a violation as that span's
+        # outcome (`schema_invalid`, `error.field`) when the error reaches it — no
+        # `schema.validate` child span (docs/audit.md, "Span tree").
+        call_span = trace.get_current_span()
+        call_span.set_attribute(A.SCHEMA_STRICT, strict)
+        validate_arguments(op, arguments, strict=strict, mask=mask)
         args = dict(arguments)
         if is_read(op):
             # A read has no effect for exactly-once to guard: no record, no claim, no replay
             # (docs/tools.md, "Reads skip it"). A retry simply reads again.
-            trace.get_current_span().set_attribute(A.IDEMPOTENCY_KEY_STATE, "read")
+            call_span.set_attribute(A.IDEMPOTENCY_KEY_STATE, "read")
             result = await self.client.call(op, args, timeout_ms=timeout_ms)
             check_output(op, result)
             return ToolOutcome(result, replayed=False)

@@ -75,8 +75,6 @@ def slow_policy_gateway(backends: dict[str, Any], tmp_path: Path,
         proc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: embedded policy evaluation is unbounded and "
-                   "runs on the serving event loop: one slow decision stalls every caller")
 def test_a_slow_policy_decision_fails_closed_and_others_keep_being_served(
         slow_policy_gateway: pb_grpc.GatewayStub) -> None:
     stub = slow_policy_gateway
