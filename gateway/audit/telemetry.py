@@ -29,6 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.audit.chain import AuditLog, FsyncPolicy
 from gateway.audit.export import (
+    SPAN_LIMITS,
     CallScrubbingProcessor,
     FileSpanProcessor,
     GuardedExporter,
@@ -199,6 +200,7 @@ def setup_telemetry(settings: AuditSettings) -> Telemetry:
         sampler=ALWAYS_ON,
         resource=Resource.create({SERVICE_NAME: settings.service_name}),
         shutdown_on_exit=False,  # Telemetry.shutdown owns it (and bounds it)
+        span_limits=SPAN_LIMITS,  # fixed counts; lengths: CallScrubbingProcessor
     )
     # One processor on the provider: it scrubs each span of its call's masked values, then
     # hands it to the file and OTLP processors below.

@@ -24,11 +24,11 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
-from gateway.audit import outcome_of, record_outcome
+from gateway.audit import audited, outcome_of, record_outcome
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.identity import Authenticator
 from gateway.models import Outcome, Principal
@@ -59,10 +59,6 @@ def returned(outcome: Outcome) -> Outcome:
 def trace_id_of(span: trace.Span) -> str:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 15] + "… [truncated]"
 
 
 @dataclass
@@ -147,14 +143,12 @@ async def call_scope(
         try:
             if on_open is not None:
                 on_open(scope)
-            with tracer.start_as_current_span(attr.SPAN_IDENTITY) as ident:
-                try:
-                    if refused is not None:
-                        raise refused
-                    principal = await authenticate(authenticator, token)
-                except GatewayError as exc:
-                    ident.set_status(Status(StatusCode.ERROR, _clip(exc.message, 256)))
-                    raise
+            with tracer.start_as_current_span(
+                    attr.SPAN_IDENTITY, record_exception=False,
+                    set_status_on_exception=False) as ident, audited(ident):
+                if refused is not None:
+                    raise refused
+                principal = await authenticate(authenticator, token)
                 ident.set_attribute(attr.PRINCIPAL_ID, principal.id)
                 ident.set_attribute(attr.TENANT, principal.tenant)
             scope.principal = principal

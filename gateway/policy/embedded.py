@@ -33,6 +33,7 @@ import orjson
 import regorus
 import structlog
 
+from gateway.audit.outcome import audited
 from gateway.errors import PolicyError
 from gateway.models import Decision
 
@@ -307,7 +308,9 @@ class EmbeddedPolicyEngine:
                 _log.error("policy.reload_failed", error=str(exc))
 
     async def decide(self, input: dict[str, Any]) -> Decision:
-        with tracer.start_as_current_span("policy.decide") as span:
+        with tracer.start_as_current_span(
+                "policy.decide", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:
@@ -334,7 +337,9 @@ class EmbeddedPolicyEngine:
     async def advertise(self, input: dict[str, Any]) -> Discovery:
         """Evaluate :data:`ADVERTISE` (uncached here: the pipeline caches per role set and
         revision); a missing, undefined or malformed result advertises nothing."""
-        with tracer.start_as_current_span("policy.advertise") as span:
+        with tracer.start_as_current_span(
+                "policy.advertise", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:
