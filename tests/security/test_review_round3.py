@@ -148,9 +148,6 @@ CACHE_GET = _JS + (
     "    result = 'refused: ' + type(e).__name__\n")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: Deno's Cache API (caches.open/put) writes to "
-                   "the pool's shared DENO_DIR without any permission; a later run of another "
-                   "principal reads it back (and a run can fill the host's disk)")
 def test_a_run_cannot_leave_data_for_another_principals_run(gateway: Any) -> None:
     marker = f"R3-SECRET-{time.time_ns()}"
     wrote = gateway.stub.Execute(code_request(CACHE_PUT, inputs={"marker": marker}),
