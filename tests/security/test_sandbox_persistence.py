@@ -279,3 +279,30 @@ async def test_a_host_call_result_too_large_for_the_channel_is_answered(
     assert r.ok, r.error
     assert r.result == ["resource_exhausted", True]
     assert len(host.calls) == 1
+
+
+LEAVE_A_NODE_WORKER = JS_PRELUDE + r"""
+JS('''
+  const { Worker } = process.getBuiltinModule('worker_threads');
+  const src = "const m = require('node:worker_threads'); const b = new m.BroadcastChannel('r3');" +
+    "setInterval(() => b.postMessage('R3-ORPHAN'), 5);";
+  globalThis.__orphan = new Worker(src, { eval: true });
+''')()
+# It is alive: this run hears it (so the later run's silence means something).
+heard = run_sync(JS('''return new Promise((resolve) => {
+  const m = process.getBuiltinModule('worker_threads');
+  const b = new m.BroadcastChannel('r3');
+  b.onmessage = (e) => { b.close(); resolve(String(e.data)); };
+  setTimeout(() => { b.close(); resolve('nothing'); }, 30000);
+})''')())
+result = heard
+"""
+
+
+async def test_a_worker_started_by_a_run_does_not_outlive_it(pool: SandboxPool) -> None:
+    """A node:worker_threads Worker (not sealed: a fresh isolate) left running when its run
+    ends normally is terminated with the run's worker: a later run hears nothing from it."""
+    r = await pool.run(req(LEAVE_A_NODE_WORKER, principal=WRITER, memory_mb=1024), Host())
+    assert r.ok and r.result == "R3-ORPHAN", (r.result, r.error)
+    seen = await _report(pool, _js_run(READ_JS), READER)
+    assert "R3-ORPHAN" not in seen["builtin-bc"], seen
