@@ -247,11 +247,18 @@ def _chars(value: Any) -> int:
     return 24
 
 
-def _over(attributes: Mapping[str, Any] | None, budget: int) -> int:
+def _plain(attributes: Any) -> Mapping[str, Any]:
+    """The dict under OpenTelemetry's ``BoundedAttributes`` (whose item access takes a lock:
+    ~1 us an attribute, on every span) when there is one; else the mapping itself."""
+    inner = getattr(attributes, "_dict", None)
+    return inner if isinstance(inner, dict) else (attributes or {})
+
+
+def _over(attributes: Any, budget: int) -> int:
     """What ``attributes`` spend of ``budget``; -1 if one key or value alone is too long."""
     used = 0
-    for key, value in (attributes or {}).items():
-        size = _chars(value)
+    for key, value in _plain(attributes).items():
+        size = len(value) if type(value) is str else _chars(value)
         if size > MAX_VALUE_CHARS or len(key) > MAX_KEY_CHARS:
             return -1
         used += len(key) + size
@@ -262,7 +269,9 @@ def _fits(span: ReadableSpan) -> bool:
     left = MAX_SPAN_CHARS - len(span.name) - len(span.status.description or "")
     if len(span.name) > MAX_NAME_CHARS or len(span.status.description or "") > MAX_STATUS_CHARS:
         return False
-    for attributes in (span.attributes, *(e.attributes for e in span.events),
+    own = getattr(span, "_attributes", None)  # the SDK span's BoundedAttributes
+    for attributes in (own if own is not None else span.attributes,
+                       *(e.attributes for e in span.events),
                        *(link.attributes for link in span.links)):
         used = _over(attributes, left)
         if used < 0:
