@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.approvals import ApprovalService, action_digest
 from gateway.audit import attributes as attr
-from gateway.audit import json_attr, redact
+from gateway.audit import audited, json_attr, record_outcome, redact
 from gateway.audit.redact import (
     CallSecrets,
     DigestKey,
@@ -296,7 +296,9 @@ class Pipeline:
             limits = Limits(timeout_ms=action.timeout_ms, memory_mb=limits.memory_mb,
                             max_host_calls=limits.max_host_calls,
                             max_output_bytes=limits.max_output_bytes)
-        with self.tracer.start_as_current_span("sandbox.run") as run_span:
+        with self.tracer.start_as_current_span(
+                "sandbox.run", record_exception=False,
+                set_status_on_exception=False) as run_span, audited(run_span):
             run_span.set_attribute("switchboard.sandbox.timeout_ms", limits.timeout_ms)
             if action.session_id:
                 run_span.set_attribute("switchboard.session_id", action.session_id)
@@ -314,7 +316,7 @@ class Pipeline:
                 sdk_revision=self.catalog.revision,
                 output_schema=action.output_schema,
             )
-            result = await self.sandbox.run(req, host.call, on_event)
+            result = await self.sandbox.run(req, host, on_event)
             run_span.set_attribute(attr.HOST_CALLS, host.calls)
             run_span.set_attribute("switchboard.sandbox.ok", result.ok)
         if host.paused is None and (host.log or host.approved):
@@ -452,6 +454,9 @@ def _sdk_functions(catalog: Catalog, *, render: bool = True) -> tuple[SdkFunctio
     return tuple(out)
 
 
+_DISCOVERY_CALLS = frozenset({"sdk.search", "sdk.describe"})
+
+
 class _HostBridge:
     """Serves SDK calls from sandboxed code: every call is authorised by the policy as the run's
     principal, counted against the host-call budget on the host side (the sandbox is untrusted),
@@ -480,6 +485,63 @@ class _HostBridge:
         self.secrets: CallSecrets = found if found is not None else CallSecrets()
 
     async def call(self, operation: str, arguments: dict[str, Any]) -> Any:
+        """One path for every host call, discovery included (docs/sandbox.md: each one is
+        budgeted, docs/audit.md: each one is a ``host_call`` span counted in
+        ``switchboard.host_calls``): count, open the span, then dispatch by operation. The
+        span ends through ``record_outcome`` only (no OTel exception recording: the error's
+        message may quote a hostile argument, and an expected refusal has no stack trace)."""
+        self.calls += 1
+        with self.p.tracer.start_as_current_span(
+                f"host_call {operation}", context=self.ctx, kind=SpanKind.INTERNAL,
+                record_exception=False, set_status_on_exception=False) as span:
+            span.set_attribute(attr.OPERATION, operation)
+            span.set_attribute(attr.ARGUMENTS_HMAC, self.p.digest_key.digest(arguments))
+            span.set_attribute(attr.DIGEST_KEY_ID, self.p.digest_key.key_id)
+            span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
+            try:
+                if self.calls > self.limits.max_host_calls:
+                    raise ResourceExhausted(
+                        f"host-call budget of {self.limits.max_host_calls} calls exhausted",
+                        details={"max_host_calls": self.limits.max_host_calls})
+                if operation in _DISCOVERY_CALLS:
+                    result = await self._discover(operation, arguments)
+                else:
+                    result = await self._tool_call(span, operation, arguments)
+            except GatewayError as exc:
+                scrub_error(exc, self.secrets)  # it goes back to the code, and to its caller
+                record_outcome(span, exc)
+                raise
+            except asyncio.CancelledError as exc:
+                # The run ended (deadline, cancel) with this call in flight: say so; its
+                # backend.call span says whether the request may have been sent.
+                record_outcome(span, exc)
+                span.set_status(Status(StatusCode.ERROR, "the run ended before the call "
+                                       "returned; it may have reached its backend"))
+                raise
+            except Exception as exc:
+                record_outcome(span, exc)
+                raise
+            span.set_attribute(attr.OUTCOME, "ok")
+            return result
+
+    async def __call__(self, operation: str, arguments: dict[str, Any]) -> Any:
+        return await self.call(operation, arguments)
+
+    def refused(self, operation: str, error: GatewayError) -> None:
+        """A call the pool refused before it reached :meth:`call` (budget, an operation not
+        in the run's SDK, arguments that are not JSON): counted and recorded the same way."""
+        self.calls += 1
+        with self.p.tracer.start_as_current_span(
+                f"host_call {operation}", context=self.ctx, kind=SpanKind.INTERNAL,
+                record_exception=False, set_status_on_exception=False) as span:
+            span.set_attribute(attr.OPERATION, operation)
+            span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
+            scrub_error(error, self.secrets)
+            record_outcome(span, error)
+
+    async def _discover(self, operation: str, arguments: dict[str, Any]) -> Any:
+        """``sdk.search`` / ``sdk.describe``: what the run's principal may see, as the tool
+        door's discovery answers it."""
         if operation == "sdk.search":
             query = str(arguments.get("query", ""))
             try:
@@ -490,88 +552,66 @@ class _HostBridge:
             return [{"name": h.name, "summary": h.summary, "route": h.route,
                      "signature": python_signature(self.p.catalog.require(h.name))}
                     for h in hits]
-        if operation == "sdk.describe":
-            path = arguments.get("path")
-            return await self.p.describe(self.principal, str(arguments.get("name", "")),
-                                         None if path is None else str(path),
-                                         arguments.get("page"))
-        self.calls += 1
-        with self.p.tracer.start_as_current_span(f"host_call {operation}", context=self.ctx,
-                                                 kind=SpanKind.INTERNAL) as span:
-            span.set_attribute(attr.OPERATION, operation)
-            span.set_attribute(attr.ARGUMENTS_HMAC, self.p.digest_key.digest(arguments))
-            span.set_attribute(attr.DIGEST_KEY_ID, self.p.digest_key.key_id)
-            span.set_attribute(attr.PARENT_DECISION_ID, self.decision.decision_id)
-            try:
-                if self.calls > self.limits.max_host_calls:
-                    raise ResourceExhausted(
-                        f"host-call budget of {self.limits.max_host_calls} calls exhausted",
-                        details={"max_host_calls": self.limits.max_host_calls})
-                op = self.p.catalog.require(operation)
-                decision = await self.p._decide(
-                    self.principal, "host_call", op, op.name, arguments=arguments,
-                    parent_decision_id=self.decision.decision_id)
-                _annotate_decision(span, decision)
-                self.secrets.add(masked_values(arguments, decision.mask, "action.arguments"))
-                if decision.route == "deny":
-                    raise _deny(decision, op.name)
-                validate_arguments(op, arguments, strict=decision.strict, mask=decision.mask)
-                if self.paused is not None:
-                    raise self.paused  # nothing runs after a call held for approval
-                index = self.calls
-                call_digest = action_digest(self.principal, "host_call", op.name, arguments,
-                                            self.source_sha256)
-                approved = False
-                try:
-                    if index in self.log:
+        path = arguments.get("path")
+        return await self.p.describe(self.principal, str(arguments.get("name", "")),
+                                     None if path is None else str(path),
+                                     arguments.get("page"))
+
+    async def _tool_call(self, span: trace.Span, operation: str,
+                         arguments: dict[str, Any]) -> Any:
+        """A catalog operation: authorised as the run's principal, validated, gated by
+        approvals, sent to its backend."""
+        op = self.p.catalog.require(operation)
+        decision = await self.p._decide(
+            self.principal, "host_call", op, op.name, arguments=arguments,
+            parent_decision_id=self.decision.decision_id)
+        _annotate_decision(span, decision)
+        self.secrets.add(masked_values(arguments, decision.mask, "action.arguments"))
+        if decision.route == "deny":
+            raise _deny(decision, op.name)
+        validate_arguments(op, arguments, strict=decision.strict, mask=decision.mask)
+        if self.paused is not None:
+            raise self.paused  # nothing runs after a call held for approval
+        index = self.calls
+        call_digest = action_digest(self.principal, "host_call", op.name, arguments,
+                                    self.source_sha256)
+        approved = False
+        try:
+            if index in self.log:
+                return self._replay(span, index, call_digest)
+            if decision.approval is not None:
+                rec = await self.p.approvals.gate(
+                    self.principal, decision, request_id=self.request_id,
+                    kind="host_call", operation=op.name, arguments=arguments,
+                    source_sha256=self.source_sha256, step=f"host:{index}")
+                if rec.state == "consumed":
+                    # Consumed by another run of this request (concurrent, or one that
+                    # died): replay its recorded result; without one it may have taken
+                    # effect, so it is never sent again.
+                    fresh = await self.p.approvals.run_log(self.principal, self.request_id)
+                    if index in fresh:
+                        self.log = fresh
                         return self._replay(span, index, call_digest)
-                    if decision.approval is not None:
-                        rec = await self.p.approvals.gate(
-                            self.principal, decision, request_id=self.request_id,
-                            kind="host_call", operation=op.name, arguments=arguments,
-                            source_sha256=self.source_sha256, step=f"host:{index}")
-                        if rec.state == "consumed":
-                            # Consumed by another run of this request (concurrent, or one
-                            # that died): replay its recorded result; without one it may have
-                            # taken effect, so it is never sent again.
-                            fresh = await self.p.approvals.run_log(self.principal,
-                                                                   self.request_id)
-                            if index in fresh:
-                                self.log = fresh
-                                return self._replay(span, index, call_digest)
-                            raise ApprovalConsumed(
-                                f"{op.name}: approval {rec.id} was used by another run of "
-                                "this request whose outcome is not recorded; it is not sent "
-                                "again", field="request_id", details={"approval_id": rec.id})
-                        approved = True
-                except APPROVAL_ERRORS as exc:
-                    # Held, rejected, expired or a different action: the run ends with this
-                    # status whatever the code does with the error; what ran so far is
-                    # recorded for the retry.
-                    self.paused = exc
-                    await self.p.approvals.record_calls(self.principal, self.request_id,
-                                                        self.results)
-                    raise
-                result = await self.p.client.call(op, arguments)
-                self.results[index] = (call_digest, result)
-                if approved:
-                    self.approved = True
-                    await self.p.approvals.record_calls(self.principal, self.request_id,
-                                                        {index: (call_digest, result)})
-                span.set_attribute(attr.OUTCOME, "ok")
-                return result
-            except GatewayError as exc:
-                scrub_error(exc, self.secrets)  # it goes back to the code, and to its caller
-                span.set_attribute(attr.OUTCOME, exc.code)
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                raise
-            except asyncio.CancelledError:
-                # The run ended (deadline, cancel) with this call in flight: say so; its
-                # backend.call span says whether the request may have been sent.
-                span.set_attribute(attr.OUTCOME, "cancelled")
-                span.set_status(Status(StatusCode.ERROR, "the run ended before the call "
-                                       "returned; it may have reached its backend"))
-                raise
+                    raise ApprovalConsumed(
+                        f"{op.name}: approval {rec.id} was used by another run of this "
+                        "request whose outcome is not recorded; it is not sent again",
+                        field="request_id", details={"approval_id": rec.id})
+                approved = True
+        except APPROVAL_ERRORS as exc:
+            # Held, rejected, expired or a different action: the run ends with this status
+            # whatever the code does with the error; what ran so far is recorded for the
+            # retry.
+            self.paused = exc
+            await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                self.results)
+            raise
+        result = await self.p.client.call(op, arguments)
+        self.results[index] = (call_digest, result)
+        if approved:
+            self.approved = True
+            await self.p.approvals.record_calls(self.principal, self.request_id,
+                                                {index: (call_digest, result)})
+        return result
 
     def _replay(self, span: trace.Span, index: int, call_digest: str) -> Any:
         recorded_digest, result = self.log[index]

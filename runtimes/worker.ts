@@ -111,6 +111,46 @@ function shareCompiledModule(mod: WebAssembly.Module | undefined) {
   };
 }
 
+// Nothing a run can reach may persist beyond it or be shared with another context
+// (docs/sandbox.md, "Isolation"): before any user code runs, the APIs that store data outside
+// the isolate without a permission (the Cache API writes to $DENO_DIR), or that reach other
+// contexts or host hardware, are replaced by non-configurable `undefined` (code cannot
+// restore them), and Deno's internals (`Deno[Deno.internal].core`: raw ops) are removed.
+// The DENO_DIR of a sandbox process also cannot exist (gateway/sandbox/process.py): this is
+// the first line, that one the second.
+const SEALED_GLOBALS = [
+  "caches", "CacheStorage", "Cache", // persistent, on disk, no permission needed
+  "BroadcastChannel", // every isolate of the process
+  "indexedDB", "localStorage", "sessionStorage", "IDBFactory", "Storage", // not in a worker today
+  "LockManager", "Lock", // navigator.locks: shared by the process's isolates
+  "GPU", "GPUAdapter", "GPUDevice", // navigator.gpu: host hardware, outside RLIMIT_DATA
+  "Worker", // a nested isolate would start with none of this sealed
+];
+const SEALED_NAVIGATOR = ["locks", "gpu", "storage", "serviceWorker"];
+
+function seal(target: object, name: PropertyKey) {
+  Object.defineProperty(target, name, {
+    value: undefined, writable: false, enumerable: false, configurable: false,
+  });
+}
+
+function sealGlobals() {
+  for (const name of SEALED_GLOBALS) seal(globalThis, name);
+  // On the instance and on its prototype (whose getters code could call on the instance).
+  const proto = Object.getPrototypeOf(navigator);
+  for (const name of SEALED_NAVIGATOR) {
+    seal(navigator, name);
+    if (proto && Object.getOwnPropertyDescriptor(proto, name)) seal(proto, name);
+  }
+  // deno-lint-ignore no-explicit-any
+  const deno = Deno as any;
+  const internal = deno.internal;
+  if (!delete deno[internal] || deno[internal] !== undefined) {
+    throw new Error("cannot remove Deno's internals from the sandbox");
+  }
+  seal(deno, internal);
+}
+
 async function init(msg: Any) {
   if (msg.mode === "snapshot") {
     const p: Any = await loadPyodide({
@@ -152,6 +192,7 @@ async function init(msg: Any) {
   const runner = py.pyimport("_sandbox_runner");
   runFn = runner.run;
   await runner.warm.callPromising(Promise.resolve("{}"));
+  sealGlobals(); // last: nothing of ours needs these after the warm-up
   post({ t: "ready" });
 }
 

@@ -53,7 +53,8 @@ async def test_child_connecting_before_spawn_returns_is_accepted(
     settings = SandboxSettings()
     snap = await ensure_snapshot(str(deno.find_deno_bin()), default_runtime_dir(), settings, tmp)
     argv = deno_command(str(deno.find_deno_bin()), default_runtime_dir(), sock, snap, settings)
-    dp = process_mod.DenoProcess(0, argv, sock, tmp / "deno_dir", settings.process_data_limit_mb)
+    dp = process_mod.DenoProcess(0, argv, sock, process_mod.sealed_deno_dir(tmp),
+                                 settings.process_data_limit_mb)
     try:
         await dp.start(scaled(max(settings.start_timeout_s, START_S)))
         assert connected_early == [True]  # the race really happened in this test

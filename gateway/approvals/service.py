@@ -30,7 +30,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from gateway.approvals.store import ApprovalRecord, ApprovalStore, SQLiteApprovalStore
 from gateway.audit import attributes as attr
-from gateway.audit import redact
+from gateway.audit import audited, redact
 from gateway.audit.redact import DigestKey
 from gateway.audit.tracing import contextual_tracer
 from gateway.errors import (
@@ -186,7 +186,9 @@ class ApprovalService:
         need = decision.approval
         assert need is not None
         outer = trace.get_current_span()  # the call's span: the approval names it
-        with _tracer.start_as_current_span("approval.check") as span:
+        with _tracer.start_as_current_span(
+                "approval.check", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             span.set_attribute("switchboard.operation", operation)
             if self.store is None:
                 raise PolicyDenied(
@@ -329,8 +331,9 @@ class ApprovalService:
         if rec is None or rec.tenant != principal.tenant:
             raise ApprovalNotFound(f"no approval {approval_id!r} in tenant "
                                    f"{principal.tenant!r}", field="approval_id")
-        with _tracer.start_as_current_span(f"approval.{verb}",
-                                           links=_link(rec)) as span:
+        with _tracer.start_as_current_span(
+                f"approval.{verb}", links=_link(rec), record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             span.set_attribute(APPROVAL_ID, rec.id)
             span.set_attribute(APPROVAL_TRACE_ID, rec.trace_id)
             span.set_attribute(APPROVAL_REQUESTER, rec.requester_id)

@@ -19,7 +19,7 @@ import structlog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import Status
+from opentelemetry.trace import Link, Status
 
 from gateway.audit.chain import AuditLog
 from gateway.audit.redact import (
@@ -32,6 +32,11 @@ from gateway.audit.redact import (
 from gateway.audit.spans import AuditSpan
 
 __all__ = [
+    "MAX_KEY_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_SPAN_CHARS",
+    "MAX_STATUS_CHARS",
+    "MAX_VALUE_CHARS",
     "AuditSink",
     "GuardedExporter",
     "JsonlSpanExporter",
@@ -187,6 +192,154 @@ def scrub_span(span: ReadableSpan, call: CallSecrets | None = None) -> ReadableS
     )
 
 
+# ---- the size backstop: no span record is larger than this, whatever code made it ---------
+#
+# Span code clips what it knows may be big (json_attr, record_outcome), but a message, an
+# argument or a stack trace can reach a span through any path; the audit sink bounds every
+# span before anything is written or exported (docs/audit.md, "Record size"). Attribute counts
+# are fixed by AuditSpan (128); lengths are clipped here, after scrubbing, so a credential cut
+# in half is never half written; events beyond the budget are dropped.
+
+MAX_VALUE_CHARS = 8192  # one string value (each string of a sequence counts on its own)
+MAX_STATUS_CHARS = 2048  # the status description
+MAX_KEY_CHARS = 128  # an attribute key
+MAX_NAME_CHARS = 256  # the span's and each event's name
+MAX_SPAN_CHARS = 32768  # everything above, over the whole span (attributes, events, links)
+_CUT = "…[clipped]"
+DROPPED = "switchboard.audit.dropped"  # how many values did not fit
+
+
+def _chars(value: Any) -> int:
+    kind = type(value)
+    if kind is str:
+        return len(value)
+    if kind is tuple or kind is list:
+        return sum(len(v) if type(v) is str else 24 for v in value)
+    return 24
+
+
+def _plain(attributes: Any) -> Mapping[str, Any]:
+    """The dict under OpenTelemetry's ``BoundedAttributes`` (whose item access takes a lock:
+    ~1 us an attribute, on every span) when there is one; else the mapping itself."""
+    inner = getattr(attributes, "_dict", None)
+    return inner if isinstance(inner, dict) else (attributes or {})
+
+
+def _over(attributes: Any, budget: int) -> int:
+    """What ``attributes`` spend of ``budget``; -1 if one key or value alone is too long."""
+    used = 0
+    for key, value in _plain(attributes).items():
+        size = len(value) if type(value) is str else _chars(value)
+        if size > MAX_VALUE_CHARS or len(key) > MAX_KEY_CHARS:
+            return -1
+        used += len(key) + size
+    return used if used <= budget else -1
+
+
+def _fits(span: ReadableSpan | AuditSpan) -> bool:
+    left = MAX_SPAN_CHARS - len(span.name) - len(span.status.description or "")
+    if len(span.name) > MAX_NAME_CHARS or len(span.status.description or "") > MAX_STATUS_CHARS:
+        return False
+    own = getattr(span, "_attributes", None)  # the SDK span's BoundedAttributes
+    for attributes in (own if own is not None else span.attributes,
+                       *(e.attributes for e in span.events),
+                       *(link.attributes for link in span.links)):
+        used = _over(attributes, left)
+        if used < 0:
+            return False
+        left -= used
+    return left - sum(len(e.name) for e in span.events) >= 0
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(_CUT)] + _CUT if limit > len(_CUT) else ""
+
+
+class _Budget:
+    """Scrub, then clip, each value of one span against what the span has left; what no
+    longer fits is dropped (and counted in ``switchboard.audit.dropped``)."""
+
+    def __init__(self, call: CallSecrets | None) -> None:
+        self.left = MAX_SPAN_CHARS
+        self.call = call
+        self.dropped = 0
+
+    def text(self, text: str, limit: int) -> str:
+        out = _clip(scrub_text(text, self.call), min(limit, self.left))
+        self.left -= len(out)
+        return out
+
+    def value(self, key: str, value: Any) -> Any:
+        clean = scrub_value(key, value, self.call)
+        if type(clean) is str:
+            return self.text(clean, MAX_VALUE_CHARS)
+        if isinstance(clean, list | tuple):
+            room = min(MAX_VALUE_CHARS, self.left)
+            items: list[Any] = []
+            for item in clean:
+                item = _clip(item, room) if isinstance(item, str) else item
+                size = len(item) if isinstance(item, str) else 24
+                if size > room:
+                    self.dropped += 1
+                    break
+                room -= size
+                items.append(item)
+            self.left -= min(MAX_VALUE_CHARS, self.left) - room
+            return items
+        self.left -= 24
+        return clean
+
+    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in (attributes or {}).items():
+            name = _clip(key, MAX_KEY_CHARS)
+            if self.left < len(name) + 24:
+                self.dropped += 1
+                continue
+            self.left -= len(name)
+            out[name] = self.value(key, value)
+        return out
+
+
+def bound_span(span: ReadableSpan | AuditSpan, call: CallSecrets | None = None,
+               ) -> ReadableSpan | AuditSpan:
+    """The span itself if it is within the size limits above, else a scrubbed, clipped copy:
+    its name, status, keys and values then hold at most MAX_SPAN_CHARS characters (plus the
+    ``switchboard.audit.dropped`` count of what did not fit)."""
+    if _fits(span):
+        return span
+    budget = _Budget(call)
+    name = budget.text(span.name, MAX_NAME_CHARS)
+    status = budget.text(span.status.description or "", MAX_STATUS_CHARS)
+    attributes = budget.attributes(span.attributes)
+    events = []
+    for event in span.events:
+        if budget.left < 64:
+            budget.dropped += 1
+            continue
+        events.append(Event(budget.text(event.name, MAX_NAME_CHARS),
+                            budget.attributes(event.attributes), event.timestamp))
+    links = [Link(link.context, budget.attributes(link.attributes)) for link in span.links]
+    if budget.dropped:
+        attributes[DROPPED] = budget.dropped
+    return ReadableSpan(
+        name=name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=events,
+        links=links,
+        kind=span.kind,
+        status=Status(span.status.status_code, status or None),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
 class AuditSink:
     r"""Where a gateway's :class:`~gateway.audit.spans.AuditSpan`\ s go, synchronously.
 
@@ -210,10 +363,13 @@ class AuditSink:
         ctx = span.context
         call = close_span_secrets(ctx.trace_id, ctx.span_id) or None  # an empty set: None
         try:
+            # Bounded before anything is written or exported (bound_span scrubs what it
+            # clips; an oversized span becomes a clipped ReadableSpan copy).
+            bounded = bound_span(span, call)
             if self.file is not None:
-                self.file.write(span, call)
+                self.file.write(bounded, call)
             if self.otlp is not None:
-                readable = span.readable()
+                readable = bounded if isinstance(bounded, ReadableSpan) else span.readable()
                 self.otlp.on_end(scrub_span(readable, call) if call else readable)
         except Exception as exc:  # pragma: no cover - write() catches what it expects
             _log.error("audit_export_failed", error=repr(exc), span=span.name)

@@ -37,6 +37,7 @@ from typing import Any
 import regorus
 import structlog
 
+from gateway.audit.outcome import audited
 from gateway.errors import PolicyError
 from gateway.models import Decision
 
@@ -339,7 +340,9 @@ class EmbeddedPolicyEngine:
         return decision
 
     async def decide(self, input: dict[str, Any]) -> Decision:
-        with tracer.start_as_current_span("policy.decide") as span:
+        with tracer.start_as_current_span(
+                "policy.decide", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:
@@ -366,7 +369,9 @@ class EmbeddedPolicyEngine:
     async def advertise(self, input: dict[str, Any]) -> Discovery:
         """Evaluate :data:`ADVERTISE` (uncached here: the pipeline caches per role set and
         revision); a missing, undefined or malformed result advertises nothing."""
-        with tracer.start_as_current_span("policy.advertise") as span:
+        with tracer.start_as_current_span(
+                "policy.advertise", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:

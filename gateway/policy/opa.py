@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from gateway.audit.outcome import audited
 from gateway.errors import ConfigError, PolicyError
 from gateway.models import Decision
 
@@ -214,7 +215,9 @@ class OpaPolicyEngine:
         return response.get("result")
 
     async def decide(self, input: dict[str, Any]) -> Decision:
-        with tracer.start_as_current_span("policy.decide") as span:
+        with tracer.start_as_current_span(
+                "policy.decide", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             if not self._started:
                 decision = fail_closed("policy engine is not started")
@@ -242,7 +245,9 @@ class OpaPolicyEngine:
     async def advertise(self, input: dict[str, Any]) -> Discovery:
         """``POST /v1/data/switchboard/routing/advertise``; undefined, an error or a malformed
         answer advertises nothing."""
-        with tracer.start_as_current_span("policy.advertise") as span:
+        with tracer.start_as_current_span(
+                "policy.advertise", record_exception=False,
+                set_status_on_exception=False) as span, audited(span):
             start = time.perf_counter()
             if not self._started:
                 result = Discovery(policy_revision=self.revision,

@@ -31,7 +31,7 @@ from gateway.errors import (
     SandboxError,
     SessionLost,
 )
-from gateway.sandbox.process import MIB, DenoProcess, deno_command
+from gateway.sandbox.process import MIB, DenoProcess, deno_command, sealed_deno_dir
 from gateway.sandbox.protocol import MAX_INBOUND_FRAME, MAX_REPLY_OVERHEAD
 from gateway.sandbox.registry import SessionRegistry
 from gateway.sandbox.runs import CallState, Output, drive, output_validator, result_of
@@ -214,7 +214,7 @@ class SandboxPool:
         assert self._tmp is not None and self._snapshot is not None
         self._spawned += 1
         sock = self._tmp / f"p{index}-{uuid.uuid4().hex[:8]}.sock"
-        deno_dir = Path(self.settings.deno_dir or (self._tmp / "deno_dir"))
+        deno_dir = sealed_deno_dir(self._tmp)  # settings.deno_dir is the snapshot build's
         argv = deno_command(self._deno, self._runtime_dir, sock, self._snapshot, self.settings)
         proc = DenoProcess(index, argv, sock, deno_dir, self.settings.process_data_limit_mb)
         await proc.start(self.settings.start_timeout_s)

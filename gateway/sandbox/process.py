@@ -37,13 +37,15 @@ from gateway.sandbox.protocol import (
 )
 from gateway.sandbox.types import SandboxSettings
 
-__all__ = ["DenoProcess", "deno_command", "snapshot_command"]
+__all__ = ["DenoProcess", "deno_command", "sealed_deno_dir", "snapshot_command"]
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 _OOM_MARKERS = ("out of memory", "heap limit", "allocation failed")
 _BASE_FLAGS = ("run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
                "--unstable-worker-options")
+# A serving process keeps no V8 code cache (it would be written to DENO_DIR, which is sealed).
+_SERVE_FLAGS = (*_BASE_FLAGS, "--no-code-cache")
 
 
 # Measured (bench/code_speed.py --floor, docs/benchmarks.md "Code channel speed"): restoring an
@@ -75,7 +77,7 @@ def deno_command(
            "maxOutFrame": MAX_INBOUND_FRAME, "maxCallArgs": MAX_CALL_ARGS,
            "maxRunArgs": MAX_RUN_CALL_ARGS}
     return [
-        deno, *_BASE_FLAGS,
+        deno, *_SERVE_FLAGS,
         "--allow-read=" + ",".join(str(p) for p in reads),
         f"--allow-write={sock}",
         f"--allow-net=unix:{sock}",
@@ -104,6 +106,22 @@ def snapshot_command(
 
 def deno_env(deno_dir: Path) -> dict[str, str]:
     return {"DENO_DIR": str(deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+
+
+def sealed_deno_dir(private: Path) -> Path:
+    """A DENO_DIR that cannot exist: a path under a regular file in ``private`` (the pool's
+    0700 directory). Deno writes there without asking for a permission — the Web Cache API's
+    ``location_data``, the code and module-analysis caches a ``data:`` import fills — so a
+    serving process gets one no run can store a byte in, even as root (ENOTDIR, which no
+    permission bit lifts); Deno then keeps its caches in memory, for that process only."""
+    stop = private / "no-deno-dir"
+    if not stop.is_file():
+        stop.write_bytes(b"")  # raises if something else is in the way
+    return stop / "deno"
+
+
+def _is_sealed(deno_dir: Path) -> bool:
+    return deno_dir.parent.is_file()
 
 
 class DenoProcess:
@@ -140,6 +158,9 @@ class DenoProcess:
 
     async def start(self, timeout_s: float) -> None:
         """Spawn, accept the child's connection, wait for its first interpreter."""
+        if not _is_sealed(self._deno_dir):  # docs/sandbox.md: nothing a run does persists
+            raise SandboxError(f"refusing to serve with a DENO_DIR that can hold data: "
+                               f"{self._deno_dir} (use sealed_deno_dir)")
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         self._connected = loop.create_future()
@@ -288,7 +309,11 @@ class DenoProcess:
             if any(marker in tail.lower() for marker in _OOM_MARKERS):
                 cause = SandboxMemory("the sandbox process ran out of memory")
             else:
-                cause = SandboxCrashed("the sandbox process exited", details={"stderr": tail})
+                # The tail is for the operator's log only, never for the caller: sandboxed code
+                # writes there (console.error), and it spans every run this process served —
+                # another principal's earlier run included.
+                log.warning("sandbox process %d exited; stderr tail: %.4000r", self.index, tail)
+                cause = SandboxCrashed("the sandbox process exited")
         self.death = cause
         for queue in self._queues.values():
             queue.put_nowait({"t": "_dead"})

@@ -23,11 +23,12 @@ from gateway.errors import (
     InvalidRequest,
     ResourceExhausted,
     SandboxCrashed,
+    SandboxError,
     SandboxMemory,
     SandboxTimeout,
 )
 from gateway.sandbox.process import DenoProcess
-from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT
+from gateway.sandbox.protocol import MAX_CALLS_IN_FLIGHT, MAX_FRAME
 from gateway.sandbox.types import EventCallback, HostCall, RunResult, SandboxEvent
 from gateway.schemas import (
     SchemaTooCostly,
@@ -163,12 +164,16 @@ async def _serve_call(
     try:
         calls.count += 1
         counters["host_calls"] += 1
-        if calls.count > calls.limit:
-            raise ResourceExhausted(
-                f"host-call budget of {calls.limit} calls is spent", field="max_host_calls")
-        if op not in calls.allowed:
-            raise InvalidRequest(f"no such SDK operation: {op[:200]}", field="operation")
-        args = _host_arguments(msg["args"])
+        try:
+            if calls.count > calls.limit:
+                raise ResourceExhausted(
+                    f"host-call budget of {calls.limit} calls is spent", field="max_host_calls")
+            if op not in calls.allowed:
+                raise InvalidRequest(f"no such SDK operation: {op[:200]}", field="operation")
+            args = _host_arguments(msg["args"])
+        except GatewayError as exc:
+            _record_refusal(host_call, op, exc)
+            raise
         value = await host_call(op, args)
         body = json.dumps({"ok": True, "value": value}, allow_nan=False)
     except GatewayError as exc:
@@ -181,11 +186,34 @@ async def _serve_call(
         outcome = "internal"
         body = json.dumps({"ok": False, "error": {
             "code": "internal", "message": "the host call failed"}})
-    proc.send({"t": "host_result", "id": run_id, "call": call_id, "reply": body})
+    try:
+        proc.send({"t": "host_result", "id": run_id, "call": call_id, "reply": body})
+    except SandboxError:
+        # A reply the channel cannot carry (a backend's result past MAX_FRAME): the call is
+        # still answered, now, instead of leaving the run waiting until its deadline.
+        outcome = "resource_exhausted"
+        too_big = ResourceExhausted(
+            f"the result of {op[:200]} is too large for the sandbox channel "
+            f"({len(body)} bytes of JSON)", field="result",
+            details={"max_bytes": MAX_FRAME})
+        proc.send({"t": "host_result", "id": run_id, "call": call_id,
+                   "reply": json.dumps({"ok": False, "error": too_big.to_dict()})})
     if on_event is not None:
         await on_event(SandboxEvent(kind="host_call", data={
             "operation": op, "outcome": outcome,
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}))
+
+
+def _record_refusal(host_call: HostCall, op: str, error: GatewayError) -> None:
+    """A call refused here never reaches ``host_call``; its ``refused`` hook, when it has one
+    (the pipeline's host bridge: a ``host_call`` span), still records it, so every call the
+    code makes is in the audit trail, not only the ones that got through."""
+    hook = getattr(host_call, "refused", None)
+    if callable(hook):
+        try:
+            hook(op, error)
+        except Exception:  # recording must not change the answer the code gets
+            log.exception("recording a refused host call failed")
 
 
 def _host_arguments(text: Any) -> dict[str, Any]:

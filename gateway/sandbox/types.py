@@ -83,6 +83,9 @@ def principal_key(tenant: str, principal_id: str) -> str:
     return json.dumps([tenant, principal_id], separators=(",", ":"))
 
 
+# Serves one SDK call. It may also have a ``refused(operation, error)`` method: called for a
+# call the pool refuses before ``host_call`` sees it (budget, unknown operation, bad JSON),
+# so it can be recorded all the same.
 HostCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 

@@ -145,9 +145,6 @@ CACHE_GET = _JS + (
     "    result = 'refused: ' + type(e).__name__\n")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: Deno's Cache API (caches.open/put) writes to "
-                   "the pool's shared DENO_DIR without any permission; a later run of another "
-                   "principal reads it back (and a run can fill the host's disk)")
 def test_a_run_cannot_leave_data_for_another_principals_run(gateway: Any) -> None:
     marker = f"R3-SECRET-{time.time_ns()}"
     wrote = gateway.stub.Execute(code_request(CACHE_PUT, inputs={"marker": marker}),
@@ -171,9 +168,6 @@ def _audit(gw: Any) -> list[dict[str, Any]]:
             if line.strip()]
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: the host calls sdk.search/sdk.describe are "
-                   "counted against max_host_calls but get no host_call span, and the run's "
-                   "switchboard.host_calls says 0")
 def test_sdk_discovery_calls_from_code_are_in_the_audit_record(gateway: Any) -> None:
     source = ("import sdk\n"
               "result = [len(sdk.search('balance')), 'name' in sdk.describe('ledger.get_balance')]")
@@ -208,9 +202,6 @@ AUDIT_FLOOD = (
     "result = 'done'\n")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: host_call spans record the refusal's message "
-                   "unclipped (status + exception event + stack trace, 3x the argument): a run "
-                   "writes ~24 MB to the audit file, and a full audit disk loses later records")
 def test_a_refused_host_call_leaves_a_bounded_audit_record(gateway: Any) -> None:
     audit = gateway.settings.audit.file
     gateway.server.telemetry.force_flush()
