@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
-from gateway.audit import audited, outcome_of, record_outcome
+from gateway.audit import outcome_of, record_outcome
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.identity import Authenticator
 from gateway.models import Outcome, Principal
