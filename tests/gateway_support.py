@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from waiting import scaled
 
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.audit import AuditSettings
 from gateway.config import Settings, embedded_defaults
-from gateway.demo_stack import ServiceProcess, spawn_service
+from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
 from gateway.models import BackendSettings
 from gateway.sandbox import SandboxSettings
 from gateway.server import GatewayServer, create_server
@@ -150,3 +151,17 @@ def mcp_endpoint(gateway: RunningGateway) -> Iterator[str]:
         yield handle.url
     finally:
         gateway.call(handle.stop(grace=2.0))
+
+
+def serve_demo_gateway(backends: dict[str, Any], state: Path, **sections: Any) -> ServiceProcess:
+    """A real ``switchboard serve`` subprocess over the demo backends (one sandbox process),
+    with ``sections`` replacing those of the demo config: for attacks that may crash it."""
+    cfg = write_demo_config(state / "gw.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=state)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["sandbox"] = {"workers": 1}
+    raw.update(sections)
+    cfg.write_text(yaml.safe_dump(raw))
+    return spawn_service(
+        "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        log_file=state / "gw.log", timeout=scaled(300))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,28 +19,18 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from gateway_support import code_request, error_of, md, tool_request
+from gateway_support import code_request, error_of, md, serve_demo_gateway, tool_request
 from google.protobuf import json_format
 from waiting import scaled, wait_until_sync
 
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
+from gateway.demo_stack import write_demo_config
 
 pytestmark = pytest.mark.timeout(900)
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-def _serve(backends: dict[str, Any], state: Path, **sections: Any) -> ServiceProcess:
-    cfg = write_demo_config(state / "gw.yaml", ledger_url=backends["ledger"].url,
-                            workspace_url=backends["workspace"].url, state=state)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["sandbox"] = {"workers": 1}
-    raw.update(sections)
-    cfg.write_text(yaml.safe_dump(raw))
-    return spawn_service(
-        "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        log_file=state / "gw.log", timeout=scaled(300))
 
 
 # -- finding 1: the embedded policy engine has no evaluation bound ---------------------------
@@ -66,7 +55,7 @@ def slow_policy_gateway(backends: dict[str, Any], tmp_path: Path,
     shutil.copytree(POLICIES, policies)
     rego = policies / "switchboard" / "routing.rego"
     rego.write_text(rego.read_text() + SLOW_RULE)
-    proc = _serve(backends, tmp_path, policy={"path": str(policies), "reload": False})
+    proc = serve_demo_gateway(backends, tmp_path, policy={"path": str(policies), "reload": False})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
         yield pb_grpc.GatewayStub(channel)
@@ -232,7 +221,7 @@ def two_tenant_gateway(backends: dict[str, Any], tmp_path: Path,
     # the same principal id and roles as dev-finance, in another tenant
     identity["tokens"]["acme-finance"] = {"id": "finance-1", "tenant": "acme",
                                           "roles": ["agent", "finance"]}
-    proc = _serve(backends, tmp_path, identity=identity,
+    proc = serve_demo_gateway(backends, tmp_path, identity=identity,
                   policy={"path": str(policies), "reload": False})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:

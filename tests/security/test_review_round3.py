@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 import time
 import urllib.request
@@ -26,7 +25,14 @@ import grpc
 import httpx
 import pytest
 import yaml
-from gateway_support import code_request, error_of, mcp_endpoint, md, tool_request
+from gateway_support import (
+    code_request,
+    error_of,
+    mcp_endpoint,
+    md,
+    serve_demo_gateway,
+    tool_request,
+)
 from google.protobuf import json_format
 from waiting import scaled, wait_until_sync
 
@@ -34,27 +40,17 @@ from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.demo_stack import ServiceProcess, spawn_service, write_demo_config
+from gateway.demo_stack import write_demo_config
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def _serve(backends: dict[str, Any], state: Path, **sections: Any) -> ServiceProcess:
-    cfg = write_demo_config(state / "gw.yaml", ledger_url=backends["ledger"].url,
-                            workspace_url=backends["workspace"].url, state=state)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["sandbox"] = {"workers": 1}
-    raw.update(sections)
-    cfg.write_text(yaml.safe_dump(raw))
-    return spawn_service(
-        "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        log_file=state / "gw.log", timeout=scaled(300))
 
 
 @pytest.fixture
 def own_gateway(backends: dict[str, Any], tmp_path: Path) -> Iterator[pb_grpc.GatewayStub]:
     """A ``switchboard serve`` child for one test (killed after it, however stuck it is)."""
-    proc = _serve(backends, tmp_path)
+    proc = serve_demo_gateway(backends, tmp_path)
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
         yield pb_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
@@ -312,7 +308,7 @@ def two_tenant_approvers(backends: dict[str, Any], tmp_path: Path) -> Iterator[g
     # the requester's own id, in another tenant, with the approver role
     identity["tokens"]["acme-finance-approver"] = {"id": "finance-1", "tenant": "acme",
                                                    "roles": ["approver"]}
-    proc = _serve(backends, tmp_path, identity=identity,
+    proc = serve_demo_gateway(backends, tmp_path, identity=identity,
                   policy={"path": str(policies), "reload": False})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
