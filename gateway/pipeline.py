@@ -310,7 +310,8 @@ class Pipeline:
                 source=action.source,
                 inputs=dict(action.inputs),
                 limits=limits,
-                principal_key=principal_key(principal.tenant, principal.id),
+                # Sessions are per role set too: a narrower token never reuses their state.
+                principal_key=principal_key(principal.tenant, principal.id, principal.roles),
                 session_id=action.session_id,
                 sdk=await self._sdk_for_run(),
                 sdk_revision=self.catalog.revision,

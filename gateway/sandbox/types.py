@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,9 +78,15 @@ class RunRequest:
     output_schema: dict[str, Any] | None = None
 
 
-def principal_key(tenant: str, principal_id: str) -> str:
-    """An unambiguous key for a principal: no choice of tenant and id collides with another."""
-    return json.dumps([tenant, principal_id], separators=(",", ":"))
+def principal_key(tenant: str, principal_id: str, roles: Sequence[str] | None = None) -> str:
+    """An unambiguous key for a principal: no choice of tenant and id collides with another.
+
+    With ``roles``, the role set is part of the key: a session belongs to the principal *and
+    the authority it ran with*, so a token of the same subject with other roles (fewer, after
+    a revocation) never reaches the state (fetched data, variables) built under the first."""
+    if roles is None:
+        return json.dumps([tenant, principal_id], separators=(",", ":"))
+    return json.dumps([tenant, principal_id, sorted(set(roles))], separators=(",", ":"))
 
 
 # Serves one SDK call. It may also have a ``refused(operation, error)`` method: called for a
