@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 import threading
 import uuid
@@ -165,3 +166,22 @@ def serve_demo_gateway(backends: dict[str, Any], state: Path, **sections: Any) -
     return spawn_service(
         "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
         log_file=state / "gw.log", timeout=scaled(300))
+
+
+def serve_with_second_tenant(backends: dict[str, Any], state: Path, policies: Path,
+                             tokens: dict[str, dict[str, Any]]) -> ServiceProcess:
+    """:func:`serve_demo_gateway` with tenant ``acme`` added to a copy of ``policies`` (the
+    demo backends allowed) and ``tokens`` added to the demo identities: for attacks across
+    tenants."""
+    copy = state / "policies"
+    shutil.copytree(policies, copy)
+    data_file = copy / "switchboard" / "data.json"
+    data = json.loads(data_file.read_text())
+    data["tenants"]["acme"] = {"backends": ["ledger", "workspace"]}
+    data_file.write_text(json.dumps(data))
+    cfg = write_demo_config(state / "ids.yaml", ledger_url=backends["ledger"].url,
+                            workspace_url=backends["workspace"].url, state=state)
+    identity = yaml.safe_load(cfg.read_text())["identity"]
+    identity["tokens"].update(tokens)
+    return serve_demo_gateway(backends, state, identity=identity,
+                              policy={"path": str(copy), "reload": False})

@@ -18,13 +18,18 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
-from gateway_support import code_request, error_of, md, serve_demo_gateway, tool_request
+from gateway_support import (
+    code_request,
+    error_of,
+    md,
+    serve_demo_gateway,
+    serve_with_second_tenant,
+    tool_request,
+)
 from google.protobuf import json_format
 from waiting import scaled, wait_until_sync
 
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.demo_stack import write_demo_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -55,7 +60,8 @@ def slow_policy_gateway(backends: dict[str, Any], tmp_path: Path,
     shutil.copytree(POLICIES, policies)
     rego = policies / "switchboard" / "routing.rego"
     rego.write_text(rego.read_text() + SLOW_RULE)
-    proc = serve_demo_gateway(backends, tmp_path, policy={"path": str(policies), "reload": False})
+    proc = serve_demo_gateway(backends, tmp_path,
+                              policy={"path": str(policies), "reload": False})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
         yield pb_grpc.GatewayStub(channel)
@@ -209,20 +215,9 @@ def test_explain_leaves_an_audit_record_without_masked_values(gateway: Any) -> N
 @pytest.fixture
 def two_tenant_gateway(backends: dict[str, Any], tmp_path: Path,
                        ) -> Iterator[pb_grpc.GatewayStub]:
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICIES, policies)
-    data_file = policies / "switchboard" / "data.json"
-    data = json.loads(data_file.read_text())
-    data["tenants"]["acme"] = {"backends": ["ledger", "workspace"]}
-    data_file.write_text(json.dumps(data))
-    cfg = write_demo_config(tmp_path / "ids.yaml", ledger_url=backends["ledger"].url,
-                            workspace_url=backends["workspace"].url, state=tmp_path)
-    identity = yaml.safe_load(cfg.read_text())["identity"]
     # the same principal id and roles as dev-finance, in another tenant
-    identity["tokens"]["acme-finance"] = {"id": "finance-1", "tenant": "acme",
-                                          "roles": ["agent", "finance"]}
-    proc = serve_demo_gateway(backends, tmp_path, identity=identity,
-                  policy={"path": str(policies), "reload": False})
+    proc = serve_with_second_tenant(backends, tmp_path, POLICIES, {
+        "acme-finance": {"id": "finance-1", "tenant": "acme", "roles": ["agent", "finance"]}})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
         yield pb_grpc.GatewayStub(channel)

@@ -12,7 +12,6 @@ subprocess of their own (an in-process gateway would take the test runner down w
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -24,13 +23,13 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import yaml
 from gateway_support import (
     code_request,
     error_of,
     mcp_endpoint,
     md,
     serve_demo_gateway,
+    serve_with_second_tenant,
     tool_request,
 )
 from google.protobuf import json_format
@@ -40,7 +39,6 @@ from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.demo_stack import write_demo_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -294,22 +292,10 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 @pytest.fixture
 def two_tenant_approvers(backends: dict[str, Any], tmp_path: Path) -> Iterator[grpc.Channel]:
     """Tenant acme with its own approver and a principal sharing dev-finance's id."""
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICIES, policies)
-    data_file = policies / "switchboard" / "data.json"
-    data = json.loads(data_file.read_text())
-    data["tenants"]["acme"] = {"backends": ["ledger", "workspace"]}
-    data_file.write_text(json.dumps(data))
-    cfg = write_demo_config(tmp_path / "ids.yaml", ledger_url=backends["ledger"].url,
-                            workspace_url=backends["workspace"].url, state=tmp_path)
-    identity = yaml.safe_load(cfg.read_text())["identity"]
-    identity["tokens"]["acme-approver"] = {"id": "approver-9", "tenant": "acme",
-                                           "roles": ["approver"]}
-    # the requester's own id, in another tenant, with the approver role
-    identity["tokens"]["acme-finance-approver"] = {"id": "finance-1", "tenant": "acme",
-                                                   "roles": ["approver"]}
-    proc = serve_demo_gateway(backends, tmp_path, identity=identity,
-                  policy={"path": str(policies), "reload": False})
+    proc = serve_with_second_tenant(backends, tmp_path, POLICIES, {
+        "acme-approver": {"id": "approver-9", "tenant": "acme", "roles": ["approver"]},
+        # the requester's own id, in another tenant, with the approver role
+        "acme-finance-approver": {"id": "finance-1", "tenant": "acme", "roles": ["approver"]}})
     channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
     try:
         yield channel
