@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import platform
 import resource
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,11 +57,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "bench") not in sys.path:  # bench/peers_lib, bench/toolcall_cpu.py, …
+    sys.path.insert(0, str(REPO / "bench"))
+
+from peers_lib import bounds, floors, processes  # noqa: E402
+from peers_lib.core import (  # noqa: E402
+    Proc,
+    Target,
+    free_port,
+    loadavg,
+    pct,
+    tree_cpu_s,
+)
+
 PEERS = REPO / "bench" / "peers"
 CACHE = REPO / ".cache" / "peers"
 CF_VENV = CACHE / "contextforge-venv"
@@ -78,7 +91,6 @@ COMPUTE_PY = "sum(i * i for i in range(100_000))"
 TRIVIAL_JS = "async () => 1 + 1"
 COMPUTE_JS = "async () => { let s = 0; for (let i = 0; i < 100000; i++) s += i * i; return s; }"
 GITHUB_SPECS = ("api.github.com.json", "ghes-3.17.json")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- pure parts (tested in tests/test_bench_peers.py) -----------------------------------------
@@ -130,7 +142,10 @@ def fmt_value(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}"
 
 
-def goals_table(values: dict[str, float | None]) -> str:
+def goals_table(values: dict[str, float | None],
+                bound_values: dict[str, float | None] | None = None) -> str:
+    """The goals, each with its verdict and what bounds it (computed from ``bound_values``, the
+    floors' and rows' figures of the same run: bench/peers_lib/bounds.py)."""
     rows = []
     for g in GOALS:
         op = "≥" if g.higher_is_better else "≤"
@@ -138,8 +153,10 @@ def goals_table(values: dict[str, float | None]) -> str:
         if g.key == "tool_added_p50_ms":
             target = f"≤ +{g.target:g} ms"
         met, by = goal_verdict(g, values.get(g.key))
-        rows.append([g.text, target, fmt_value(values.get(g.key), g.unit), met, by])
-    return md_table(["goal (2 cores)", "target", "measured", "met?", "by how much"], rows)
+        rows.append([g.text, target, fmt_value(values.get(g.key), g.unit), met, by,
+                     bounds.bound_text(g.key, g.target, bound_values or {})])
+    return md_table(["goal (2 cores)", "target", "measured", "met?", "by how much",
+                     "what bounds it (measured)"], rows)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -163,12 +180,6 @@ def _numeric(v: Any) -> bool:
     return True
 
 
-def pct(xs: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), nearest rank."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
 def f2(v: float | None, spec: str = ".2f") -> str | None:
     return None if v is None else format(v, spec)
 
@@ -180,7 +191,7 @@ def tools_table(res: dict[str, Any]) -> str:
         s, c = seq.get(name), conc.get(name)
         if not s and not c:
             continue
-        gw = name not in ("direct", "backend_raw")
+        gw = name != "direct"  # every other row's CPU is its own process tree's
         added = s.get("added_p50_ms") if s and gw else None
         rate = None
         if c:
@@ -211,7 +222,10 @@ TOOL_LABELS = {
     "sb_mcp": "Switchboard, MCP (streamable HTTP)",
     "cf_mcp": "ContextForge, MCP (REST tool)",
     "sb_deny": "Switchboard, gRPC, denied by policy",
-    "backend_raw": "fast backend alone (raw asyncio client)",
+    "backend_raw": "fast backend alone (raw asyncio client; CPU: the backend's)",
+    "echo_floor": "floor: bare grpc.aio unary echo (no gateway; CPU: the echo server's)",
+    "sb_grpc_8ch": "Switchboard, gRPC, 1 process, 8 channels",
+    "sb_p2": "Switchboard `serve --processes 2`, gRPC, 8 channels (whole tree's CPU)",
 }
 
 
@@ -225,7 +239,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", default="", metavar="FILE", help="write every figure as JSON")
     ap.add_argument("--skip", action="append", default=[],
                     choices=("contextforge", "smolagents", "codemode", "cold", "startup",
-                             "search"), help="leave a runner out (repeatable)")
+                             "search", "floors", "processes"),
+                    help="leave a runner out (repeatable); floors: the grpc.aio echo, the bare "
+                         "restore and the pool-only session run; processes: the "
+                         "`serve --processes 2` and 8-channel rows")
     ap.add_argument("--serve-switchboard", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rounds is None:
@@ -244,51 +261,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.cold_runs = 1 if q else 4
     args.startup_runs = 1 if q else 2
     args.search_queries = 100 if q else 300
+    args.floor_restores = 10 if q else 30  # bare restores per round (after 5 untimed)
+    args.pool_runs = 300 if q else 2000  # session runs on the pool alone
+    args.pool_warmup = 300 if q else 1000
     return args
-
-
-# -- process-tree CPU ---------------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and every live descendant (plus the reaped children they waited
-    for): utime + stime + cutime + cstime from /proc."""
-    kids = _children()
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])
-        todo.extend(kids.get(p, ()))
-    return total / CLK_TCK
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the Switchboard gateway subprocess -------------------------------------------------------
@@ -331,29 +307,6 @@ def serve_switchboard(raw: str) -> None:
     asyncio.run(main())
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[str]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with suppress(OSError):
-                if self.proc.stdin:
-                    self.proc.stdin.close()
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 class Stack:
     """Every process this bench starts, stopped (by pid) on the way out."""
 
@@ -382,6 +335,26 @@ class Stack:
         self.procs.append(p)
         return p, f"http://127.0.0.1:{int(proc.stdout.readline())}"
 
+    def echo(self) -> Proc:
+        """The echo floor's server process (bench/peers_lib/floors.py)."""
+        env = dict(self.env, PYTHONPATH=os.pathsep.join((str(REPO / "bench"),
+                                                         self.env["PYTHONPATH"])))
+        proc = subprocess.Popen(floors.echo_argv(), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        p = Proc("echo-floor", proc)
+        self.procs.append(p)
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the grpc.aio echo floor did not start")
+        p.info = json.loads(line)
+        return p
+
+    def serve_processes(self, backend_url: str, n: int) -> Proc:
+        p = processes.start_serve(self.tmp / f"serve-p{n}", self.env, backend_url, n)
+        self.procs.append(p)
+        return p
+
     def switchboard(self, backends: list[dict[str, Any]], workers: int, name: str) -> Proc:
         state = self.tmp / name
         state.mkdir()
@@ -400,24 +373,6 @@ class Stack:
 
 
 # -- tool-call targets ---------------------------------------------------------------------------
-
-
-class Target:
-    name = ""
-    pid: int | None = None
-    last_error = ""
-
-    async def open(self) -> None: ...
-
-    async def call(self) -> bool:  # True: the expected outcome
-        raise NotImplementedError
-
-    async def close(self) -> None: ...
-
-    @asynccontextmanager
-    async def caller(self) -> AsyncIterator[Target]:
-        """A caller of this target for the concurrent phase: itself (one shared connection)."""
-        yield self
 
 
 class Direct(Target):
@@ -479,10 +434,13 @@ class RawHttp(Target):
 
 class SbGrpc(Target):
     def __init__(self, port: int, pid: int, deny: bool = False,
-                 token: str = TOKEN_AGENT) -> None:
+                 token: str = TOKEN_AGENT, channels: int = 1, name: str = "") -> None:
         self.port, self.pid, self.deny, self.token = port, pid, deny, token
-        self.name = "sb_deny" if deny else "sb_grpc"
+        self.name = name or ("sb_deny" if deny else "sb_grpc")
+        self.channels = channels
         self.channel: Any = None
+        self.stubs: list[Any] = []
+        self.turn = 0
 
     async def open(self) -> None:
         import grpc
@@ -491,8 +449,14 @@ class SbGrpc(Target):
         from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 
         self.pb, self.grpc = pb, grpc
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = pb_grpc.GatewayStub(self.channel)
+        # More than one channel: one HTTP/2 connection each (a local subchannel pool each),
+        # so `serve --processes N` (SO_REUSEPORT) can hand them to different children.
+        opts = [("grpc.use_local_subchannel_pool", 1)] if self.channels > 1 else None
+        self.chans = [grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=opts)
+                      for _ in range(self.channels)]
+        self.channel = self.chans[0]
+        self.stubs = [pb_grpc.GatewayStub(c) for c in self.chans]
+        self.stub = self.stubs[0]
         self.md = (("authorization", f"Bearer {self.token}"),)
 
     async def call(self) -> bool:
@@ -517,7 +481,19 @@ class SbGrpc(Target):
         return not resp.error.code
 
     async def close(self) -> None:
-        await self.channel.close()
+        for c in self.chans:
+            await c.close()
+
+    @asynccontextmanager
+    async def caller(self) -> AsyncIterator[Target]:
+        """The callers take the channels in turn (all share one with a single channel)."""
+        if self.channels == 1:
+            yield self
+            return
+        other = copy.copy(self)
+        other.stub = self.stubs[self.turn % len(self.stubs)]
+        self.turn += 1
+        yield other
 
 
 class McpTarget(Target):
@@ -717,6 +693,8 @@ async def conc_phase(targets: list[Target], rounds: int, duration: float
         out[name] = {"n": n, "errors": sum(x["errors"] for x in runs), "wall_s": wall,
                      "calls_per_s": n / wall,
                      "driver_cpu_util": max(x["driver_cpu_util"] for x in runs),
+                     "driver_cpu_ms_per_call": statistics.median(
+                         x["driver_cpu_ms_per_call"] for x in runs),
                      "p50_ms": statistics.median([x["p50_ms"] for x in runs if x["p50_ms"]]
                                                  or [0.0]),
                      "error_example": next((x["error_example"] for x in runs
@@ -951,6 +929,12 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
         res["skipped"]["contextforge"] = reason
         print(f"peers: skipping ContextForge — {reason} (install: {INSTALL_HINT})",
               file=sys.stderr, flush=True)
+    echo: Proc | None = None
+    if "floors" in args.skip:
+        res["skipped"]["floors"] = "skipped by --skip"
+    else:
+        echo = stack.echo()
+        targets.append(floors.EchoTarget(echo.info["grpc"], echo.pid, token or TOKEN_AGENT))
     for t in targets:
         await t.open()
     try:
@@ -960,10 +944,26 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
                                      args.iterations, {"cf_mcp": args.cf_iterations})
         print("peers: tool calls, 32 callers …", file=sys.stderr, flush=True)
         deny = SbGrpc(sb.info["grpc"], sb.pid, deny=True)
-        await deny.open()
-        raw = RawHttp(url, be.pid)
-        res["conc"] = await conc_phase([*targets, deny, raw], args.rounds, args.duration)
-        await deny.close()
+        extra: list[Target] = [deny, RawHttp(url, be.pid)]
+        p2 = None
+        if "processes" in args.skip:
+            res["skipped"]["processes"] = "skipped by --skip"
+        else:
+            print("peers: tool calls — starting `serve --processes 2` …", file=sys.stderr,
+                  flush=True)
+            p2 = stack.serve_processes(url, 2)
+            res["processes_idle_after_s"] = await settle(p2.pid)  # both sandbox pools up
+            tok = token or TOKEN_AGENT
+            extra += [SbGrpc(sb.info["grpc"], sb.pid, token=tok, channels=8,
+                             name="sb_grpc_8ch"),
+                      SbGrpc(p2.info["grpc"], p2.pid, token=tok, channels=8, name="sb_p2")]
+        for t in extra:
+            await t.open()
+        res["conc"] = await conc_phase([*targets, *extra], args.rounds, args.duration)
+        for t in extra:
+            await t.close()
+        if p2 is not None:
+            p2.stop()
     finally:
         for t in reversed(targets):  # anyio's cancel scopes: close in reverse order
             with suppress(Exception):
@@ -977,6 +977,8 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
     gv["denials_per_s"] = conc["sb_deny"]["calls_per_s"]
     res["backend_calls_per_s"] = conc["backend_raw"]["calls_per_s"]
     sb.stop()
+    if echo is not None:
+        echo.stop()
     if "search" not in args.skip:
         gh = github_backends()
         if gh:
@@ -993,6 +995,7 @@ async def tools_family(args: argparse.Namespace, stack: Stack, out: dict[str, An
         res["startup"] = measure_startup(stack, args.startup_runs)
         gv["serve_to_serving_s"] = res["startup"]["serve_to_serving_s"]
     be.stop()
+    res["bound_values"] = bounds.tool_values(res, os.cpu_count() or 1)
     res["load_after"] = loadavg()
 
 
@@ -1281,6 +1284,17 @@ async def code_family(args: argparse.Namespace, stack: Stack, out: dict[str, Any
         res["skipped"]["smolagents"] = reason
     if "cold" not in args.skip:
         runners.append(("cold", lambda: in_thread(lambda: cold_runner(args.cold_runs))))
+    if "floors" in args.skip:
+        res["skipped"]["floors"] = "skipped by --skip"
+    else:
+        cores = os.cpu_count() or 1
+
+        async def restore_floor() -> list[dict[str, Any]]:
+            return [await floors.restore_floor_row(stack.tmp, args.floor_restores, cores)]
+
+        runners.append(("floor: bare restore", restore_floor))
+        runners.append(("floor: pool session", lambda: in_thread(lambda: [floors.pool_floor_row(
+            args.pool_runs, args.pool_warmup, stack.env)])))
     for name, why in res["skipped"].items():
         print(f"peers: skipping {name} — {why} (install: {INSTALL_HINT})", file=sys.stderr,
               flush=True)
@@ -1304,6 +1318,7 @@ async def code_family(args: argparse.Namespace, stack: Stack, out: dict[str, Any
     gv["warm_isolated_p50_ms"] = by_key.get("sb_warm", {}).get("p50_ms")
     gv["session_runs_per_s"] = by_key.get("sb_session", {}).get("runs_per_s")
     res["goal_values"] = gv
+    res["bound_values"] = bounds.code_values(res, os.cpu_count() or 1)
     res["load_after"] = loadavg()
 
 
@@ -1349,6 +1364,7 @@ def report(out: dict[str, Any]) -> str:
              f"{out['cpus']} CPUs, load average (1/5/15 min) {out['load_before']} → "
              f"{out['load_after']}", ""]
     values: dict[str, float | None] = {}
+    bound_values: dict[str, float | None] = {}
     if "tools" in out:
         t = out["tools"]
         parts += [f"## Tool calls (load {t['load_before']} → {t.get('load_after')})", "",
@@ -1375,6 +1391,7 @@ def report(out: dict[str, Any]) -> str:
         parts += [f"Skipped: {k} — {v}" for k, v in t.get("skipped", {}).items()]
         parts.append("")
         values.update(t.get("goal_values", {}))
+        bound_values.update(t.get("bound_values", {}))
     if "code" in out:
         c = out["code"]
         parts += [f"## Code runs (load {c['load_before']} → {c.get('load_after')})", "",
@@ -1382,7 +1399,9 @@ def report(out: dict[str, Any]) -> str:
         parts += [f"Skipped: {k} — {v}" for k, v in c.get("skipped", {}).items()]
         parts.append("")
         values.update(c.get("goal_values", {}))
-    parts += ["## Goals", "", goals_table(values), ""]
+        bound_values.update({k: v for k, v in c.get("bound_values", {}).items()
+                             if v is not None or k not in bound_values})
+    parts += ["## Goals", "", goals_table(values, bound_values), ""]
     return "\n".join(parts)
 
 
