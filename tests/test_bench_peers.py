@@ -118,3 +118,158 @@ def test_codemode_config_embeds_every_module(peers: ModuleType, tmp_path: Path,
     assert 'workerLoader = ()' in config
     for name in ("worker.js", "codemode/index.js", "codemode/shared-x.js", "codemode/acorn"):
         assert f'(name = "{name}", esModule = embed "m/' in config
+
+
+# -- the floors, the processes row and the "what bounds it" column (bench/peers_lib) ----------
+
+
+def test_new_skip_names_parse(peers: ModuleType) -> None:
+    args = peers.parse_args(["--quick", "--skip", "floors", "--skip", "processes"])
+    assert args.skip == ["floors", "processes"]
+    full = peers.parse_args([])
+    assert args.floor_restores < full.floor_restores and args.pool_runs < full.pool_runs
+
+
+TOOL_RES = {
+    "seq": {"direct": {"p50_ms": 1.0, "p99_ms": 2.0},
+            "sb_grpc": {"p50_ms": 3.0, "p99_ms": 5.0, "added_p50_ms": 2.0},
+            "echo_floor": {"p50_ms": 0.8, "p99_ms": 1.2, "added_p50_ms": -0.2}},
+    "conc": {"sb_grpc": {"calls_per_s": 300.0, "errors": 0, "cpu_ms_per_call": 2.5,
+                         "driver_cpu_ms_per_call": 1.0},
+             "sb_deny": {"calls_per_s": 500.0, "errors": 0, "cpu_ms_per_call": 1.5,
+                         "driver_cpu_ms_per_call": 0.5},
+             "echo_floor": {"calls_per_s": 2000.0, "errors": 0, "cpu_ms_per_call": 0.4,
+                            "driver_cpu_ms_per_call": 0.3},
+             "backend_raw": {"calls_per_s": 9000.0, "errors": 0, "cpu_ms_per_call": 0.1,
+                             "driver_cpu_ms_per_call": 0.1},
+             "sb_grpc_8ch": {"calls_per_s": 320.0, "errors": 0, "cpu_ms_per_call": 2.5,
+                             "driver_cpu_ms_per_call": 1.0},
+             "sb_p2": {"calls_per_s": 400.0, "errors": 0, "cpu_ms_per_call": 3.0,
+                       "driver_cpu_ms_per_call": 1.0}},
+    "search": {"cpu_ms_per_query": 1.25},
+}
+CODE_RES = {"runners": [
+    {"key": "floor_restore", "cpu_s_per_run": 0.25, "p50_ms": 200.0},
+    {"key": "floor_pool_session", "cpu_s_per_run": 0.002, "runs_per_s": 500.0},
+    {"key": "sb_isolated", "cpu_s_per_run": 0.5},
+    {"key": "sb_warm", "p50_ms": 20.0},
+    {"key": "sb_session_seq", "cpu_s_per_run": 0.004},
+    {"key": "sb_session", "cpu_s_per_run": 0.005},
+]}
+
+
+def _bounds(peers: ModuleType) -> dict[str, str]:
+    b = peers.bounds
+    values = {**b.tool_values(TOOL_RES, 2), **b.code_values(CODE_RES, 2)}
+    return {g.key: b.bound_text(g.key, g.target, values) for g in peers.GOALS}
+
+
+def test_bounds_text_is_computed_from_the_rows(peers: ModuleType) -> None:
+    got = _bounds(peers)
+    # echo 0.4 ms of the 1 ms budget; the gateway's 2.5 ms is 2.1 ms more
+    assert "echo alone: 0.40 ms CPU/call = 40 % of the 1 ms budget; gateway adds 2.10 ms" \
+        in got["tool_cpu_ms"]
+    assert "`serve --processes 2` tree: 3.00 ms/call" in got["tool_cpu_ms"]
+    assert "p50 0.80 ms (-0.20 ms vs direct HTTP" in got["tool_added_p50_ms"]
+    assert "adds +2.20 ms over the echo" in got["tool_added_p50_ms"]
+    # 2.5 + 1.0 + 0.1 = 3.6 ms on 2 cores → ≤ 556/s; p2 400 vs p1 320 = 1.25x, 1.2 cores
+    assert "gateway 2.50 + driver 1.00 + backend 0.10 = 3.60 ms → ≤ 556/s on 2 cores" \
+        in got["tool_calls_per_s"]
+    assert "echo floor measured 2,000/s" in got["tool_calls_per_s"]
+    assert "400/s = 1.25x 1 process (320/s, both 8 channels, tree 1.20 cores)" \
+        in got["tool_calls_per_s"]
+    assert "gateway 1.50 + driver 0.50 = 2.00 ms → ≤ 1,000/s on 2 cores" in got["denials_per_s"]
+    # 0.25 CPU-s per restore → 8 runs/s on 2 cores; half of the gateway's 0.5 CPU-s run
+    assert "a bare restore is 0.250 CPU-s → ≤ 8.0 runs/s on 2 cores" in got["isolated_runs_per_s"]
+    assert "(the restore 50 % of it)" in got["isolated_runs_per_s"]
+    assert "echo p50 0.80 ms + a run on the pool alone 2.00 ms (mean) = 2.80 ms" \
+        in got["warm_isolated_p50_ms"]
+    assert "pool alone: 2.00 ms CPU → ≤ 1,000/s on 2 cores" in got["session_runs_per_s"]
+    assert "(sequential) 2.00 of 4.00 ms (50 %)" in got["session_runs_per_s"]
+    assert "(8 callers) 3.00 of 5.00 ms (60 %)" in got["session_runs_per_s"]
+    assert got["search_p50_ms"].startswith("1.25 ms gateway CPU per query")
+    assert got["serve_to_serving_s"] == "-"  # nothing in this run bounds it
+
+
+def test_bounds_text_follows_the_numbers(peers: ModuleType) -> None:
+    res = {**TOOL_RES, "conc": {**TOOL_RES["conc"], "echo_floor": {
+        **TOOL_RES["conc"]["echo_floor"], "cpu_ms_per_call": 0.6}}}
+    b = peers.bounds
+    text = b.bound_text("tool_cpu_ms", 1.0, b.tool_values(res, 2))
+    assert "0.60 ms CPU/call = 60 % of the 1 ms budget; gateway adds 1.90 ms" in text
+    text = b.bound_text("tool_cpu_ms", 0.5, b.tool_values(res, 2))
+    assert "= 120 % of the 0.5 ms budget" in text
+
+
+def test_bounds_without_floors_say_nothing(peers: ModuleType) -> None:
+    b = peers.bounds
+    values = {**b.tool_values({"seq": {}, "conc": {}}, 2), **b.code_values({}, 2)}
+    assert all(b.bound_text(g.key, g.target, values) == "-" for g in peers.GOALS)
+    table = peers.goals_table({}, values)
+    assert "what bounds it (measured)" in table.splitlines()[0]
+
+
+def test_goals_table_carries_the_bounds(peers: ModuleType) -> None:
+    b = peers.bounds
+    values = {**b.tool_values(TOOL_RES, 2), **b.code_values(CODE_RES, 2)}
+    table = peers.goals_table({"tool_cpu_ms": 2.5}, values)
+    row = next(line for line in table.splitlines() if line.startswith("| gateway CPU per"))
+    assert "| 2.50 ms | missed | 2.5x over (+1.50 ms) | grpc.aio echo alone: 0.40 ms" in row
+
+
+def test_tools_table_shows_the_new_rows(peers: ModuleType) -> None:
+    table = peers.tools_table(TOOL_RES)
+    assert "| floor: bare grpc.aio unary echo (no gateway; CPU: the echo server's) | 0.80 |" \
+        in table
+    assert "| Switchboard `serve --processes 2`, gRPC, 8 channels (whole tree's CPU) | - | - " \
+        "| - | - | 3.00 | 400 |" in table
+    assert "1 process, 8 channels" in table
+
+
+def test_serve_config_for_processes(peers: ModuleType, tmp_path: Path) -> None:
+    cfg = peers.processes.serve_config(tmp_path, "http://127.0.0.1:9", 2)
+    assert cfg["server"] == {"processes": 2}
+    assert cfg["backends"][0]["openapi"] == "http://127.0.0.1:9/openapi.json"
+    assert set(cfg["identity"]["tokens"]) == {peers.TOKEN_AGENT, peers.TOKEN_FINANCE}
+
+
+def test_echo_floor_server_answers(peers: ModuleType) -> None:
+    """The echo floor's server (the gateway's server options) returns the request's bytes to
+    the target that drives it, with the bearer metadata a gateway call carries."""
+    import asyncio
+
+    floors = peers.floors
+    opts = dict(floors.echo_server_options())
+    assert opts["grpc.so_reuseport"] == 0 and opts["grpc.max_receive_message_length"] > 1024
+
+    async def main() -> None:
+        server, port = await floors.start_echo_server()
+        target = floors.EchoTarget(port, 0, peers.TOKEN_AGENT)
+        try:
+            await target.open()
+            assert await target.call() and await target.call()
+            assert len(target.payload) > 10 and target.last_error == ""
+            await target.close()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_channels_rotate_over_callers(peers: ModuleType) -> None:
+    import asyncio
+
+    async def main() -> None:
+        t = peers.SbGrpc(1, 0, channels=3, name="x")
+        await t.open()
+        try:
+            seen = []
+            for _ in range(4):
+                async with t.caller() as c:
+                    seen.append(c.stub)
+            assert seen[0] is t.stubs[0] and seen[1] is t.stubs[1] and seen[3] is t.stubs[0]
+            assert len({id(s) for s in seen}) == 3
+        finally:
+            await t.close()
+
+    asyncio.run(main())
