@@ -33,6 +33,16 @@ the caller's process — no sandbox); ``@cloudflare/codemode``'s ``DynamicWorker
 workerd (npm ``workerd``, ``--experimental`` for the Worker Loader binding; JavaScript, a fresh
 dynamic Worker per run, driven over HTTP). CPU-s per run is the runner's process tree.
 
+**Floors and what bounds each goal** (bench/peers_lib/, ``--skip floors`` / ``--skip
+processes``), measured in the same run and interleaved with the rows above: a bare grpc.aio
+unary echo server (its own process, the gateway's server options, the gateway call's bytes and
+metadata) driven exactly as the gateway's gRPC tool calls, in the sequential and 32-caller
+phases; the fast backend's own CPU per call; ``switchboard serve --processes 2`` (whole-tree
+CPU) beside the one-process gateway, both over 8 channels, at 32 callers; a bare Deno + Pyodide
+restore (bench/restore_floor.ts) and a session run straight on a ``SandboxPool`` (no gateway),
+as rows of the code table. The goals table's last column, "what bounds it (measured)", is
+computed from those rows (bench/peers_lib/bounds.py), never typed in.
+
 The machine's load average is read before and after each family and printed with the results:
 on a shared 2-core machine trust the ratios measured side by side, not absolute figures.
 A peer that is not installed is skipped with the reason and the make command.
