@@ -188,7 +188,8 @@ def test_bounds_text_is_computed_from_the_rows(peers: ModuleType) -> None:
     assert "(sequential) 2.00 of 4.00 ms (50 %)" in got["session_runs_per_s"]
     assert "(8 callers) 3.00 of 5.00 ms (60 %)" in got["session_runs_per_s"]
     assert got["search_p50_ms"].startswith("1.25 ms gateway CPU per query")
-    assert got["serve_to_serving_s"] == "-"  # nothing in this run bounds it
+    assert "waits for a restore: 200 ms wall" in got["warm_isolated_p50_ms"]
+    assert "restore alone is 0.20 s wall (bare, p50) of the 3 s" in got["serve_to_serving_s"]
 
 
 def test_bounds_text_follows_the_numbers(peers: ModuleType) -> None:
