@@ -52,21 +52,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import platform
-import resource
-import secrets
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,30 +72,37 @@ if str(REPO / "bench") not in sys.path:  # bench/peers_lib, bench/toolcall_cpu.p
     sys.path.insert(0, str(REPO / "bench"))
 
 from peers_lib import bounds, floors, processes  # noqa: E402
+from peers_lib.code_peers import (  # noqa: E402
+    CODE_CALLERS,
+    COMPUTE_PY,
+    TRIVIAL_PY,
+    codemode_missing,
+    codemode_runner,
+    cold_runner,
+    smolagents_missing,
+    smolagents_runner,
+    throughput_row,
+)
+from peers_lib.contextforge import contextforge_missing, start_contextforge  # noqa: E402
 from peers_lib.core import (  # noqa: E402
     Proc,
     Target,
-    free_port,
     loadavg,
     pct,
     tree_cpu_s,
 )
+from peers_lib.tool_calls import (  # noqa: E402
+    TOKEN_AGENT,
+    TOKEN_FINANCE,
+    Direct,
+    McpTarget,
+    RawHttp,
+    SbGrpc,
+    conc_phase,
+    seq_phase,
+)
 
-PEERS = REPO / "bench" / "peers"
-CACHE = REPO / ".cache" / "peers"
-CF_VENV = CACHE / "contextforge-venv"
-SMOL_VENV = CACHE / "smolagents-venv"
-WORKERD = PEERS / "node_modules" / "@cloudflare" / "workerd-linux-64" / "bin" / "workerd"
-CODEMODE_DIST = PEERS / "node_modules" / "@cloudflare" / "codemode" / "dist"
-ACORN = PEERS / "node_modules" / "acorn" / "dist" / "acorn.mjs"
 INSTALL_HINT = "make bench-peers"
-TOKEN_AGENT, TOKEN_FINANCE = "dev-agent", "dev-finance"
-CALLERS = 32
-CODE_CALLERS = 8
-TRIVIAL_PY = "1 + 1"
-COMPUTE_PY = "sum(i * i for i in range(100_000))"
-TRIVIAL_JS = "async () => 1 + 1"
-COMPUTE_JS = "async () => { let s = 0; for (let i = 0; i < 100000; i++) s += i * i; return s; }"
 GITHUB_SPECS = ("api.github.com.json", "ghes-3.17.json")
 
 
@@ -205,7 +208,7 @@ def tools_table(res: dict[str, Any]) -> str:
         added = s.get("added_p50_ms") if s and gw else None
         rate = None
         if c:
-            rate = f2(c["calls_per_s"], ",.0f") + (f" ({c['errors']} err)" if c["errors"] else "")
+            rate = f"{c['calls_per_s']:,.0f}" + (f" ({c['errors']} err)" if c["errors"] else "")
         rows.append([label, f2(s and s["p50_ms"]), f2(s and s["p99_ms"]),
                      None if added is None else f"{added:+.2f}",
                      f2(s and s.get("cpu_ms_per_call")) if gw else "(backend)",
@@ -382,405 +385,6 @@ class Stack:
         return p
 
 
-# -- tool-call targets ---------------------------------------------------------------------------
-
-
-class Direct(Target):
-    name = "direct"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def open(self) -> None:
-        import httpx
-
-        self.http = httpx.AsyncClient(base_url=self.url)
-
-    async def call(self) -> bool:
-        r = await self.http.get("/accounts/A1/balance")
-        return r.status_code == 200
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-
-class RawHttp(Target):
-    """The fast backend's own capacity: keep-alive GETs over raw asyncio streams (a client far
-    cheaper than httpx, so the figure is the backend's, not the driver's)."""
-
-    name = "backend_raw"
-
-    def __init__(self, url: str, pid: int) -> None:
-        host, _, port = url.removeprefix("http://").partition(":")
-        self.host, self.port, self.pid = host, int(port), pid
-        self.req = (f"GET /accounts/A1/balance HTTP/1.1\r\nhost: {host}\r\n\r\n").encode()
-
-    async def open(self) -> None:
-        self.r, self.w = await asyncio.open_connection(self.host, self.port)
-
-    async def call(self) -> bool:
-        self.w.write(self.req)
-        head = await self.r.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
-        await self.r.readexactly(length)
-        return head.startswith(b"HTTP/1.1 200")
-
-    async def close(self) -> None:
-        self.w.close()
-
-    @asynccontextmanager
-    async def caller(self) -> AsyncIterator[Target]:
-        other = RawHttp(f"http://{self.host}:{self.port}", self.pid or 0)
-        await other.open()
-        try:
-            yield other
-        finally:
-            await other.close()
-
-
-class SbGrpc(Target):
-    def __init__(self, port: int, pid: int, deny: bool = False,
-                 token: str = TOKEN_AGENT, channels: int = 1, name: str = "") -> None:
-        self.port, self.pid, self.deny, self.token = port, pid, deny, token
-        self.name = name or ("sb_deny" if deny else "sb_grpc")
-        self.channels = channels
-        self.channel: Any = None
-        self.stubs: list[Any] = []
-        self.turn = 0
-
-    async def open(self) -> None:
-        import grpc
-
-        from gateway._proto.switchboard.v1 import gateway_pb2 as pb
-        from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
-
-        self.pb, self.grpc = pb, grpc
-        # More than one channel: one HTTP/2 connection each (a local subchannel pool each),
-        # so `serve --processes N` (SO_REUSEPORT) can hand them to different children.
-        opts = [("grpc.use_local_subchannel_pool", 1)] if self.channels > 1 else None
-        self.chans = [grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=opts)
-                      for _ in range(self.channels)]
-        self.channel = self.chans[0]
-        self.stubs = [pb_grpc.GatewayStub(c) for c in self.chans]
-        self.stub = self.stubs[0]
-        self.md = (("authorization", f"Bearer {self.token}"),)
-
-    async def call(self) -> bool:
-        req = self.pb.ExecuteRequest(request_id=str(uuid.uuid4()))
-        if self.deny:
-            req.tool_call.name = "ledger.create_transfer"
-            req.tool_call.arguments.update({"from_account": "A1", "to_account": "A2",
-                                            "amount": 1.5, "currency": "USD"})
-        else:
-            req.tool_call.name = "ledger.get_balance"
-            req.tool_call.arguments.update({"account": "A1"})
-        try:
-            resp = await self.stub.Execute(req, metadata=self.md, timeout=60)
-        except self.grpc.aio.AioRpcError as exc:  # a denial is PERMISSION_DENIED
-            if self.deny and exc.code() == self.grpc.StatusCode.PERMISSION_DENIED:
-                return True
-            raise
-        if resp.error.code:
-            self.last_error = f"{resp.error.code}: {resp.error.message[:160]}"
-        if self.deny:
-            return bool(resp.error.code == "policy_denied")
-        return not resp.error.code
-
-    async def close(self) -> None:
-        for c in self.chans:
-            await c.close()
-
-    @asynccontextmanager
-    async def caller(self) -> AsyncIterator[Target]:
-        """The callers take the channels in turn (all share one with a single channel)."""
-        if self.channels == 1:
-            yield self
-            return
-        other = copy.copy(self)
-        other.stub = self.stubs[self.turn % len(self.stubs)]
-        self.turn += 1
-        yield other
-
-
-class McpTarget(Target):
-    """One MCP session (streamable HTTP, the official client) calling one tool."""
-
-    def __init__(self, name: str, url: str, token: str, tool: str, args: dict[str, Any],
-                 pid: int) -> None:
-        self.name, self.url, self.token, self.tool, self.args = name, url, token, tool, args
-        self.pid = pid
-        self._stack: Any = None
-
-    async def open(self) -> None:
-        from contextlib import AsyncExitStack
-
-        import httpx2
-        from mcp import Client
-        from mcp.client.streamable_http import streamable_http_client
-
-        self._stack = AsyncExitStack()
-        http = await self._stack.enter_async_context(httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {self.token}"}, timeout=120))
-        self.client = await self._stack.enter_async_context(
-            Client(streamable_http_client(self.url, http_client=http)))  # type: ignore[arg-type]
-        # As an agent does: list the tools once. A tool the server serves but does not list
-        # (Switchboard lists only the dedicated tools its policy advertises) is marked known, or
-        # the client would re-list the tools on every call to look for its output schema.
-        listed = await self.tools()
-        if self.tool and self.tool not in listed:
-            with suppress(AttributeError):  # mcp 2.3's cache; a newer client may differ
-                self.client.session._tool_output_schemas[self.tool] = None
-
-    async def tools(self) -> list[str]:
-        return [t.name for t in (await self.client.list_tools()).tools]
-
-    async def call(self) -> bool:
-        r = await self.client.call_tool(self.tool, self.args)
-        if r.is_error:
-            self.last_error = str(r.content[0].text if r.content else r)[:200]
-        return not r.is_error
-
-    async def close(self) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-
-    @asynccontextmanager
-    async def caller(self) -> AsyncIterator[Target]:
-        """An MCP session of its own, opened and closed in the caller's task."""
-        other = McpTarget(self.name, self.url, self.token, self.tool, self.args, self.pid or 0)
-        await other.open()
-        try:
-            yield other
-        finally:
-            await other.close()
-
-
-async def seq_phase(targets: list[Target], rounds: int, blocks: dict[str, int],
-                    iterations: int, sparse: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """Latency: ``iterations`` rounds of one call per target, call by call in a rotated order,
-    so every path's samples come from the same moments as direct HTTP's (a target in ``sparse``
-    takes part in that many iterations, spread evenly); the added ms compare each target with
-    the direct calls of the iterations it took part in. CPU: ``rounds`` rounds of blocks of
-    sequential calls per target (``blocks``), the order rotated, the target's process tree's
-    CPU over its blocks divided by their calls."""
-    names = [t.name for t in targets]
-    lat: dict[str, list[float]] = {n: [] for n in names}
-    paired: dict[str, list[float]] = {n: [] for n in names}  # direct's, same iterations
-    bad: dict[str, int] = dict.fromkeys(names, 0)
-    for t in targets:  # warm-up: connections, caches, sessions
-        for _ in range(5):
-            await t.call()
-    for i in range(iterations):
-        order = targets[i % len(targets):] + targets[:i % len(targets)]
-        took: dict[str, float] = {}
-        for t in order:
-            want = sparse.get(t.name)
-            if want and i % max(1, iterations // want) != 0:
-                continue
-            s = time.perf_counter()
-            ok = await t.call()
-            took[t.name] = (time.perf_counter() - s) * 1e3
-            bad[t.name] += not ok
-        for name, ms in took.items():
-            lat[name].append(ms)
-            if "direct" in took:
-                paired[name].append(took["direct"])
-    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
-    calls: dict[str, int] = dict.fromkeys(names, 0)
-    gateways = [t for t in targets if t.pid and t.name != "direct"]
-    for r in range(rounds):
-        order = gateways[r % len(gateways):] + gateways[:r % len(gateways)] if gateways else []
-        for t in order:
-            assert t.pid
-            c0 = tree_cpu_s(t.pid)
-            for _ in range(blocks.get(t.name, blocks["default"])):
-                bad[t.name] += not await t.call()
-                calls[t.name] += 1
-            cpu[t.name] += tree_cpu_s(t.pid) - c0
-    out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        ms = lat[name]
-        row: dict[str, Any] = {"n": len(ms), "p50_ms": statistics.median(ms),
-                               "p99_ms": pct(ms, 99), "unexpected": bad[name]}
-        if name != "direct" and paired[name]:
-            row["direct_p50_same_iterations_ms"] = statistics.median(paired[name])
-            row["added_p50_ms"] = row["p50_ms"] - row["direct_p50_same_iterations_ms"]
-        if calls[name]:
-            row["cpu_ms_per_call"] = cpu[name] / calls[name] * 1e3
-            row["cpu_calls"] = calls[name]
-        out[name] = row
-    return out
-
-
-async def conc_run(target: Target, callers: int, duration: float) -> dict[str, Any]:
-    """``callers`` callers, each in its own task (an MCP session each), started together once
-    every one is connected and warm; calls/s over the phase and CPU per call of the target."""
-    tally = {"done": 0, "errors": 0, "ready": 0}
-    example: list[str] = []
-    lat: list[float] = []
-    opening = asyncio.Lock()
-    all_ready, go = asyncio.Event(), asyncio.Event()
-    stop = [0.0]
-
-    def arrived() -> None:
-        tally["ready"] += 1
-        if tally["ready"] == callers:
-            all_ready.set()
-
-    async def caller() -> None:
-        try:
-            async with opening:  # one session opens at a time (as agents arrive), not 32 at once
-                cm = target.caller()
-                c = await cm.__aenter__()
-        except Exception as exc:
-            tally["errors"] += 1
-            example.append(f"caller failed to connect: {exc!r}"[:200])
-            arrived()
-            return
-        here = False
-        try:
-            await c.call()  # warm
-            here = True
-            arrived()
-            await go.wait()
-            while time.perf_counter() < stop[0]:
-                s = time.perf_counter()
-                try:
-                    ok = await c.call()
-                except Exception as exc:  # counted, the phase goes on
-                    ok = False
-                    c.last_error = repr(exc)[:200]
-                tally["done" if ok else "errors"] += 1
-                if ok:
-                    lat.append(time.perf_counter() - s)
-                else:
-                    example.append(c.last_error or "unexpected result")
-        except Exception as exc:
-            tally["errors"] += 1
-            example.append(f"caller failed: {exc!r}"[:200])
-            if not here:
-                arrived()
-        finally:
-            with suppress(Exception):
-                await cm.__aexit__(None, None, None)
-
-    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
-    await all_ready.wait()
-    c0 = tree_cpu_s(target.pid) if target.pid else 0.0
-    d0 = time.process_time()
-    t0 = time.perf_counter()
-    stop[0] = t0 + duration
-    go.set()
-    await asyncio.gather(*tasks)
-    wall = time.perf_counter() - t0
-    cpu = (tree_cpu_s(target.pid) - c0) if target.pid else None
-    driver = time.process_time() - d0
-    n = tally["done"]
-    calls = max(1, n + tally["errors"])
-    return {"n": n, "errors": tally["errors"], "wall_s": wall, "calls_per_s": n / wall,
-            "cpu_ms_per_call": None if cpu is None else cpu / calls * 1e3,
-            "driver_cpu_ms_per_call": driver / calls * 1e3,
-            "driver_cpu_util": driver / wall, "error_example": example[0] if example else "",
-            "p50_ms": statistics.median(lat) * 1e3 if lat else None}
-
-
-async def conc_phase(targets: list[Target], rounds: int, duration: float
-                     ) -> dict[str, dict[str, Any]]:
-    per: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
-    for r in range(rounds):
-        order = targets if r % 2 == 0 else list(reversed(targets))
-        for t in order:
-            per[t.name].append(await conc_run(t, CALLERS, duration))
-    out = {}
-    for name, runs in per.items():
-        n = sum(x["n"] for x in runs)
-        wall = sum(x["wall_s"] for x in runs)
-        cpus = [x["cpu_ms_per_call"] for x in runs if x["cpu_ms_per_call"] is not None]
-        out[name] = {"n": n, "errors": sum(x["errors"] for x in runs), "wall_s": wall,
-                     "calls_per_s": n / wall,
-                     "driver_cpu_util": max(x["driver_cpu_util"] for x in runs),
-                     "driver_cpu_ms_per_call": statistics.median(
-                         x["driver_cpu_ms_per_call"] for x in runs),
-                     "p50_ms": statistics.median([x["p50_ms"] for x in runs if x["p50_ms"]]
-                                                 or [0.0]),
-                     "error_example": next((x["error_example"] for x in runs
-                                            if x["error_example"]), ""),
-                     "per_round_calls_per_s": [round(x["calls_per_s"], 1) for x in runs],
-                     "cpu_ms_per_call": statistics.median(cpus) if cpus else None}
-    return out
-
-
-# -- ContextForge ----------------------------------------------------------------------------------
-
-
-def contextforge_missing() -> str | None:
-    if not (CF_VENV / "bin" / "mcpgateway").exists():
-        return f"ContextForge is not installed in {CF_VENV.relative_to(REPO)}"
-    return None
-
-
-def start_contextforge(stack: Stack, backend_url: str) -> tuple[Proc, str, str, str]:
-    """ContextForge on a free port with a SQLite DB, the fast backend registered as a REST
-    tool; returns (process, MCP url, bearer token, tool name)."""
-    import httpx
-
-    home = stack.tmp / "contextforge"
-    home.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update({
-        "HOME": str(home), "DATABASE_URL": f"sqlite:///{home / 'mcp.db'}",
-        "JWT_SECRET_KEY": secrets.token_hex(32), "AUTH_ENCRYPTION_SECRET": secrets.token_hex(32),
-        "PLATFORM_ADMIN_EMAIL": "admin@example.com",
-        "PLATFORM_ADMIN_PASSWORD": "Bp-" + secrets.token_hex(12) + "!",
-        "DEFAULT_USER_PASSWORD": "Bp-" + secrets.token_hex(12) + "!",
-        "SSRF_ALLOW_LOCALHOST": "true",  # the backend is on loopback
-        # Its default rate limit (100 MCP requests a minute per user) would be the figure
-        # measured; this measures the gateway's capacity instead.
-        "RATE_LIMITING_ENABLED": "false",
-        "MCPGATEWAY_UI_ENABLED": "false", "MCPGATEWAY_ADMIN_API_ENABLED": "true",
-    })
-    log = (home / "contextforge.log").open("w")
-    proc = subprocess.Popen([str(CF_VENV / "bin" / "mcpgateway"), "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=home, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-    p = Proc("contextforge", proc)
-    stack.procs.append(p)
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"ContextForge exited {proc.returncode}; see {home}/contextforge.log")
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            raise RuntimeError("ContextForge did not become healthy in 300 s")
-        time.sleep(0.25)
-    p.info["start_s"] = time.perf_counter() - t0
-    token = subprocess.run(
-        [str(CF_VENV / "bin" / "python"), "-m", "mcpgateway.utils.create_jwt_token",
-         "-u", "admin@example.com", "--admin", "--exp", "240"], cwd=home, env=env,
-        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    r = httpx.post(f"{base}/tools", headers={"Authorization": f"Bearer {token}"}, timeout=60,
-                   json={"tool": {"name": "get_balance", "integration_type": "REST",
-                                  "request_type": "GET",
-                                  "url": f"{backend_url}/accounts/A1/balance",
-                                  "input_schema": {"type": "object", "properties": {}}}})
-    r.raise_for_status()
-    version = subprocess.run([str(CF_VENV / "bin" / "python"), "-c",
-                              "import mcpgateway; print(mcpgateway.__version__)"], env=env,
-                             capture_output=True, text=True).stdout.strip()
-    p.info["version"] = version
-    return p, f"{base}/mcp/", token, str(r.json()["name"])
-
-
 # -- startup and search (Switchboard only) ------------------------------------------------------
 
 
@@ -840,7 +444,7 @@ async def measure_search(port: int, pid: int, n: int) -> dict[str, Any]:
     queries = [q["query"] for q in raw["queries"] if q.get("catalog") == "github"]
     md = (("authorization", f"Bearer {TOKEN_AGENT}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = pb_grpc.GatewayStub(ch)
+        stub = pb_grpc.GatewayStub(ch)  # type: ignore[no-untyped-call]
         hits = 0
         for q in queries[:10]:
             await stub.SearchOperations(pb.SearchOperationsRequest(query=q, limit=5),
@@ -1019,7 +623,7 @@ async def sb_code_runner(port: int, pid: int, args: argparse.Namespace) -> list[
     from gateway._proto.switchboard.v1 import gateway_pb2_grpc as pb_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = pb_grpc.GatewayStub(ch)
+        stub = pb_grpc.GatewayStub(ch)  # type: ignore[no-untyped-call]
 
         async def run(src: str, token: str = TOKEN_AGENT, session: str | None = None) -> None:
             code = pb.CodeRun(source=src)
@@ -1082,188 +686,6 @@ async def sb_code_runner(port: int, pid: int, args: argparse.Namespace) -> list[
             [session_call(t, s, COMPUTE_PY) for t, s in sessions],
             "8 sessions, back to back", "sb_session_compute"))
         return rows
-
-
-async def throughput_row(label: str, snippet: str, pid: int | None, duration: float,
-                         callers: list[Callable[[], Awaitable[Any]]], note: str, key: str,
-                         cpu_fn: Callable[[], float] | None = None) -> dict[str, Any]:
-    lat: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + duration
-
-    async def caller(fn: Callable[[], Awaitable[Any]]) -> None:
-        nonlocal errors
-        while time.perf_counter() < stop:
-            s = time.perf_counter()
-            try:
-                await fn()
-            except Exception:
-                errors += 1
-                continue
-            lat.append((time.perf_counter() - s) * 1e3)
-
-    cpu = cpu_fn or (lambda: tree_cpu_s(pid) if pid else 0.0)
-    c0 = cpu()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(caller(fn) for fn in callers))
-    wall = time.perf_counter() - t0
-    used = cpu() - c0
-    n = len(lat)
-    return {"label": label, "snippet": snippet, "n": n, "errors": errors,
-            "runs_per_s": n / wall, "p50_ms": statistics.median(lat) if lat else None,
-            "p99_ms": pct(lat, 99) if lat else None,
-            "cpu_s_per_run": used / n if n else None,
-            "note": note + (f"; {errors} errors" if errors else ""), "key": key}
-
-
-def cold_runner(runs: int) -> list[dict[str, Any]]:
-    """A fresh Deno + cold loadPyodide per run (bench/sandbox_bench.py's COLD_JS)."""
-    import deno
-
-    sys.path.insert(0, str(REPO / "bench"))
-    from sandbox_bench import COLD_JS
-
-    from gateway.sandbox import default_runtime_dir
-
-    assets = default_runtime_dir() / "node_modules" / "pyodide"
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="peers-cold-") as tmp:
-        script = Path(tmp) / "cold.mjs"
-        script.write_text(COLD_JS % {"pyodide": (assets / "pyodide.mjs").as_uri(),
-                                     "assets": str(assets)})
-        argv = [str(deno.find_deno_bin()), "run", "--no-prompt", "--no-config", "--no-lock",
-                "--no-remote", f"--allow-read={assets},{script}", str(script)]
-        env = {"DENO_DIR": str(Path(tmp) / "deno"), "NO_COLOR": "1",
-               "PATH": os.environ.get("PATH", "")}
-        subprocess.run([*argv, TRIVIAL_PY], capture_output=True, env=env, check=True,
-                       stdin=subprocess.DEVNULL)  # warms the page cache and Deno's cache
-        lat = []
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        for _ in range(runs):
-            s = time.perf_counter()
-            p = subprocess.run([*argv, TRIVIAL_PY], capture_output=True, text=True, env=env,
-                               stdin=subprocess.DEVNULL, check=True)
-            json.loads(p.stdout.strip().splitlines()[-1])
-            lat.append((time.perf_counter() - s) * 1e3)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-        rows.append({"label": "fresh Deno + Pyodide process per run", "snippet": "trivial",
-                     "n": runs, "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
-                     "runs_per_s": runs / (sum(lat) / 1e3), "cpu_s_per_run": cpu / runs,
-                     "note": "spawn deno, cold loadPyodide, run, exit; sequential",
-                     "key": "cold"})
-    return rows
-
-
-def smolagents_missing() -> str | None:
-    if not (SMOL_VENV / "bin" / "python").exists():
-        return f"smolagents is not installed in {SMOL_VENV.relative_to(REPO)}"
-    return None
-
-
-def smolagents_runner(seconds: float) -> list[dict[str, Any]]:
-    snippets = {"trivial": TRIVIAL_PY, "loop 100k": COMPUTE_PY}
-    p = subprocess.run([str(SMOL_VENV / "bin" / "python"), str(PEERS / "smolagents_runner.py"),
-                        str(seconds), json.dumps(snippets)], capture_output=True, text=True,
-                       check=True, stdin=subprocess.DEVNULL, timeout=600)
-    data = json.loads(p.stdout.strip().splitlines()[-1])
-    rows = []
-    for name, r in data["results"].items():
-        rows.append({"label": f"smolagents {data['version']} LocalPythonExecutor",
-                     "snippet": name, **r,
-                     "note": "AST interpreter in the caller's process (no sandbox), "
-                             "sequential", "key": f"smol_{name}"})
-    return rows
-
-
-def codemode_missing() -> str | None:
-    if not WORKERD.exists() or not (CODEMODE_DIST / "index.js").exists():
-        return "workerd / @cloudflare/codemode are not installed in bench/peers/node_modules"
-    return None
-
-
-def codemode_config(work: Path, port: int) -> Path:
-    """A workerd config: the host Worker + codemode's dist modules + acorn, and a Worker
-    Loader binding (``LOADER``) for codemode's DynamicWorkerExecutor."""
-    mods = [("worker.js", PEERS / "codemode_worker.js")]
-    mods += [(f"codemode/{f.name}", f) for f in sorted(CODEMODE_DIST.glob("*.js"))]
-    mods.append(("codemode/acorn", ACORN))  # workerd resolves the bare "acorn" beside its importer
-    (work / "m").mkdir()
-    lines = []
-    for i, (name, src) in enumerate(mods):
-        local = work / "m" / f"{i}.js"
-        shutil.copyfile(src, local)
-        lines.append(f'    (name = "{name}", esModule = embed "m/{i}.js")')
-    config = work / "config.capnp"
-    config.write_text(
-        'using Workerd = import "/workerd/workerd.capnp";\n'
-        "const config :Workerd.Config = (\n"
-        '  services = [ (name = "main", worker = .w) ],\n'
-        f'  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), '
-        'service = "main") ],\n);\n'
-        "const w :Workerd.Worker = (\n  modules = [\n" + ",\n".join(lines) + "\n  ],\n"
-        '  compatibilityDate = "2025-06-01",\n  compatibilityFlags = ["nodejs_compat"],\n'
-        '  bindings = [ (name = "LOADER", workerLoader = ()) ],\n);\n')
-    return config
-
-
-async def codemode_runner(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
-    import httpx
-
-    work = stack.tmp / "codemode"
-    work.mkdir()
-    port = free_port()
-    config = codemode_config(work, port)
-    log = (work / "workerd.log").open("w")
-    proc = subprocess.Popen([str(WORKERD), "serve", "--experimental", str(config)], cwd=work,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    p = Proc("workerd", proc)  # type: ignore[arg-type]
-    stack.procs.append(p)
-    version = subprocess.run([str(WORKERD), "--version"], capture_output=True,
-                             text=True).stdout.strip()
-    rows = []
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    r = await http.get("/", params={"code": TRIVIAL_JS})
-                    break
-                except httpx.TransportError as exc:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"workerd did not start; see {work}/workerd.log"
-                                           ) from exc
-                    await asyncio.sleep(0.1)
-            if r.json().get("result") != 2:
-                raise RuntimeError(f"codemode answered {r.text[:200]}")
-
-            async def run(code: str) -> None:
-                resp = await http.get("/", params={"code": code})
-                if resp.json().get("error"):
-                    raise RuntimeError(resp.json()["error"])
-
-            for snippet, code in (("trivial (JS)", TRIVIAL_JS), ("loop 100k (JS)", COMPUTE_JS)):
-                lat = []
-                c0 = tree_cpu_s(p.pid)
-                for _ in range(args.session_runs):
-                    s = time.perf_counter()
-                    await run(code)
-                    lat.append((time.perf_counter() - s) * 1e3)
-                rows.append({"label": f"codemode DynamicWorkerExecutor, {version}",
-                             "snippet": snippet, "n": len(lat),
-                             "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
-                             "runs_per_s": len(lat) / (sum(lat) / 1e3),
-                             "cpu_s_per_run": (tree_cpu_s(p.pid) - c0) / len(lat),
-                             "note": "fresh dynamic Worker per run, HTTP from this process, "
-                                     "sequential", "key": f"codemode_seq_{snippet.split()[0]}"})
-            rows.append(await throughput_row(
-                f"codemode DynamicWorkerExecutor, {version}, 8 callers",
-                "trivial (JS)", p.pid, args.code_duration,
-                [lambda: run(TRIVIAL_JS)] * CODE_CALLERS, "fresh dynamic Worker per run",
-                "codemode"))
-    finally:
-        p.stop()
-    return rows
 
 
 async def code_family(args: argparse.Namespace, stack: Stack, out: dict[str, Any]) -> None:

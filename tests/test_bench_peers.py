@@ -1,5 +1,7 @@
-"""bench/peers.py's pure parts: argument parsing, goal verdicts and table rendering. No peer is
-installed or started here and nothing is timed."""
+"""bench/peers.py's pure parts (argument parsing, goal verdicts, table rendering, the "what bounds
+it" text) and its bench/peers_lib pieces that need no peer: the echo floor's server answering
+its target, the `serve --processes` config, channel rotation. No peer is installed or started
+here and nothing is timed."""
 
 from __future__ import annotations
 
@@ -93,9 +95,11 @@ def test_pct_nearest_rank(peers: ModuleType) -> None:
 
 def test_missing_peers_are_reported_with_a_reason(peers: ModuleType, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peers, "CF_VENV", peers.REPO / "no-such-venv")
-    monkeypatch.setattr(peers, "SMOL_VENV", peers.REPO / "no-such-venv")
-    monkeypatch.setattr(peers, "WORKERD", tmp_path / "workerd")
+    from peers_lib import code_peers, contextforge  # on sys.path once bench/peers.py loaded
+
+    monkeypatch.setattr(contextforge, "CF_VENV", peers.REPO / "no-such-venv")
+    monkeypatch.setattr(code_peers, "SMOL_VENV", peers.REPO / "no-such-venv")
+    monkeypatch.setattr(code_peers, "WORKERD", tmp_path / "workerd")
     assert "not installed" in peers.contextforge_missing()
     assert "not installed" in peers.smolagents_missing()
     assert "not installed" in peers.codemode_missing()
@@ -109,11 +113,13 @@ def test_codemode_config_embeds_every_module(peers: ModuleType, tmp_path: Path,
     for name in ("index.js", "shared-x.js"):
         (dist / name).write_text("export {};\n")
     (tmp_path / "acorn.mjs").write_text("export {};\n")
-    monkeypatch.setattr(peers, "CODEMODE_DIST", dist)
-    monkeypatch.setattr(peers, "ACORN", tmp_path / "acorn.mjs")
+    from peers_lib import code_peers
+
+    monkeypatch.setattr(code_peers, "CODEMODE_DIST", dist)
+    monkeypatch.setattr(code_peers, "ACORN", tmp_path / "acorn.mjs")
     work = tmp_path / "work"
     work.mkdir()
-    config = peers.codemode_config(work, 18787).read_text()
+    config = code_peers.codemode_config(work, 18787).read_text()
     assert 'address = "127.0.0.1:18787"' in config
     assert 'workerLoader = ()' in config
     for name in ("worker.js", "codemode/index.js", "codemode/shared-x.js", "codemode/acorn"):

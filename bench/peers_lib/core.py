@@ -9,7 +9,8 @@ import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -85,6 +86,13 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class ProcHost(Protocol):
+    """What a runner needs of bench/peers.py's ``Stack``: a temp dir, the processes to stop."""
+
+    tmp: Path
+    procs: list[Proc]
 
 
 class Target:
