@@ -9,6 +9,7 @@ the tuning, and the Twilio and Figma sets were committed before the tuning began
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def results() -> Results:
 
 
 def test_the_sets_span_enough_real_specs_vendors_and_intents() -> None:
-    queries = [q for q in se.load_queries() if q["catalog"] in REAL]
+    queries = [q for q in se.load_queries() if q["catalog"] in REAL and q["split"] != "train"]
     specs = {q["catalog"] for q in queries}
     assert len(specs) >= 5 and set(HIT5_FLOOR) == specs
     assert len({se.REAL[name] for name in specs}) >= 4
@@ -49,7 +50,7 @@ def test_half_of_each_set_is_held_out() -> None:
     for name in REAL:
         if name == "github":
             continue
-        splits = [q["split"] for q in queries if q["catalog"] == name]
+        splits = [q["split"] for q in queries if q["catalog"] == name and q["split"] != "train"]
         assert set(splits) == {"dev", "holdout"}, name
         assert abs(splits.count("dev") - splits.count("holdout")) <= 1, name
 
@@ -75,6 +76,20 @@ def test_beats_plain_bm25_on_the_pooled_sets(results: Results) -> None:
             assert mine > base, (split, metric, mine, base)
 
 
+def test_train_is_a_third_split_that_never_counts_as_held_out(results: Results) -> None:
+    # Round 4 (docs/catalog.md): >= 150 train intents over the same specs, in their own file.
+    train = [q for q in se.load_queries() if q["split"] == "train"]
+    assert len(train) >= 150 and {q["catalog"] for q in train} == set(REAL)
+    assert all(q in json.loads(se.TRAIN_FILE.read_text())["queries"] for q in train)
+    for path in se.QUERY_FILES:
+        labelled = json.loads(path.read_text())["queries"]
+        assert all(q["split"] in ("dev", "holdout") for q in labelled)
+    for r in results.values():
+        n = {s: r[f"switchboard/{s}"]["n"] for s in ("dev", "holdout", "all", "train", "tune")}
+        assert n["all"] == n["dev"] + n["holdout"] and n["tune"] == n["dev"] + n["train"]
+    assert sum(r["switchboard/train"]["n"] for r in results.values()) == len(train)
+
+
 def test_a_list_of_equal_answers_counts_any_of_them() -> None:
     q = {"expected": ["svc.a", "svc.b"]}
     assert se.rank_of(q, ["svc.x", "svc.b", "svc.a"]) == 2
@@ -86,5 +101,7 @@ def test_the_bench_prints_held_out_rows_only_when_asked(capsys: pytest.CaptureFi
     # Tuning runs use --split dev; no other split can be printed alone.
     assert se.main(["--split", "holdout"]) == 2
     assert se.main(["--failures", "holdout"]) == 2
+    assert se.main(["--split", "all"]) == 2
+    assert se.main(["--failures"]) == 2
     assert se.main(["--bogus"]) == 2
     assert "holdout" not in capsys.readouterr().out
