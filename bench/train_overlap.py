@@ -1,10 +1,12 @@
-"""Drop ``train`` intents that nearly duplicate a held-out one (docs/catalog.md, "Round 4").
+"""Drop ``train`` intents that nearly duplicate a held-out or dev one (docs/catalog.md,
+"Round 4").
 
 Usage: .venv/bin/python bench/train_overlap.py [--drop]
 A train intent is a near-duplicate of a held-out intent when their normalised texts are equal,
 or when they share a label (any expected operation) and the token Jaccard of their texts is
 >= 0.6. Prints only counts, never a held-out text or which train intent matched; ``--drop``
-rewrites the train file without the matches.
+rewrites the train file without the matches. Dev duplicates are dropped too, so that no task
+counts twice in dev + train.
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ def near_duplicates(train: Sequence[dict[str, object]],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    held = [q for path in QUERY_FILES for q in json.loads(path.read_text())["queries"]
-            if q["split"] == "holdout"]
+    labelled = [q for path in QUERY_FILES for q in json.loads(path.read_text())["queries"]]
+    held = [q for q in labelled if q["split"] == "holdout"]
+    dev = [q for q in labelled if q["split"] == "dev"]
     doc = json.loads(TRAIN_FILE.read_text())
     train = doc["queries"]
     same_label = sum(1 for t in train for h in held
                      if t["catalog"] == h["catalog"] and set(expected(t)) & set(expected(h)))
-    dup = near_duplicates(train, held)
+    dup_held = near_duplicates(train, held)
+    dup_dev = near_duplicates(train, dev)
+    dup = dup_held | dup_dev
     print(f"train {len(train)}, held-out {len(held)}, (train, held-out) pairs sharing a label "
-          f"{same_label}, near-duplicate train intents {len(dup)}")
+          f"{same_label}, near-duplicates of held-out {len(dup_held)}, of dev {len(dup_dev)}")
     if args == ["--drop"] and dup:
         doc["queries"] = [t for i, t in enumerate(train) if i not in dup]
         TRAIN_FILE.write_text(json.dumps(doc, indent=1) + "\n")
