@@ -164,6 +164,23 @@ _VOCABULARY_4: dict[str, tuple[str, ...]] = {
     "daily": ("day",), "weekly": ("week",), "monthly": ("month",), "yearly": ("year",),
     "annual": ("yearly", "year"), "collaborate": ("collaborator",),
     "approval": ("review", "approve"), "bought": ("purchase", "buy", "subscription"),
+    # written in one pass, not from misses: everyday verbs and nouns of API tasks
+    "obtain": ("get",), "grab": ("get",), "inspect": ("get", "detail"),
+    "describe": ("get", "detail"), "examine": ("get", "detail"),
+    "amend": ("update",), "adjust": ("update", "set"), "alter": ("update",),
+    "tweak": ("update",), "configure": ("config", "setting", "update"),
+    "toggle": ("enable", "disable"), "detach": ("remove", "delete"),
+    "unlink": ("remove", "delete"), "sync": ("synchronize",), "synchronize": ("sync",),
+    "mirror": ("sync", "copy"), "validate": ("check", "validation", "verify"),
+    "confirm": ("verify", "check"), "suspend": ("disable",), "freeze": ("suspend", "lock"),
+    "mark": ("set", "update"), "reset": ("regenerate", "update"), "deny": ("reject",),
+    "refuse": ("reject", "decline"), "deliver": ("send", "delivery"),
+    "dispatch": ("trigger",), "watch": ("subscription", "watcher"),
+    "company": ("org", "enterprise"), "disk": ("size", "quota", "usage"),
+    "failure": ("error", "fail"), "problem": ("error",), "error": ("failure",),
+    "document": ("file",), "doc": ("file",), "credentials": ("credential",),
+    # the speaker: "my codespace", "am I subscribed" -> the authenticated user's resource
+    "my": ("authenticated",), "i": ("authenticated",), "mine": ("authenticated",),
 }
 assert not set(_VOCABULARY) & set(_EXPAND)
 assert not set(_VOCABULARY_4) & (set(_EXPAND) | set(_VOCABULARY))
@@ -179,6 +196,8 @@ _DESCRIPTION_TOKENS = 80
 def _stem(token: str) -> str:
     if token in _CANON:
         return _CANON[token]
+    if _ADVERBS and len(token) > 6 and token.endswith(("lly", "ely", "cly", "tly", "sly")):
+        token = token[:-2]  # locally -> local, privately -> private, publicly -> public
     if len(token) > 4 and token.endswith("ies"):
         token = token[:-3] + "y"
     elif len(token) > 4 and token.endswith(("ches", "shes", "sses", "xes")):
@@ -224,6 +243,8 @@ def _expansions(word: str, stem: str) -> tuple[str, ...]:
 
 
 _FORMS = True
+_ADVERBS = True
+_HALVES = True
 
 
 def _query_terms(query: str) -> dict[str, float]:
@@ -301,6 +322,10 @@ _QUERY_ACTIONS: dict[str, tuple[str, ...]] = {
     "unregister": ("delete",), "discard": ("delete",),
     "enable": ("enable",), "activate": ("enable",), "disable": ("disable",),
     "deactivate": ("disable",),
+    "obtain": ("get",), "grab": ("get",), "inspect": ("get",), "describe": ("get",),
+    "amend": ("update",), "adjust": ("update",), "alter": ("update",), "tweak": ("update",),
+    "configure": ("update",), "toggle": ("update",), "detach": ("delete",),
+    "unlink": ("delete",), "mark": ("update",), "reset": ("update",),
 }
 # A question asks to read: "is ... enabled", "how much ...", "whose account ...".
 _QUESTION_WORDS = frozenset(["is", "are", "am", "does", "do", "did", "has", "have", "how",
@@ -450,18 +475,23 @@ _W_ACTION = 0.5
 _COVER_EXPANDED = 0.4
 
 
-def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[str]]]) -> None:
+def _split_compounds(operations: Sequence[Operation],
+                     docs: list[dict[str, list[str]]]) -> list[dict[str, tuple[str, str]]]:
     """Run-together name words ("deletefile", "hashsum") also count as their two halves when
     both halves are words the catalog uses elsewhere; ``un-`` words as the word and "undo"."""
     vocab: set[str] = set()
     for doc in docs:
         vocab.update(doc["name"])
         vocab.update(doc["summary"])
+    halves: list[dict[str, tuple[str, str]]] = []
     for op, doc in zip(operations, docs, strict=True):
         extra: list[str] = []
+        split: dict[str, tuple[str, str]] = {}
+        halves.append(split)
         for word in _words(op.short_name):
             if word.startswith("un") and _stem(word[2:]) in vocab:
                 extra += [_stem(word[2:]), "undo"]
+                split[_stem(word)] = (_stem(word[2:]), "undo")
                 continue
             if len(word) < 7 or not word.isalpha():
                 continue
@@ -471,8 +501,10 @@ def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[
                     continue
                 if _stem(head) in vocab and _stem(tail) in vocab:
                     extra += [_stem(head), _stem(tail)]
+                    split[_stem(word)] = (_stem(head), _stem(tail))
                     break
         doc["name"] = doc["name"] + extra
+    return halves
 
 
 _W_BIGRAM = 0.25
@@ -501,7 +533,7 @@ class SearchIndex:
     def __init__(self, operations: Sequence[Operation], *, k1: float = 1.2) -> None:
         self.k1 = k1
         docs = [_fields(op) for op in operations]
-        _split_compounds(operations, docs)
+        self._halves = _split_compounds(operations, docs)
         n = len(docs)
         avg = {f: (sum(len(d[f]) for d in docs) / n if n else 1.0) or 1.0 for f, _, _ in _FIELDS}
         # term -> [(doc, pseudo term frequency)]: the field-weighted, length-normalised tf.
@@ -533,6 +565,22 @@ class SearchIndex:
         self._bigrams = [_pairs(d["name"]) | _pairs(d["summary"]) for d in docs]
 
 
+    def _covered(self, doc: int, terms: dict[str, float], wanted: frozenset[str]) -> float:
+        """The IDF mass of the name terms the query covers: a term it has (a synonym-only
+        match counts _COVER_EXPANDED), a name verb doing the action asked, a run-together word
+        whose halves it covers ("unstar" for "remove my star"), "undo" for a removal."""
+        verbs = self._name_verbs[doc]
+        halves = self._halves[doc]
+
+        def cover(t: str) -> float:
+            if verbs.get(t) in wanted or (t == "undo" and wanted & {"delete", "undo"}):
+                return 1.0
+            if t in halves:
+                return min(cover(halves[t][0]), cover(halves[t][1]))
+            return _cover(terms.get(t, 0.0))
+
+        return sum(self._idf[t] * cover(t) for t in self._name_terms[doc])
+
     def _wanted(self, query: str) -> frozenset[str]:
         raw = re.findall(r"[a-z]+", query.lower())
         if _QUESTIONS and raw and raw[0] in _QUESTION_WORDS and not _undo_asked(query):
@@ -547,7 +595,8 @@ class SearchIndex:
             words = _words(query)
             # "comment on an issue", "fork a repository": a resource used as the verb.
             if (words and not words[0].endswith("s") and _stem(words[0]) in self._name_vocab
-                    and words[0] not in _UNDOING):
+                    and words[0] not in _UNDOING
+                    and (not _NOUN_NEXT or len(raw) < 2 or raw[1] in _AFTER_VERB)):
                 wanted = frozenset(("create",))
             elif _NO_VERB_READS and words and (raw[0] in _STOP or raw[0] in _ARTICLES
                                                 or _plural(raw[0])
@@ -591,9 +640,12 @@ class SearchIndex:
             mass = self._name_mass[doc]
             if mass:
                 verbs = self._name_verbs[doc]
-                covered = sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else
-                                              _cover(terms.get(t, 0.0)))
-                              for t in self._name_terms[doc])
+                if _HALVES:
+                    covered = self._covered(doc, terms, wanted)
+                else:
+                    covered = sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else
+                                                  _cover(terms.get(t, 0.0)))
+                                  for t in self._name_terms[doc])
                 score *= 1 + _W_NAME * covered / mass
             if wanted & self._actions[doc]:
                 score *= 1 + _W_ACTION
