@@ -341,19 +341,27 @@ class SearchIndex:
         whose halves it covers ("unstar" for "remove my star"), "undo" for a removal."""
         verbs = self._name_verbs[doc]
         halves = self._halves[doc]
-        if not halves and "undo" not in wanted and "delete" not in wanted:
-            return sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else
-                                       _cover(terms.get(t, 0.0)))
-                       for t in self._name_terms[doc])
+        undo = "delete" in wanted or "undo" in wanted
+        idf = self._idf
+        total = 0.0
+        for t in self._name_terms[doc]:
+            if verbs.get(t) in wanted or (undo and t == "undo"):
+                total += idf[t]
+                continue
+            w = terms.get(t, 0.0)
+            c = 1.0 if w >= 1.0 else (_COVER_EXPANDED if w > 0 else 0.0)
+            if c < 1.0 and t in halves:
+                c = max(c, min(self._half_cover(h, terms, verbs, wanted, undo)
+                               for h in halves[t]))
+            total += idf[t] * c
+        return total
 
-        def cover(t: str) -> float:
-            if verbs.get(t) in wanted or (t == "undo" and wanted & {"delete", "undo"}):
-                return 1.0
-            if t in halves:
-                return min(cover(halves[t][0]), cover(halves[t][1]))
-            return _cover(terms.get(t, 0.0))
-
-        return sum(self._idf[t] * cover(t) for t in self._name_terms[doc])
+    @staticmethod
+    def _half_cover(t: str, terms: dict[str, float], verbs: dict[str, str],
+                    wanted: frozenset[str], undo: bool) -> float:
+        if verbs.get(t) in wanted or (undo and t == "undo"):
+            return 1.0
+        return _cover(terms.get(t, 0.0))
 
     def _wanted(self, query: str) -> frozenset[str]:
         raw = re.findall(r"[a-z]+", query.lower())
@@ -398,9 +406,15 @@ class SearchIndex:
             for doc, tf in self._postings[term]:
                 scores[doc] += w * tf * k1p / (tf + k1)
         depth = max(_RERANK_DEPTH, limit)
-        # Only the head is re-ranked and at most `limit` are returned: select it
-        # (heapq.nsmallest is sorted(...)[:n], ties included) instead of sorting every match.
-        first = heapq.nsmallest(depth, scores.items(), key=_by_score)
+        # Only the head is re-ranked and at most `limit` are returned: select it instead of
+        # sorting every match. The depth-th best score (floats, no key: fast) bounds it; what
+        # reaches it is sorted as before, so ties at the bound fall the same way.
+        if len(scores) > depth:
+            bound = heapq.nlargest(depth, scores.values())[-1]
+            first = sorted(((d, v) for d, v in scores.items() if v >= bound),
+                           key=_by_score)[:depth]
+        else:
+            first = sorted(scores.items(), key=_by_score)
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
         pairs = _pairs(stems)
