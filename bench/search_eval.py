@@ -11,9 +11,14 @@ no query expansion, no field weights), then the pooled rows over the real specs.
 A query's ``expected`` is one operation name or a list of names that answer the task equally;
 a hit is any of them at rank 1 (hit@1) or in the first five (hit@5).
 
-``--failures dev`` lists the dev queries that miss the top 1 with the ranking returned (what
-tuning may look at); the holdout half is never listed. ``--split dev`` prints only the dev rows
-(and the latency), so a tuning run does not show a held-out number at all.
+Splits: ``dev`` and ``holdout`` (the labelled files), ``train`` (round 4's third split,
+tests/data/search_intents_train.json, tuned on like dev), ``all`` (dev + holdout, as before
+round 4) and ``tune`` (dev + train).
+
+``--failures dev`` / ``--failures train`` list the queries of that split that miss the top 1
+with the ranking returned (what tuning may look at); the holdout half is never listed.
+``--split dev`` / ``train`` / ``tune`` print only those rows (and the latency), so a tuning run
+does not show a held-out number at all.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ MODULES = ROOT / "runtimes" / "node_modules"
 TWILIO = MODULES / "@twilio-alpha/mcp/twilio-oai/spec/json"
 QUERY_FILES = (ROOT / "tests/data/github_search_queries.json",
                ROOT / "tests/data/search_intents.json")
+# Round 4's third split, tuned on like dev (docs/catalog.md): never part of holdout or "all".
+TRAIN_FILE = ROOT / "tests/data/search_intents_train.json"
 # The real specs (the demo catalog is the project's own) and who publishes each.
 REAL = {"github": "GitHub", "ghec": "GitHub", "ghes": "GitHub", "rclone": "rclone",
         "dialogporten": "Digdir", "twilio": "Twilio", "figma": "Figma"}
@@ -103,9 +110,12 @@ class PlainBM25:
         return [self.ops[i] for _, i in scored[:limit]]
 
 
+TUNED = ("dev", "train")
+
+
 def load_queries() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for path in QUERY_FILES:
+    for path in (*QUERY_FILES, TRAIN_FILE):
         out += json.loads(path.read_text())["queries"]
     return out
 
@@ -124,7 +134,8 @@ def rank_of(query: dict[str, Any], names: Sequence[str]) -> int | None:
 
 def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, Any]]:
     """``{"<ranker>/<split>": {"n", "hit@1", "hit@5"}}`` for one catalog, splits dev,
-    holdout and all, rankers ``switchboard`` and ``bm25``."""
+    holdout, all (dev + holdout, as before round 4), train and tune (dev + train), rankers
+    ``switchboard`` and ``bm25``."""
     catalog = catalog or load_catalog_sync(CATALOGS[name])
     baseline = PlainBM25(catalog.operations)
     queries = [q for q in load_queries() if q["catalog"] == name]
@@ -133,7 +144,8 @@ def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, A
         raise ValueError(f"{name}: labelled operations not in the catalog: {missing}")
     results: dict[str, dict[str, Any]] = {}
     for ranker in ("switchboard", "bm25"):
-        ranks: dict[str, list[int | None]] = {"dev": [], "holdout": [], "all": []}
+        ranks: dict[str, list[int | None]] = {
+            "dev": [], "holdout": [], "all": [], "train": [], "tune": []}
         for q in queries:
             if ranker == "switchboard":
                 names = [op.name for op, _ in catalog.search(q["query"], limit=5)]
@@ -141,7 +153,10 @@ def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, A
                 names = [op.name for op in baseline.search(q["query"], limit=5)]
             rank = rank_of(q, names)
             ranks[q["split"]].append(rank)
-            ranks["all"].append(rank)
+            if q["split"] in ("dev", "holdout"):
+                ranks["all"].append(rank)
+            if q["split"] in ("dev", "train"):
+                ranks["tune"].append(rank)
         for split, rs in ranks.items():
             n = len(rs)
             results[f"{ranker}/{split}"] = {
@@ -167,11 +182,14 @@ def latency_ms(catalog: Catalog, queries: Sequence[str], repeat: int = 5) -> flo
     return (time.perf_counter() - start) * 1000 / max(repeat * len(queries), 1)
 
 
-def dev_failures(name: str, catalog: Catalog) -> list[str]:
-    """Dev queries whose expected operation is not ranked first, with the top five."""
+def dev_failures(name: str, catalog: Catalog, split: str = "dev") -> list[str]:
+    """Dev (or train) queries whose expected operation is not ranked first, with the top
+    five."""
+    if split not in TUNED:
+        raise ValueError(f"only tuned splits are listed, not {split!r}")
     out = []
     for q in load_queries():
-        if q["catalog"] != name or q["split"] != "dev":
+        if q["catalog"] != name or q["split"] != split:
             continue
         names = [op.name for op, _ in catalog.search(q["query"], limit=5)]
         rank = rank_of(q, names)
@@ -183,19 +201,20 @@ def dev_failures(name: str, catalog: Catalog) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--failures"]:
-        if args[1:] != ["dev"]:
-            print("only the dev half is listed: --failures dev", file=sys.stderr)
+        if len(args) != 2 or args[1] not in TUNED:
+            print("only the tuned splits are listed: --failures dev|train", file=sys.stderr)
             return 2
         for name in CATALOGS:
-            for line in dev_failures(name, load_catalog_sync(CATALOGS[name])):
+            for line in dev_failures(name, load_catalog_sync(CATALOGS[name]), args[1]):
                 print(line)
         return 0
-    splits: tuple[str, ...] = ("dev", "holdout", "all")
+    splits: tuple[str, ...] = ("dev", "train", "tune", "holdout", "all")
     if args[:1] == ["--split"]:
-        if args[1:] != ["dev"]:
-            print("only the dev half can be printed alone: --split dev", file=sys.stderr)
+        if len(args) != 2 or args[1] not in (*TUNED, "tune"):
+            print("only the tuned splits can be printed alone: --split dev|train|tune",
+                  file=sys.stderr)
             return 2
-        splits = ("dev",)
+        splits = ("dev", "train", "tune") if args[1] == "tune" else (args[1],)
     elif args:
         print(f"unknown arguments: {args}", file=sys.stderr)
         return 2

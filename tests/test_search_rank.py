@@ -131,3 +131,47 @@ def test_everyday_words_reach_the_words_specs_use() -> None:
            op("list_notification", "GET", "/Notifications.json", "Retrieve notifications")]
     assert first(ops, "how much did we spend on messages") == "list_message"
     assert first(ops, "how much did we spend this month") == "list_usage_record"
+
+
+# Round 4 (docs/catalog.md): multi-word verbs, on / off, questions and noun phrases, halves.
+WIDGETS = [
+    op("list_widgets", "GET", "/widgets", "List widgets"),
+    op("get_widget", "GET", "/widgets/{id}", "Get a widget"),
+    op("create_widget", "POST", "/widgets", "Create a widget"),
+    op("delete_widget", "DELETE", "/widgets/{id}", "Delete a widget"),
+    op("enable_widget_sync", "PUT", "/widgets/{id}/sync", "Enable widget sync"),
+    op("disable_widget_sync", "DELETE", "/widgets/{id}/sync", "Disable widget sync"),
+    op("check_widget_sync", "GET", "/widgets/{id}/sync", "Check if widget sync is enabled"),
+]
+
+
+def test_multi_word_verbs_are_read_as_one_verb() -> None:
+    assert first(WIDGETS, "get rid of a widget") == "delete_widget"
+    assert first(WIDGETS, "tear down a widget") == "delete_widget"
+    assert first(WIDGETS, "set up a widget") == "create_widget"
+
+
+def test_turning_on_and_off_are_opposites() -> None:
+    assert first(WIDGETS, "turn off widget sync") == "disable_widget_sync"
+    assert first(WIDGETS, "turn on widget sync") == "enable_widget_sync"
+    assert first(WIDGETS, "deactivate widget sync") == "disable_widget_sync"
+
+
+def test_a_question_or_a_noun_phrase_asks_for_a_read() -> None:
+    assert first(WIDGETS, "is widget sync on for this one") == "check_widget_sync"
+    assert first(WIDGETS, "widgets our team owns") == "list_widgets"
+    assert first(WIDGETS, "the widgets of our team") == "list_widgets"
+
+
+def test_a_run_together_name_word_is_covered_by_its_halves() -> None:
+    ops = [op("star_repo", "PUT", "/user/starred/{repo}", "Star a repository"),
+           op("unstar_repo", "DELETE", "/user/starred/{repo}", "Unstar a repository"),
+           op("list_stargazers", "GET", "/repos/{repo}/stargazers", "List stargazers")]
+    assert first(ops, "take my star off a repository") == "unstar_repo"
+    assert first(ops, "remove my star from a repository") == "unstar_repo"
+
+
+def test_table_words_are_found_under_their_base_form() -> None:
+    from gateway.catalog.search import _expansions, _stem
+    assert "subscription" in _expansions("subscribed", _stem("subscribed"))
+    assert tokenize("publicly locally") == ["public", "local"]

@@ -15,11 +15,14 @@ the query's first action word against the name's verb, or the HTTP method and pa
 by the share of the query's adjacent word pairs found adjacent (either order) in the name or
 summary, and by whether the query's head noun ("a new verification *service* for ...") is the
 resource the operation's path ends in. Undoing is an action of its own: "undo the delete",
-"bring back a suspended user" ask for an ``un-`` or restoring operation.
+"bring back a suspended user" ask for an ``un-`` or restoring operation; enabling and disabling
+are each other's opposites. Multi-word verbs are rewritten first ("get rid of", "turn off",
+"take ... off"); a question ("is ...", "how many ...") or a noun phrase without a verb ("emoji
+reactions on a comment") asks for a read.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
-(~1-2 ms over 1,000-1,500 operations, bench/search_eval.py). Pure Python, no model, no data
-beyond this module.
+(~1-2 ms over 1,000-2,200 operations, bench/search_latency.py). Pure Python, no model; the
+word tables are in ``_search_words.py``.
 """
 
 from __future__ import annotations
@@ -31,120 +34,25 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from itertools import pairwise
 
+from gateway.catalog._search_words import (
+    _AFTER_VERB,
+    _ARTICLES,
+    _CANON,
+    _EXPAND,
+    _METHOD_ACTIONS,
+    _NAME_ACTIONS,
+    _PHRASES,
+    _QUERY_ACTIONS,
+    _QUESTION_WORDS,
+    _STOP,
+    _UNDO_WORDS,
+    _UNDOING,
+    _VERB_ONLY,
+)
 from gateway.models import Operation
 
 __all__ = ["SearchIndex", "tokenize"]
 
-_STOP_WORDS = (
-    "a an and are as at be by for from has have how i in into is it its me my of on or our "
-    "please so that the their them then there these this those to us using via was we what "
-    "when where which who will with you your all any some "
-    # everyday function words a task sentence is padded with
-    "no not longer need needs want wants would like can could should do does did just also "
-    "only still already up out currently now someone something somebody one ones about "
-    "there here let lets get's being been"
-)
-_STOP = frozenset(_STOP_WORDS.split())
-# Canonical nouns, applied to queries and documents alike.
-_CANON = {
-    "repository": "repo", "repositories": "repo", "repos": "repo",
-    "organization": "org", "organizations": "org", "orgs": "org",
-    "pr": "pull", "prs": "pull", "mail": "email", "e-mail": "email",
-    "stargazer": "star", "starred": "star", "statistics": "stat", "stats": "stat",
-    "statistic": "stat",
-}
-# Query-side expansions: how people phrase a task → the words APIs use (lower weight).
-_EXPAND: dict[str, tuple[str, ...]] = {
-    "add": ("create",), "new": ("create",), "make": ("create",), "publish": ("create",),
-    "file": ("create",), "submit": ("create",), "post": ("create",), "invite": ("add",),
-    "fetch": ("get",), "retrieve": ("get",), "show": ("get", "list"), "read": ("get",),
-    "view": ("get",), "detail": ("get",), "lookup": ("get",), "look": ("get",),
-    "find": ("list", "search"), "which": ("list",),
-    "edit": ("update",), "change": ("update",), "modify": ("update",), "close": ("update",),
-    "rename": ("update",), "remove": ("delete",), "destroy": ("delete",), "drop": ("delete",),
-    "approve": ("review",), "trigger": ("dispatch", "create"), "run": ("dispatch",),
-    "meeting": ("event",), "appointment": ("event",), "calendar": ("event",),
-    "money": ("transfer",), "pay": ("transfer",), "payment": ("transfer",),
-    "fund": ("balance",), "people": ("contact",), "person": ("contact",),
-    "colleague": ("contact",), "contributed": ("contributor",), "contribut": ("contributor",),
-    "profile": ("user",), "sent": ("outbox", "send"),
-    # Generic API vocabulary: the everyday word -> the word specs use.
-    "text": ("message", "sms"), "sms": ("message",), "mms": ("message", "media"),
-    "picture": ("media", "image"), "photo": ("media", "image"), "image": ("media",),
-    "credit": ("balance",), "alert": ("trigger", "notification"),
-    "threshold": ("trigger", "limit"), "verify": ("validation", "verification"),
-    "passcode": ("verification", "code"), "otp": ("verification", "code"),
-    "exempt": ("safelist", "allowlist", "exception"), "ask": ("request",),
-    "logged": ("me", "current", "authenticated"), "whoami": ("me", "current"),
-    "checksum": ("hash",), "md5": ("hash",), "sha1": ("hash",), "sha256": ("hash",),
-    "undo": ("restore", "revert"), "back": ("restore", "undo"), "dial": ("call", "participant"),
-    "who": ("list", "user", "member", "participant"),
-    "give": ("assign", "grant", "add"), "grant": ("assign", "add"),
-}
-# A generic everyday-to-API vocabulary, written in one pass (not grown from misses): state
-# changes, calls and messages, identity and access, money, files, collaboration, monitoring.
-_VOCABULARY: dict[str, tuple[str, ...]] = {
-    # state changes
-    "terminate": ("end", "cancel", "complete"), "hang": ("end", "terminate", "complete"),
-    "cancel": ("stop", "cancel"), "stop": ("cancel", "end", "disable", "pause"),
-    "resume": ("start", "unpause"), "restart": ("rerun", "retry"), "rerun": ("retry", "run"),
-    "retry": ("rerun",), "renew": ("refresh", "update"), "refresh": ("renew", "rotate"),
-    "rotate": ("regenerate", "refresh"), "revoke": ("delete", "remove"),
-    "disconnect": ("delete", "remove", "end"), "connect": ("create", "link"),
-    "uninstall": ("delete", "remove"), "leave": ("remove", "delete"),
-    "join": ("participant", "member", "add"), "accept": ("approve", "update"),
-    "reject": ("decline", "dismiss", "deny"), "decline": ("reject", "dismiss"),
-    "expire": ("expiration", "expiry"), "mute": ("hold", "update"),
-    "forward": ("redirect",), "redirect": ("forward", "update"),
-    "copy": ("duplicate", "clone"), "duplicate": ("copy",), "move": ("transfer", "rename"),
-    "export": ("download",), "import": ("upload",), "backup": ("snapshot", "copy"),
-    # calls, messages, media
-    "caller": ("call", "from"), "phone": ("number",), "voicemail": ("recording",),
-    "transcript": ("transcription",), "transcribe": ("transcription",),
-    "chat": ("message", "conversation"), "reply": ("comment", "response", "message"),
-    "attendee": ("participant", "member"), "video": ("media",),
-    "attachment": ("media", "file"), "delivered": ("delivery", "status"),
-    # identity and access
-    "enroll": ("register", "factor", "create"), "register": ("create", "enroll"),
-    "signup": ("register",), "login": ("auth", "session", "token"),
-    "authenticate": ("auth", "token", "login"), "password": ("credential", "secret"),
-    "key": ("secret", "credential", "token"), "secret": ("credential", "key"),
-    "token": ("key", "credential"), "mfa": ("factor", "verification"),
-    "2fa": ("factor", "verification"), "myself": ("me", "authenticated"),
-    "identity": ("user", "me"), "role": ("permission",), "permission": ("role", "access"),
-    "access": ("permission",), "owner": ("admin",), "admin": ("owner", "administrator"),
-    "allow": ("allowlist", "permit", "grant"), "whitelist": ("allowlist", "safelist"),
-    "blacklist": ("blocklist", "denylist"), "block": ("ban", "deny"), "ban": ("block",),
-    "spam": ("fraud", "block"),
-    # money and usage
-    "cost": ("price", "pricing", "usage", "billing"), "price": ("pricing", "cost"),
-    "bill": ("billing", "invoice", "usage"), "spend": ("usage", "billing", "cost"),
-    "quota": ("limit", "usage"), "limit": ("quota", "rate"),
-    # files and storage
-    "folder": ("directory", "dir"), "directory": ("folder", "dir"),
-    # collaboration and organisation
-    "team": ("group",), "group": ("team",), "member": ("user", "participant"),
-    "participant": ("member",), "tag": ("label",), "label": ("tag",),
-    "favorite": ("star",), "follow": ("watch", "subscribe"), "subscribe": ("subscription",),
-    "unsubscribe": ("subscription",), "link": ("url",), "url": ("link",),
-    "bot": ("app",), "integration": ("app", "installation"), "application": ("app",),
-    "job": ("run", "task"), "task": ("job",), "pipeline": ("workflow",),
-    "workflow": ("pipeline",),
-    # monitoring and settings
-    "notify": ("notification", "alert"), "webhook": ("hook", "callback"),
-    "callback": ("webhook", "hook"), "log": ("audit", "event"),
-    "history": ("log", "event", "activity", "version"), "activity": ("event", "log"),
-    "version": ("revision", "release"), "revision": ("version",),
-    "status": ("state",), "state": ("status",), "health": ("status", "ping"),
-    "config": ("configuration", "setting", "option"),
-    "setting": ("configuration", "config", "option", "preference"),
-    "option": ("setting", "config"), "preference": ("setting",),
-    "analytics": ("stat", "metric", "usage"), "metric": ("stat", "analytics"),
-    "use": ("usage",), "used": ("usage",), "count": ("stat", "total"),
-    "total": ("count", "stat"),
-}
-assert not set(_VOCABULARY) & set(_EXPAND)
-_EXPAND.update(_VOCABULARY)
 _EXPANSION_WEIGHT = 0.4
 # (field, weight, length normalisation b) for BM25F.
 _FIELDS = (("name", 3.0, 0.75), ("summary", 2.0, 0.75), ("tags", 1.0, 0.3),
@@ -155,6 +63,8 @@ _DESCRIPTION_TOKENS = 80
 def _stem(token: str) -> str:
     if token in _CANON:
         return _CANON[token]
+    if len(token) > 6 and token.endswith(("lly", "ely", "cly", "tly", "sly")):
+        token = token[:-2]  # locally -> local, privately -> private, publicly -> public
     if len(token) > 4 and token.endswith("ies"):
         token = token[:-3] + "y"
     elif len(token) > 4 and token.endswith(("ches", "shes", "sses", "xes")):
@@ -182,6 +92,24 @@ def tokenize(text: str) -> list[str]:
     return [_stem(w) for w in _words(text)]
 
 
+def _expansions(word: str, stem: str) -> tuple[str, ...]:
+    """The table's words for ``word`` under its own, stemmed or base form ("subscribed",
+    "approved", "invites" find the entries of "subscribe", "approve", "invite")."""
+    forms = [word, stem]
+    if word.endswith("ed"):
+        forms += [word[:-1], word[:-2]]
+    elif word.endswith("ing"):
+        forms += [word[:-3], word[:-3] + "e"]
+    elif word.endswith("s"):
+        forms.append(word[:-1])
+    out: list[str] = []
+    for form in dict.fromkeys(forms):
+        out += _EXPAND.get(form, ())
+    return tuple(out)
+
+
+
+
 def _query_terms(query: str) -> dict[str, float]:
     terms: dict[str, float] = {}
     verb = _action_word(query)
@@ -191,7 +119,7 @@ def _query_terms(query: str) -> dict[str, float]:
         if word in _VERB_ONLY or stem in _VERB_ONLY or word == verb:
             weight = _EXPANSION_WEIGHT
         terms[stem] = max(terms.get(stem, 0.0), weight)
-        for extra in _EXPAND.get(word, ()) + _EXPAND.get(stem, ()):
+        for extra in _expansions(word, stem):
             for term in tokenize(extra):
                 terms.setdefault(term, _EXPANSION_WEIGHT)
     # Stop words carry no term of their own but may still say what is meant ("who").
@@ -217,52 +145,16 @@ def _fields(op: Operation) -> dict[str, list[str]]:
     }
 
 
-# The five things a task asks an API to do. A query's verbs say which it wants; an operation's
-# name verb (or, without one, its HTTP method and whether the path ends in an item) says
-# which it does. Generic English, no vendor words.
-_QUERY_ACTIONS: dict[str, tuple[str, ...]] = {
-    "list": ("list",), "show": ("list", "get"), "which": ("list",), "who": ("list",),
-    "all": ("list",), "find": ("list",), "search": ("list",), "browse": ("list",),
-    "what": ("list", "get"),
-    "get": ("get",), "fetch": ("get",), "read": ("get",), "retrieve": ("get",),
-    "download": ("get",), "look": ("get",), "lookup": ("get",), "detail": ("get",),
-    "view": ("get",), "see": ("get", "list"),
-    "create": ("create",), "add": ("create",), "new": ("create",), "make": ("create",),
-    "send": ("create",), "start": ("create",), "open": ("create",), "file": ("create",),
-    "post": ("create",), "submit": ("create",), "publish": ("create",), "upload": ("create",),
-    "generate": ("create",), "write": ("create",), "text": ("create",), "attach": ("create",),
-    "enroll": ("create",), "give": ("create",), "grant": ("create",),
-    "set": ("update", "create"),
-    "update": ("update",), "change": ("update",), "edit": ("update",), "modify": ("update",),
-    "rename": ("update",), "replace": ("update",), "enable": ("update",),
-    "disable": ("update",), "close": ("update",), "end": ("update",), "hang": ("update",),
-    "pause": ("update",), "redact": ("update",),
-    "delete": ("delete",), "remove": ("delete",), "drop": ("delete",), "destroy": ("delete",),
-    "erase": ("delete",), "release": ("delete",), "kick": ("delete",),
-    # the generic vocabulary's verbs
-    "register": ("create",), "subscribe": ("create",),
-    "join": ("create",), "connect": ("create",), "invite": ("create",),
-    "revoke": ("delete",), "uninstall": ("delete",), "disconnect": ("delete",),
-    "leave": ("delete",), "unsubscribe": ("delete",),
-    "accept": ("update",), "reject": ("update",), "decline": ("update",),
-    "mute": ("update",), "resume": ("update",), "stop": ("update",), "cancel": ("update",),
-    "renew": ("update",), "rotate": ("update",), "terminate": ("update", "delete"),
-    "export": ("get",),
-}
-# Query words that only say what to do, not to what: their own term counts little.
-_VERB_ONLY = frozenset(["get", "fetch", "read", "retrieve", "show", "view", "see", "look",
-                        "lookup", "detail", "find", "list"])
-_NAME_ACTIONS: dict[str, str] = {
-    "list": "list", "search": "list", "find": "list", "query": "list",
-    "get": "get", "fetch": "get", "read": "get", "retrieve": "get", "show": "get",
-    "create": "create", "add": "create", "post": "create", "new": "create", "send": "create",
-    "update": "update", "put": "update", "patch": "update", "edit": "update", "modify": "update",
-    "set": "update", "replace": "update",
-    "delete": "delete", "remove": "delete", "purge": "delete", "destroy": "delete",
-}
+
+
+
+def _rewrite(query: str) -> str:
+    for pattern, repl in _PHRASES:
+        query = pattern.sub(repl, query)
+    return query
+
+
 _STEMMED_ACTIONS = {_stem(w): a for w, a in _NAME_ACTIONS.items()}
-_METHOD_ACTIONS = {"POST": ("create",), "PUT": ("update", "create"), "PATCH": ("update",),
-                   "DELETE": ("delete",)}
 
 
 def _op_actions(op: Operation) -> frozenset[str]:
@@ -277,6 +169,8 @@ def _op_actions(op: Operation) -> frozenset[str]:
     if named:
         if "get" in named and op.method == "GET" and not item:
             named.add("list")
+        if named & {"enable", "disable"}:  # turning on or off is an update, not its opposite
+            named.add("update")
         return frozenset(named)
     return frozenset(from_method)
 
@@ -291,12 +185,6 @@ def _action_word(query: str) -> str:
     return ""
 
 
-# Words that reverse the action after them: "undo the delete" does not ask for a delete.
-_UNDOING = frozenset(["undo", "revert", "reverse"])
-# Undoing is an action of its own: a query with one of these words (or "back", as in "bring
-# back", "roll back", not "back up") asks for it, and an operation does it when its name has an
-# ``un-`` word (unsuspend, unarchive) or a restoring verb.
-_UNDO_WORDS = frozenset(["undo", "revert", "reverse", "restore", "reinstate", "recover"])
 _UNDO_NAME_TERMS = frozenset(_stem(w) for w in ("undo", "restore", "revert", "reinstate",
                                                 "recover"))
 
@@ -314,9 +202,6 @@ def _query_actions(query: str) -> frozenset[str]:
     return frozenset(_QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)) or ())
 
 
-# Function words that may stand inside a noun phrase ("a new verification service").
-_ARTICLES = frozenset(["a", "an", "the", "my", "our", "your", "their", "its", "this", "these",
-                       "those", "all", "every", "each"])
 
 
 def _query_head(query: str) -> str:
@@ -360,18 +245,23 @@ _W_ACTION = 0.5
 _COVER_EXPANDED = 0.4
 
 
-def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[str]]]) -> None:
+def _split_compounds(operations: Sequence[Operation],
+                     docs: list[dict[str, list[str]]]) -> list[dict[str, tuple[str, str]]]:
     """Run-together name words ("deletefile", "hashsum") also count as their two halves when
     both halves are words the catalog uses elsewhere; ``un-`` words as the word and "undo"."""
     vocab: set[str] = set()
     for doc in docs:
         vocab.update(doc["name"])
         vocab.update(doc["summary"])
+    halves: list[dict[str, tuple[str, str]]] = []
     for op, doc in zip(operations, docs, strict=True):
         extra: list[str] = []
+        split: dict[str, tuple[str, str]] = {}
+        halves.append(split)
         for word in _words(op.short_name):
             if word.startswith("un") and _stem(word[2:]) in vocab:
                 extra += [_stem(word[2:]), "undo"]
+                split[_stem(word)] = (_stem(word[2:]), "undo")
                 continue
             if len(word) < 7 or not word.isalpha():
                 continue
@@ -381,11 +271,14 @@ def _split_compounds(operations: Sequence[Operation], docs: list[dict[str, list[
                     continue
                 if _stem(head) in vocab and _stem(tail) in vocab:
                     extra += [_stem(head), _stem(tail)]
+                    split[_stem(word)] = (_stem(head), _stem(tail))
                     break
         doc["name"] = doc["name"] + extra
+    return halves
 
 
 _W_BIGRAM = 0.25
+
 # x (1 + _W_HEAD) when the query's head noun is the resource at the end of the operation's path.
 _W_HEAD = 0.25
 
@@ -393,6 +286,10 @@ _W_HEAD = 0.25
 def _pairs(terms: Sequence[str]) -> frozenset[frozenset[str]]:
     """Adjacent term pairs, either order ("repository issues" and "issues of a repository")."""
     return frozenset(frozenset(p) for p in pairwise(terms) if p[0] != p[1])
+
+
+def _plural(word: str) -> bool:
+    return len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is"))
 
 
 def _cover(weight: float) -> float:
@@ -406,7 +303,7 @@ class SearchIndex:
     def __init__(self, operations: Sequence[Operation], *, k1: float = 1.2) -> None:
         self.k1 = k1
         docs = [_fields(op) for op in operations]
-        _split_compounds(operations, docs)
+        self._halves = _split_compounds(operations, docs)
         n = len(docs)
         avg = {f: (sum(len(d[f]) for d in docs) / n if n else 1.0) or 1.0 for f, _, _ in _FIELDS}
         # term -> [(doc, pseudo term frequency)]: the field-weighted, length-normalised tf.
@@ -437,18 +334,64 @@ class SearchIndex:
         self._name_vocab: frozenset[str] = frozenset().union(*self._name_terms)
         self._bigrams = [_pairs(d["name"]) | _pairs(d["summary"]) for d in docs]
 
+
+    def _covered(self, doc: int, terms: dict[str, float], wanted: frozenset[str]) -> float:
+        """The IDF mass of the name terms the query covers: a term it has (a synonym-only
+        match counts _COVER_EXPANDED), a name verb doing the action asked, a run-together word
+        whose halves it covers ("unstar" for "remove my star"), "undo" for a removal."""
+        verbs = self._name_verbs[doc]
+        halves = self._halves[doc]
+        undo = "delete" in wanted or "undo" in wanted
+        idf = self._idf
+        total = 0.0
+        for t in self._name_terms[doc]:
+            if verbs.get(t) in wanted or (undo and t == "undo"):
+                total += idf[t]
+                continue
+            w = terms.get(t, 0.0)
+            c = 1.0 if w >= 1.0 else (_COVER_EXPANDED if w > 0 else 0.0)
+            if c < 1.0 and t in halves:
+                c = max(c, min(self._half_cover(h, terms, verbs, wanted, undo)
+                               for h in halves[t]))
+            total += idf[t] * c
+        return total
+
+    @staticmethod
+    def _half_cover(t: str, terms: dict[str, float], verbs: dict[str, str],
+                    wanted: frozenset[str], undo: bool) -> float:
+        if verbs.get(t) in wanted or (undo and t == "undo"):
+            return 1.0
+        return _cover(terms.get(t, 0.0))
+
     def _wanted(self, query: str) -> frozenset[str]:
+        raw = re.findall(r"[a-z]+", query.lower())
+        if raw and raw[0] in _QUESTION_WORDS and not _undo_asked(query):
+            return frozenset(("get", "list"))
+        if raw and not _query_actions(raw[0]) and (
+                raw[0] in _ARTICLES or _plural(raw[0])) and not _undo_asked(query):
+            # "every open ticket filed in ...", "webhooks set up for our team": a noun
+            # phrase whose later verb is a participle; a read.
+            return frozenset(("list",) if _plural(raw[0]) else ("list", "get"))
         wanted = _query_actions(query)
         if not wanted:
             words = _words(query)
             # "comment on an issue", "fork a repository": a resource used as the verb.
             if (words and not words[0].endswith("s") and _stem(words[0]) in self._name_vocab
-                    and words[0] not in _UNDOING):
+                    and words[0] not in _UNDOING
+                    and (len(raw) < 2 or raw[1] in _AFTER_VERB)):
                 wanted = frozenset(("create",))
+            elif words and (raw[0] in _STOP or raw[0] in _ARTICLES or _plural(raw[0])
+                            or (len(raw) > 1 and raw[1] not in _AFTER_VERB)):
+                # A noun phrase, no verb ("webhooks of our team", "the caller ids verified
+                # for ..."): a read; a plural head asks for a list.
+                head = _query_head(query)
+                plural = any(_stem(w) == head and w != head for w in words)
+                wanted = frozenset(("list",) if plural else ("list", "get"))
         return wanted
 
     def search(self, query: str, limit: int = 10) -> list[tuple[int, float]]:
         """``(document index, score)`` pairs, best first, only documents matching a term."""
+        query = _rewrite(query)
         terms = _query_terms(query)
         if not terms or limit <= 0:
             return []
@@ -463,9 +406,15 @@ class SearchIndex:
             for doc, tf in self._postings[term]:
                 scores[doc] += w * tf * k1p / (tf + k1)
         depth = max(_RERANK_DEPTH, limit)
-        # Only the head is re-ranked and at most `limit` are returned: select it
-        # (heapq.nsmallest is sorted(...)[:n], ties included) instead of sorting every match.
-        first = heapq.nsmallest(depth, scores.items(), key=_by_score)
+        # Only the head is re-ranked and at most `limit` are returned: select it instead of
+        # sorting every match. The depth-th best score (floats, no key: fast) bounds it; what
+        # reaches it is sorted as before, so ties at the bound fall the same way.
+        if len(scores) > depth:
+            bound = heapq.nlargest(depth, scores.values())[-1]
+            first = sorted(((d, v) for d, v in scores.items() if v >= bound),
+                           key=_by_score)[:depth]
+        else:
+            first = sorted(scores.items(), key=_by_score)
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
         pairs = _pairs(stems)
@@ -476,11 +425,7 @@ class SearchIndex:
                 score *= 1 + _W_HEAD
             mass = self._name_mass[doc]
             if mass:
-                verbs = self._name_verbs[doc]
-                covered = sum(self._idf[t] * (1.0 if verbs.get(t) in wanted else
-                                              _cover(terms.get(t, 0.0)))
-                              for t in self._name_terms[doc])
-                score *= 1 + _W_NAME * covered / mass
+                score *= 1 + _W_NAME * self._covered(doc, terms, wanted) / mass
             if wanted & self._actions[doc]:
                 score *= 1 + _W_ACTION
             if pairs:
