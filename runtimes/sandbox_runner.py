@@ -150,7 +150,11 @@ def _make_function(spec: dict[str, Any]) -> Any:
 
 
 def install_sdk(specs_json: str) -> None:
-    """(Re)build the ``sdk`` package and one module per backend from the catalog's functions."""
+    """(Re)build the ``sdk`` package and one module per backend from the catalog's functions.
+
+    A real catalog has thousands of operations and a run uses a few: a function (its parsed
+    signature, ~1 ms each in Pyodide) is made the first time it is looked up, then kept in its
+    module, so installing costs about one ``json.loads`` of the catalog (docs/sandbox.md)."""
     specs = json.loads(specs_json)
     for key in [k for k in sys.modules if k == "sdk" or k.startswith("sdk.")]:
         del sys.modules[key]
@@ -159,30 +163,54 @@ def install_sdk(specs_json: str) -> None:
     pkg.SdkError = SdkError  # type: ignore[attr-defined]
     pkg.search = search  # type: ignore[attr-defined]
     pkg.describe = describe  # type: ignore[attr-defined]
-    backends: dict[str, types.ModuleType] = {}
-    listed: dict[str, int] = {}
+    backends: dict[str, tuple[types.ModuleType, dict[str, dict[str, Any]]]] = {}
     for spec in specs:
         backend = _ident(str(spec["backend"]))
-        mod = backends.get(backend)
-        if mod is None:
+        entry = backends.get(backend)
+        if entry is None:
             mod = types.ModuleType(f"sdk.{backend}")
             mod.__doc__ = f"Operations of the {spec['backend']!s} backend:\n"
-            backends[backend] = mod
-            listed[backend] = 0
-        fn = _make_function(spec)
-        setattr(mod, fn.__name__, fn)
-        listed[backend] += 1
-        if listed[backend] <= _HELP_LISTED:  # help(module) stays short for a big backend
+            entry = backends[backend] = (mod, {})
+        mod, table = entry
+        name = _ident(str(spec["function"]))
+        table.pop(name, None)  # a later spec of the same name wins, as a later setattr did
+        table[name] = spec
+        if len(table) <= _HELP_LISTED:  # help(module) stays short for a big backend
             summary = str(spec.get("doc", "")).strip().splitlines()[:1]
-            mod.__doc__ += f"\n  {spec.get('signature', fn.__name__)}\n      {''.join(summary)}"
-    for backend, n in listed.items():
-        if n > _HELP_LISTED:
-            backends[backend].__doc__ += (
-                f"\n\n  ... and {n - _HELP_LISTED} more: sdk.search('what you need') finds them")
-    for name, mod in backends.items():
-        setattr(pkg, name, mod)
-        sys.modules[f"sdk.{name}"] = mod
+            mod.__doc__ += f"\n  {spec.get('signature', name)}\n      {''.join(summary)}"
+    for backend, (mod, table) in backends.items():
+        if len(table) > _HELP_LISTED:
+            mod.__doc__ += (f"\n\n  ... and {len(table) - _HELP_LISTED} more: "
+                            "sdk.search('what you need') finds them")
+        _make_lazy(mod, table)
+        setattr(pkg, backend, mod)
+        sys.modules[f"sdk.{backend}"] = mod
     sys.modules["sdk"] = pkg
+
+
+def _make_lazy(mod: types.ModuleType, table: dict[str, dict[str, Any]]) -> None:
+    """Module ``__getattr__``/``__dir__`` (PEP 562): a function is built on first lookup."""
+
+    def __getattr__(name: str) -> Any:
+        spec = table.get(name)
+        if spec is None:
+            raise AttributeError(f"module {mod.__name__!r} has no attribute {name!r}")
+        fn = _make_function(spec)
+        setattr(mod, name, fn)  # later lookups find it in the module: one object per name
+        return fn
+
+    def __dir__() -> list[str]:
+        return sorted(set(mod.__dict__) | set(table))
+
+    mod.__getattr__ = __getattr__  # type: ignore[method-assign]
+    mod.__dir__ = __dir__  # type: ignore[method-assign]
+    mod.__all__ = list(table)
+
+
+def use_sdk(specs_json: str, rev: str) -> None:
+    """Install a revision ahead of its first run (a fresh interpreter, before any user code)."""
+    install_sdk(specs_json)
+    _state["rev"] = rev
 
 
 _HELP_LISTED = 25  # functions listed in a backend module's docstring
@@ -300,6 +328,9 @@ def run(source: str, inputs_json: str, sdk_json: str | None, sdk_rev: str, host:
     if sdk_json is not None and (sdk_rev != _state["rev"] or not sdk_rev):
         install_sdk(sdk_json)
         _state["rev"] = sdk_rev
+    elif sdk_json is None and sdk_rev != _state["rev"]:
+        # The supervisor sends null only for the revision this interpreter holds.
+        raise RuntimeError(f"SDK revision {sdk_rev!r} was never installed")
     if session:
         if _state["session_ns"] is None:
             _state["session_ns"] = {"__name__": "__main__", "__builtins__": builtins}

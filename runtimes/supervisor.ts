@@ -117,11 +117,18 @@ let worker: Worker | null = null;
 let workerReady = false;
 let session = false; // a session process keeps its worker between runs
 let current: Run | null = null;
+// The SDK text of the latest revision the host sent (the host's catalog data, trusted), kept so
+// every new interpreter is restored with it installed and the host need not send it again; and
+// the revision the current worker holds (null: none).
+let sdkText: string | null = null;
+let sdkRev = "";
+let workerRev: string | null = null;
 
 function killWorker() {
   if (worker) worker.terminate();
   worker = null;
   workerReady = false;
+  workerRev = null;
 }
 
 function finish(run: Run, msg: Any) {
@@ -196,6 +203,7 @@ function startWorker(): Promise<void> {
   return new Promise<void>((resolve) => {
     const w = newWorker();
     worker = w;
+    const installed = sdkText === null ? null : sdkRev; // what init installs, below
     let settled = false;
     const fail = (why: string) => {
       if (settled) return;
@@ -213,6 +221,7 @@ function startWorker(): Promise<void> {
         settled = true;
         clearTimeout(t);
         workerReady = true;
+        workerRev = installed;
         w.onmessage = (e2) => {
           if (worker === w) onWorkerMessage(e2.data);
         };
@@ -235,7 +244,10 @@ function startWorker(): Promise<void> {
       else killWorker();
     };
     const copy = snapshot.slice(); // private to this worker, transferred, never kept here
-    w.postMessage({ t: "init", mode: "restore", snap: copy, mod: wasmModule }, [copy.buffer]);
+    w.postMessage(
+      { t: "init", mode: "restore", snap: copy, mod: wasmModule, sdk: sdkText, rev: sdkRev },
+      [copy.buffer],
+    );
   });
 }
 
@@ -243,9 +255,26 @@ function startWorker(): Promise<void> {
 
 function startRun(m: Any) {
   const id = String(m.id);
+  const rev = String(m.rev ?? "");
+  if (typeof m.sdk === "string") {
+    sdkText = m.sdk;
+    sdkRev = rev;
+  }
   if (current || !worker || !workerReady) {
     send({ t: "done", id, status: "crashed", reason: "no idle interpreter in this process", dropped: session });
     return;
+  }
+  // What the worker needs of the SDK: nothing if it holds this revision, else its text (sent
+  // with this frame or kept from an earlier one). The host sends null only for a revision it
+  // sent this process before.
+  let sdk: string | null = null;
+  if (rev === "" || workerRev !== rev) {
+    sdk = typeof m.sdk === "string" ? m.sdk : (sdkText !== null && sdkRev === rev ? sdkText : null);
+    if (sdk === null) {
+      send({ t: "done", id, status: "crashed", reason: "no SDK text for this revision", dropped: Boolean(m.session) });
+      return;
+    }
+    workerRev = rev; // the runner installs it before the code runs
   }
   session = Boolean(m.session);
   const maxResult = Number(m.maxResult) || 1048576;
@@ -261,7 +290,7 @@ function startRun(m: Any) {
   }, Math.max(1, Number(m.timeoutMs) || 1));
   worker.postMessage({
     t: "run", source: String(m.source), inputs: String(m.inputs),
-    sdk: m.sdk === null || m.sdk === undefined ? null : String(m.sdk), rev: String(m.rev ?? ""),
+    sdk, rev,
     session, maxOut: run.budget, maxResult,
   });
 }
@@ -291,23 +320,36 @@ function onHost(m: Any) {
 }
 
 async function readLoop() {
-  let buf = new Uint8Array(0);
-  const chunk = new Uint8Array(65536);
+  // One buffer that doubles as needed (a frame of several MiB arrives in 64 KiB reads: copying
+  // everything received so far on every read was quadratic in the frame's size).
+  const CHUNK = 65536;
+  let buf = new Uint8Array(CHUNK);
+  let used = 0;
+  const chunk = new Uint8Array(CHUNK);
   while (true) {
     const n = await conn.read(chunk);
     if (n === null) break;
-    const next = new Uint8Array(buf.length + n);
-    next.set(buf);
-    next.set(chunk.subarray(0, n), buf.length);
-    buf = next;
-    while (buf.length >= 4) {
-      const len = new DataView(buf.buffer, buf.byteOffset).getUint32(0);
+    if (used + n > buf.length) {
+      const next = new Uint8Array(Math.max(buf.length * 2, used + n));
+      next.set(buf.subarray(0, used));
+      buf = next;
+    }
+    buf.set(chunk.subarray(0, n), used);
+    used += n;
+    let off = 0;
+    while (used - off >= 4) {
+      const len = new DataView(buf.buffer, off).getUint32(0);
       if (len > MAX_HOST_FRAME) Deno.exit(4); // the host never sends these
-      if (buf.length < 4 + len) break;
-      const msg = JSON.parse(dec.decode(buf.subarray(4, 4 + len)));
-      buf = buf.slice(4 + len);
+      if (used - off < 4 + len) break;
+      const msg = JSON.parse(dec.decode(buf.subarray(off + 4, off + 4 + len)));
+      off += 4 + len;
       onHost(msg);
     }
+    if (off > 0) {
+      buf.copyWithin(0, off, used);
+      used -= off;
+    }
+    if (used === 0 && buf.length > 16 * CHUNK) buf = new Uint8Array(CHUNK); // give a big one back
   }
   Deno.exit(0); // the host went away: nothing may outlive it
 }

@@ -192,6 +192,9 @@ async function init(msg: Any) {
   const runner = py.pyimport("_sandbox_runner");
   runFn = runner.run;
   await runner.warm.callPromising(Promise.resolve("{}"));
+  // The SDK of the process's last run, installed before this interpreter is offered: a run of
+  // the same revision finds it ready (the host's catalog data; no run has touched this isolate).
+  if (typeof msg.sdk === "string") runner.use_sdk(msg.sdk, String(msg.rev));
   sealGlobals(); // last: nothing of ours needs these after the warm-up
   post({ t: "ready" });
 }

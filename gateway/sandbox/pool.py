@@ -475,7 +475,10 @@ class SandboxPool:
         t0 = time.perf_counter()
         out = Output(budget=max(0, limits.max_output_bytes))
         calls = CallState(limit=limits.max_host_calls, allowed=self._allowed(req))
-        send_sdk = sess is None or sess.rev != req.sdk_revision or not req.sdk_revision
+        # The SDK text (a whole catalog: MiBs) crosses the socket once per process and revision;
+        # the supervisor keeps it and restores each new interpreter with it installed.
+        rev = req.sdk_revision
+        send_sdk = (not rev or (proc.sdk_rev != rev if sess is None else sess.rev != rev))
         # The memory this run may allocate, enforced by the kernel: baseline + memory_mb.
         base = sess.base if sess is not None else proc.vm_data()
         proc.set_data_limit(base + max(1, limits.memory_mb) * MIB)
@@ -492,6 +495,8 @@ class SandboxPool:
             except SandboxError:
                 raise InvalidRequest("source and inputs are too large for the sandbox",
                                      field="inputs") from None
+            if send_sdk:
+                proc.sdk_rev = rev
             done = await drive(proc, run_id, queue, limits.timeout_ms, self.settings.kill_grace_s,
                                out, calls, host_call, on_event, self._counters)
         except asyncio.CancelledError:

@@ -146,6 +146,7 @@ class DenoProcess:
         self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._early: tuple[asyncio.StreamReader, asyncio.StreamWriter, int] | None = None
         self.ready = False  # connected, and an idle interpreter is waiting
+        self.sdk_rev: str | None = None  # the SDK revision whose text the supervisor holds
         self.dead = False
         self.death: SandboxError | None = None
         self.start_ms = 0
@@ -163,6 +164,7 @@ class DenoProcess:
                                f"{self._deno_dir} (use sealed_deno_dir)")
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
+        self.sdk_rev = None
         self._connected = loop.create_future()
         with contextlib.suppress(FileNotFoundError):
             self._sock.unlink()

@@ -46,7 +46,9 @@ MAX_REPLY_OVERHEAD = 64 * 1024  # error text and flags around a result of max_re
 HOST_FRAMES: dict[str, tuple[str, ...]] = {
     # Run one program on the idle interpreter. timeoutMs: ms from receipt; maxOut: bytes of
     # stdout+stderr; maxResult: bytes of result JSON; maxCalls: host-call budget; session: keep
-    # the interpreter afterwards; sdk: JSON list of SDK functions or null (unchanged revision).
+    # the interpreter afterwards; sdk: JSON list of SDK functions, or null for the revision
+    # `rev` whose text this process was sent before (it keeps the latest revision's text and
+    # restores every new interpreter with it installed).
     "run": ("id", "source", "inputs", "sdk", "rev", "session", "timeoutMs", "maxOut",
             "maxResult", "maxCalls"),
     "host_result": ("id", "call", "reply"),  # reply: JSON {ok, value | error}
