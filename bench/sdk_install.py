@@ -59,27 +59,32 @@ async def _child(tree: Path, n: int, runs: int) -> dict[str, Any]:
     pool = SandboxPool(SandboxSettings(workers=1, runtime_dir=tree / "runtimes"))
     await pool.start()
 
-    async def ready_pid() -> int:
+    async def ready_pid(recycles: int = -1) -> int:
+        """The process's pid once it has restored its next interpreter (``recycles``: the
+        pool's count before the last run; the restore after it must have ended)."""
         while True:
             procs = [p for p in pool._slots if p is not None and p.ready and not p.dead]
-            if procs and procs[0].pid is not None:
+            if (procs and procs[0].pid is not None
+                    and pool.stats()["recycles"] > recycles):
                 await asyncio.sleep(0.2)  # let the restore's background threads settle
                 return procs[0].pid
             await asyncio.sleep(0.02)
 
     try:
+        recycles = pool.stats()["recycles"]
         r = await pool.run(req(), host)  # untimed: the process's first run of this revision
         assert r.ok, r.error
         walls: list[float] = []
         cpus: list[float] = []
-        pid = await ready_pid()
+        pid = await ready_pid(recycles)
         mark = _cpu(pid) + time.process_time()
         for _ in range(runs):
+            recycles = pool.stats()["recycles"]
             t0 = time.perf_counter()
             r = await pool.run(req(), host)
             walls.append((time.perf_counter() - t0) * 1e3)
             assert r.ok, r.error
-            new_pid = await ready_pid()
+            new_pid = await ready_pid(recycles)
             if new_pid != pid:
                 raise RuntimeError("the sandbox process was replaced during the bench")
             now = _cpu(pid) + time.process_time()
