@@ -87,6 +87,8 @@ def describe(name: str, path: str | None = None, page: int | None = None) -> Any
 
 
 def _ident(name: str) -> str:
+    if name.isascii() and name.isidentifier() and not keyword.iskeyword(name):
+        return name  # the common case, without a loop over its characters (install_sdk)
     out = "".join(c if (c.isalnum() or c == "_") else "_" for c in name) or "_"
     if out[0].isdigit():
         out = "_" + out
