@@ -151,13 +151,14 @@ def _make_function(spec: dict[str, Any]) -> Any:
     return sdk_function
 
 
-def install_sdk(specs_json: str) -> None:
-    """(Re)build the ``sdk`` package and one module per backend from the catalog's functions.
+def install_sdk(sdk_text: str) -> None:
+    """(Re)build the ``sdk`` package and one module per backend from the host's SDK text.
 
-    A real catalog has thousands of operations and a run uses a few: a function (its parsed
-    signature, ~1 ms each in Pyodide) is made the first time it is looked up, then kept in its
-    module, so installing costs about one ``json.loads`` of the catalog (docs/sandbox.md)."""
-    specs = json.loads(specs_json)
+    A real catalog has thousands of operations and a run uses a few: each function's spec
+    arrives as a JSON string and is parsed, and the function built (its signature parsed, ~1 ms
+    in Pyodide), the first time code looks it up; so installing costs one decode of the text
+    (the format: gateway/sandbox/sdk_text.py, runtimes/PROTOCOL.md)."""
+    data = json.loads(sdk_text)
     for key in [k for k in sys.modules if k == "sdk" or k.startswith("sdk.")]:
         del sys.modules[key]
     pkg = types.ModuleType("sdk", "Backend operations you may call. sdk.search(q) finds them.")
@@ -165,39 +166,31 @@ def install_sdk(specs_json: str) -> None:
     pkg.SdkError = SdkError  # type: ignore[attr-defined]
     pkg.search = search  # type: ignore[attr-defined]
     pkg.describe = describe  # type: ignore[attr-defined]
-    backends: dict[str, tuple[types.ModuleType, dict[str, dict[str, Any]]]] = {}
-    for spec in specs:
-        backend = _ident(str(spec["backend"]))
-        entry = backends.get(backend)
-        if entry is None:
-            mod = types.ModuleType(f"sdk.{backend}")
-            mod.__doc__ = f"Operations of the {spec['backend']!s} backend:\n"
-            entry = backends[backend] = (mod, {})
-        mod, table = entry
-        name = _ident(str(spec["function"]))
-        table.pop(name, None)  # a later spec of the same name wins, as a later setattr did
-        table[name] = spec
-        if len(table) <= _HELP_LISTED:  # help(module) stays short for a big backend
-            summary = str(spec.get("doc", "")).strip().splitlines()[:1]
-            mod.__doc__ += f"\n  {spec.get('signature', name)}\n      {''.join(summary)}"
+    backends: dict[str, tuple[types.ModuleType, dict[str, Any]]] = {}
+    for entry in data["backends"]:
+        backend = _ident(str(entry["name"]))
+        if backend not in backends:
+            backends[backend] = (types.ModuleType(f"sdk.{backend}", str(entry["doc"])), {})
+        table = backends[backend][1]
+        for name, spec in entry["functions"]:
+            name = _ident(str(name))
+            table.pop(name, None)  # a later spec of the same name wins
+            table[name] = spec
     for backend, (mod, table) in backends.items():
-        if len(table) > _HELP_LISTED:
-            mod.__doc__ += (f"\n\n  ... and {len(table) - _HELP_LISTED} more: "
-                            "sdk.search('what you need') finds them")
         _make_lazy(mod, table)
         setattr(pkg, backend, mod)
         sys.modules[f"sdk.{backend}"] = mod
     sys.modules["sdk"] = pkg
 
 
-def _make_lazy(mod: types.ModuleType, table: dict[str, dict[str, Any]]) -> None:
+def _make_lazy(mod: types.ModuleType, table: dict[str, Any]) -> None:
     """Module ``__getattr__``/``__dir__`` (PEP 562): a function is built on first lookup."""
 
     def __getattr__(name: str) -> Any:
         spec = table.get(name)
         if spec is None:
             raise AttributeError(f"module {mod.__name__!r} has no attribute {name!r}")
-        fn = _make_function(spec)
+        fn = _make_function(json.loads(spec) if isinstance(spec, str) else spec)
         setattr(mod, name, fn)  # later lookups find it in the module: one object per name
         return fn
 
@@ -209,13 +202,12 @@ def _make_lazy(mod: types.ModuleType, table: dict[str, dict[str, Any]]) -> None:
     mod.__all__ = list(table)
 
 
-def use_sdk(specs_json: str, rev: str) -> None:
+def use_sdk(sdk_text: str, rev: str) -> None:
     """Install a revision ahead of its first run (a fresh interpreter, before any user code)."""
-    install_sdk(specs_json)
+    install_sdk(sdk_text)
     _state["rev"] = rev
 
 
-_HELP_LISTED = 25  # functions listed in a backend module's docstring
 _HELP_CHARS = 6000  # help() on SDK objects prints at most this much (~2,000 tokens)
 _pydoc_help = getattr(builtins, "help", None) or pydoc.help
 

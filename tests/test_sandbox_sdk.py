@@ -5,6 +5,7 @@ to the next (real Deno processes, real Pyodide; one process, so every run meets 
 # ruff: noqa: E402
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from waiting import wait_until
 from gateway.errors import SandboxCrashed
 from gateway.sandbox import RunRequest, SandboxPool, SandboxSettings, SdkFunction
 from gateway.sandbox.process import DenoProcess
+from gateway.sandbox.sdk_text import sdk_text
 from tests.sandbox_support import req
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
@@ -87,6 +89,7 @@ async def test_a_big_sdk_is_complete_and_built_on_first_use(pool: SandboxPool) -
         "     'params': list(inspect.signature(sdk.vendor2.op_3).parameters)}\n"
         "try:\n    sdk.vendor0.op_400\nexcept AttributeError as e:\n    r['missing'] = str(e)\n"
         "help(sdk.vendor4.op_399)\n"
+        "help(sdk.vendor4)\n"
         "r"), host)
     assert res.ok, res.error
     r = res.result
@@ -97,6 +100,7 @@ async def test_a_big_sdk_is_complete_and_built_on_first_use(pool: SandboxPool) -
     assert r["params"] == ["owner", "repo", "page"]
     assert "sdk.vendor0" in r["missing"] and "op_400" in r["missing"]
     assert "op_399(owner: str, repo: str, *, page: int = 1) -> dict" in res.stdout
+    assert "Help on sdk.vendor4:" in res.stdout and "... and 375 more" in res.stdout
     assert host.calls == [("vendor4.op_399", {"owner": "o", "repo": "r", "page": 2})]
 
 
@@ -127,7 +131,7 @@ async def test_a_run_cannot_reach_the_sdk_of_the_next_run(pool: SandboxPool) -> 
         "sdk.vendor0.op_1 = lambda *a, **k: 'pwned'\n"
         "sys.modules['sdk.vendor0'].__getattr__ = lambda name: 'pwned'\n"
         "m._state['rev'] = 'forged'\n"
-        "m.install_sdk('[]')\n"
+        "m.install_sdk('{\"backends\": []}')\n"
         "'done'"), host)
     assert res.ok and res.result == "done", res.error
     res = await pool.run(big(
@@ -181,3 +185,20 @@ async def test_a_run_frame_without_text_for_an_unknown_revision_fails_closed(
     assert host.calls == []
     res = await pool.run(big("import sdk\nsdk.vendor0.op_0('o', 'r')['op']"), host)
     assert res.ok and res.result == "vendor0.op_0", res.error
+
+
+async def test_the_sdk_text_lists_a_short_help_per_backend_and_the_last_duplicate_wins(
+) -> None:
+    fns = [SdkFunction(operation=f"b.f{i}", backend="b", function=f"f{i}",
+                       signature=f"f{i}() -> dict", doc=f"Does {i}.\nMore.") for i in range(30)]
+    fns.append(SdkFunction(operation="b.f3-v2", backend="b", function="f3",
+                           signature="f3(x: int) -> dict", doc="The second f3."))
+    data = json.loads(sdk_text(fns))
+    (backend,) = data["backends"]
+    assert backend["name"] == "b"
+    names = [name for name, _ in backend["functions"]]
+    assert len(names) == 30 and names[-1] == "f3" and "f3" not in names[:-1]
+    assert json.loads(backend["functions"][-1][1])["operation"] == "b.f3-v2"
+    assert backend["doc"].count("() -> dict") == 25  # the first 25: f3 moved past them
+    assert "f25() -> dict" in backend["doc"] and "f3(x: int)" not in backend["doc"]
+    assert "f0() -> dict\n      Does 0." in backend["doc"] and "... and 5 more" in backend["doc"]

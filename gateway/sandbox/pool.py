@@ -35,6 +35,7 @@ from gateway.sandbox.process import MIB, DenoProcess, deno_command, sealed_deno_
 from gateway.sandbox.protocol import MAX_INBOUND_FRAME, MAX_REPLY_OVERHEAD
 from gateway.sandbox.registry import SessionRegistry
 from gateway.sandbox.runs import CallState, Output, drive, output_validator, result_of
+from gateway.sandbox.sdk_text import sdk_text
 from gateway.sandbox.snapshot import ensure_snapshot
 from gateway.sandbox.types import EventCallback, HostCall, RunRequest, RunResult, SandboxSettings
 
@@ -552,7 +553,7 @@ class SandboxPool:
     def _sdk_json(self, req: RunRequest) -> str:
         if req.sdk_revision and req.sdk_revision in self._sdk_cache:
             return self._sdk_cache[req.sdk_revision]
-        text = json.dumps([f.to_json() for f in req.sdk])
+        text = sdk_text(req.sdk)
         if req.sdk_revision:
             if len(self._sdk_cache) > 16:
                 self._sdk_cache.clear()
