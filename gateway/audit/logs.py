@@ -21,9 +21,19 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gateway.audit.redact import current_call_secrets, scrub_text, scrub_value
 
-__all__ = ["add_trace_context", "configure_logging", "scrub_event"]
+__all__ = ["add_trace_context", "configure_logging", "decision_log_level", "scrub_event"]
 
 _HANDLER_FLAG = "_switchboard_handler"
+_DECISION_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+# The level of the `policy.decision` line of an ordinary decision (fail-closed ones are
+# warnings). Debug unless configured: each call already has its access line (`call`) at info,
+# and the decision line (the redacted input, the result) was the second render + write(2).
+_decision_level = logging.DEBUG
+
+
+def decision_log_level() -> int:
+    """The level :func:`gateway.policy.decisionlog.finish` logs an ordinary decision at."""
+    return _decision_level
 
 
 def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
@@ -74,13 +84,19 @@ def _shared() -> list[Processor]:
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "INFO", *, stream: TextIO | None = None
+    fmt: str = "auto", level: str = "INFO", *, stream: TextIO | None = None,
+    decisions: str = "debug",
 ) -> None:
     """Configure structlog and the stdlib root logger; safe to call again (replaces).
 
     ``fmt``: ``"json"``, ``"console"``, or ``"auto"`` (console when ``stream`` is a TTY).
-    ``stream`` defaults to stderr.
+    ``stream`` defaults to stderr. ``decisions``: the level (``debug`` | ``info``) of the
+    ``policy.decision`` line of a decision that is not a fail-closed deny (those are
+    warnings whatever this says).
     """
+    global _decision_level
+    if decisions.lower() not in _DECISION_LEVELS:
+        raise ValueError(f"decision log level must be debug or info, not {decisions!r}")
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -121,3 +137,4 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    _decision_level = _DECISION_LEVELS[decisions.lower()]
