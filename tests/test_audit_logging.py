@@ -180,3 +180,13 @@ def test_the_decision_line_at_the_configured_level(level: str, decisions: str) -
     assert "4111" not in json.dumps(line)
     with pytest.raises(ValueError):
         configure_logging("json", stream=buf, decisions="warning")
+
+
+def test_stack_info_names_the_callers_frame() -> None:
+    buf = io.StringIO()
+    configure_logging("json", stream=buf)
+    structlog.get_logger().info("where", stack_info=True)
+    [line] = _json_lines(buf)
+    stack = str(line["stack"])
+    assert "test_stack_info_names_the_callers_frame" in stack.splitlines()[-2]
+    assert "gateway/audit/logs.py" not in stack

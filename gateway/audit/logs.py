@@ -46,11 +46,18 @@ def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> E
     return event
 
 
+# Written by the processors before scrub_event from the clock and the method name, never
+# from data: nothing in them to scrub (the timestamp alone is long enough to run the patterns).
+_OWN_KEYS = frozenset({"timestamp", "level"})
+
+
 def scrub_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Replace credential values (by key, ``Bearer`` pattern, registered secret) and the
     masked values of the call whose span is current."""
     call = current_call_secrets()
     for key, value in event.items():
+        if key in _OWN_KEYS and type(value) is str:
+            continue
         event[key] = (
             scrub_text(value, call)
             if key == "event" and isinstance(value, str)
@@ -73,13 +80,25 @@ def render_json(obj: Any, default: Callable[[Any], Any] | None = None, **kw: Any
     return text
 
 
+def _when_asked(processor: Processor, key: str) -> Processor:
+    """``processor`` only for events that carry ``key`` (``stack_info``, ``exc_info``): the
+    renderers cost a few µs each on every line even with nothing to render."""
+    def run(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        if key in event:
+            out: EventDict = processor(logger, name, event)  # type: ignore[assignment]
+            return out
+        return event
+    return run
+
+
 def _shared() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_trace_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
+        _when_asked(structlog.processors.StackInfoRenderer(additional_ignores=[__name__]),
+                    "stack_info"),
     ]
 
 
@@ -108,7 +127,7 @@ def configure_logging(
     renderer: Processor
     tail: list[Processor]
     if fmt == "json":
-        tail = [structlog.processors.dict_tracebacks, scrub_event]
+        tail = [_when_asked(structlog.processors.dict_tracebacks, "exc_info"), scrub_event]
         renderer = structlog.processors.JSONRenderer(serializer=render_json, sort_keys=False)
     else:
         tail = [scrub_event]
