@@ -190,3 +190,13 @@ def test_stack_info_names_the_callers_frame() -> None:
     stack = str(line["stack"])
     assert "test_stack_info_names_the_callers_frame" in stack.splitlines()[-2]
     assert "gateway/audit/logs.py" not in stack
+
+
+def test_a_host_applications_logger_without_levels_still_gets_the_decision_line() -> None:
+    """Embedded in an application whose structlog wrapper has no `is_enabled_for` (the
+    generic BoundLogger), a decision is still logged, never an error."""
+    structlog.configure(wrapper_class=structlog.BoundLogger,
+                        processors=[structlog.processors.JSONRenderer()])
+    with capture_logs() as logs:
+        _decide(Decision(route="tool", reasons=("ok",)))
+    assert [e["event"] for e in logs] == ["policy.decision"]

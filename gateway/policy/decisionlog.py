@@ -93,11 +93,13 @@ def finish(
     # Resolved per call so logging configured after import (gateway/audit) is honoured.
     log = structlog.get_logger("switchboard.policy").bind()
     level = logging.WARNING if decision.error_code else decision_log_level()
-    if not log.is_enabled_for(level):  # the usual case: debug (the `call` line is at info)
-        return decision
+    # The gateway's loggers filter by level (gateway/audit/logs.py); a host application's
+    # own structlog configuration may not, and then the line is always built.
+    # (Asked of the class: a generic BoundLogger turns any attribute into a log call.)
+    if hasattr(type(log), "is_enabled_for") and not log.is_enabled_for(level):
+        return decision  # the usual case: an ordinary decision at debug, the gateway at info
     mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
-    log.log(
-        level,
+    getattr(log, logging.getLevelName(level).lower())(
         "policy.decision",
         decision_id=decision.decision_id,
         engine=engine,
