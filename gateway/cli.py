@@ -41,7 +41,8 @@ async def _serve(settings: Settings) -> int:
     from gateway.audit import configure_logging
     from gateway.sandbox import start_sandbox, stop_sandbox
 
-    configure_logging(settings.audit.log_format)
+    configure_logging(settings.audit.log_format, settings.audit.log_level,
+                      decisions=settings.audit.decision_log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before LISTENING: a prompt SIGTERM drains too
@@ -86,7 +87,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from gateway.audit import configure_logging
         from gateway.supervisor import supervise
 
-        configure_logging(settings.audit.log_format)
+        configure_logging(settings.audit.log_format, settings.audit.log_level,
+                          decisions=settings.audit.decision_log_level)
         return asyncio.run(supervise(settings, processes, config=args.config))
     return asyncio.run(_serve(settings))
 

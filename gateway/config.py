@@ -161,6 +161,8 @@ SCHEMA: dict[str, Any] = {
                 "otlp_headers": {"type": "object", "additionalProperties": _STR},
                 "service_name": _STR,
                 "log_format": {"enum": ["auto", "json", "console"]},
+                "log_level": {"enum": ["debug", "info", "warning", "error"]},
+                "decision_log_level": {"enum": ["debug", "info"]},
                 "checkpoint_key_file": {"type": ["string", "null"]},
                 "checkpoint_interval_s": {"type": "number", "exclusiveMinimum": 0},
                 "checkpoint_export": {"type": ["string", "null"]},

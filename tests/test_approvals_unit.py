@@ -125,3 +125,35 @@ def test_store_transitions_are_conditional(open_store: Callable[[], ApprovalStor
         await reopened.aclose()
 
     asyncio.run(go())
+
+
+def test_sqlite_run_log_is_read_on_the_loop_and_seen_across_processes(tmp_path: Path) -> None:
+    """The run log lookup of every code run reads on the calling thread (no worker hop); two
+    stores on one file (two `serve --processes` children) see each other's writes, and a
+    reader that is busy or locked out falls back to the worker thread with the same answer."""
+    import sqlite3
+
+    async def go() -> None:
+        one, two = SQLiteApprovalStore(tmp_path / "a.db"), SQLiteApprovalStore(tmp_path / "a.db")
+        assert await two.run_calls("run-1") == {}
+        await one.record_call("run-1", 1, "d1", {"ok": 1})
+        assert await two.run_calls("run-1") == {1: ("d1", {"ok": 1})}
+        with two._read_lock:  # the loop-side reader in use: the thread answers
+            assert await two.run_calls("run-1") == {1: ("d1", {"ok": 1})}
+        reader, calls = two._reader, []
+
+        class Locked:  # what SQLite answers a reader during recovery: busy, at once
+            def execute(self, *args: object) -> None:
+                calls.append(args)
+                raise sqlite3.OperationalError("database is locked")
+
+            def close(self) -> None:
+                reader.close()
+
+        two._reader = Locked()  # type: ignore[assignment]
+        assert await two.run_calls("run-1") == {1: ("d1", {"ok": 1})}
+        assert len(calls) == 1  # tried on the loop, answered by the worker thread
+        await one.aclose()
+        await two.aclose()
+
+    asyncio.run(go())

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+import gateway.audit.logs
 from gateway.audit import (
     AuditSettings,
     Telemetry,
@@ -20,6 +21,8 @@ from gateway.audit import (
     setup_telemetry,
 )
 from gateway.audit.logs import add_trace_context
+from gateway.models import Decision
+from gateway.policy.decisionlog import fail_closed, finish
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +33,7 @@ def _reset_logging() -> Iterator[None]:
     root = logging.getLogger()
     for h in [h for h in root.handlers if getattr(h, "_switchboard_handler", False)]:
         root.removeHandler(h)
+    gateway.audit.logs._decision_level = logging.DEBUG
 
 
 @pytest.fixture
@@ -147,3 +151,52 @@ def test_capture_logs_sees_trace_id(tel: Telemetry) -> None:
             "span_id": f"{span.get_span_context().span_id:016x}",
         }
     ]
+
+
+def _decide(decision: Decision) -> None:
+    finish(decision, input={"action": {"kind": "tool", "arguments": {"card": "4111"}}},
+           revision="r1", engine="embedded", latency_ms=0.1)
+
+
+def test_one_line_per_call_by_default_the_decision_line_is_debug() -> None:
+    buf = io.StringIO()
+    configure_logging("json", "INFO", stream=buf)
+    _decide(Decision(route="tool", reasons=("ok",), mask=("action.arguments.card",)))
+    assert _json_lines(buf) == []  # nothing of it is rendered or written at info
+    _decide(fail_closed("policy_error: boom"))  # a fail-closed deny is always a warning
+    [line] = _json_lines(buf)
+    assert line["event"] == "policy.decision" and line["level"] == "warning"
+    assert line["error_code"] == "policy_error"
+
+
+@pytest.mark.parametrize(("level", "decisions"), [("INFO", "info"), ("DEBUG", "debug")])
+def test_the_decision_line_at_the_configured_level(level: str, decisions: str) -> None:
+    buf = io.StringIO()
+    configure_logging("json", level, stream=buf, decisions=decisions)
+    _decide(Decision(route="tool", reasons=("ok",), mask=("action.arguments.card",)))
+    [line] = _json_lines(buf)
+    assert line["event"] == "policy.decision" and line["level"] == decisions
+    assert line["route"] == "tool" and line["policy_revision"] == "r1"
+    assert "4111" not in json.dumps(line)
+    with pytest.raises(ValueError):
+        configure_logging("json", stream=buf, decisions="warning")
+
+
+def test_stack_info_names_the_callers_frame() -> None:
+    buf = io.StringIO()
+    configure_logging("json", stream=buf)
+    structlog.get_logger().info("where", stack_info=True)
+    [line] = _json_lines(buf)
+    stack = str(line["stack"])
+    assert "test_stack_info_names_the_callers_frame" in stack.splitlines()[-2]
+    assert "gateway/audit/logs.py" not in stack
+
+
+def test_a_host_applications_logger_without_levels_still_gets_the_decision_line() -> None:
+    """Embedded in an application whose structlog wrapper has no `is_enabled_for` (the
+    generic BoundLogger), a decision is still logged, never an error."""
+    structlog.configure(wrapper_class=structlog.BoundLogger,
+                        processors=[structlog.processors.JSONRenderer()])
+    with capture_logs() as logs:
+        _decide(Decision(route="tool", reasons=("ok",)))
+    assert [e["event"] for e in logs] == ["policy.decision"]

@@ -27,6 +27,17 @@ from gateway.policy import (
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
+@pytest.fixture(autouse=True)
+def _decision_lines_at_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the `policy.decision` line of every decision: log it at info (as
+    `audit.decision_log_level: info` does) whatever an earlier test configured."""
+    import logging
+
+    import gateway.audit.logs
+
+    monkeypatch.setattr(gateway.audit.logs, "_decision_level", logging.INFO)
+
+
 @pytest.fixture
 async def engine() -> AsyncIterator[EmbeddedPolicyEngine]:
     eng = EmbeddedPolicyEngine(PolicySettings(path=ps.POLICY_DIR, reload=False))

@@ -21,9 +21,19 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gateway.audit.redact import current_call_secrets, scrub_text, scrub_value
 
-__all__ = ["add_trace_context", "configure_logging", "scrub_event"]
+__all__ = ["add_trace_context", "configure_logging", "decision_log_level", "scrub_event"]
 
 _HANDLER_FLAG = "_switchboard_handler"
+_DECISION_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+# The level of the `policy.decision` line of an ordinary decision (fail-closed ones are
+# warnings). Debug unless configured: each call already has its access line (`call`) at info,
+# and the decision line (the redacted input, the result) was the second render + write(2).
+_decision_level = logging.DEBUG
+
+
+def decision_log_level() -> int:
+    """The level :func:`gateway.policy.decisionlog.finish` logs an ordinary decision at."""
+    return _decision_level
 
 
 def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
@@ -36,11 +46,18 @@ def add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> E
     return event
 
 
+# Written by the processors before scrub_event from the clock and the method name, never
+# from data: nothing in them to scrub (the timestamp alone is long enough to run the patterns).
+_OWN_KEYS = frozenset({"timestamp", "level"})
+
+
 def scrub_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Replace credential values (by key, ``Bearer`` pattern, registered secret) and the
     masked values of the call whose span is current."""
     call = current_call_secrets()
     for key, value in event.items():
+        if key in _OWN_KEYS and type(value) is str:
+            continue
         event[key] = (
             scrub_text(value, call)
             if key == "event" and isinstance(value, str)
@@ -63,24 +80,42 @@ def render_json(obj: Any, default: Callable[[Any], Any] | None = None, **kw: Any
     return text
 
 
+def _when_asked(processor: Processor, key: str) -> Processor:
+    """``processor`` only for events that carry ``key`` (``stack_info``, ``exc_info``): the
+    renderers cost a few µs each on every line even with nothing to render."""
+    def run(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        if key in event:
+            out: EventDict = processor(logger, name, event)  # type: ignore[assignment]
+            return out
+        return event
+    return run
+
+
 def _shared() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_trace_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
+        _when_asked(structlog.processors.StackInfoRenderer(additional_ignores=[__name__]),
+                    "stack_info"),
     ]
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "INFO", *, stream: TextIO | None = None
+    fmt: str = "auto", level: str = "INFO", *, stream: TextIO | None = None,
+    decisions: str = "debug",
 ) -> None:
     """Configure structlog and the stdlib root logger; safe to call again (replaces).
 
     ``fmt``: ``"json"``, ``"console"``, or ``"auto"`` (console when ``stream`` is a TTY).
-    ``stream`` defaults to stderr.
+    ``stream`` defaults to stderr. ``decisions``: the level (``debug`` | ``info``) of the
+    ``policy.decision`` line of a decision that is not a fail-closed deny (those are
+    warnings whatever this says).
     """
+    global _decision_level
+    if decisions.lower() not in _DECISION_LEVELS:
+        raise ValueError(f"decision log level must be debug or info, not {decisions!r}")
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -92,7 +127,7 @@ def configure_logging(
     renderer: Processor
     tail: list[Processor]
     if fmt == "json":
-        tail = [structlog.processors.dict_tracebacks, scrub_event]
+        tail = [_when_asked(structlog.processors.dict_tracebacks, "exc_info"), scrub_event]
         renderer = structlog.processors.JSONRenderer(serializer=render_json, sort_keys=False)
     else:
         tail = [scrub_event]
@@ -121,3 +156,4 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    _decision_level = _DECISION_LEVELS[decisions.lower()]

@@ -57,6 +57,9 @@ class AuditSettings:
     otlp_headers: dict[str, str] = field(default_factory=dict)
     service_name: str = "switchboard"
     log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The `policy.decision` line of an ordinary decision (fail-closed denies: warning).
+    decision_log_level: Literal["debug", "info"] = "debug"
     # Additions beyond the core contract (all optional):
     fsync: FsyncPolicy = "interval"  # see gateway.audit.chain
     fsync_interval_s: float = 1.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
+from gateway.audit.logs import decision_log_level
 from gateway.audit.tracing import contextual_tracer
 from gateway.models import Decision, Limits
 
@@ -73,7 +75,10 @@ def finish(
     latency_ms: float,
     span: trace.Span | None = None,
 ) -> Decision:
-    """Stamp id + revision, record span attributes and write the ``policy.decision`` log."""
+    """Stamp id + revision, record span attributes and write the ``policy.decision`` log
+    line: a warning for a fail-closed deny, else at the configured decision level (debug by
+    default, :func:`gateway.audit.logs.decision_log_level`); when that level is filtered out
+    nothing of the line is built (its redacted input was a second walk of the arguments)."""
     decision = _stamped(decision, new_decision_id(), revision)
     if span is not None and span.is_recording():
         span.set_attribute("switchboard.decision_id", decision.decision_id)
@@ -85,11 +90,16 @@ def finish(
         parent = action.get("parent_decision_id") if isinstance(action, dict) else None
         if isinstance(parent, str) and parent:
             span.set_attribute("switchboard.parent_decision_id", parent)
-    mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
     # Resolved per call so logging configured after import (gateway/audit) is honoured.
-    log = structlog.get_logger("switchboard.policy")
-    event = log.warning if decision.error_code else log.info
-    event(
+    log = structlog.get_logger("switchboard.policy").bind()
+    level = logging.WARNING if decision.error_code else decision_log_level()
+    # The gateway's loggers filter by level (gateway/audit/logs.py); a host application's
+    # own structlog configuration may not, and then the line is always built.
+    # (Asked of the class: a generic BoundLogger turns any attribute into a log call.)
+    if hasattr(type(log), "is_enabled_for") and not log.is_enabled_for(level):
+        return decision  # the usual case: an ordinary decision at debug, the gateway at info
+    mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
+    getattr(log, logging.getLevelName(level).lower())(
         "policy.decision",
         decision_id=decision.decision_id,
         engine=engine,

@@ -23,11 +23,13 @@ from gateway.audit.redact import redact
 from gateway.errors import OutputInvalid, SchemaInvalid
 from gateway.models import Operation
 from gateway.schemas import NO_REMOTE, UnsafePattern
+from gateway.tools.fastcheck import Accept, compile_accept
 
 __all__ = ["check_output", "field_path", "validate_arguments"]
 
 _CACHE_SIZE = 4096
-_cache: OrderedDict[tuple[str, int, bool], tuple[object, Draft202012Validator]] = OrderedDict()
+_cache: OrderedDict[tuple[str, int, bool],
+                    tuple[object, Draft202012Validator, Accept | None]] = OrderedDict()
 _cache_lock = threading.Lock()
 _REQUIRED = re.compile(r"^'(?P<name>.*)' is a required property$")
 _MAX_REPORTED = 50
@@ -40,22 +42,26 @@ _NAMED_RULES = frozenset({
 })  # fmt: skip
 
 
-def _validator(op_name: str, schema: dict[str, Any], *, output: bool) -> Draft202012Validator:
-    """The compiled validator for ``schema``; cached by operation and schema identity."""
+def _validator(op_name: str, schema: dict[str, Any], *, output: bool,
+               ) -> tuple[Draft202012Validator, Accept | None]:
+    """The compiled validator for ``schema`` and its fast accept check (None when the schema
+    uses what :mod:`gateway.tools.fastcheck` does not compile); cached by operation and
+    schema identity."""
     key = (op_name, id(schema), output)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and hit[0] is schema:
             _cache.move_to_end(key)
-            return hit[1]
+            return hit[1], hit[2]
     # NO_REMOTE: a spec's `$ref` to a URL or file is never fetched (gateway/schemas.py).
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER,
                                      registry=NO_REMOTE)
+    accept = compile_accept(schema)
     with _cache_lock:
-        _cache[key] = (schema, validator)
+        _cache[key] = (schema, validator, accept)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return validator
+    return validator, accept
 
 
 def field_path(root: str, path: Sequence[str | int]) -> str:
@@ -205,10 +211,11 @@ def validate_arguments(op: Operation, arguments: Mapping[str, Any], *, strict: b
                                  "rule": "type"}]},
         )
     schema = op.input_schema or {"type": "object"}
-    validator = _validator(op.name, schema, output=False)
+    validator, accept = _validator(op.name, schema, output=False)
     instance = dict(arguments)
     try:
-        found = list(validator.iter_errors(instance))
+        found = [] if accept is not None and accept(instance) else \
+            list(validator.iter_errors(instance))
     except (UnsafePattern, Unresolvable) as exc:
         raise SchemaInvalid(f"{op.name}'s arguments schema cannot be applied safely: {exc}",
                             field="arguments", details={"operation": op.name}) from None
@@ -234,7 +241,9 @@ def check_output(op: Operation, result: Any) -> None:
     """Raise :class:`OutputInvalid` when the backend's result breaks ``op.output_schema``."""
     if op.output_schema is None:
         return
-    validator = _validator(op.name, op.output_schema, output=True)
+    validator, accept = _validator(op.name, op.output_schema, output=True)
+    if accept is not None and accept(result):
+        return
     try:
         errors = [_describe(e, "result") for e in validator.iter_errors(result)]
     except (UnsafePattern, Unresolvable) as exc:

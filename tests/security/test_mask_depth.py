@@ -10,6 +10,7 @@ schema error wording, approval records, and the per-call free-text scrubbing.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from waiting import scaled, wait_until_sync
 
+import gateway.audit.logs
 from gateway import maskpath
 from gateway.audit import REDACTED, redact
 from gateway.audit.redact import CallSecrets, masked_values
@@ -179,10 +181,13 @@ async def engine() -> AsyncIterator[EmbeddedPolicyEngine]:
 
 
 async def test_the_decision_log_hides_nested_card_numbers_and_passwords(
-        engine: EmbeddedPolicyEngine) -> None:
+        engine: EmbeddedPolicyEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     inp = ps.tool(ps.AGENT, "ledger.get_balance", account="A1", payment={
         "cards": [{"cardNumber": "4000000000000002", "CVV": "987"}],
         "login": {"userPassword": "pw-hunter2", "Api-Key": "k-abcdef"}})
+    # The line is debug unless `audit.decision_log_level: info`; an operator who turns it on
+    # must still see no secret in it.
+    monkeypatch.setattr(gateway.audit.logs, "_decision_level", logging.INFO)
     with structlog.testing.capture_logs() as logs:
         await engine.decide(inp)
     (event,) = [e for e in logs if e["event"] == "policy.decision"]

@@ -12,6 +12,7 @@ holds for dedicated tool calls, their idempotent replays, and host calls from co
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -27,6 +28,7 @@ from gateway_support import RunningGateway, code_request, error_of, md, tool_req
 from otlp_receiver import OtlpReceiver
 from structlog.testing import capture_logs
 
+import gateway.audit.logs
 from gateway.audit import AuditSettings
 from gateway.audit import attributes as A
 from gateway.audit.logs import add_trace_context, scrub_event
@@ -82,8 +84,10 @@ def gw(backends: dict[str, Any], rx: OtlpReceiver,
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    """The log events of the calls, after the gateway's own processors (as rendered)."""
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The log events of the calls, after the gateway's own processors (as rendered), the
+    `policy.decision` lines included (debug by default: an operator may turn them on)."""
+    monkeypatch.setattr(gateway.audit.logs, "_decision_level", logging.INFO)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars, add_trace_context,
                                   scrub_event]) as events:
         yield events
