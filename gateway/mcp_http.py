@@ -1,8 +1,8 @@
 """The MCP door's HTTP side: the ASGI guard in front of the MCP app (401 with
-``WWW-Authenticate`` before any MCP processing, the RFC 9728 protected-resource metadata
-without auth), the bridge for clients that accept only ``application/json``, the DNS-rebinding
-settings, and the embedded uvicorn listener. Split out of :mod:`gateway.mcp_server`, which
-re-exports what callers use.
+``WWW-Authenticate`` before any MCP processing, 405 for every method but POST at the MCP path,
+the RFC 9728 protected-resource metadata without auth), the bridge for clients that accept
+only ``application/json``, the DNS-rebinding settings, and the embedded uvicorn listener.
+Split out of :mod:`gateway.mcp_server`, which re-exports what callers use.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from opentelemetry import trace
 
-from gateway.errors import Unauthenticated
+from gateway.errors import GatewayError, MethodNotAllowed, Unauthenticated
 from gateway.frontdoor.scope import CallScope, authenticate, call_scope
 from gateway.identity import Authenticator, bearer_token
-from gateway.mcp_errors import UNAUTHENTICATED
+from gateway.mcp_errors import INVALID_REQUEST, UNAUTHENTICATED
 from gateway.values import split_listen
 
 __all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
@@ -33,6 +33,11 @@ MCP_PATH = "/mcp"
 # RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
 # under it.
 PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
+# The only method the MCP path serves. The door is stateless: the server never sends a
+# server-initiated message (notifications ride on the POST that caused them), so a standalone
+# GET SSE stream would carry nothing and only hold a connection; with no sessions there is
+# nothing to DELETE either. The spec lets such a server answer GET with 405.
+_ALLOW = b"POST"
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 
 ASGIApp = Callable[
@@ -52,7 +57,10 @@ class _AuthGuard:
     """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
     request, and serves the protected-resource metadata (no auth needed); lifespan and other
     paths pass through. A refused caller is audited through the shared call scope (outcome
-    ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own."""
+    ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own.
+    An authenticated request to the MCP path with any method but POST (a standalone GET SSE
+    stream, DELETE, ...) is answered 405 ``Allow: POST`` and audited too (outcome
+    ``method_not_allowed``); it never reaches the MCP app."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
                  resource_url: str | None, authorization_servers: Sequence[str],
@@ -131,6 +139,42 @@ class _AuthGuard:
                 pass  # pragma: no cover - ``refused`` always raises
         return opened[0].trace_id if opened else ""
 
+    async def _refuse_method(self, scope: MutableMapping[str, Any], send: Any,
+                             token: str | None) -> None:
+        """405 for an authenticated request with a method other than POST, audited as the
+        caller's (outcome ``method_not_allowed``), answered at once with ``Connection: close``:
+        a refused stream never holds a connection or a task."""
+        method = str(scope.get("method", ""))[:16]
+        exc = MethodNotAllowed(
+            f"{method} is not served here: the MCP endpoint takes POST only (it offers no "
+            "server-initiated stream and no sessions)", details={"allow": ["POST"]})
+        trace_id = ""
+        if self.tracer is not None:
+            opened: list[CallScope] = []
+            # The token may have expired since the guard's check: then the record says
+            # ``unauthenticated``; the answer is the 405 either way.
+            with contextlib.suppress(GatewayError):
+                async with call_scope(
+                        self.tracer, self.authenticator, transport="mcp",
+                        span_name="mcp method_not_allowed", token=token, raw_request_id="",
+                        attributes={"http.request.method": method,
+                                    "url.path": str(scope.get("path", ""))[:256]},
+                        log_fields={"mcp_method": "method_not_allowed"},
+                        on_open=opened.append):
+                    raise exc
+            trace_id = opened[0].trace_id if opened else ""
+        data = exc.to_dict()
+        if trace_id:
+            data["trace_id"] = trace_id
+        await self._json(
+            send, 405,
+            {"jsonrpc": "2.0", "id": None,
+             "error": {"code": INVALID_REQUEST, "message": exc.message, "data": data}},
+            [(b"allow", _ALLOW), (b"connection", b"close")])
+
+    def _is_mcp_path(self, path: str) -> bool:
+        return path.rstrip("/") == self.path.rstrip("/")
+
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -167,6 +211,9 @@ class _AuthGuard:
                 },
                 [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )
+            return
+        if scope.get("method") != "POST" and self._is_mcp_path(path):
+            await self._refuse_method(scope, send, bearer_token(headers))
             return
         await _json_only_bridge(self.app, scope, receive, send)
 
