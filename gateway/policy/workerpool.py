@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,9 @@ class _Worker(asyncio.SubprocessProtocol):
             "modules": [list(m) for m in bundle.modules], "data": bundle.data,
             "probe_input": PROBE_INPUT, "entrypoint": ENTRYPOINT}), timeout_s)
 
-    def _request(self, frame: Any, timeout_s: float) -> asyncio.Future[dict[str, Any]]:
+    def _request(self, frame: Callable[[int], bytes],
+                 timeout_s: float) -> asyncio.Future[dict[str, Any]]:
+        """Send ``frame(id)`` as this worker's one request, its deadline armed now."""
         self.request_id += 1
         request: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.request = request
