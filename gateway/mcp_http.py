@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from opentelemetry import trace
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import GatewayError, MethodNotAllowed, Unauthenticated
 from gateway.frontdoor.scope import CallScope, authenticate, call_scope
@@ -38,6 +39,10 @@ PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 # GET SSE stream would carry nothing and only hold a connection; with no sessions there is
 # nothing to DELETE either. The spec lets such a server answer GET with 405.
 _ALLOW = b"POST"
+# A connection must complete each request head within this long of opening (or of its last
+# response): uvicorn has no such deadline (its keep-alive timer stops at the first byte), so a
+# slowloris client dribbling a header would hold a connection and its socket forever.
+HEADER_TIMEOUT_S = 10.0
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 
 ASGIApp = Callable[
@@ -297,6 +302,40 @@ def _security(allowed_hosts: Sequence[str] | None,
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
+class _HeaderDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for every request head: a connection that has
+    not completed one within :data:`HEADER_TIMEOUT_S` of opening or of its last response is
+    closed. A request whose head arrived is never cut (a long SSE response streams on)."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        # A new request head makes a new cycle: the same one at the deadline means none came.
+        self._header_timer = self.loop.call_later(
+            HEADER_TIMEOUT_S, self._header_deadline, self.cycle)
+
+    def _header_deadline(self, armed: object) -> None:
+        self._header_timer = None
+        if self.cycle is armed and not self.transport.is_closing():
+            self.transport.close()
+
+
 class _EmbeddedUvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the host process (``switchboard serve``) owns them."""
 
@@ -346,7 +385,8 @@ async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
         raise
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            http=_HeaderDeadlineH11)
     server = _EmbeddedUvicorn(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="switchboard-mcp")
     while not server.started:

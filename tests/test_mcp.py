@@ -4,6 +4,7 @@ gateway (port 0, real demo backends, real sandbox, real policy)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -582,3 +583,60 @@ async def test_standalone_get_streams_are_refused_audited_and_never_held(
         assert attrs["switchboard.principal.id"] == "agent-1"
         assert attrs["switchboard.transport"] == "mcp"
         assert attrs["http.request.method"] == "GET"
+
+
+async def test_a_slowloris_head_is_cut_but_a_long_response_streams_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MCP listener's header deadline, on a real listener (port 0) with a 1 s deadline: a
+    client that sends part of a request head and then nothing, and one that dribbles a byte
+    every 0.3 s, are both disconnected by the server; a response that streams for several
+    deadlines after its head arrived is delivered whole, and a keep-alive connection may send
+    its next request."""
+    from gateway import mcp_http
+
+    monkeypatch.setattr(mcp_http, "HEADER_TIMEOUT_S", 1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        for i in range(8):  # ~2.4 s: more than twice the deadline
+            await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
+            await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b"end\n"})
+
+    handle = await mcp_http.start_mcp_server(app, "127.0.0.1:0")
+    try:
+        async def held(dribble: bool) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+            try:
+                writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+                await writer.drain()
+                read = asyncio.create_task(reader.read(-1))
+                while dribble and not read.done():
+                    writer.write(b"X")  # part of a header name, never a whole line
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                    await asyncio.wait({read}, timeout=0.3)
+                try:
+                    return await asyncio.wait_for(read, scaled(60))  # EOF: the server closed
+                except ConnectionResetError:  # a dribbled byte crossed the server's close
+                    return b""
+            finally:
+                writer.close()
+
+        cut = await asyncio.wait_for(asyncio.gather(held(False), held(True)), scaled(120))
+        assert cut == [b"", b""]  # closed without an answer
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.port}",
+                                     timeout=scaled(60)) as http:
+            first = await http.post("/mcp", content=b"{}")
+            second = await http.post("/mcp", content=b"{}")  # the same keep-alive connection
+        for resp in (first, second):
+            assert resp.status_code == 200
+            assert resp.text == "".join(f"{i}\n" for i in range(8)) + "end\n"
+    finally:
+        await handle.stop(grace=2.0)
