@@ -26,6 +26,7 @@ __all__ = [
     "GatewayError",
     "IdempotencyConflict",
     "InvalidRequest",
+    "MethodNotAllowed",
     "OutcomeUnknown",
     "OutputInvalid",
     "PolicyDenied",
@@ -83,6 +84,15 @@ class InvalidRequest(GatewayError):
     """The request itself is malformed (missing action, bad request_id, oversized, ...)."""
 
     code = "invalid_request"
+
+
+class MethodNotAllowed(GatewayError):
+    """The transport does not serve this request method at this endpoint (the MCP door
+    answers only POST: it offers no server-initiated stream, so a standalone ``GET`` SSE
+    stream is refused, as are ``DELETE`` and the rest); ``details.allow`` lists what it
+    serves."""
+
+    code = "method_not_allowed"
 
 
 class UnknownOperation(GatewayError):

@@ -5,8 +5,9 @@ MCP has two ways to fail a ``tools/call``: a JSON-RPC error (the request itself 
 the protocol level: an unknown tool is ``-32602``, as the spec has it) and a tool result with
 ``isError: true`` (everything the model should read and act on: denials, bad arguments,
 approvals, backend failures). The HTTP layer answers an unauthenticated request ``401`` with
-a JSON-RPC error ``-32001`` before MCP sees it. Every other request (listing, reading,
-completion) fails as a JSON-RPC error only: :func:`request_error`.
+a JSON-RPC error ``-32001`` before MCP sees it, and an authenticated request with any method
+but ``POST`` ``405`` (``Allow: POST``) with ``-32600`` / ``method_not_allowed``. Every other
+request (listing, reading, completion) fails as a JSON-RPC error only: :func:`request_error`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gateway.frontdoor import error_payload
 __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
+    "INVALID_REQUEST",
     "RESOURCE_NOT_FOUND",
     "UNAUTHENTICATED",
     "UnknownTool",
@@ -43,6 +45,9 @@ __all__ = [
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
+# The JSON-RPC "invalid request" code: the body of the 405 a non-POST request gets (the HTTP
+# method itself is wrong; ``data.code`` is ``method_not_allowed``).
+INVALID_REQUEST = -32600
 # The server-defined code of the 401 answer (before any MCP processing).
 UNAUTHENTICATED = -32001
 

@@ -1,8 +1,8 @@
 """The MCP door's HTTP side: the ASGI guard in front of the MCP app (401 with
-``WWW-Authenticate`` before any MCP processing, the RFC 9728 protected-resource metadata
-without auth), the bridge for clients that accept only ``application/json``, the DNS-rebinding
-settings, and the embedded uvicorn listener. Split out of :mod:`gateway.mcp_server`, which
-re-exports what callers use.
+``WWW-Authenticate`` before any MCP processing, 405 for every method but POST at the MCP path,
+the RFC 9728 protected-resource metadata without auth), the bridge for clients that accept
+only ``application/json``, the DNS-rebinding settings, and the embedded uvicorn listener.
+Split out of :mod:`gateway.mcp_server`, which re-exports what callers use.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from opentelemetry import trace
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.errors import Unauthenticated
+from gateway.errors import GatewayError, MethodNotAllowed, Unauthenticated
 from gateway.frontdoor.scope import CallScope, authenticate, call_scope
 from gateway.identity import Authenticator, bearer_token
-from gateway.mcp_errors import UNAUTHENTICATED
+from gateway.mcp_errors import INVALID_REQUEST, UNAUTHENTICATED
 from gateway.values import split_listen
 
 __all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
@@ -33,6 +34,15 @@ MCP_PATH = "/mcp"
 # RFC 9728 metadata, at the well-known root and (for clients that append the resource path)
 # under it.
 PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
+# The only method the MCP path serves. The door is stateless: the server never sends a
+# server-initiated message (notifications ride on the POST that caused them), so a standalone
+# GET SSE stream would carry nothing and only hold a connection; with no sessions there is
+# nothing to DELETE either. The spec lets such a server answer GET with 405.
+_ALLOW = b"POST"
+# A connection must complete each request head within this long of opening (or of its last
+# response): uvicorn has no such deadline (its keep-alive timer stops at the first byte), so a
+# slowloris client dribbling a header would hold a connection and its socket forever.
+HEADER_TIMEOUT_S = 10.0
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 
 ASGIApp = Callable[
@@ -52,7 +62,10 @@ class _AuthGuard:
     """Answers 401 (with ``WWW-Authenticate``) before the MCP app sees an unauthenticated
     request, and serves the protected-resource metadata (no auth needed); lifespan and other
     paths pass through. A refused caller is audited through the shared call scope (outcome
-    ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own."""
+    ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own.
+    An authenticated request to the MCP path with any method but POST (a standalone GET SSE
+    stream, DELETE, ...) is answered 405 ``Allow: POST`` and audited too (outcome
+    ``method_not_allowed``); it never reaches the MCP app."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
                  resource_url: str | None, authorization_servers: Sequence[str],
@@ -131,6 +144,42 @@ class _AuthGuard:
                 pass  # pragma: no cover - ``refused`` always raises
         return opened[0].trace_id if opened else ""
 
+    async def _refuse_method(self, scope: MutableMapping[str, Any], send: Any,
+                             token: str | None) -> None:
+        """405 for an authenticated request with a method other than POST, audited as the
+        caller's (outcome ``method_not_allowed``), answered at once with ``Connection: close``:
+        a refused stream never holds a connection or a task."""
+        method = str(scope.get("method", ""))[:16]
+        exc = MethodNotAllowed(
+            f"{method} is not served here: the MCP endpoint takes POST only (it offers no "
+            "server-initiated stream and no sessions)", details={"allow": ["POST"]})
+        trace_id = ""
+        if self.tracer is not None:
+            opened: list[CallScope] = []
+            # The token may have expired since the guard's check: then the record says
+            # ``unauthenticated``; the answer is the 405 either way.
+            with contextlib.suppress(GatewayError):
+                async with call_scope(
+                        self.tracer, self.authenticator, transport="mcp",
+                        span_name="mcp method_not_allowed", token=token, raw_request_id="",
+                        attributes={"http.request.method": method,
+                                    "url.path": str(scope.get("path", ""))[:256]},
+                        log_fields={"mcp_method": "method_not_allowed"},
+                        on_open=opened.append):
+                    raise exc
+            trace_id = opened[0].trace_id if opened else ""
+        data = exc.to_dict()
+        if trace_id:
+            data["trace_id"] = trace_id
+        await self._json(
+            send, 405,
+            {"jsonrpc": "2.0", "id": None,
+             "error": {"code": INVALID_REQUEST, "message": exc.message, "data": data}},
+            [(b"allow", _ALLOW), (b"connection", b"close")])
+
+    def _is_mcp_path(self, path: str) -> bool:
+        return path.rstrip("/") == self.path.rstrip("/")
+
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -167,6 +216,9 @@ class _AuthGuard:
                 },
                 [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
             )
+            return
+        if scope.get("method") != "POST" and self._is_mcp_path(path):
+            await self._refuse_method(scope, send, bearer_token(headers))
             return
         await _json_only_bridge(self.app, scope, receive, send)
 
@@ -250,6 +302,40 @@ def _security(allowed_hosts: Sequence[str] | None,
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
+class _HeaderDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for every request head: a connection that has
+    not completed one within :data:`HEADER_TIMEOUT_S` of opening or of its last response is
+    closed. A request whose head arrived is never cut (a long SSE response streams on)."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        # A new request head makes a new cycle: the same one at the deadline means none came.
+        self._header_timer = self.loop.call_later(
+            HEADER_TIMEOUT_S, self._header_deadline, self.cycle)
+
+    def _header_deadline(self, armed: object) -> None:
+        self._header_timer = None
+        if self.cycle is armed and not self.transport.is_closing():
+            self.transport.close()
+
+
 class _EmbeddedUvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the host process (``switchboard serve``) owns them."""
 
@@ -299,7 +385,8 @@ async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
         raise
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            http=_HeaderDeadlineH11)
     server = _EmbeddedUvicorn(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="switchboard-mcp")
     while not server.started:

@@ -191,7 +191,7 @@ def test_one_advertise_evaluation_per_role_set_catalog_and_policy_revision(
         data = json.loads(data_file.read_text())
         data["grants"]["payments"] = ["agent"]
         data_file.write_text(json.dumps(data))
-        assert cast(EmbeddedPolicyEngine, engine.inner).reload_now()
+        assert await cast(EmbeddedPolicyEngine, engine.inner).reload_now()
         assert "ledger.create_transfer" in dedicated(await p.manifest(AGENT))
         assert engine.advertised == 3
         assert p.discovery_evaluations == 3

@@ -330,3 +330,22 @@ def test_packaged_chart_ships_policies_without_tests(
         values = load_scenario("production-values.yaml")
         assert packaged.render(values, name="sb", namespace=NAMESPACE) == chart.render(
             values, name="sb", namespace=NAMESPACE)
+
+
+def test_policy_workers_is_rendered_for_the_embedded_engine_only(
+        chart: helm_python.Chart) -> None:
+    """policy.workers is the config's policy.workers with engine embedded (the gateway's own
+    schema accepts what is rendered); with opa it is not rendered (the sidecar decides); the
+    chart's schema refuses what the gateway's would (0, 17, a string)."""
+    from gateway.config import SCHEMA
+
+    assert "workers" not in gateway_config(render(chart))["policy"]
+    embedded = gateway_config(render(chart, {"policy": {"engine": "embedded"}}))["policy"]
+    assert embedded["workers"] == 2
+    four = gateway_config(render(chart, {"policy": {"engine": "embedded", "workers": 4}}))
+    assert four["policy"]["workers"] == 4
+    jsonschema.Draft202012Validator(SCHEMA["properties"]["policy"]).validate(four["policy"])
+    for bad in (0, 17, "2", 2.5):
+        with pytest.raises(helm_python.HelmValuesError) as info:
+            chart.validate_schema({"policy": {"engine": "embedded", "workers": bad}})
+        assert "/policy/workers" in str(info.value)

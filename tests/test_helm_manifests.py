@@ -117,7 +117,7 @@ def test_embedded_engine_has_no_sidecar(scenarios: dict[str, Rendered]) -> None:
     assert "switchboard/routing.rego" in tree and "switchboard/data.json" in tree
     config = gateway_config(rendered)
     assert config["policy"] == {"engine": "embedded", "path": "/etc/switchboard/policies",
-                                "timeout_ms": 500}
+                                "timeout_ms": 500, "workers": 2}
 
 
 def test_opa_bundle_replaces_the_policies_configmap(scenarios: dict[str, Rendered]) -> None:

@@ -3,6 +3,8 @@ gateway (port 0, real demo backends, real sandbox, real policy)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +19,7 @@ from gateway_support import RunningGateway, mcp_endpoint
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from waiting import scaled
 
 from gateway.audit import AuditSettings, setup_telemetry
 from gateway.identity import Authenticator
@@ -500,3 +503,140 @@ async def test_a_failing_discovery_call_is_recorded_and_leaks_nothing(
     assert "hunter2" not in resp.text
     root = next(r for r in audit_records(gateway, trace_id) if r["name"] == "mcp tools/list")
     assert root["attributes"]["switchboard.outcome"] == "internal"
+
+
+async def _raw_get_held_open(port: int, token: str) -> bytes:
+    """A slowloris-style client: sends a standalone-stream GET, then only waits (never sends
+    more, never closes); returns all the server sent until it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write((f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
+                      "Mcp-Protocol-Version: 2025-11-25\r\nConnection: keep-alive\r\n\r\n"
+                      ).encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(-1), scaled(60))  # EOF: the server closed
+    finally:
+        writer.close()
+
+
+async def test_standalone_get_streams_are_refused_audited_and_never_held(
+        mcp_url: str, gateway: RunningGateway) -> None:
+    """The attack: many concurrent standalone GET /mcp SSE streams (both protocol eras and
+    none, JSON and SSE accept headers), plus raw connections that send a GET and then just
+    hold the socket. Each is answered 405 ``Allow: POST`` with the stable code
+    ``method_not_allowed`` and the connection closed (none stays open), each leaves one audit
+    record with the caller's principal, and tool calls keep being served meanwhile. Before
+    the fix a handshake-era GET opened an SSE stream that never ended and left no record."""
+    port = int(mcp_url.split(":")[2].split("/")[0])
+    auth = {"Authorization": "Bearer dev-agent"}
+    variants = [
+        {"Accept": "text/event-stream", "Mcp-Protocol-Version": "2025-11-25"},
+        {"Accept": "text/event-stream", "Mcp-Protocol-Version": "2025-03-26"},
+        {"Accept": "text/event-stream"},
+        {"Accept": "text/event-stream", "Mcp-Protocol-Version": "2026-07-28"},
+        {"Accept": "application/json, text/event-stream", "Last-Event-ID": "0"},
+    ]
+
+    async def one_get(http: httpx.AsyncClient, i: int) -> httpx.Response:
+        async with http.stream("GET", mcp_url, headers={**auth, **variants[i % len(variants)]}
+                               ) as resp:
+            await resp.aread()  # ends only if the server ends the response
+            return resp
+
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=scaled(60), limits=limits) as http:
+        held = [asyncio.create_task(_raw_get_held_open(port, "dev-agent")) for _ in range(40)]
+        gets = await asyncio.wait_for(
+            asyncio.gather(*(one_get(http, i) for i in range(60))), scaled(120))
+        others = [await http.request(m, mcp_url, headers=auth)
+                  for m in ("DELETE", "PUT", "PATCH", "OPTIONS", "HEAD")]
+        # The gateway keeps serving tool calls through the official client meanwhile.
+        async with connect(mcp_url, "dev-agent") as c:
+            found = structured(await c.call_tool("search_operations", {"query": "email"}))
+        raw = await asyncio.wait_for(asyncio.gather(*held), scaled(120))
+        unauthenticated = await http.get(mcp_url, headers={"Accept": "text/event-stream"})
+    assert found["operations"], found
+    trace_ids = []
+    for resp in gets:
+        assert resp.status_code == 405, (resp.status_code, resp.headers)
+        assert resp.headers["allow"] == "POST"
+        assert resp.headers["connection"] == "close"
+        body = json.loads(resp.content)
+        assert body["error"]["code"] == -32600
+        data = body["error"]["data"]
+        assert data["code"] == "method_not_allowed" and data["details"] == {"allow": ["POST"]}
+        trace_ids.append(data["trace_id"])
+    for resp in others:
+        assert resp.status_code == 405 and resp.headers["allow"] == "POST", resp.request.method
+    for answer in raw:  # every held connection got the 405 and was closed by the server
+        assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+        assert b'"method_not_allowed"' in answer and b"text/event-stream" not in answer
+    assert unauthenticated.status_code == 401  # authentication still comes first
+    assert len(set(trace_ids)) == len(trace_ids)
+    for trace_id in trace_ids:
+        roots = [r for r in audit_records(gateway, trace_id)
+                 if r["name"] == "mcp method_not_allowed"]
+        assert len(roots) == 1, trace_id
+        attrs = roots[0]["attributes"]
+        assert attrs["switchboard.outcome"] == "method_not_allowed"
+        assert attrs["switchboard.principal.id"] == "agent-1"
+        assert attrs["switchboard.transport"] == "mcp"
+        assert attrs["http.request.method"] == "GET"
+
+
+async def test_a_slowloris_head_is_cut_but_a_long_response_streams_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MCP listener's header deadline, on a real listener (port 0) with a 1 s deadline: a
+    client that sends part of a request head and then nothing, and one that dribbles a byte
+    every 0.3 s, are both disconnected by the server; a response that streams for several
+    deadlines after its head arrived is delivered whole, and a keep-alive connection may send
+    its next request."""
+    from gateway import mcp_http
+
+    monkeypatch.setattr(mcp_http, "HEADER_TIMEOUT_S", 1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        for i in range(8):  # ~2.4 s: more than twice the deadline
+            await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
+            await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b"end\n"})
+
+    handle = await mcp_http.start_mcp_server(app, "127.0.0.1:0")
+    try:
+        async def held(dribble: bool) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+            try:
+                writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+                await writer.drain()
+                read = asyncio.create_task(reader.read(-1))
+                while dribble and not read.done():
+                    writer.write(b"X")  # part of a header name, never a whole line
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                    await asyncio.wait({read}, timeout=0.3)
+                try:
+                    return await asyncio.wait_for(read, scaled(60))  # EOF: the server closed
+                except ConnectionResetError:  # a dribbled byte crossed the server's close
+                    return b""
+            finally:
+                writer.close()
+
+        cut = await asyncio.wait_for(asyncio.gather(held(False), held(True)), scaled(120))
+        assert cut == [b"", b""]  # closed without an answer
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.port}",
+                                     timeout=scaled(60)) as http:
+            first = await http.post("/mcp", content=b"{}")
+            second = await http.post("/mcp", content=b"{}")  # the same keep-alive connection
+        for resp in (first, second):
+            assert resp.status_code == 200
+            assert resp.text == "".join(f"{i}\n" for i in range(8)) + "end\n"
+    finally:
+        await handle.stop(grace=2.0)

@@ -84,17 +84,17 @@ async def test_bad_edit_rejected_previous_keeps_serving(
     rego.write_text(
         original.replace('default route := "deny"', 'default route := "deny"\n\nbad := y + 1')
     )
-    eng.reload_now()
+    await eng.reload_now()
     assert eng.revision == good and "unsafe" in (eng.last_reload_error or "")
     # A data file that does not parse is rejected too.
     rego.write_text(original)
     (root / "switchboard" / "data.json").write_text("{not json")
-    eng.reload_now()
+    await eng.reload_now()
     assert eng.revision == good and "invalid data file" in (eng.last_reload_error or "")
     # Nested deeper than the JSON parser recurses: rejected with a reason, never a crash.
     (root / "switchboard" / "data.json").write_text(
         '{"switchboard": ' + "[" * 5000 + "]" * 5000 + "}")
-    eng.reload_now()
+    await eng.reload_now()
     assert eng.revision == good and "nested too deeply" in (eng.last_reload_error or "")
 
 
@@ -104,7 +104,7 @@ async def test_fix_after_bad_edit_is_picked_up(live: tuple[EmbeddedPolicyEngine,
     rego = root / "switchboard" / "routing.rego"
     original = rego.read_text()
     rego.write_text(original + "\nbroken := {\n")
-    eng.reload_now()
+    await eng.reload_now()
     assert eng.revision == good
     rego.write_text(original.replace('"code run allowed"', '"fixed"'))
     await wait_for_revision_change(eng, good, within=2.0)
@@ -123,7 +123,7 @@ async def test_in_flight_evaluator_unaffected_by_swap(
     data = json.loads(data_file.read_text())
     data["grants"]["payments"] = ["nobody"]
     data_file.write_text(json.dumps(data))
-    assert eng.reload_now()
+    assert await eng.reload_now()
     assert eng.revision != old
     inp = ps.tool(ps.FINANCE, "ledger.create_transfer")
     assert held.decide(inp).route == "tool"  # the old revision still answers consistently
@@ -137,5 +137,5 @@ async def test_test_file_edits_do_not_change_revision(
     old = eng.revision
     t = root / "switchboard" / "routing_test.rego"
     t.write_text(t.read_text() + "\ntest_extra if true\n")
-    assert not eng.reload_now()
+    assert not await eng.reload_now()
     assert eng.revision == old

@@ -26,7 +26,7 @@ import yaml
 from gateway.errors import PolicyError
 
 from .base import ENTRYPOINT, PROBE_INPUT, NoPolicy
-from .worker import clean_error, engine_failure
+from .worker import RuleFailed, clean_error, compile_engine, engine_failure, probe_engine
 
 __all__ = [
     "UNDEFINED",
@@ -159,22 +159,12 @@ def load_bundle(root: Path, *, with_tests: bool = False) -> Bundle:
 
 
 def new_engine(modules: tuple[tuple[str, str], ...], data: dict[str, Any]) -> regorus.Engine:
-    """Compile modules + data into a regorus Engine; PolicyError with a readable message."""
-    engine = regorus.Engine()
-    for name, source in modules:
-        try:
-            engine.add_policy(name, source)
-        except BaseException as exc:
-            if not engine_failure(exc):
-                raise
-            raise PolicyError(f"{name}: {clean_error(exc)}") from exc
+    """Compile modules + data into a regorus Engine; PolicyError with a readable message
+    (the worker's texts: :func:`.worker.compile_engine`)."""
     try:
-        engine.add_data(data)
-    except BaseException as exc:
-        if not engine_failure(exc):
-            raise
-        raise PolicyError(f"data: {clean_error(exc)}") from exc
-    return engine
+        return compile_engine(modules, data)
+    except RuleFailed as exc:
+        raise PolicyError(str(exc)) from exc
 
 
 UNDEFINED: Any = object()  # what probe() returns for an undefined entrypoint
@@ -183,29 +173,13 @@ UNDEFINED: Any = object()  # what probe() returns for an undefined entrypoint
 def probe(engine: regorus.Engine) -> Any:
     """Evaluate every package once, as OPA compiles every rule up front; return the
     entrypoint's value for :data:`PROBE_INPUT` (:data:`UNDEFINED` when it is undefined,
-    including when no rule defines it).
-
-    regorus only reports unsafe variables, unknown functions and similar errors for rules it
-    evaluates, so a broken rule the entrypoint does not reach would otherwise be accepted.
+    including when no rule defines it); PolicyError when a rule errs
+    (:func:`.worker.probe_engine`, which a worker runs for the gateway's ``check``).
     A missing entrypoint is *not* an error here: OPA compiles such a bundle and answers every
     query with undefined, so it is loaded (and then denies everything) rather than rejected.
     """
-    engine.set_input(PROBE_INPUT)
     try:
-        # eval_query, not eval_rule: eval_rule raises "not a valid rule path" for a rule no
-        # module defines (the load would be rejected and the old revision kept serving) and
-        # returns None for both undefined and null; eval_query answers [] when undefined.
-        results = engine.eval_query(ENTRYPOINT).get("result", [])
-    except BaseException as exc:
-        if not engine_failure(exc):
-            raise
-        raise PolicyError(f"{ENTRYPOINT}: {clean_error(exc)}") from exc
-    value = results[0]["expressions"][0]["value"] if results else UNDEFINED
-    for package in engine.get_packages():
-        try:
-            engine.eval_query(package)
-        except BaseException as exc:
-            if not engine_failure(exc):
-                raise
-            raise PolicyError(f"{package}: {clean_error(exc)}") from exc
-    return value
+        defined, value = probe_engine(engine, PROBE_INPUT, ENTRYPOINT)
+    except RuleFailed as exc:
+        raise PolicyError(str(exc)) from exc
+    return value if defined else UNDEFINED

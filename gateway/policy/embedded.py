@@ -3,9 +3,12 @@
 regorus holds the GIL for a whole evaluation and has no time limit, so the gateway never
 evaluates a decision itself: cache misses and ``advertise`` go to this process's policy
 workers (:mod:`.workerpool`), each bounded by ``timeout_ms`` (an overrun is a fail-closed deny
-and the worker is killed and replaced). What stays here is what makes a revision: loading,
-compiling + probing it once (a bundle that does not compile is rejected before it serves),
-the cache key, and the cache. ``Evaluator.decide``/``evaluate`` still evaluate in-process,
+and the worker is killed and replaced). Checking a new revision before it serves (compile +
+probe: a bundle that does not compile is rejected) runs in a worker too, under the same
+deadline discipline (``LOAD_FACTOR`` x ``timeout_ms``): a revision slow to compile or probe,
+or one that crashes the engine, is refused and costs a worker, never the gateway process.
+What stays here is reading the files, the cache key (from the AST the check returns), and the
+cache. ``Evaluator.decide``/``evaluate`` still evaluate in-process,
 for ``switchboard policy check``/``test`` and the benchmarks.
 
 Decisions are cached per revision, keyed on the parts of ``input`` the policy can read
@@ -57,7 +60,7 @@ from .bundle import UNDEFINED, Bundle, Snapshot, clean_error, load_bundle, probe
 from .decisionlog import fail_closed, finish, finish_discovery, policy_unavailable, tracer
 from .inputpaths import CacheKeyFn, make_key_fn
 from .worker import RuleFailed, evaluate_rule
-from .workerpool import PolicyWorkers, input_json
+from .workerpool import Checked, LoadAborted, PolicyWorkers, input_json
 
 __all__ = ["EmbeddedPolicyEngine", "Evaluator", "action_kind", "probe_problem"]
 
@@ -71,19 +74,24 @@ _MAX_KEY_CHARS = 8192
 class Evaluator:
     """Synchronous evaluation of one bundle, with one regorus Engine per thread."""
 
-    def __init__(self, bundle: Bundle, *, cache_size: int = 4096) -> None:
+    def __init__(self, bundle: Bundle, *, cache_size: int = 4096,
+                 checked: Checked | None = None) -> None:
+        """``checked``: what a policy worker's check found (the gateway's engine: nothing is
+        compiled in this process); without it, compile + probe here, on the creating thread
+        (``policy check``/``test``, benchmarks): a bad policy fails here, not per decision."""
         self.bundle = bundle
-        # Compile + probe on the creating thread: a bad policy fails here, not per decision.
-        engine = bundle.build_engine()
-        self.probe_problem: str | None = probe_problem(probe(engine), bundle)
         self._token = object()
-        # Even the creating thread's engine lives in the thread-local, never on this object:
-        # an Evaluator may be garbage-collected on any thread, and a regorus Engine dropped
-        # off its own thread raises (at a random later point, inside whatever code runs).
-        self._per_thread().update({self._token: engine})
-        self.cache_key: CacheKeyFn | None = (
-            make_key_fn(engine.get_ast_as_json()) if cache_size > 0 else None
-        )
+        if checked is None:
+            engine = bundle.build_engine()
+            value, ast = probe(engine), engine.get_ast_as_json()
+            # Even the creating thread's engine lives in the thread-local, never on this
+            # object: an Evaluator may be garbage-collected on any thread, and a regorus
+            # Engine dropped off its own thread raises (at a random later point).
+            self._per_thread().update({self._token: engine})
+        else:
+            value, ast = checked.value, checked.ast
+        self.probe_problem: str | None = probe_problem(value, bundle)
+        self.cache_key: CacheKeyFn | None = make_key_fn(ast) if cache_size > 0 else None
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Decision] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -202,6 +210,9 @@ class EmbeddedPolicyEngine:
         self.root: Path = default_policy_dir(settings.path)
         self._evaluator: Evaluator | None = None
         self._absent: str | None = None  # why the files hold no policy; None when they do
+        # Why the revision read at start was refused without the engine's verdict (its check
+        # overran, crashed its worker, or found no worker): nothing serves meanwhile.
+        self._refused: str | None = None
         self._snapshot: Snapshot = ()
         self._watcher: asyncio.Task[None] | None = None
         self.workers: PolicyWorkers | None = None  # started by start(), stopped by close()
@@ -218,9 +229,18 @@ class EmbeddedPolicyEngine:
         """None while a usable policy serves; else why not (readiness: NOT_SERVING)."""
         if self._absent is not None:
             return self._absent
+        if self._evaluator is None and self._refused is not None:
+            return self._refused
         if self._evaluator is None or self.workers is None:
             return "policy engine is not started"
         return self._evaluator.probe_problem or self.workers.unavailable
+
+    async def _checked(self, bundle: Bundle) -> Evaluator:
+        """An evaluator for ``bundle`` once a worker compiled and probed it (never this
+        process: :meth:`PolicyWorkers.check`); PolicyError / LoadAborted: refused."""
+        if self.workers is None:
+            raise LoadAborted("policy engine is not started", retry=True)
+        return Evaluator(bundle, checked=await self.workers.check(bundle))
 
     async def start(self) -> None:
         """Load the policy and start watching.
@@ -228,24 +248,43 @@ class EmbeddedPolicyEngine:
         Raises PolicyError when the directory does not exist or the policy does not compile
         (``opa run`` refuses to start on both). A directory without policy starts the engine
         with no policy (every decision denied, ``unavailable`` set), as OPA starts with none.
-        Then the policy workers start (one that cannot is retried, never raised).
+        The policy workers start first (one that cannot is retried, never raised), then one
+        of them checks the revision (compile + probe); a check that overruns its budget or
+        whose worker dies (an engine crash) refuses the revision: the engine starts with
+        nothing serving (every decision denied, ``unavailable`` says why) until the files
+        change.
         """
         if not self.root.is_dir():
             raise PolicyError(f"policy directory {self.root} does not exist")
-        self._snapshot = snapshot(self.root)
+        current = snapshot(self.root)
+        bundle: Bundle | None = None
         try:
-            self._evaluator = Evaluator(load_bundle(self.root))
+            bundle = load_bundle(self.root)
         except NoPolicy as exc:
             self._absent = exc.message
             _log.error("policy.unavailable", reason=exc.message, root=str(self.root))
         if self.workers is None:
             self.workers = PolicyWorkers(self.settings.workers, self.settings.timeout_ms)
-            if self._evaluator is not None:
-                self.workers.load_frame(self._evaluator.bundle)  # each worker gets it first
             await self.workers.start()
-        if self._evaluator is not None:
-            _log.info("policy.loaded", revision=self.revision, root=str(self.root),
-                      workers=self.workers.pids, unavailable=self.unavailable)
+        self._snapshot = current
+        if bundle is not None:
+            try:
+                self._evaluator = await self._checked(bundle)
+            except LoadAborted as exc:
+                self._refused = exc.message
+                if exc.retry:  # it never reached a worker: the watcher tries again
+                    self._snapshot = ()
+                _log.error("policy.load_refused", revision=bundle.revision, error=exc.message,
+                           root=str(self.root))
+            except BaseException:
+                await self.workers.close()  # refusing to start leaves no worker behind
+                self.workers = None
+                raise
+            else:
+                self._refused = None
+                self.workers.load(bundle)  # every worker compiles it before it is needed
+                _log.info("policy.loaded", revision=self.revision, root=str(self.root),
+                          workers=self.workers.pids, unavailable=self.unavailable)
         if self.settings.reload and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="policy-reload")
 
@@ -261,15 +300,16 @@ class EmbeddedPolicyEngine:
             await self.workers.close()
             self.workers = None
 
-    def reload_now(self) -> bool:
+    async def reload_now(self) -> bool:
         """Reload if the files changed; True when what serves changed (a new revision, or
         no policy at all).
 
-        A bundle that fails to load, compile or probe is rejected and logged; whatever served
-        before (a revision, or no policy) keeps serving. Files that hold no policy (directory
-        gone or emptied, every ``.rego`` removed or zero-byte) are not an error: nothing serves
-        and every decision is denied until a policy is back. Call it on the serving loop's
-        thread: it sends a new revision to the workers at once.
+        A bundle that fails to load, or to compile or probe in a policy worker (an error,
+        its budget overrun, its worker dead), is rejected and logged; whatever served before
+        (a revision, or no policy) keeps serving. Files that hold no policy (directory gone
+        or emptied, every ``.rego`` removed or zero-byte) are not an error: nothing serves
+        and every decision is denied until a policy is back. Call it on the serving loop:
+        it sends a new revision to the workers at once.
         """
         current = snapshot(self.root)
         if current == self._snapshot:
@@ -280,15 +320,22 @@ class EmbeddedPolicyEngine:
             bundle = load_bundle(self.root)
             if self._evaluator is not None and bundle.revision == self._evaluator.revision:
                 return False
-            evaluator = Evaluator(bundle)
+            evaluator = await self._checked(bundle)
         except NoPolicy as exc:
             self.last_reload_error = None
+            self._refused = None
             if self._absent == exc.message and self._evaluator is None:
                 return False
             self._evaluator = None  # drop the old revision and its cache: nothing serves
             self._absent = exc.message
             _log.error("policy.unavailable", reason=exc.message, previous=previous)
             return True
+        except LoadAborted as exc:
+            self.last_reload_error = exc.message
+            if exc.retry:  # it never reached a worker: try again at the next look
+                self._snapshot = ()
+            _log.error("policy.reload_rejected", error=exc.message, serving=previous)
+            return False
         except PolicyError as exc:
             self.last_reload_error = exc.message
             _log.error("policy.reload_rejected", error=exc.message, serving=previous)
@@ -297,8 +344,11 @@ class EmbeddedPolicyEngine:
             self.last_reload_error = f"the policy could not be loaded: {clean_error(exc)}"
             _log.error("policy.reload_rejected", error=self.last_reload_error, serving=previous)
             return False
+        if self._snapshot != current:  # another look replaced it meanwhile: that one wins
+            return False
         self._evaluator = evaluator  # atomic swap; in-flight decisions hold the old evaluator
         self._absent = None
+        self._refused = None
         if self.workers is not None:
             self.workers.load(bundle)
         self.last_reload_error = None
@@ -313,7 +363,7 @@ class EmbeddedPolicyEngine:
         while True:
             await asyncio.sleep(self.settings.reload_interval_s)
             try:
-                self.reload_now()
+                await self.reload_now()
             except Exception as exc:  # never let the watcher die
                 _log.error("policy.reload_failed", error=str(exc))
 
@@ -348,7 +398,7 @@ class EmbeddedPolicyEngine:
             if evaluator is None:
                 absent = self._absent
                 decision = (policy_unavailable(absent) if absent is not None
-                            else fail_closed("policy engine is not started"))
+                            else fail_closed(self._refused or "policy engine is not started"))
                 revision = self.revision
             else:
                 decision = await self._decide(evaluator, input)
@@ -375,8 +425,8 @@ class EmbeddedPolicyEngine:
             start = time.perf_counter()
             evaluator = self._evaluator
             if evaluator is None:
-                result = Discovery(policy_revision=self.revision,
-                                   error=self._absent or "policy engine is not started")
+                result = Discovery(policy_revision=self.revision, error=self._absent
+                                   or self._refused or "policy engine is not started")
             else:
                 try:
                     tools, code = parse_advertise(

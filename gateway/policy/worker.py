@@ -10,8 +10,13 @@ package is never imported, so a worker starts fast and small. It exits when its 
 EOF (the gateway closed it, or died) and, on Linux, when the process that started it dies
 (PR_SET_PDEATHSIG), even in the middle of an evaluation that never reads stdin again.
 
-:func:`evaluate_rule`, :func:`clean_error` and :func:`engine_failure` are also what the
-in-process evaluator (``policy check``/``test``) uses: one set of error texts for both.
+:func:`evaluate_rule`, :func:`compile_engine`, :func:`probe_engine`, :func:`clean_error` and
+:func:`engine_failure` are also what the in-process evaluator (``policy check``/``test``)
+uses: one set of error texts for both.
+
+Loading a revision is checked here too (``check``: compile + probe, under the same deadline as
+a decision, scaled): a revision that is slow to compile or probe, or that crashes the engine,
+costs this process, never the gateway's.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ else:  # run as a script: the sibling module, without the gateway package
         encode,
     )
 
-__all__ = ["REVISIONS_KEPT", "RuleFailed", "clean_error", "engine_failure", "evaluate_rule",
-           "main"]
+__all__ = ["REVISIONS_KEPT", "RuleFailed", "clean_error", "compile_engine", "engine_failure",
+           "evaluate_rule", "main", "probe_engine"]
 
 REVISIONS_KEPT = 2  # compiled revisions a worker keeps: the serving one and the one before
 
@@ -80,27 +85,92 @@ def evaluate_rule(engine: regorus.Engine, input: Any, rule: str) -> Any:
         raise RuleFailed(f"policy engine panicked: {clean_error(exc)}") from exc
 
 
-def _compile(frame: dict[str, Any]) -> regorus.Engine | str:
-    """An engine for a ``load`` frame, or why the worker could not build one."""
+def compile_engine(modules: Any, data: Any) -> regorus.Engine:
+    """A regorus Engine holding ``modules`` (``[(relative path, source), ...]``) and ``data``;
+    RuleFailed with a readable reason (``<file>: ...`` or ``data: ...``) when they do not
+    compile."""
     engine = regorus.Engine()
-    try:
-        for name, source in frame["modules"]:
+    for name, source in modules:
+        try:
             engine.add_policy(name, source)
-        engine.add_data(frame["data"])
+        except BaseException as exc:
+            if not engine_failure(exc):
+                raise
+            raise RuleFailed(f"{name}: {clean_error(exc)}") from exc
+    try:
+        engine.add_data(data)
     except BaseException as exc:
         if not engine_failure(exc):
             raise
-        return f"the policy worker could not compile revision {frame['rev']}: {clean_error(exc)}"
+        raise RuleFailed(f"data: {clean_error(exc)}") from exc
     return engine
+
+
+def probe_engine(engine: regorus.Engine, probe_input: Any, entrypoint: str) -> tuple[bool, Any]:
+    """Evaluate every package once, as OPA compiles every rule up front; return (defined,
+    value) of ``entrypoint`` on ``probe_input``. RuleFailed (``<rule or package>: ...``) when
+    a rule errs: regorus only reports unsafe variables, unknown functions and similar errors
+    for rules it evaluates, so a broken rule the entrypoint does not reach would otherwise be
+    accepted. A missing entrypoint is *not* an error (OPA loads such a bundle and answers
+    undefined)."""
+    engine.set_input(probe_input)
+    try:
+        # eval_query, not eval_rule: eval_rule raises "not a valid rule path" for a rule no
+        # module defines and returns None for both undefined and null; eval_query answers []
+        # when undefined.
+        results = engine.eval_query(entrypoint).get("result", [])
+    except BaseException as exc:
+        if not engine_failure(exc):
+            raise
+        raise RuleFailed(f"{entrypoint}: {clean_error(exc)}") from exc
+    for package in engine.get_packages():
+        try:
+            engine.eval_query(package)
+        except BaseException as exc:
+            if not engine_failure(exc):
+                raise
+            raise RuleFailed(f"{package}: {clean_error(exc)}") from exc
+    if not results:
+        return False, None
+    return True, results[0]["expressions"][0]["value"]
+
+
+def _compile(frame: dict[str, Any]) -> regorus.Engine | str:
+    """An engine for a ``load`` frame, or why the worker could not build one."""
+    try:
+        return compile_engine(frame["modules"], frame["data"])
+    except RuleFailed as exc:
+        return f"the policy worker could not compile revision {frame['rev']}: {exc}"
+
+
+def _check(frame: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a ``check``: compile, probe, and the AST (for the gateway's cache key);
+    nothing is kept (a ``load`` follows if the revision is to serve)."""
+    try:
+        engine = compile_engine(frame["modules"], frame["data"])
+        defined, value = probe_engine(engine, frame["probe_input"], frame["entrypoint"])
+        ast = engine.get_ast_as_json()
+    except RuleFailed as exc:
+        return {"t": "error", "id": frame["id"], "error": str(exc),
+                "cpu_ns": time.thread_time_ns()}
+    except BaseException as exc:  # get_ast_as_json may fail as any engine call may
+        if not engine_failure(exc):
+            raise
+        return {"t": "error", "id": frame["id"], "error": clean_error(exc),
+                "cpu_ns": time.thread_time_ns()}
+    return {"t": "checked", "id": frame["id"], "defined": defined, "value": value, "ast": ast,
+            "cpu_ns": time.thread_time_ns()}
 
 
 def _answer(engines: dict[str, regorus.Engine | str], frame: dict[str, Any]) -> dict[str, Any]:
     engine = engines.get(frame["rev"])
     if engine is None:
         return {"t": "error", "id": frame["id"],
-                "error": f"the policy worker has not loaded revision {frame['rev']}"}
+                "error": f"the policy worker has not loaded revision {frame['rev']}",
+                "cpu_ns": time.thread_time_ns()}
     if isinstance(engine, str):
-        return {"t": "error", "id": frame["id"], "error": engine}
+        return {"t": "error", "id": frame["id"], "error": engine,
+                "cpu_ns": time.thread_time_ns()}
     try:
         value = evaluate_rule(engine, frame["input"], frame["rule"])
     except RuleFailed as exc:
@@ -132,6 +202,8 @@ def serve(in_fd: int, out_fd: int) -> int:
                     engines[rev] = _compile(frame) if known is None else known
                     while len(engines) > REVISIONS_KEPT:
                         del engines[next(iter(engines))]
+                elif frame["t"] == "check":
+                    _write(out_fd, encode(_check(frame)))
                 else:
                     _write(out_fd, encode(_answer(engines, frame)))
         except FrameError as exc:

@@ -42,6 +42,12 @@ GATEWAY_FRAMES: dict[str, tuple[str, ...]] = {
     # Evaluate one rule of a loaded revision on an input. id: int, unique per worker; rule: a
     # full rule path (data.switchboard.routing.decision or ...advertise).
     "eval": ("id", "rev", "rule", "input"),
+    # Check a revision before it serves: compile it, probe entrypoint on probe_input (and
+    # every package once), answer ``checked`` or ``error``; nothing is kept. Under the same
+    # deadline discipline as an eval (a budget of LOAD_FACTOR x timeout_ms), so a revision
+    # slow to compile or probe, or one that crashes the engine, costs a worker, not the
+    # gateway.
+    "check": ("id", "rev", "modules", "data", "probe_input", "entrypoint"),
 }
 
 # Frames the worker sends, with their fields.
@@ -51,6 +57,9 @@ WORKER_FRAMES: dict[str, tuple[str, ...]] = {
     "ready": ("pid", "cpu_ns"),  # first frame: imports done, reading frames
     "value": ("id", "value", "cpu_ns"),  # the rule's value; null when undefined (None)
     "error": ("id", "error", "cpu_ns"),  # why the rule has no value: the reason, verbatim
+    # A check passed: whether the entrypoint is defined on the probe input, its value (null
+    # when undefined), the AST as regorus writes it (get_ast_as_json: the cache key's source).
+    "checked": ("id", "defined", "value", "ast", "cpu_ns"),
 }
 
 _HEADER = struct.Struct(">I")

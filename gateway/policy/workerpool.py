@@ -21,6 +21,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,8 @@ import structlog
 
 from gateway.errors import PolicyError
 
-from .bundle import Bundle, clean_error
+from .base import ENTRYPOINT, PROBE_INPUT
+from .bundle import UNDEFINED, Bundle, clean_error
 from .worker_protocol import (
     MAX_WORKER_FRAME,
     WORKER_FRAMES,
@@ -39,8 +42,8 @@ from .worker_protocol import (
     encode_eval,
 )
 
-__all__ = ["WALL_FACTOR", "WORKER_SCRIPT", "PolicyWorkers", "input_json",
-           "worker_command"]
+__all__ = ["LOAD_FACTOR", "WALL_FACTOR", "WORKER_SCRIPT", "Checked", "LoadAborted",
+           "PolicyWorkers", "input_json", "worker_command"]
 
 _log = structlog.get_logger("switchboard.policy")
 
@@ -51,6 +54,9 @@ RESPAWN_BACKOFF_S = (0.0, 0.2, 1.0, 2.0, 5.0)
 # A decision waits at most this many times timeout_ms for a free worker, and its evaluation
 # lasts at most this many times timeout_ms of wall time however little CPU it got (then: deny).
 WALL_FACTOR = 10
+# Checking a revision (compile + probe, in a worker) may spend this many times timeout_ms of
+# CPU (compiling is more than one decision), and WALL_FACTOR times that of wall time.
+LOAD_FACTOR = 10
 
 
 # regorus errors carry a Rust backtrace when RUST_BACKTRACE is set: its first capture loads
@@ -85,6 +91,27 @@ def _cpu_time_s(pid: int) -> float | None:
 
 class _Lost(Exception):
     """The worker is gone (``str()`` says how) before it answered."""
+
+
+class LoadAborted(PolicyError):
+    """A revision's check ended without the engine's verdict: it overran its budget, its
+    worker died (a crash while compiling), or no worker could take it. The revision is
+    refused all the same (fail closed); ``retry`` is True when it never reached a worker
+    (nothing was learned about the revision: trying again is cheap)."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a worker's ``check`` of a revision found: the entrypoint's value on the probe
+    input (:data:`.bundle.UNDEFINED` when undefined) and the AST as JSON (the cache key's
+    source)."""
+
+    value: Any
+    ast: str
 
 
 def _exit_text(code: int | None) -> str:
@@ -137,6 +164,7 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.release_transport()  # exited and every pipe closed
+        self.pool.dying.discard(self)
 
     def release_transport(self) -> None:
         """Close the transport (a no-op once it is): one left to the garbage collector after
@@ -179,12 +207,26 @@ class _Worker(asyncio.SubprocessProtocol):
         the answer frame, or raises TimeoutError (the worker was killed) or _Lost."""
         if self.revision != bundle.revision:
             self.load(bundle.revision, self.pool.load_frame(bundle))
+        return self._request(
+            lambda rid: encode_eval(rid, bundle.revision, rule, input), timeout_s)
+
+    def check(self, bundle: Bundle, timeout_s: float) -> asyncio.Future[dict[str, Any]]:
+        """Send one ``check`` of ``bundle`` (compile + probe, nothing kept), under the same
+        deadline as an eval with a budget of ``timeout_s``."""
+        return self._request(lambda rid: encode({
+            "t": "check", "id": rid, "rev": bundle.revision,
+            "modules": [list(m) for m in bundle.modules], "data": bundle.data,
+            "probe_input": PROBE_INPUT, "entrypoint": ENTRYPOINT}), timeout_s)
+
+    def _request(self, frame: Callable[[int], bytes],
+                 timeout_s: float) -> asyncio.Future[dict[str, Any]]:
+        """Send ``frame(id)`` as this worker's one request, its deadline armed now."""
         self.request_id += 1
         request: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.request = request
         self.started = self.loop.time()
         self.timer = self.loop.call_later(timeout_s, self._expire, timeout_s)
-        self._write(encode_eval(self.request_id, bundle.revision, rule, input))
+        self._write(frame(self.request_id))
         return request
 
     def _write(self, data: bytes) -> None:
@@ -247,6 +289,9 @@ class PolicyWorkers:
         self.start_error: str | None = None  # why the last start failed; None once one did
         self.replaced = 0  # workers started after the first ones (after a kill or a death)
         self._workers: set[_Worker] = set()
+        # Workers lost (killed, exited) whose process and pipes are not all closed yet:
+        # close() waits for them, so no transport outlives the loop.
+        self.dying: set[_Worker] = set()
         # Last in, first out: the worker that answered last takes the next request, so under
         # light load one worker stays warm in the CPU caches instead of each taking turns.
         self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()
@@ -306,7 +351,43 @@ class PolicyWorkers:
                               "one is starting") from None
         if frame["t"] == "error":
             raise PolicyError(str(frame["error"]))
+        if frame["t"] != "value":
+            raise PolicyError(f"the policy worker answered a decision with a {frame['t']!r} "
+                              "frame")
         return frame["value"]
+
+    async def check(self, bundle: Bundle) -> Checked:
+        """Compile and probe ``bundle`` in a worker (never in this process) before it serves.
+
+        PolicyError with the engine's reason when it does not compile or its probe errs;
+        :class:`LoadAborted` when the check overran ``LOAD_FACTOR`` x ``timeout_ms`` of CPU
+        (the worker is killed and replaced, as for a decision), the worker died while
+        checking (a crash in the engine), or no worker was free or running. Either way the
+        revision is refused."""
+        if not self._workers and self.start_error is not None:
+            raise LoadAborted(self.unavailable or "no policy worker is running", retry=True)
+        budget_ms = LOAD_FACTOR * self.timeout_ms
+        wait_ms = WALL_FACTOR * self.timeout_ms
+        try:
+            worker = await asyncio.wait_for(self._acquire(), wait_ms / 1000)
+        except TimeoutError:
+            raise LoadAborted(f"no policy worker was free within {wait_ms} ms to check "
+                              f"revision {bundle.revision}", retry=True) from None
+        try:
+            frame = await worker.check(bundle, budget_ms / 1000)
+        except TimeoutError:
+            raise LoadAborted(
+                f"revision {bundle.revision} did not compile and probe within {budget_ms} ms "
+                "(its worker was stopped and is being replaced)") from None
+        except _Lost as exc:
+            raise LoadAborted(f"the policy worker exited while compiling and probing revision "
+                              f"{bundle.revision} ({exc}); a new one is starting") from None
+        if frame["t"] == "error":
+            raise PolicyError(str(frame["error"]))
+        if frame["t"] != "checked" or not isinstance(frame["ast"], str):
+            raise LoadAborted(f"the policy worker answered a check of revision "
+                              f"{bundle.revision} with a {frame['t']!r} frame")
+        return Checked(frame["value"] if frame["defined"] else UNDEFINED, frame["ast"])
 
     async def _acquire(self) -> _Worker:
         while True:
@@ -319,6 +400,8 @@ class PolicyWorkers:
             self._idle.put_nowait(worker)
 
     def lost(self, worker: _Worker, why: str) -> None:
+        if worker.transport is not None and not worker.transport.is_closing():
+            self.dying.add(worker)  # close() waits for it (one killed mid-spawn included)
         if worker not in self._workers:
             return
         self._workers.discard(worker)
@@ -394,6 +477,10 @@ class PolicyWorkers:
                     worker.kill("it did not exit on close")
             if pending:
                 await asyncio.wait(pending, timeout=CLOSE_GRACE_S)
-        for worker in workers:
+        dying = [w for w in self.dying if not w.exited.done()]
+        if dying:
+            await asyncio.wait([w.exited for w in dying], timeout=CLOSE_GRACE_S)
+        for worker in [*workers, *self.dying]:
             worker.release_transport()
         self._workers.clear()
+        self.dying.clear()

@@ -369,14 +369,14 @@ async def test_engine_empty_dir_then_restore(tmp_path: Path) -> None:
         assert (await eng.decide(inp)).route == "tool"  # cached allow of the old revision
         assert eng.unavailable is None
         shutil.rmtree(root / "switchboard")
-        assert eng.reload_now()
+        assert await eng.reload_now()
         d = await eng.decide(inp)
         assert d.route == "deny" and d.error_code == "policy_error"
         assert d.reasons[0] == POLICY_UNAVAILABLE and "no .rego policy files" in d.reasons[1]
         assert d.policy_revision == eng.revision == "none"
         assert eng.unavailable and eng.last_reload_error is None
         shutil.copytree(ps.POLICY_DIR / "switchboard", root / "switchboard")
-        assert eng.reload_now()
+        assert await eng.reload_now()
         assert (await eng.decide(inp)).route == "tool"
         assert eng.unavailable is None
     finally:
@@ -392,7 +392,7 @@ async def test_engine_renamed_decision_never_serves_cached_allow(tmp_path: Path)
             assert (await eng.decide(inp)).route == "tool"
         rego = root / "switchboard" / "routing.rego"
         rego.write_text(rego.read_text().replace("\ndecision := {", "\ndecision_v2 := {"))
-        assert eng.reload_now()
+        assert await eng.reload_now()
         for _ in range(3):
             d = await eng.decide(inp)
             assert d.route == "deny" and POLICY_UNAVAILABLE in d.reasons, d.reasons
@@ -415,7 +415,7 @@ async def test_engine_data_gone_is_deny_not_previous(tmp_path: Path, how: str) -
             data.unlink()
         else:
             data.write_text("" if how == "zero bytes" else "{}")
-        assert eng.reload_now()
+        assert await eng.reload_now()
         assert eng.revision != old
         d = await eng.decide(inp)
         assert d.route == "deny" and POLICY_UNAVAILABLE in d.reasons
@@ -430,7 +430,7 @@ async def test_engine_malformed_decision_for_every_input(tmp_path: Path) -> None
     try:
         rego = root / "switchboard" / "routing.rego"
         rego.write_text(rego.read_text().replace('"route": route,', '"route": "allow",'))
-        assert eng.reload_now()
+        assert await eng.reload_now()
         for inp in (ps.tool(ps.FINANCE, "ledger.create_transfer"), ps.code_run(ps.AGENT)):
             d = await eng.decide(inp)
             assert d.route == "deny" and "decision.route" in d.reasons[0]
@@ -473,7 +473,7 @@ async def test_engine_sees_symlink_swap_to_same_size_same_mtime_files(tmp_path: 
         assert (await eng.decide(inp)).route == "tool"
         os.symlink(v2, tmp_path / "tmp-link")
         os.replace(tmp_path / "tmp-link", link)
-        assert eng.reload_now()
+        assert await eng.reload_now()
         assert (await eng.decide(inp)).route == "deny"
     finally:
         await eng.close()

@@ -168,6 +168,7 @@ checksum/policies rolls the pods on every change.
 {{- $_ := set $policy "opa_url" (printf "http://127.0.0.1:%d" (int $v.opa.port)) -}}
 {{- else -}}
 {{- $_ := set $policy "path" "/etc/switchboard/policies" -}}
+{{- $_ := set $policy "workers" (int $v.policy.workers) -}}
 {{- end -}}
 {{- $backends := list -}}
 {{- range $v.backends -}}
