@@ -161,8 +161,7 @@ def codemode_config(work: Path, port: int) -> Path:
 async def codemode_runner(stack: ProcHost, args: argparse.Namespace) -> list[dict[str, Any]]:
     import httpx
 
-    work = stack.tmp / "codemode"
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="codemode-", dir=stack.tmp))  # one per round
     port = free_port()
     config = codemode_config(work, port)
     log = (work / "workerd.log").open("w")
