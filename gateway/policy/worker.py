@@ -21,11 +21,13 @@ costs this process, never the gateway's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import regorus
@@ -91,19 +93,22 @@ def compile_engine(modules: Any, data: Any) -> regorus.Engine:
     compile."""
     engine = regorus.Engine()
     for name, source in modules:
-        try:
+        with _failing_as(name):
             engine.add_policy(name, source)
-        except BaseException as exc:
-            if not engine_failure(exc):
-                raise
-            raise RuleFailed(f"{name}: {clean_error(exc)}") from exc
-    try:
+    with _failing_as("data"):
         engine.add_data(data)
-    except BaseException as exc:
+    return engine
+
+
+@contextlib.contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    """An engine error inside as RuleFailed (``<what>: reason``); any other error propagates."""
+    try:
+        yield
+    except BaseException as exc:  # pyo3 PanicException derives from BaseException
         if not engine_failure(exc):
             raise
-        raise RuleFailed(f"data: {clean_error(exc)}") from exc
-    return engine
+        raise RuleFailed(f"{what}: {clean_error(exc)}") from exc
 
 
 def probe_engine(engine: regorus.Engine, probe_input: Any, entrypoint: str) -> tuple[bool, Any]:
@@ -114,22 +119,14 @@ def probe_engine(engine: regorus.Engine, probe_input: Any, entrypoint: str) -> t
     accepted. A missing entrypoint is *not* an error (OPA loads such a bundle and answers
     undefined)."""
     engine.set_input(probe_input)
-    try:
+    with _failing_as(entrypoint):
         # eval_query, not eval_rule: eval_rule raises "not a valid rule path" for a rule no
         # module defines and returns None for both undefined and null; eval_query answers []
         # when undefined.
         results = engine.eval_query(entrypoint).get("result", [])
-    except BaseException as exc:
-        if not engine_failure(exc):
-            raise
-        raise RuleFailed(f"{entrypoint}: {clean_error(exc)}") from exc
     for package in engine.get_packages():
-        try:
+        with _failing_as(package):
             engine.eval_query(package)
-        except BaseException as exc:
-            if not engine_failure(exc):
-                raise
-            raise RuleFailed(f"{package}: {clean_error(exc)}") from exc
     if not results:
         return False, None
     return True, results[0]["expressions"][0]["value"]
