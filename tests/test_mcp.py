@@ -731,7 +731,9 @@ async def test_an_oversized_body_is_refused_413_while_it_streams(
     from gateway import mcp_http
 
     port = int(mcp_url.split(":")[2].split("/")[0])
-    limit = mcp_http.MAX_BODY_BYTES
+    server = gateway.server
+    assert server is not None  # ``serve``'s own MCP listener takes max_message_bytes
+    limit = gateway.settings.max_message_bytes if server.mcp_port else mcp_http.MAX_BODY_BYTES
     declared, _ = await _until_answered(
         port, _post_head(port, "dev-agent", f"Content-Length: {limit + 1}\r\n"))
     piece = b"x" * 65536
