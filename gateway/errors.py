@@ -31,6 +31,7 @@ __all__ = [
     "OutputInvalid",
     "PolicyDenied",
     "PolicyError",
+    "RequestTimeout",
     "ResourceExhausted",
     "ResultInvalid",
     "SandboxCrashed",
@@ -93,6 +94,13 @@ class MethodNotAllowed(GatewayError):
     serves."""
 
     code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    """The request did not arrive in time (the MCP door's body deadline): a client trickling
+    or withholding its body would otherwise hold a connection and a task forever."""
+
+    code = "request_timeout"
 
 
 class UnknownOperation(GatewayError):

@@ -6,7 +6,9 @@ the protocol level: an unknown tool is ``-32602``, as the spec has it) and a too
 ``isError: true`` (everything the model should read and act on: denials, bad arguments,
 approvals, backend failures). The HTTP layer answers an unauthenticated request ``401`` with
 a JSON-RPC error ``-32001`` before MCP sees it, and an authenticated request with any method
-but ``POST`` ``405`` (``Allow: POST``) with ``-32600`` / ``method_not_allowed``. Every other
+but ``POST`` ``405`` (``Allow: POST``) with ``-32600`` / ``method_not_allowed``; a body not
+complete within the body deadline is ``408`` / ``request_timeout``, one over the size limit
+``413`` / ``resource_exhausted`` (:data:`HTTP_REFUSAL_STATUS`). Every other
 request (listing, reading, completion) fails as a JSON-RPC error only: :func:`request_error`.
 """
 
@@ -21,6 +23,9 @@ from mcp.shared.exceptions import MCPError
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
+    RequestTimeout,
+    ResourceExhausted,
     SchemaInvalid,
     Unauthenticated,
     UnknownOperation,
@@ -28,6 +33,7 @@ from gateway.errors import (
 from gateway.frontdoor import error_payload
 
 __all__ = [
+    "HTTP_REFUSAL_STATUS",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
@@ -45,9 +51,16 @@ __all__ = [
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
-# The JSON-RPC "invalid request" code: the body of the 405 a non-POST request gets (the HTTP
-# method itself is wrong; ``data.code`` is ``method_not_allowed``).
+# The JSON-RPC "invalid request" code: the body of every HTTP-level refusal of an
+# authenticated request (the request never reached MCP; ``data.code`` says why).
 INVALID_REQUEST = -32600
+# Stable code of an HTTP-level refusal -> its HTTP status (each answered with
+# ``Connection: close`` and audited by the guard in :mod:`gateway.mcp_http`).
+HTTP_REFUSAL_STATUS: dict[str, int] = {
+    MethodNotAllowed.code: 405,
+    RequestTimeout.code: 408,
+    ResourceExhausted.code: 413,
+}
 # The server-defined code of the 401 answer (before any MCP processing).
 UNAUTHENTICATED = -32001
 

@@ -22,10 +22,16 @@ from mcp.server.transport_security import TransportSecuritySettings
 from opentelemetry import trace
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.errors import GatewayError, MethodNotAllowed, Unauthenticated
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    RequestTimeout,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from gateway.frontdoor.scope import CallScope, authenticate, call_scope
 from gateway.identity import Authenticator, bearer_token
-from gateway.mcp_errors import INVALID_REQUEST, UNAUTHENTICATED
+from gateway.mcp_errors import HTTP_REFUSAL_STATUS, INVALID_REQUEST, UNAUTHENTICATED
 from gateway.values import split_listen
 
 __all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
@@ -43,6 +49,16 @@ _ALLOW = b"POST"
 # response): uvicorn has no such deadline (its keep-alive timer stops at the first byte), so a
 # slowloris client dribbling a header would hold a connection and its socket forever.
 HEADER_TIMEOUT_S = 10.0
+# Once its head is in, a request's body must be complete within BODY_TIMEOUT_S, plus one
+# second per BODY_MIN_RATE bytes that arrived (a steady upload at that rate or faster is never
+# cut: a 4 MiB body may take ~2 min); else 408 with ``Connection: close``. Without it, a client
+# that declares a large Content-Length and trickles (or withholds) the body held a task and a
+# connection forever: the header deadline stops at the end of the head.
+BODY_TIMEOUT_S = 10.0
+BODY_MIN_RATE = 32 * 1024  # bytes/s
+# The largest request body the MCP door reads (``max_message_bytes``, the gRPC door's limit,
+# by default); a larger one is refused 413 while it streams, never buffered whole.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 
 ASGIApp = Callable[
@@ -65,12 +81,16 @@ class _AuthGuard:
     ``unauthenticated``, the trace id quoted in the 401), as the gRPC door audits its own.
     An authenticated request to the MCP path with any method but POST (a standalone GET SSE
     stream, DELETE, ...) is answered 405 ``Allow: POST`` and audited too (outcome
-    ``method_not_allowed``); it never reaches the MCP app."""
+    ``method_not_allowed``); it never reaches the MCP app. Every other authenticated request
+    has its body read here first, under :data:`BODY_TIMEOUT_S` and ``max_body_bytes`` (408
+    ``request_timeout`` / 413 ``resource_exhausted``, audited the same way)."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, *, path: str,
                  resource_url: str | None, authorization_servers: Sequence[str],
-                 tracer: trace.Tracer | None = None) -> None:
+                 tracer: trace.Tracer | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.tracer = tracer
         self.authenticator = authenticator
         self.path = path
@@ -144,27 +164,23 @@ class _AuthGuard:
                 pass  # pragma: no cover - ``refused`` always raises
         return opened[0].trace_id if opened else ""
 
-    async def _refuse_method(self, scope: MutableMapping[str, Any], send: Any,
-                             token: str | None) -> None:
-        """405 for an authenticated request with a method other than POST, audited as the
-        caller's (outcome ``method_not_allowed``), answered at once with ``Connection: close``:
-        a refused stream never holds a connection or a task."""
-        method = str(scope.get("method", ""))[:16]
-        exc = MethodNotAllowed(
-            f"{method} is not served here: the MCP endpoint takes POST only (it offers no "
-            "server-initiated stream and no sessions)", details={"allow": ["POST"]})
+    async def _refuse(self, scope: MutableMapping[str, Any], send: Any, token: str | None,
+                      exc: GatewayError, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """An HTTP-level refusal of an authenticated request (405, 408, 413): audited as the
+        caller's (root span ``mcp <code>``, outcome the stable code), answered at once with
+        ``Connection: close``: a refused request never holds a connection or a task."""
         trace_id = ""
         if self.tracer is not None:
             opened: list[CallScope] = []
             # The token may have expired since the guard's check: then the record says
-            # ``unauthenticated``; the answer is the 405 either way.
+            # ``unauthenticated``; the answer is the refusal either way.
             with contextlib.suppress(GatewayError):
                 async with call_scope(
                         self.tracer, self.authenticator, transport="mcp",
-                        span_name="mcp method_not_allowed", token=token, raw_request_id="",
-                        attributes={"http.request.method": method,
+                        span_name=f"mcp {exc.code}", token=token, raw_request_id="",
+                        attributes={"http.request.method": str(scope.get("method", ""))[:16],
                                     "url.path": str(scope.get("path", ""))[:256]},
-                        log_fields={"mcp_method": "method_not_allowed"},
+                        log_fields={"mcp_method": exc.code},
                         on_open=opened.append):
                     raise exc
             trace_id = opened[0].trace_id if opened else ""
@@ -172,10 +188,56 @@ class _AuthGuard:
         if trace_id:
             data["trace_id"] = trace_id
         await self._json(
-            send, 405,
+            send, HTTP_REFUSAL_STATUS[exc.code],
             {"jsonrpc": "2.0", "id": None,
              "error": {"code": INVALID_REQUEST, "message": exc.message, "data": data}},
-            [(b"allow", _ALLOW), (b"connection", b"close")])
+            [*extra, (b"connection", b"close")])
+
+    async def _refuse_method(self, scope: MutableMapping[str, Any], send: Any,
+                             token: str | None) -> None:
+        """405 ``Allow: POST`` for an authenticated request with a method other than POST."""
+        method = str(scope.get("method", ""))[:16]
+        exc = MethodNotAllowed(
+            f"{method} is not served here: the MCP endpoint takes POST only (it offers no "
+            "server-initiated stream and no sessions)", details={"allow": ["POST"]})
+        await self._refuse(scope, send, token, exc, [(b"allow", _ALLOW)])
+
+    async def _read_body(self, scope: MutableMapping[str, Any], receive: Any,
+                         started: float) -> bytes | GatewayError | None:
+        """The whole request body, read here under the size limit and the body deadline
+        (uvicorn has neither: a trickled or withheld body held a task and a connection
+        forever, and any size was buffered); the refusal when one is broken, ``None`` when
+        the client went away. A declared ``Content-Length`` over the limit is refused before
+        a byte of the body is read, a chunked one as soon as it crosses the limit."""
+        limit = self.max_body_bytes
+        declared = _header(scope, b"content-length")
+        too_large = ResourceExhausted(
+            f"the request body exceeds {limit} bytes", details={"max_bytes": limit})
+        if declared.isdigit() and int(declared) > limit:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            # BODY_TIMEOUT_S from the head, plus one second per BODY_MIN_RATE bytes received:
+            # a steady slow upload keeps going, a trickle is cut.
+            async with asyncio.timeout_at(started + BODY_TIMEOUT_S) as deadline:
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return None  # http.disconnect: nobody to answer
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return too_large
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+                    deadline.reschedule(started + BODY_TIMEOUT_S + size / BODY_MIN_RATE)
+        except TimeoutError:
+            return RequestTimeout(
+                f"the request body was not complete within {BODY_TIMEOUT_S:g} s (plus 1 s "
+                f"per {BODY_MIN_RATE} bytes received)",
+                details={"received_bytes": size, "timeout_s": BODY_TIMEOUT_S})
 
     def _is_mcp_path(self, path: str) -> bool:
         return path.rstrip("/") == self.path.rstrip("/")
@@ -184,6 +246,7 @@ class _AuthGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = asyncio.get_running_loop().time()  # uvicorn calls the app once the head is in
         path = str(scope.get("path", ""))
         if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
             if scope.get("method") not in ("GET", "HEAD"):
@@ -220,7 +283,26 @@ class _AuthGuard:
         if scope.get("method") != "POST" and self._is_mcp_path(path):
             await self._refuse_method(scope, send, bearer_token(headers))
             return
-        await _json_only_bridge(self.app, scope, receive, send)
+        body = await self._read_body(scope, receive, started)
+        if body is None:
+            return
+        if isinstance(body, GatewayError):
+            await self._refuse(scope, send, bearer_token(headers), body)
+            return
+        await _json_only_bridge(self.app, scope, _replay(body, receive), send)
+
+
+def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Any]]:
+    """``receive`` for the app once the guard has read the body: the body as one message,
+    then the real channel (so the app still hears ``http.disconnect``)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Any:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replayed
 
 
 def _last_jsonrpc_response(body: bytes) -> bytes | None:

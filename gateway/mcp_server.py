@@ -71,6 +71,7 @@ from gateway.mcp_errors import (
     unknown_tool_error,
 )
 from gateway.mcp_http import (  # re-exported: the HTTP side of this door
+    MAX_BODY_BYTES,
     MCP_PATH,
     PROTECTED_RESOURCE_PATH,
     ASGIApp,
@@ -545,6 +546,7 @@ def create_mcp_app(
     resource_url: str | None = None,
     authorization_servers: Sequence[str] = (),
     version: str = "",
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> ASGIApp:
     """The MCP streamable-HTTP ASGI app at ``path``; run its lifespan (uvicorn does).
 
@@ -552,7 +554,7 @@ def create_mcp_app(
     protection); ``allowed_origins`` defaults to those hosts over http and https.
     ``resource_url`` is the public URL of the endpoint for the protected-resource metadata
     (default: from the request's Host); ``authorization_servers`` goes into it (the JWT
-    issuer)."""
+    issuer); ``max_body_bytes`` is the largest request body read (413 above it)."""
     handlers = _Handlers(pipeline, authenticator)
     with warnings.catch_warnings():
         # logging/setLevel is deprecated from 2026-07-28 on, but handshake-era clients use it.
@@ -584,4 +586,5 @@ def create_mcp_app(
         host="0.0.0.0",  # only consulted for the default DNS-rebinding settings we override
     )
     return _AuthGuard(app, authenticator, path=path, resource_url=resource_url,
-                      authorization_servers=authorization_servers, tracer=pipeline.tracer)
+                      authorization_servers=authorization_servers, tracer=pipeline.tracer,
+                      max_body_bytes=max_body_bytes)

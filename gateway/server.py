@@ -304,7 +304,8 @@ async def create_server(
                     allowed_origins=settings.mcp.allowed_origins,
                     resource_url=settings.mcp.resource_url,
                     authorization_servers=[settings.identity.issuer]
-                    if settings.identity.issuer else ()),
+                    if settings.identity.issuer else (),
+                    max_body_bytes=settings.max_message_bytes),
                 settings.mcp.listen)
         except BaseException:
             await server.stop(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from gateway_support import RunningGateway, mcp_endpoint
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from waiting import scaled
+from waiting import bound, scaled
 
 from gateway.audit import AuditSettings, setup_telemetry
 from gateway.identity import Authenticator
@@ -640,3 +641,139 @@ async def test_a_slowloris_head_is_cut_but_a_long_response_streams_on(
             assert resp.text == "".join(f"{i}\n" for i in range(8)) + "end\n"
     finally:
         await handle.stop(grace=2.0)
+
+
+def _post_head(port: int, token: str, extra: str) -> bytes:
+    return (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            "Accept: application/json, text/event-stream\r\n"
+            f"Mcp-Protocol-Version: 2025-11-25\r\n{extra}\r\n").encode()
+
+
+async def _until_answered(port: int, head: bytes, body: bytes = b"",
+                          trickle: bool = False) -> tuple[bytes, float]:
+    """Send ``head`` and ``body``, then (``trickle``) one more body byte every 0.3 s until
+    the server answers, or nothing; returns all the server sent until it closed (kept even
+    if the close was a reset: a byte may cross it), and the seconds that took."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    answer = bytearray()
+
+    async def read_all() -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                answer.extend(chunk)
+
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(head + body)
+            await writer.drain()
+        read = asyncio.create_task(read_all())
+        while trickle and not answer and not read.done():
+            with contextlib.suppress(ConnectionError):
+                writer.write(b" ")
+                await writer.drain()
+            await asyncio.wait({read}, timeout=0.3)
+        await asyncio.wait_for(read, scaled(300))  # EOF: the server closed
+        return bytes(answer), time.monotonic() - started
+    finally:
+        writer.close()
+
+
+def _refusal(answer: bytes, status: int, code: str) -> str:
+    """The checked HTTP-level refusal in a raw answer; returns its trace id."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert b"\r\nconnection: close" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert error["code"] == -32600 and error["data"]["code"] == code, error
+    return str(error["data"]["trace_id"])
+
+
+async def test_a_trickled_or_withheld_body_is_cut_408_audited_and_others_are_served(
+        mcp_url: str, gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slow-body attack, with a 1 s body deadline: raw connections send a complete head
+    (``Content-Length: 1000000``) and then a byte every 0.3 s, or nothing at all. Each is
+    answered 408 with the stable code ``request_timeout`` and ``Connection: close`` within a
+    bound of the deadline, and leaves one audit record with the caller's principal; a tool
+    call through the official client succeeds meanwhile. Before the fix the connections were
+    held forever (the header deadline ends with the head)."""
+    from gateway import mcp_http
+
+    monkeypatch.setattr(mcp_http, "BODY_TIMEOUT_S", 1.0)
+    port = int(mcp_url.split(":")[2].split("/")[0])
+    head = _post_head(port, "dev-agent", "Content-Length: 1000000\r\n")
+    slow = [asyncio.create_task(_until_answered(port, head, b'{"jsonrpc":', trickle=i % 2 == 0))
+            for i in range(6)]
+    async with connect(mcp_url, "dev-agent") as c:
+        found = structured(await c.call_tool("search_operations", {"query": "email"}))
+    assert found["operations"], found
+    answers = await asyncio.wait_for(asyncio.gather(*slow), scaled(300))
+    for answer, elapsed in answers:
+        trace_id = _refusal(answer, 408, "request_timeout")
+        assert elapsed < bound(1.0), elapsed
+        roots = [r for r in audit_records(gateway, trace_id)
+                 if r["name"] == "mcp request_timeout"]
+        assert len(roots) == 1, trace_id
+        attrs = roots[0]["attributes"]
+        assert attrs["switchboard.outcome"] == "request_timeout"
+        assert attrs["switchboard.principal.id"] == "agent-1"
+        assert attrs["switchboard.transport"] == "mcp"
+        assert attrs["http.request.method"] == "POST"
+
+
+async def test_an_oversized_body_is_refused_413_while_it_streams(
+        mcp_url: str, gateway: RunningGateway) -> None:
+    """A body over the limit (4 MiB) is refused 413 ``resource_exhausted`` without being
+    buffered whole: a declared ``Content-Length`` over it before any body byte is sent, a
+    chunked one as soon as it crosses it, while the client still holds the rest (the answer
+    comes before the end of the body, which never comes). Both are audited."""
+    from gateway import mcp_http
+
+    port = int(mcp_url.split(":")[2].split("/")[0])
+    server = gateway.server
+    assert server is not None  # ``serve``'s own MCP listener takes max_message_bytes
+    limit = gateway.settings.max_message_bytes if server.mcp_port else mcp_http.MAX_BODY_BYTES
+    declared, _ = await _until_answered(
+        port, _post_head(port, "dev-agent", f"Content-Length: {limit + 1}\r\n"))
+    piece = b"x" * 65536
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece)
+                       for _ in range(limit // len(piece) + 1))  # no last chunk: never ends
+    crossed, _ = await _until_answered(
+        port, _post_head(port, "dev-agent", "Transfer-Encoding: chunked\r\n"), chunked)
+    for answer in (declared, crossed):
+        trace_id = _refusal(answer, 413, "resource_exhausted")
+        roots = [r for r in audit_records(gateway, trace_id)
+                 if r["name"] == "mcp resource_exhausted"]
+        assert len(roots) == 1 and roots[0]["attributes"]["switchboard.principal.id"] == \
+            "agent-1", trace_id
+
+
+async def test_a_large_body_arriving_steadily_is_served(
+        mcp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legitimate large POST is never cut: an execute_code call whose body is ~700 KB
+    (a 220 KB source, JSON-escaped) uploaded in 16 KiB chunks for longer than the (1 s)
+    body deadline, at well over the minimum rate, runs; so does one sent at once."""
+    from gateway import mcp_http
+
+    monkeypatch.setattr(mcp_http, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(mcp_http, "BODY_MIN_RATE", 8 * 1024)
+    code = "# " + "\U0001f600" * 55_000 + "\n1 + 1"
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "execute_code", "arguments": {"code": code}}}
+    body = json.dumps(call).encode()
+    assert len(body) > 600_000
+
+    async def steadily() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 16384):
+            yield body[i:i + 16384]
+            await asyncio.sleep(0.05)
+
+    headers = {"Accept": "application/json", "Authorization": "Bearer dev-agent",
+               "Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=scaled(120)) as http:
+        slow = await http.post(mcp_url, content=steadily(), headers=headers)
+        at_once = await http.post(mcp_url, content=body, headers=headers)
+    for resp in (slow, at_once):
+        assert resp.status_code == 200, resp.text[:500]
+        assert resp.json()["result"]["structuredContent"]["result"] == 2, resp.text[:500]
