@@ -576,14 +576,7 @@ async def test_standalone_get_streams_are_refused_audited_and_never_held(
     assert unauthenticated.status_code == 401  # authentication still comes first
     assert len(set(trace_ids)) == len(trace_ids)
     for trace_id in trace_ids:
-        roots = [r for r in audit_records(gateway, trace_id)
-                 if r["name"] == "mcp method_not_allowed"]
-        assert len(roots) == 1, trace_id
-        attrs = roots[0]["attributes"]
-        assert attrs["switchboard.outcome"] == "method_not_allowed"
-        assert attrs["switchboard.principal.id"] == "agent-1"
-        assert attrs["switchboard.transport"] == "mcp"
-        assert attrs["http.request.method"] == "GET"
+        _assert_refusal_recorded(gateway, trace_id, "method_not_allowed", "GET")
 
 
 async def test_a_slowloris_head_is_cut_but_a_long_response_streams_on(
@@ -680,6 +673,18 @@ async def _until_answered(port: int, head: bytes, body: bytes = b"",
         writer.close()
 
 
+def _assert_refusal_recorded(gateway: RunningGateway, trace_id: str, code: str,
+                             method: str) -> None:
+    """Exactly one audit record of an HTTP-level refusal (``mcp <code>``), the caller's."""
+    roots = [r for r in audit_records(gateway, trace_id) if r["name"] == f"mcp {code}"]
+    assert len(roots) == 1, trace_id
+    attrs = roots[0]["attributes"]
+    assert attrs["switchboard.outcome"] == code
+    assert attrs["switchboard.principal.id"] == "agent-1"
+    assert attrs["switchboard.transport"] == "mcp"
+    assert attrs["http.request.method"] == method
+
+
 def _refusal(answer: bytes, status: int, code: str) -> str:
     """The checked HTTP-level refusal in a raw answer; returns its trace id."""
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -712,14 +717,7 @@ async def test_a_trickled_or_withheld_body_is_cut_408_audited_and_others_are_ser
     for answer, elapsed in answers:
         trace_id = _refusal(answer, 408, "request_timeout")
         assert elapsed < bound(1.0), elapsed
-        roots = [r for r in audit_records(gateway, trace_id)
-                 if r["name"] == "mcp request_timeout"]
-        assert len(roots) == 1, trace_id
-        attrs = roots[0]["attributes"]
-        assert attrs["switchboard.outcome"] == "request_timeout"
-        assert attrs["switchboard.principal.id"] == "agent-1"
-        assert attrs["switchboard.transport"] == "mcp"
-        assert attrs["http.request.method"] == "POST"
+        _assert_refusal_recorded(gateway, trace_id, "request_timeout", "POST")
 
 
 async def test_an_oversized_body_is_refused_413_while_it_streams(
@@ -743,10 +741,7 @@ async def test_an_oversized_body_is_refused_413_while_it_streams(
         port, _post_head(port, "dev-agent", "Transfer-Encoding: chunked\r\n"), chunked)
     for answer in (declared, crossed):
         trace_id = _refusal(answer, 413, "resource_exhausted")
-        roots = [r for r in audit_records(gateway, trace_id)
-                 if r["name"] == "mcp resource_exhausted"]
-        assert len(roots) == 1 and roots[0]["attributes"]["switchboard.principal.id"] == \
-            "agent-1", trace_id
+        _assert_refusal_recorded(gateway, trace_id, "resource_exhausted", "POST")
 
 
 async def test_a_large_body_arriving_steadily_is_served(
