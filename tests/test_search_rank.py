@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from gateway.catalog.search import (
     SearchIndex,
-    _path_resource,
     _query_head,
     _undo_asked,
     tokenize,
@@ -111,16 +110,58 @@ def test_undoing_is_an_action_of_its_own() -> None:
     assert not _undo_asked("back up a file") and _undo_asked("roll back the release")
 
 
-def test_the_query_head_noun_prefers_the_path_that_ends_in_it() -> None:
+def test_the_query_head_noun_is_the_end_of_its_first_noun_phrase() -> None:
     assert _query_head("set up a new verification service for our login flow") == "servic"
     assert _query_head("hang up a call that is still in progress") == "call"
-    assert _path_resource("/Calls/{CallSid}/Recordings/{Sid}.json") == "record"
-    assert _path_resource("/v2/Services") == "servic"
-    ops = [op("create_verification", "POST", "/Services/{ServiceSid}/Verifications",
-              "Create a new Verification using a Service"),
-           op("create_service", "POST", "/Services", "Create a new Verification Service")]
-    assert first(ops, "set up a new verification service") == "create_service"
-    assert first(ops, "start a new verification") == "create_verification"
+
+
+def test_a_name_of_method_and_path_says_no_more_than_its_method() -> None:
+    # Stripe-style names: a POST to one item changes it, a POST to the list adds one.
+    ops = [op("post_widgets", "POST", "/v1/widgets", "Widgets"),
+           op("post_widgets_widget", "POST", "/v1/widgets/{widget}", "Widgets"),
+           op("get_widgets", "GET", "/v1/widgets", "Widgets"),
+           op("get_widgets_widget", "GET", "/v1/widgets/{widget}", "Widgets")]
+    assert first(ops, "change a widget") == "post_widgets_widget"
+    assert first(ops, "add a widget") == "post_widgets"
+    assert first(ops, "list the widgets") == "get_widgets"
+    assert first(ops, "show this widget") == "get_widgets_widget"
+
+
+def test_an_operation_named_by_its_own_verb_does_what_that_verb_asks() -> None:
+    ops = [op("get_widget", "GET", "/widgets/{id}", "Widgets"),
+           op("auth_revoke", "GET", "/auth.revoke", "Widgets"),
+           op("auth_test", "GET", "/auth.test", "Widgets")]
+    # "invalidate" asks for a delete; a GET named "revoke" does one (RPC-style APIs).
+    assert first(ops, "invalidate the auth") == "auth_revoke"
+
+
+def test_a_query_about_one_item_prefers_the_operation_on_one() -> None:
+    ops = [op("list_holds", "GET", "/holds", "Legal holds"),
+           op("get_hold", "GET", "/holds/{id}", "Legal holds")]
+    assert first(ops, "what does this legal hold cover") == "get_hold"
+    assert first(ops, "every legal hold we have") == "list_holds"
+    assert first(ops, "a legal hold by id") == "get_hold"
+
+
+def test_a_clause_after_without_is_not_asked_for() -> None:
+    ops = [op("delete_account", "DELETE", "/accounts/{id}", "Delete an account"),
+           op("disable_account", "POST", "/accounts/{id}/disable", "Disable an account")]
+    assert first(ops, "switch off an account without deleting it") == "disable_account"
+
+
+def test_a_later_past_form_is_not_the_query_verb() -> None:
+    ops = [op("chat_post_message", "POST", "/chat.postMessage", "Sends a message"),
+           op("chat_update", "POST", "/chat.update", "Updates a message")]
+    assert first(ops, "fix a typo in a message the bot already posted") == "chat_update"
+
+
+def test_markup_and_split_acronyms_do_not_become_terms() -> None:
+    ops = [op("get_gadget", "GET", "/gadgets/{id}",
+              '<p>Retrieves a <a href="/docs/api#gadgets">gadget</a>.</p>'),
+           op("reserved_i_ps_create", "POST", "/reserved_ips", "Create a reserved IP")]
+    assert SearchIndex(ops).search("docs href", limit=3) == []
+    assert first(ops, "reserve an IPs block") == "reserved_i_ps_create"
+    assert tokenize("reserved_i_ps") == ["reserv", "ip"] == tokenize("reserved IP")
 
 
 def test_everyday_words_reach_the_words_specs_use() -> None:

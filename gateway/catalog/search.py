@@ -4,21 +4,26 @@ First stage: each operation is one document made of weighted fields (name x3, su
 x1, parameter names x0.7, the opening of the description x0.5, parameter descriptions x0.3),
 scored by BM25F with per-field length normalisation. Terms are lower-cased, camelCase /
 snake_case-split, stop-word-free and lightly stemmed; run-together name words ("deletefile")
-also count as their halves. Query words are expanded through a table of generic
-everyday-to-API words ("text" -> message, "credit" -> balance, "hang up" -> terminate,
-"spend" -> usage) at a lower weight.
+also count as their halves. HTML in summaries and descriptions is dropped, and a summary that
+only repeats the name ("AcceptDispute") is stood in for by the description's first words.
+Query words are expanded through a table of generic everyday-to-API words ("text" -> message,
+"credit" -> balance, "hang up" -> terminate, "spend" -> usage) at a lower weight.
 
 Second stage: the best 40 are re-scored by how much of the operation's name the query covers
-(IDF-weighted, so a long name's rare unmatched words cost more than its common prefix) and by
-whether the operation does what the query's verb asks (list / get / create / update / delete:
-the query's first action word against the name's verb, or the HTTP method and path shape), and
-by the share of the query's adjacent word pairs found adjacent (either order) in the name or
-summary, and by whether the query's head noun ("a new verification *service* for ...") is the
-resource the operation's path ends in. Undoing is an action of its own: "undo the delete",
-"bring back a suspended user" ask for an ``un-`` or restoring operation; enabling and disabling
-are each other's opposites. Multi-word verbs are rewritten first ("get rid of", "turn off",
-"take ... off"); a question ("is ...", "how many ...") or a noun phrase without a verb ("emoji
-reactions on a comment") asks for a read.
+(IDF-weighted, so a long name's rare unmatched words cost more than its common prefix;
+parameter placeholders such as ``id`` do not count), by whether the operation does what the
+query's verb asks (list / get / create / update / delete: the query's first action word against
+the name's verb, or the HTTP method and path shape; a name that is only method and path, as
+in ``post_customers_customer``, says no more than its method, and a write named by a verb of
+its own, ``cancel_invoice``, does what that verb asks), by the share of the query's adjacent
+word pairs found adjacent (either order) in the name or summary, and by whether a query about
+one item ("this legal hold", "one of our lists", "by id") meets an operation on one item.
+Undoing is an action of its own: "undo the delete", "bring back a suspended user" ask for an
+``un-`` or restoring operation; enabling and disabling are each other's opposites. Multi-word
+verbs are rewritten first ("get rid of", "turn off", "take ... off", "money back"), and a
+clause after "without" / "instead of" is dropped; a question ("is ...", "how many ...") or a
+noun phrase without a verb ("emoji reactions on a comment") asks for a read, and a later past
+form ("a message the bot already posted") is not the query's verb.
 
 The inverted index is built once per catalog; a query touches only the postings of its terms
 (~1-2 ms over 1,000-2,200 operations, bench/search_latency.py). Pure Python, no model; the
@@ -41,6 +46,7 @@ from gateway.catalog._search_words import (
     _EXPAND,
     _METHOD_ACTIONS,
     _NAME_ACTIONS,
+    _PAST_FORMS,
     _PHRASES,
     _QUERY_ACTIONS,
     _QUESTION_WORDS,
@@ -53,7 +59,7 @@ from gateway.models import Operation
 
 __all__ = ["SearchIndex", "tokenize"]
 
-_EXPANSION_WEIGHT = 0.4
+_EXPANSION_WEIGHT = 0.5
 # (field, weight, length normalisation b) for BM25F.
 _FIELDS = (("name", 3.0, 0.75), ("summary", 2.0, 0.75), ("tags", 1.0, 0.3),
            ("params", 0.7, 0.5), ("description", 0.5, 0.75), ("param_text", 0.3, 0.75))
@@ -81,9 +87,15 @@ def _stem(token: str) -> str:
     return token
 
 
+# "reserved_i_ps", "i_ds": a snake-cased plural acronym (IPs, IDs), back as one singular word.
+_ACRONYM_PLURAL = re.compile(r"(?<![a-z0-9])([a-z])_([a-z])s(?![a-z0-9])")
+
+
 def _words(text: str) -> list[str]:
-    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text)
-    return [w for w in re.findall(r"[a-z0-9]+", text.lower())
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).lower()
+    if "_" in text:
+        text = _ACRONYM_PLURAL.sub(r"\1\2", text)
+    return [w for w in re.findall(r"[a-z0-9]+", text)
             if w not in _STOP and (len(w) > 1 or w.isdigit())]
 
 
@@ -113,10 +125,12 @@ def _expansions(word: str, stem: str) -> tuple[str, ...]:
 def _query_terms(query: str) -> dict[str, float]:
     terms: dict[str, float] = {}
     verb = _action_word(query)
-    for word in _words(query):
+    for i, word in enumerate(_words(query)):
         stem = _stem(word)
         weight = 1.0
-        if word in _VERB_ONLY or stem in _VERB_ONLY or word == verb:
+        # "list" says what to do only as the verb or first word: "contact lists" is a noun.
+        if word == verb or ((word in _VERB_ONLY or stem in _VERB_ONLY)
+                            and (not i or stem != "list")):
             weight = _EXPANSION_WEIGHT
         terms[stem] = max(terms.get(stem, 0.0), weight)
         for extra in _expansions(word, stem):
@@ -131,16 +145,34 @@ def _query_terms(query: str) -> dict[str, float]:
     return terms
 
 
+_TAG = re.compile(r"<[^>]*>")
+# A description's first sentence stands in for a summary that only repeats the name.
+_SENTENCE_TOKENS = 30
+
+
+def _plain(text: str) -> str:
+    """Text without HTML markup: specs that write their prose in HTML (``<p>``, ``<a
+    href="/docs/...">``) would otherwise index their tags' and links' words."""
+    return _TAG.sub(" ", text) if "<" in text else text
+
+
 def _fields(op: Operation) -> dict[str, list[str]]:
     props = op.input_schema.get("properties") or {}
     param_text = " ".join(
-        str(s.get("description", ""))[:200] for s in props.values() if isinstance(s, dict))
+        _plain(str(s.get("description", "")))[:200] for s in props.values()
+        if isinstance(s, dict))
+    name = tokenize(op.short_name)
+    description = tokenize(_plain(op.description))
+    summary = tokenize(_plain(op.summary))
+    if len(op.summary.split()) == 1 and set(summary) <= set(name):
+        # "AcceptDispute" for accept_dispute: the summary says nothing the name does not.
+        summary += description[:_SENTENCE_TOKENS]
     return {
-        "name": tokenize(op.short_name),
-        "summary": tokenize(op.summary) + tokenize(op.backend),
+        "name": name,
+        "summary": summary + tokenize(op.backend),
         "tags": tokenize(" ".join(op.tags)),
         "params": tokenize(" ".join(p.name for p in op.parameters)),
-        "description": tokenize(op.description)[:_DESCRIPTION_TOKENS],
+        "description": description[:_DESCRIPTION_TOKENS],
         "param_text": tokenize(param_text)[:_DESCRIPTION_TOKENS],
     }
 
@@ -148,24 +180,55 @@ def _fields(op: Operation) -> dict[str, list[str]]:
 
 
 
+# "switch off an account without deleting it": what follows says what is not wanted.
+_NEGATED = re.compile(r"\b(?:without|instead of|rather than|but not|except)\b[^,;.?!]*",
+                      re.IGNORECASE)
+
+
 def _rewrite(query: str) -> str:
     for pattern, repl in _PHRASES:
         query = pattern.sub(repl, query)
-    return query
+    return _NEGATED.sub(" ", query)
 
 
 _STEMMED_ACTIONS = {_stem(w): a for w, a in _NAME_ACTIONS.items()}
+# Query verbs that in an operation's name are more often nouns ("file", "text", "order").
+_NOUN_LIKE = frozenset(["file", "text", "post", "order", "info", "detail", "new", "all",
+                        "which", "who", "what", "print", "display", "set", "open", "view",
+                        "see", "look", "show", "find", "search", "list", "check"])
+_NONE: frozenset[str] = frozenset()
+# Name words that only stand for a path parameter ("get_legal_hold_policies_id"): no part of
+# what the operation is, so the query is not asked to cover them.
+_PLACEHOLDERS = frozenset(["id", "uuid", "gid"])
+
+
+def _method_named(op: Operation) -> bool:
+    """Whether the name is only the HTTP method and the path (``post_customers_customer``):
+    its verb then says no more than the method does."""
+    words = _words(op.short_name.replace("_", " "))
+    return bool(words) and words[0] == op.method.lower()
 
 
 def _op_actions(op: Operation) -> frozenset[str]:
     words = _words(op.short_name.replace("_", " "))
-    named = {_NAME_ACTIONS[w] for w in words if w in _NAME_ACTIONS}
     last = [seg for seg in op.path.split("/") if seg]
     item = bool(last) and last[-1].startswith("{")
     if op.method == "GET":
-        from_method: tuple[str, ...] = ("get",) if item else ("list", "get")
+        from_method: tuple[str, ...] = ("get",) if item else ("list",)
+    elif op.method == "POST" and item:
+        from_method = ("update",)  # a POST to one item changes it; it adds nothing to a list
     else:
         from_method = _METHOD_ACTIONS.get(op.method, ())
+    if _method_named(op):
+        words = words[1:]
+    named = {_NAME_ACTIONS[w] for w in words if w in _NAME_ACTIONS}
+    if not named:
+        # An operation named by what it does ("cancel_invoice", "resume_subscription",
+        # "auth_revoke", RPC-style APIs whatever their method) also does the action that verb
+        # asks for in a query.
+        for w in words:
+            if w not in _NOUN_LIKE:
+                from_method = (*from_method, *_QUERY_ACTIONS.get(w, ()))
     if named:
         if "get" in named and op.method == "GET" and not item:
             named.add("list")
@@ -175,11 +238,21 @@ def _op_actions(op: Operation) -> frozenset[str]:
     return frozenset(from_method)
 
 
+def _past(word: str) -> bool:
+    return (len(word) > 4 and word.endswith("ed")) or word in _PAST_FORMS
+
+
 def _action_word(query: str) -> str:
     """The first word that names an action (imperatives lead with their verb; a later "file"
-    or "list" is more often a noun), or ""."""
+    or "list" is more often a noun), or "". A later past form tells what was done, not what
+    to do ("a message the bot already posted", "evidence I uploaded")."""
     word: str
-    for word in re.findall(r"[a-z]+", query.lower()):
+    for i, word in enumerate(re.findall(r"[a-z]+", query.lower())):
+        if i and _past(word):
+            continue
+        if (not i and _plural(word) and word not in _QUERY_ACTIONS
+                and not {"get", "list"} & set(_QUERY_ACTIONS.get(_stem(word), ()))):
+            continue  # "requests to join ...", "refunds issued at ...": a noun, not a verb
         if _QUERY_ACTIONS.get(word) or _QUERY_ACTIONS.get(_stem(word)):
             return word
     return ""
@@ -204,32 +277,31 @@ def _query_actions(query: str) -> frozenset[str]:
 
 
 
-def _query_head(query: str) -> str:
-    """The stemmed last word of the first noun phrase after the action word (or from the
-    start): "set up a new verification service for our login flow" -> servic."""
+def _head_span(query: str) -> list[str]:
+    """The words from after the action word (or the start) to the end of the first noun
+    phrase, determiners included: "fetch one audience segment and ..." -> one audience
+    segment."""
     raw = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", query).lower())
     verb = _action_word(query)
     start = raw.index(verb) + 1 if verb in raw else 0
-    phrase: list[str] = []
+    span: list[str] = []
+    phrase = False
     for word in raw[start:]:
         if word in _STOP or word in _ARTICLES:
             if phrase and word not in _ARTICLES:
                 break
+            span.append(word)
             continue
-        phrase.append(word)
-    return _stem(phrase[-1]) if phrase else ""
+        phrase = True
+        span.append(word)
+    return span if phrase else []
 
 
-def _path_resource(path: str) -> str:
-    """The stemmed last word of the path's last literal segment, what the operation acts on
-    (``/Calls/{CallSid}/Recordings/{Sid}.json`` -> record)."""
-    for seg in reversed([s for s in path.split("/") if s]):
-        if seg.startswith(("{", ":")):
-            continue
-        words = tokenize(re.sub(r"\.(json|xml|ya?ml)$", "", seg))
-        if words:
-            return words[-1]
-    return ""
+def _query_head(query: str) -> str:
+    """The stemmed last word of the first noun phrase after the action word (or from the
+    start): "set up a new verification service for our login flow" -> servic."""
+    span = _head_span(query)
+    return _stem(span[-1]) if span else ""
 
 
 # Second stage: the best _RERANK_DEPTH first-stage candidates are re-scored, multiplied by
@@ -237,12 +309,14 @@ def _path_resource(path: str) -> str:
 # counts as covered when it does what the query's verb asks, a term reached only through a
 # synonym counts _COVER_EXPANDED) and by (1 + _W_ACTION) when the operation's action is the one
 # the query asks for, and by (1 + _W_BIGRAM x the share of the query's adjacent word pairs that
-# are adjacent, in either order, in the name or summary). The factors only raise a score, so
-# the tail keeps its order below the head.
+# are adjacent, in either order, in the name or summary), and by (1 + _W_ONE) for a query about
+# one item and an operation on one. The factors only raise a score, so the tail keeps its order
+# below the head. The weights were fit by coordinate ascent over every tuned split in round 5
+# (docs/catalog.md); the head-noun factor of round 3 fit to 0 there and was dropped.
 _RERANK_DEPTH = 40
 _W_NAME = 2.0
-_W_ACTION = 0.5
-_COVER_EXPANDED = 0.4
+_W_ACTION = 0.75
+_COVER_EXPANDED = 0.6
 
 
 def _split_compounds(operations: Sequence[Operation],
@@ -279,8 +353,22 @@ def _split_compounds(operations: Sequence[Operation],
 
 _W_BIGRAM = 0.25
 
-# x (1 + _W_HEAD) when the query's head noun is the resource at the end of the operation's path.
-_W_HEAD = 0.25
+# x (1 + _W_ONE) for an operation on one item (its path ends in a parameter) when the query
+# asks about one ("one of our designs", "this legal hold", "a single entry", "by id").
+_W_ONE = 0.25
+_ONE_WORDS = frozenset(["one", "single", "this", "that", "particular", "specific", "given",
+                        "individual", "id"])
+_MANY_WORDS = frozenset(["all", "every", "each", "list", "many", "any"])
+
+
+def _asks_for_one(query: str) -> bool:
+    """Whether the thing asked about is one item: a word of _ONE_WORDS in its noun phrase
+    ("this legal hold", "one of our lists"; not "certificates of this setup"), or "by id"."""
+    span = set(_head_span(query))
+    if span & _MANY_WORDS:
+        return False
+    return bool(span & _ONE_WORDS) or " by id" in query.lower()
+
 
 
 def _pairs(terms: Sequence[str]) -> frozenset[frozenset[str]]:
@@ -320,17 +408,21 @@ class SearchIndex:
                     tf[term] += weight * count / norm
             for term, value in tf.items():
                 self._postings[term].append((i, value))
-            self._name_terms.append(frozenset(doc["name"]))
+            self._name_terms.append(frozenset(doc["name"]) - _PLACEHOLDERS)
         self._idf = {
             t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self._postings.items()
         }
         self._name_mass = [sum(self._idf.get(t, 0.0) for t in name) for name in self._name_terms]
-        # Name terms that are verbs, by the action they stand for ("fetch" -> "get").
-        self._name_verbs = [{t: _STEMMED_ACTIONS[t] for t in name if t in _STEMMED_ACTIONS}
-                            for name in self._name_terms]
+        # Name terms that are verbs, by the actions they stand for ("fetch" -> get).
+        self._name_verbs = [{t: frozenset((_STEMMED_ACTIONS[t],)) for t in name
+                             if t in _STEMMED_ACTIONS} for name in self._name_terms]
         self._actions = [_op_actions(op) | ({"undo"} if name & _UNDO_NAME_TERMS else set())
                          for op, name in zip(operations, self._name_terms, strict=True)]
-        self._resources = [_path_resource(op.path) for op in operations]
+        for op, verbs, actions in zip(operations, self._name_verbs, self._actions, strict=True):
+            if _method_named(op) and actions:
+                # the method word covers whichever action the method and path do
+                verbs[_stem(op.method.lower())] = actions
+        self._one_item = [bool(op.path.rstrip("/").endswith("}")) for op in operations]
         self._name_vocab: frozenset[str] = frozenset().union(*self._name_terms)
         self._bigrams = [_pairs(d["name"]) | _pairs(d["summary"]) for d in docs]
 
@@ -345,7 +437,7 @@ class SearchIndex:
         idf = self._idf
         total = 0.0
         for t in self._name_terms[doc]:
-            if verbs.get(t) in wanted or (undo and t == "undo"):
+            if verbs.get(t, _NONE) & wanted or (undo and t == "undo"):
                 total += idf[t]
                 continue
             w = terms.get(t, 0.0)
@@ -357,9 +449,9 @@ class SearchIndex:
         return total
 
     @staticmethod
-    def _half_cover(t: str, terms: dict[str, float], verbs: dict[str, str],
+    def _half_cover(t: str, terms: dict[str, float], verbs: dict[str, frozenset[str]],
                     wanted: frozenset[str], undo: bool) -> float:
-        if verbs.get(t) in wanted or (undo and t == "undo"):
+        if verbs.get(t, _NONE) & wanted or (undo and t == "undo"):
             return 1.0
         return _cover(terms.get(t, 0.0))
 
@@ -418,11 +510,11 @@ class SearchIndex:
         wanted = self._wanted(query)
         stems = [_stem(w) for w in _words(query)]
         pairs = _pairs(stems)
-        query_head = _query_head(query)
+        one = _asks_for_one(query)
         head = []
         for doc, score in first[:depth]:
-            if query_head and self._resources[doc] == query_head:
-                score *= 1 + _W_HEAD
+            if one and self._one_item[doc]:
+                score *= 1 + _W_ONE
             mass = self._name_mass[doc]
             if mass:
                 score *= 1 + _W_NAME * self._covered(doc, terms, wanted) / mass
