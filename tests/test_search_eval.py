@@ -31,15 +31,16 @@ import split_vendor_intents
 from gateway.catalog import load_catalog_sync
 
 REAL = tuple(se.REAL)
-# hit@5 over every labelled query of a spec (all splits), measured and rounded down to 0.05
-# (round 5, 2026-12-01; docs/catalog.md).
-HIT5_FLOOR = {"github": 0.95, "ghec": 0.95, "ghes": 0.90, "rclone": 0.95,
-              "dialogporten": 0.95, "twilio": 0.85, "figma": 0.95,
-              "stripe": 0.0, "square": 0.0, "slack": 0.0, "asana": 0.0, "box": 0.0,
-              "digitalocean": 0.0, "zoom": 0.0, "sendgrid": 0.0}
-# Pooled over the eight vendors' held-out half, read once in round 5.
-HOLDOUT_HIT1_FLOOR = 0.0
-HOLDOUT_HIT5_FLOOR = 0.0
+# hit@5 over every labelled query of a spec (all splits, train and retired included), measured
+# in round 5 (2026-12-01 22:24 UTC, docs/catalog.md) and rounded down to 0.05.
+HIT5_FLOOR = {"github": 0.90, "ghec": 0.95, "ghes": 0.95, "rclone": 0.90,
+              "dialogporten": 1.0, "twilio": 0.90, "figma": 0.95,
+              "stripe": 0.80, "square": 0.85, "slack": 0.80, "asana": 0.85, "box": 0.80,
+              "digitalocean": 0.80, "zoom": 0.95, "sendgrid": 0.85}
+# Pooled over the eight vendors' held-out half, read once in round 5: 0.544 / 0.825 (56 / 85
+# of 103). The issue's goal is 0.80 / 0.95: not met.
+HOLDOUT_HIT1_FLOOR = 0.50
+HOLDOUT_HIT5_FLOOR = 0.80
 
 Results = dict[str, dict[str, dict[str, Any]]]
 
