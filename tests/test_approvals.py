@@ -364,6 +364,7 @@ def test_audit_links_request_decision_and_consumption(
     assert approve["attributes"]["switchboard.approval.trace_id"] == held_trace
     assert approve["attributes"]["switchboard.approval.comment"] == "audited"
     assert approve["attributes"]["switchboard.principal.id"] == "approver-1"
+    assert approve["attributes"]["switchboard.approval.decided_as"] == ["approver"]
     assert any(link["trace_id"] == held_trace for link in approve.get("links", []))
     consumed = next(c for c in checks
                     if c["attributes"].get("switchboard.approval.outcome") == "consumed")

@@ -66,6 +66,8 @@ APPROVAL_TRACE_ID = "switchboard.approval.trace_id"
 APPROVAL_REQUESTER = "switchboard.approval.requester_id"
 APPROVAL_DIGEST = "switchboard.approval.action_hmac"  # keyed: see the module docstring
 APPROVAL_COMMENT = "switchboard.approval.comment"
+# The decider's roles that the approval accepts: the trail shows in which capacity it was decided.
+APPROVAL_DECIDED_AS = "switchboard.approval.decided_as"
 APPROVAL_SUPERSEDED = "switchboard.approval.superseded_id"  # one the policy no longer accepts
 MAX_COMMENT = 2000
 
@@ -344,6 +346,7 @@ class ApprovalService:
             if comment:
                 span.set_attribute(APPROVAL_COMMENT, comment)
             _check_approver(principal, rec, verb)
+            span.set_attribute(APPROVAL_DECIDED_AS, sorted(set(principal.roles) & set(rec.roles)))
             now = time.time()
             if not await self._store().decide(rec.id, approve=approve, by=principal.id,
                                               comment=comment, now=now):
