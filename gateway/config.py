@@ -181,6 +181,10 @@ SCHEMA: dict[str, Any] = {
                                                                "minLength": 1}},
                 # Public URL of the endpoint, for the protected-resource metadata (RFC 9728).
                 "resource_url": {"type": "string", "pattern": r"^https?://\S+$"},
+                # Open connections per peer IP (0: no per-address cap, e.g. behind a proxy
+                # whose address every client has) and in total; over either: 503.
+                "max_connections_per_address": {"type": "integer", "minimum": 0},
+                "max_connections": {"type": "integer", "minimum": 1},
             },
         },
     },
@@ -217,6 +221,10 @@ class McpSettings:
     allowed_hosts: tuple[str, ...] | None = None
     allowed_origins: tuple[str, ...] | None = None
     resource_url: str | None = None
+    # Connection caps of the listener (gateway.mcp_limits): one client cannot hold every
+    # socket within the head/body deadlines. 0 per address: only the total cap.
+    max_connections_per_address: int = 64
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)

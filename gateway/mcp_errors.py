@@ -8,7 +8,9 @@ approvals, backend failures). The HTTP layer answers an unauthenticated request 
 a JSON-RPC error ``-32001`` before MCP sees it, and an authenticated request with any method
 but ``POST`` ``405`` (``Allow: POST``) with ``-32600`` / ``method_not_allowed``; a body not
 complete within the body deadline is ``408`` / ``request_timeout``, one over the size limit
-``413`` / ``resource_exhausted`` (:data:`HTTP_REFUSAL_STATUS`). Every other
+``413`` / ``resource_exhausted`` (:data:`HTTP_REFUSAL_STATUS`); a connection over the
+listener's connection caps is ``503`` / ``resource_exhausted`` before any request is read
+(:mod:`gateway.mcp_limits`). Every other
 request (listing, reading, completion) fails as a JSON-RPC error only: :func:`request_error`.
 """
 

@@ -14,7 +14,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -32,6 +32,13 @@ from gateway.errors import (
 from gateway.frontdoor.scope import CallScope, authenticate, call_scope
 from gateway.identity import Authenticator, bearer_token
 from gateway.mcp_errors import HTTP_REFUSAL_STATUS, INVALID_REQUEST, UNAUTHENTICATED
+from gateway.mcp_limits import (
+    REFUSED_WAIT_S,
+    ConnectionLimits,
+    RefusalAudit,
+    peer_address,
+    refusal_response,
+)
 from gateway.values import split_listen
 
 __all__ = ["MCP_PATH", "PROTECTED_RESOURCE_PATH", "ASGIApp", "McpHandle", "start_mcp_server"]
@@ -251,7 +258,7 @@ class _AuthGuard:
         if path == PROTECTED_RESOURCE_PATH or path.startswith(PROTECTED_RESOURCE_PATH + "/"):
             if scope.get("method") not in ("GET", "HEAD"):
                 await self._json(send, 405, {"error": "method not allowed"},
-                                 [(b"allow", b"GET, HEAD")])
+                                 [(b"allow", b"GET, HEAD"), (b"connection", b"close")])
                 return
             await self._json(send, 200, self.metadata(scope),
                              [(b"cache-control", b"public, max-age=300"),
@@ -277,7 +284,10 @@ class _AuthGuard:
                     "error": {"code": UNAUTHENTICATED, "message": exc.message,
                               "data": data},
                 },
-                [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
+                # The body is never read: the connection is closed with the answer, so an
+                # unauthenticated client cannot pin a socket until the next head deadline.
+                [(b"www-authenticate", challenge.encode("latin-1", "replace")),
+                 (b"connection", b"close")],
             )
             return
         if scope.get("method") != "POST" and self._is_mcp_path(path):
@@ -387,19 +397,47 @@ def _security(allowed_hosts: Sequence[str] | None,
 class _HeaderDeadlineH11(H11Protocol):
     """uvicorn's h11 protocol with a deadline for every request head: a connection that has
     not completed one within :data:`HEADER_TIMEOUT_S` of opening or of its last response is
-    closed. A request whose head arrived is never cut (a long SSE response streams on)."""
+    closed. A request whose head arrived is never cut (a long SSE response streams on).
+    With :attr:`limits` (a subclass per listener sets it), a connection over the per-address
+    or total cap never reaches the parser: its first bytes are answered 503 and it is closed
+    (:mod:`gateway.mcp_limits`); an admitted one releases its slot in ``connection_lost``,
+    which asyncio calls on every way a connection ends (close, reset, deadline, error)."""
 
+    limits: ClassVar[ConnectionLimits | None] = None
     _header_timer: asyncio.TimerHandle | None = None
+    _slot: str | None = None  # the peer address whose slot this connection holds
+    _refused: str | None = None  # the cap that refused it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.limits is not None:
+            address = peer_address(transport)
+            refused = self.limits.admit(address)
+            if refused is not None:
+                self._refused = refused
+                self._header_timer = self.loop.call_later(REFUSED_WAIT_S, transport.close)
+                return
+            self._slot = address
         self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused is None:
+            super().data_received(data)
+            return
+        if not self.transport.is_closing():  # the head is read: the answer, then the close
+            assert self.limits is not None
+            self.transport.write(refusal_response(self._refused,
+                                                  self.limits.maximum(self._refused)))
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._slot is not None and self.limits is not None:
+            self.limits.release(self._slot)
+            self._slot = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -434,6 +472,7 @@ class McpHandle:
     port: int
     _server: _EmbeddedUvicorn
     _task: asyncio.Task[None]
+    limits: ConnectionLimits | None = None
 
     @property
     def url(self) -> str:
@@ -448,11 +487,20 @@ class McpHandle:
         except TimeoutError:
             self._server.force_exit = True
             await self._task
+        finally:
+            if self.limits is not None and self.limits.audit is not None:
+                await self.limits.audit.close()  # the refusals still pending
 
 
-async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
+async def start_mcp_server(app: ASGIApp, listen: str, *,
+                           limits: ConnectionLimits | None = None) -> McpHandle:
     """Serve ``app`` with uvicorn on ``listen`` (port 0 picks a free port) in this loop; returns
-    once it accepts connections."""
+    once it accepts connections. ``limits`` caps connections per peer address and in total
+    (default: :mod:`gateway.mcp_limits`' defaults, refusals audited through the guard's
+    tracer when ``app`` is the guard)."""
+    if limits is None:
+        limits = ConnectionLimits(audit=RefusalAudit(
+            getattr(app, "tracer", None), getattr(app, "authenticator", None)))
     host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -467,8 +515,9 @@ async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
         raise
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
+    protocol = type("_LimitedH11", (_HeaderDeadlineH11,), {"limits": limits})
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
-                            http=_HeaderDeadlineH11)
+                            http=protocol)
     server = _EmbeddedUvicorn(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="switchboard-mcp")
     while not server.started:
@@ -477,4 +526,4 @@ async def start_mcp_server(app: ASGIApp, listen: str) -> McpHandle:
             task.result()  # raises the startup error
             raise OSError(f"MCP server on {listen} exited during start-up")
         await asyncio.sleep(0.005)
-    return McpHandle(host=host, port=bound, _server=server, _task=task)
+    return McpHandle(host=host, port=bound, _server=server, _task=task, limits=limits)

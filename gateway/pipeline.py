@@ -282,7 +282,10 @@ class Pipeline:
                             on_event: EventSink | None) -> Outcome:
         sha = hashlib.sha256(action.source.encode()).hexdigest()
         span.set_attribute(attr.ACTION_KIND, "code")
-        span.set_attribute(attr.CODE_SHA256, f"sha256:{sha}")
+        # Keyed: the trail never holds a plain hash of the source (docs/audit.md, "Keyed
+        # digests"); the policy still matches scripts by the plain source_sha256 in-process.
+        span.set_attribute(attr.CODE_HMAC, self.digest_key.digest(action.source))
+        span.set_attribute(attr.DIGEST_KEY_ID, self.digest_key.key_id)
         span.set_attribute(attr.GEN_AI_OPERATION_NAME, "execute_tool")
         span.set_attribute(attr.GEN_AI_TOOL_NAME, "execute_code")
         span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, action.request_id)

@@ -294,8 +294,12 @@ async def create_server(
     mcp = None
     if settings.mcp.enabled:
         # Imported only when MCP is on: the MCP SDK and its pydantic models take ~1 s to import.
+        from gateway.mcp_limits import ConnectionLimits, RefusalAudit
         from gateway.mcp_server import create_mcp_app, start_mcp_server
 
+        limits = ConnectionLimits(per_address=settings.mcp.max_connections_per_address,
+                                  total=settings.mcp.max_connections,
+                                  audit=RefusalAudit(pipeline.tracer, authenticator))
         try:
             handle = await start_mcp_server(
                 create_mcp_app(
@@ -306,7 +310,7 @@ async def create_server(
                     authorization_servers=[settings.identity.issuer]
                     if settings.identity.issuer else (),
                     max_body_bytes=settings.max_message_bytes),
-                settings.mcp.listen)
+                settings.mcp.listen, limits=limits)
         except BaseException:
             await server.stop(None)
             await _close_all(closers)

@@ -13,7 +13,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.audit import attributes as A
-from gateway.audit import digest, json_attr, redact, safe_url
+from gateway.audit import json_attr, redact, safe_url
 from gateway.audit.redact import DigestKey
 
 __all__ = ["FINANCE", "simulate_code_run", "simulate_denial", "simulate_tool_call"]
@@ -144,7 +144,8 @@ def simulate_code_run(
                 A.ROUTE: "code",
                 A.DECISION_ID: "dec-code-1",
                 A.POLICY_REVISION: "rev-1",
-                A.CODE_SHA256: digest(source),
+                A.CODE_HMAC: _KEY.digest(source),
+                A.DIGEST_KEY_ID: _KEY.key_id,
                 A.CODE_BYTES: len(source),
                 A.HOST_CALLS: len(host_calls),
                 A.OUTCOME: A.OUTCOME_OK,

@@ -72,7 +72,7 @@ def test_show_renders_the_code_run_as_a_tree(tel: Telemetry, tmp_path: Path) -> 
         "outcome: ok",
         "host_calls: 2",
         "parent_decision_id: dec-code-1",
-        "code.sha256: sha256:",
+        "code.hmac: hmac-sha256:",
     ):
         assert needle in text, needle
 

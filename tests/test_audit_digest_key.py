@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
-from gateway_support import RunningGateway, gateway_settings, md, tool_request
+from gateway_support import RunningGateway, code_request, gateway_settings, md, tool_request
 
 from gateway.audit.redact import (
     DIGEST_KEY_ENV,
@@ -134,3 +134,45 @@ def test_the_configured_key_lets_an_auditor_check_what_ran(
     assert KEY.decode() not in text and digest(args) not in text
     shown = json.loads(root["switchboard.arguments"])["arguments"]
     assert shown["from_account"] == shown["to_account"] == "[REDACTED]"
+
+
+def test_the_code_digest_is_keyed_and_differs_per_key(
+        backends: dict[str, Any], tmp_path: Path) -> None:
+    """Review finding (round 6): ``switchboard.code.sha256`` was a plain SHA-256 of the
+    source, so a guessed script (and the low-entropy secret in it) could be confirmed offline.
+    The same code run on two gateways with different digest keys: each root carries
+    ``switchboard.code.hmac`` = HMAC-SHA256 under its own key (what an auditor with that key
+    recomputes), the two differ, and neither the plain digest nor the old attribute is
+    anywhere in the trail."""
+    source = "secret = 'pin-4711'\nlen(secret)\n"
+    plain = hashlib.sha256(source.encode()).hexdigest()
+    seen = []
+    for i, key_bytes in enumerate((KEY, KEY[::-1])):
+        state = tmp_path / f"gw{i}"
+        state.mkdir()
+        f = state / "digest.key"
+        f.write_bytes(key_bytes)
+        base = gateway_settings(state, backends)
+        gw = RunningGateway(replace(base, audit=replace(base.audit, digest_key_file=f)))
+        try:
+            resp = gw.stub.Execute(code_request(source), metadata=md("dev-agent"), timeout=120)
+            assert not resp.error.code, resp.error
+            assert gw.server is not None
+            gw.server.telemetry.force_flush()
+        finally:
+            gw.stop()
+        audit = base.audit.file
+        assert audit is not None
+        text = audit.read_text()
+        roots = [json.loads(line)["attributes"] for line in text.splitlines()
+                 if json.loads(line).get("trace_id") == resp.trace_id
+                 and "switchboard.code.hmac" in json.loads(line)["attributes"]]
+        (root,) = roots
+        key = DigestKey(key_bytes)
+        assert root["switchboard.code.hmac"] == key.digest(source)
+        assert root["switchboard.code.hmac"] == "hmac-sha256:" + hmac.new(
+            key_bytes, source.encode(), hashlib.sha256).hexdigest()
+        assert root["switchboard.digest.key_id"] == key.key_id
+        assert plain not in text and "switchboard.code.sha256" not in text
+        seen.append(root["switchboard.code.hmac"])
+    assert seen[0] != seen[1]

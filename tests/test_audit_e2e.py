@@ -99,7 +99,7 @@ def test_code_run_trace_shows_every_host_call(audited: RunningGateway, rx: OtlpR
     _tree(audited, rx, resp.trace_id, 8)
     root = _root(rx, resp.trace_id)
     assert root.attributes["switchboard.route"] == "code"
-    assert root.attributes["switchboard.code.sha256"].startswith("sha256:")
+    assert root.attributes["switchboard.code.hmac"].startswith("hmac-sha256:")
     assert root.attributes["switchboard.host_calls"] == 2
     (run,) = [c for c in rx.children(root) if c.name == "sandbox.run"]
     calls = [c for c in rx.children(run) if c.name.startswith("host_call ")]

@@ -104,7 +104,7 @@ def test_code_run_tree_shows_each_host_call(
         assert kids[0].attributes[A.ACTION_KIND] == "host_call"
         assert kids[0].attributes[A.PARENT_DECISION_ID] == "dec-code-1"
         assert kids[1].kind == "CLIENT"
-    assert root.attributes[A.CODE_SHA256].startswith("sha256:")
+    assert root.attributes[A.CODE_HMAC].startswith("hmac-sha256:")
 
 
 def test_denial_records_reasons_and_error_status(

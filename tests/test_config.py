@@ -101,6 +101,15 @@ def test_mcp_host_checks_and_resource_url() -> None:
     assert s.mcp.allowed_origins == ("https://app.example",)
     assert s.mcp.resource_url == "https://gw.example/mcp"
     assert parse_settings({}).mcp.allowed_hosts is None  # no Host/Origin checks by default
+    caps = parse_settings({"mcp": {"max_connections_per_address": 0, "max_connections": 8}}).mcp
+    assert (caps.max_connections_per_address, caps.max_connections) == (0, 8)
+    default = parse_settings({}).mcp
+    assert (default.max_connections_per_address, default.max_connections) == (64, 1024)
+    for bad in ({"max_connections": 0}, {"max_connections_per_address": -1},
+                {"max_connections": "many"}):
+        with pytest.raises(ConfigError) as bad_info:
+            parse_settings({"mcp": bad})
+        assert bad_info.value.field.startswith("mcp.max_connections")
     with pytest.raises(ConfigError) as info:
         parse_settings({"mcp": {"allowed_hosts": "localhost"}})
     assert info.value.field.startswith("mcp.allowed_hosts")

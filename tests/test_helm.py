@@ -274,16 +274,22 @@ def test_mcp_settings_are_rendered_into_the_config(chart: helm_python.Chart) -> 
     from gateway.config import SCHEMA, McpSettings
 
     default = gateway_config(render(chart))["mcp"]
-    assert default == {"enabled": False, "listen": "0.0.0.0:8765"}
+    # The connection caps are always rendered: the chart's defaults are the gateway's.
+    caps = McpSettings()
+    assert default == {"enabled": False, "listen": "0.0.0.0:8765",
+                       "max_connections_per_address": caps.max_connections_per_address,
+                       "max_connections": caps.max_connections}
     values = {"mcp": {"enabled": True, "port": 9000,
                       "allowedHosts": ["switchboard.example.com:*", "10.0.0.7:9000"],
                       "allowedOrigins": ["https://app.example.com"],
-                      "resourceUrl": "https://switchboard.example.com/mcp"}}
+                      "resourceUrl": "https://switchboard.example.com/mcp",
+                      "maxConnectionsPerAddress": 0, "maxConnections": 4096}}
     mcp = gateway_config(render(chart, values))["mcp"]
     assert mcp == {"enabled": True, "listen": "0.0.0.0:9000",
                    "allowed_hosts": ["switchboard.example.com:*", "10.0.0.7:9000"],
                    "allowed_origins": ["https://app.example.com"],
-                   "resource_url": "https://switchboard.example.com/mcp"}
+                   "resource_url": "https://switchboard.example.com/mcp",
+                   "max_connections_per_address": 0, "max_connections": 4096}
     # Every McpSettings field has a chart value, and nothing else is rendered.
     assert set(mcp) == set(McpSettings.__dataclass_fields__)
     assert set(mcp) == set(SCHEMA["properties"]["mcp"]["properties"])
@@ -297,6 +303,8 @@ def test_mcp_settings_are_rendered_into_the_config(chart: helm_python.Chart) -> 
         ({"mcp": {"allowedHosts": ["has space"]}}, "at '/mcp/allowedHosts/0'"),
         ({"mcp": {"allowedOrigins": ["app.example.com"]}}, "at '/mcp/allowedOrigins/0'"),
         ({"mcp": {"resourceUrl": "switchboard/mcp"}}, "at '/mcp/resourceUrl'"),
+        ({"mcp": {"maxConnections": 0}}, "at '/mcp/maxConnections'"),
+        ({"mcp": {"maxConnectionsPerAddress": -1}}, "at '/mcp/maxConnectionsPerAddress'"),
         ({"mcp": {"protocolVersion": "2025-11-25"}}, "additional properties 'protocolVersion'"),
     ],
 )

@@ -175,7 +175,9 @@ def test_services_and_ports(scenarios: dict[str, Rendered]) -> None:
     embedded = scenarios["embedded-values.yaml"]
     assert [p["name"] for p in embedded.one("Service")["spec"]["ports"]] == ["grpc", "mcp"]
     assert [p["name"] for p in embedded.container("gateway")["ports"]] == ["grpc", "mcp"]
-    assert gateway_config(embedded)["mcp"] == {"enabled": True, "listen": "0.0.0.0:8765"}
+    assert gateway_config(embedded)["mcp"] == {"enabled": True, "listen": "0.0.0.0:8765",
+                                               "max_connections_per_address": 64,
+                                               "max_connections": 1024}
 
 
 def test_helm_test_pod_checks_grpc_health(scenarios: dict[str, Rendered]) -> None:
@@ -416,6 +418,7 @@ def test_rendered_config_keys_are_gateway_settings(
         assert set(backend) <= {f.name for f in fields(BackendSettings)}, backend
     assert set(config["identity"]) <= {"tokens", "tokens_file", "jwt"}
     assert set(config["identity"].get("jwt", {})) <= {"jwks_url", "issuer", "audience"}
-    assert set(config["mcp"]) == {"enabled", "listen"}
+    assert set(config["mcp"]) == {"enabled", "listen", "max_connections_per_address",
+                                  "max_connections"}
     assert config["policy"]["engine"] in ("opa", "embedded")
     assert config["audit"].get("otlp_protocol", "grpc") in ("grpc", "http/protobuf")

@@ -506,10 +506,10 @@ async def test_a_failing_discovery_call_is_recorded_and_leaks_nothing(
     assert root["attributes"]["switchboard.outcome"] == "internal"
 
 
-async def _raw_get_held_open(port: int, token: str) -> bytes:
+async def _raw_get_held_open(port: int, token: str, source: str = "127.0.0.1") -> bytes:
     """A slowloris-style client: sends a standalone-stream GET, then only waits (never sends
     more, never closes); returns all the server sent until it closed the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         writer.write((f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                       f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
@@ -528,7 +528,9 @@ async def test_standalone_get_streams_are_refused_audited_and_never_held(
     hold the socket. Each is answered 405 ``Allow: POST`` with the stable code
     ``method_not_allowed`` and the connection closed (none stays open), each leaves one audit
     record with the caller's principal, and tool calls keep being served meanwhile. Before
-    the fix a handshake-era GET opened an SSE stream that never ended and left no record."""
+    the fix a handshake-era GET opened an SSE stream that never ended and left no record.
+    The held connections and the GETs each come from a loopback address of their own, so
+    together they stay within the listener's per-address connection cap (64)."""
     port = int(mcp_url.split(":")[2].split("/")[0])
     auth = {"Authorization": "Bearer dev-agent"}
     variants = [
@@ -546,8 +548,10 @@ async def test_standalone_get_streams_are_refused_audited_and_never_held(
             return resp
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=scaled(60), limits=limits) as http:
-        held = [asyncio.create_task(_raw_get_held_open(port, "dev-agent")) for _ in range(40)]
+    transport = httpx.AsyncHTTPTransport(limits=limits, local_address="127.0.0.3")
+    async with httpx.AsyncClient(timeout=scaled(60), transport=transport) as http:
+        held = [asyncio.create_task(_raw_get_held_open(port, "dev-agent", "127.0.0.2"))
+                for _ in range(40)]
         gets = await asyncio.wait_for(
             asyncio.gather(*(one_get(http, i) for i in range(60))), scaled(120))
         others = [await http.request(m, mcp_url, headers=auth)

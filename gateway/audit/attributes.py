@@ -30,8 +30,11 @@ __all__ = [
     "ARGUMENTS",
     "ARGUMENTS_HMAC",
     "BACKEND",
+    "CLIENT_ADDRESS",
     "CODE_BYTES",
-    "CODE_SHA256",
+    "CODE_HMAC",
+    "CONNECTIONS_LIMIT",
+    "CONNECTIONS_REFUSED",
     "DECISION_ID",
     "DIGEST_KEY_ID",
     "ERROR_FIELD",
@@ -128,7 +131,9 @@ ERROR_FIELD: Final = "switchboard.error.field"
 ARGUMENTS_HMAC: Final = "switchboard.arguments.hmac"
 DIGEST_KEY_ID: Final = "switchboard.digest.key_id"  # which key made the HMACs of a span
 ARGUMENTS: Final = "switchboard.arguments"  # redacted (decision mask), truncated JSON
-CODE_SHA256: Final = "switchboard.code.sha256"
+# Keyed like the arguments: a plain hash of the source let anyone confirm a guessed script
+# (and the low-entropy literals in it) by trying candidates. Renamed from code.sha256.
+CODE_HMAC: Final = "switchboard.code.hmac"
 CODE_BYTES: Final = "switchboard.code.bytes"
 RESULT_SHA256: Final = "switchboard.result.sha256"
 OUTPUT_BYTES: Final = "switchboard.output.bytes"
@@ -149,6 +154,10 @@ HTTP_REQUEST_METHOD: Final = _http.HTTP_REQUEST_METHOD
 HTTP_RESPONSE_STATUS_CODE: Final = _http.HTTP_RESPONSE_STATUS_CODE
 URL_FULL: Final = _url.URL_FULL  # always through redact.safe_url (no credentials)
 SERVER_ADDRESS: Final = _server.SERVER_ADDRESS
+CLIENT_ADDRESS: Final = "client.address"  # the peer IP of a refused MCP connection
+# On the coalesced record of MCP connections refused over a cap (gateway.mcp_limits).
+CONNECTIONS_LIMIT: Final = "switchboard.connections.limit"  # per_address | total
+CONNECTIONS_REFUSED: Final = "switchboard.connections.refused"  # how many since the last record
 ERROR_TYPE: Final = _error.ERROR_TYPE
 GEN_AI_OPERATION_NAME: Final = _gen_ai.GEN_AI_OPERATION_NAME  # value "execute_tool"
 GEN_AI_TOOL_NAME: Final = _gen_ai.GEN_AI_TOOL_NAME

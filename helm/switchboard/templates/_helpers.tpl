@@ -195,6 +195,8 @@ checksum/policies rolls the pods on every change.
 {{- with $v.mcp.allowedHosts }}{{ $_ := set $mcp "allowed_hosts" . }}{{ end -}}
 {{- with $v.mcp.allowedOrigins }}{{ $_ := set $mcp "allowed_origins" . }}{{ end -}}
 {{- with $v.mcp.resourceUrl }}{{ $_ := set $mcp "resource_url" . }}{{ end -}}
+{{- $_ := set $mcp "max_connections_per_address" (int $v.mcp.maxConnectionsPerAddress) -}}
+{{- $_ := set $mcp "max_connections" (int $v.mcp.maxConnections) -}}
 {{- $cfg := dict
   "listen" (printf "%s:%d" $v.gateway.listenHost (int $v.gateway.grpcPort))
   "max_message_bytes" (int $v.gateway.maxMessageBytes)
