@@ -72,6 +72,13 @@ class RunningGateway:
         self.thread.join(scaled(60))
 
 
+async def serve_lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol for a bare test app: start up, then wait for shutdown."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def md(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 

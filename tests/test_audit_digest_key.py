@@ -108,23 +108,31 @@ def _roots(audit: Path, trace_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_the_configured_key_lets_an_auditor_check_what_ran(
-        backends: dict[str, Any], tmp_path: Path) -> None:
-    f = tmp_path / "digest.key"
-    f.write_bytes(KEY)
-    base = gateway_settings(tmp_path, backends)
+def _execute_keyed(state: Path, backends: dict[str, Any], key: bytes, request: Any,
+                   token: str, timeout: float) -> tuple[Any, Path]:
+    """One Execute on a gateway whose audit digest key is ``key``; the response and the
+    audit file, flushed."""
+    f = state / "digest.key"
+    f.write_bytes(key)
+    base = gateway_settings(state, backends)
     gw = RunningGateway(replace(base, audit=replace(base.audit, digest_key_file=f)))
     try:
-        # 3.0: a protobuf Struct has only doubles, and the digest is of the arguments as received.
-        args = {"from_account": "A1", "to_account": "A2", "amount": 3.0, "currency": "USD"}
-        resp = gw.stub.Execute(tool_request("ledger.create_transfer", args, "dk-1"),
-                               metadata=md("dev-finance"), timeout=60)
+        resp = gw.stub.Execute(request, metadata=md(token), timeout=timeout)
         assert gw.server is not None
         gw.server.telemetry.force_flush()
     finally:
         gw.stop()
-    audit = base.audit.file
-    assert audit is not None
+    assert base.audit.file is not None
+    return resp, Path(base.audit.file)
+
+
+def test_the_configured_key_lets_an_auditor_check_what_ran(
+        backends: dict[str, Any], tmp_path: Path) -> None:
+    # 3.0: a protobuf Struct has only doubles, and the digest is of the arguments as received.
+    args = {"from_account": "A1", "to_account": "A2", "amount": 3.0, "currency": "USD"}
+    resp, audit = _execute_keyed(tmp_path, backends, KEY,
+                                 tool_request("ledger.create_transfer", args, "dk-1"),
+                                 "dev-finance", 60)
     (root,) = _roots(audit, resp.trace_id)
     key = DigestKey(KEY)
     assert root["switchboard.digest.key_id"] == key.key_id
@@ -138,7 +146,7 @@ def test_the_configured_key_lets_an_auditor_check_what_ran(
 
 def test_the_code_digest_is_keyed_and_differs_per_key(
         backends: dict[str, Any], tmp_path: Path) -> None:
-    """Review finding (round 6): ``switchboard.code.sha256`` was a plain SHA-256 of the
+    """Known gap of the last review: ``switchboard.code.sha256`` was a plain SHA-256 of the
     source, so a guessed script (and the low-entropy secret in it) could be confirmed offline.
     The same code run on two gateways with different digest keys: each root carries
     ``switchboard.code.hmac`` = HMAC-SHA256 under its own key (what an auditor with that key
@@ -150,19 +158,9 @@ def test_the_code_digest_is_keyed_and_differs_per_key(
     for i, key_bytes in enumerate((KEY, KEY[::-1])):
         state = tmp_path / f"gw{i}"
         state.mkdir()
-        f = state / "digest.key"
-        f.write_bytes(key_bytes)
-        base = gateway_settings(state, backends)
-        gw = RunningGateway(replace(base, audit=replace(base.audit, digest_key_file=f)))
-        try:
-            resp = gw.stub.Execute(code_request(source), metadata=md("dev-agent"), timeout=120)
-            assert not resp.error.code, resp.error
-            assert gw.server is not None
-            gw.server.telemetry.force_flush()
-        finally:
-            gw.stop()
-        audit = base.audit.file
-        assert audit is not None
+        resp, audit = _execute_keyed(state, backends, key_bytes, code_request(source),
+                                     "dev-agent", 120)
+        assert not resp.error.code, resp.error
         text = audit.read_text()
         roots = [json.loads(line)["attributes"] for line in text.splitlines()
                  if json.loads(line).get("trace_id") == resp.trace_id

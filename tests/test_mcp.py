@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from gateway_support import RunningGateway, mcp_endpoint
+from gateway_support import RunningGateway, mcp_endpoint, serve_lifespan
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -596,9 +596,7 @@ async def test_a_slowloris_head_is_cut_but_a_long_response_streams_on(
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from gateway_support import RunningGateway
+from gateway_support import RunningGateway, serve_lifespan
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from waiting import scaled, wait_until
@@ -266,9 +266,7 @@ async def test_an_app_error_releases_the_slot(monkeypatch: pytest.MonkeyPatch) -
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         raise RuntimeError("boom")
 
