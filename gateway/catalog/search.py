@@ -300,8 +300,8 @@ def _head_span(query: str) -> list[str]:
 def _query_head(query: str) -> str:
     """The stemmed last word of the first noun phrase after the action word (or from the
     start): "set up a new verification service for our login flow" -> servic."""
-    span = _head_span(query)
-    return _stem(span[-1]) if span else ""
+    nouns = [w for w in _head_span(query) if w not in _STOP and w not in _ARTICLES]
+    return _stem(nouns[-1]) if nouns else ""
 
 
 # Second stage: the best _RERANK_DEPTH first-stage candidates are re-scored, multiplied by
