@@ -86,12 +86,12 @@ class TokenCounter:
             chars, size = self.json_length(value)
             # A big part is sized from its length, summed once per subtree: serialising it at
             # every level of nesting was most of a Stripe describe's CPU.
-            n = self.text(_dumps(value)) if chars <= _EXACT_CHARS else -(-size // 4)
+            n = self.text(_dumps(value)) if chars <= _EXACT_CHARS else _estimate(size)
             if len(self._memo) < self._memo_size:
                 self._memo[id(value)] = (value, n)
             return n
         text = _dumps(value)
-        return self.text(text) if len(text) <= _EXACT_CHARS else _estimate(text)
+        return self.text(text) if len(text) <= _EXACT_CHARS else _estimate(len(text.encode()))
 
     def json_length(self, value: Any) -> tuple[int, int]:
         """``(characters, UTF-8 bytes)`` of ``_dumps(value)``, summed bottom-up and memoised by
@@ -132,8 +132,9 @@ class TokenCounter:
             self._results.popitem(last=False)
 
 
-def _estimate(text: str) -> int:
-    return -(-len(text.encode()) // 4)
+def _estimate(size: int) -> int:
+    """Tokens estimated from a compact-JSON length in UTF-8 bytes (bytes / 4, rounded up)."""
+    return -(-size // 4)
 
 
 def _seg(key: Any) -> str:
