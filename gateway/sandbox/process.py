@@ -202,6 +202,10 @@ class DenoProcess:
                 f"sandbox process did not start: {type(exc).__name__}",
                 details={"stderr": self.stderr_tail()},
             ) from None
+        except SandboxError as exc:  # it died while starting (or its interpreter failed)
+            await self.kill()
+            raise SandboxCrashed(f"sandbox process did not start: {exc}"[:500],
+                                 details={"stderr": self.stderr_tail()}) from None
         except BaseException:
             await self.kill()
             raise
@@ -296,12 +300,21 @@ class DenoProcess:
         assert self._proc is not None
         await self._proc.wait()
         await asyncio.sleep(0.05)  # let the drains catch the last stderr lines
-        await self._die(None)
+        self._settle(None)
+        self._gone()
 
     def stderr_tail(self) -> str:
         return b"".join(self._stderr_tail)[-4096:].decode("utf-8", "replace")
 
     async def _die(self, cause: SandboxError | None) -> None:
+        if self.dead:
+            return
+        self._settle(cause)
+        await self.kill()
+
+    def _settle(self, cause: SandboxError | None) -> None:
+        """Mark the process dead and wake everyone waiting on it. Synchronous, so that no
+        cancellation can leave it half done (the first caller's cause wins)."""
         if self.dead:
             return
         self.dead = True
@@ -317,10 +330,28 @@ class DenoProcess:
                 log.warning("sandbox process %d exited; stderr tail: %.4000r", self.index, tail)
                 cause = SandboxCrashed("the sandbox process exited")
         self.death = cause
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(cause)  # a start waiting for the child's connection
         for queue in self._queues.values():
             queue.put_nowait({"t": "_dead"})
         self._ready.put_nowait({"t": "init_failed", "reason": str(cause)})
-        await self.kill()
+
+    def _gone(self) -> None:
+        """Release the channel and its tasks and set :attr:`exited`, which the pool respawns
+        on. Called by whichever path sees the end first (the exit watcher, :meth:`kill`); it
+        is synchronous and idempotent, so a path cancelled half-way (say, a kill from a
+        recycle cancelling a read loop that was dying) can never leave ``exited`` unset."""
+        self._settle(None)
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            self._sock.unlink()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current and not task.done():
+                task.cancel()
         self.exited.set()
 
     def register(self, run_id: str) -> asyncio.Queue[dict[str, Any]]:
@@ -403,25 +434,16 @@ class DenoProcess:
         self._data_limit = value
 
     async def kill(self) -> None:
-        """SIGKILL the process and release everything; idempotent."""
+        """SIGKILL the process and release everything; idempotent. If this is cancelled while
+        it waits for the process, the exit watcher (which nothing but :meth:`_gone` cancels)
+        still finishes the job when the process is reaped."""
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._proc.wait(), 5)
-        if self._writer is not None:
-            self._writer.close()
-        if self._server is not None:
-            self._server.close()
-        with contextlib.suppress(OSError):
-            self._sock.unlink()
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current and not task.done():
-                task.cancel()
+        self._gone()
 
     async def close(self) -> None:
-        self.dead = True
-        self.ready = False
+        self._settle(SandboxCrashed("the sandbox process was closed"))
         await self.kill()
-        self.exited.set()
