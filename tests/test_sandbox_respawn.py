@@ -11,7 +11,9 @@ a lost slot cannot hide behind another (real Deno processes, real Pyodide).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -64,6 +66,20 @@ async def _replaced_and_serving(pool: SandboxPool, victim: DenoProcess) -> None:
     assert victim.pid is not None
     await wait_until(lambda: _reaped(victim.pid or 0), timeout_s=scaled(60),
                      what="the killed process reaped")
+
+
+def _pool_processes(pool: SandboxPool) -> set[int]:
+    """The pids of every process running from this pool's private directory."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read()
+        except OSError:
+            continue
+        if str(pool._tmp).encode() in argv:
+            found.add(int(entry))
+    return found
 
 
 async def _host(operation: str, args: dict[str, Any]) -> Any:
@@ -195,17 +211,56 @@ async def test_after_many_kills_one_process_is_left_and_none_leaked(pool: Sandbo
         await _replaced_and_serving(pool, victim)
     assert pool.stats()["alive"] == 1 and pool.stats()["respawns"] == respawns + 3
 
-    def ours() -> set[int]:
-        found = set()
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    argv = fh.read()
-            except OSError:
-                continue
-            if str(pool._tmp).encode() in argv:
-                found.add(int(entry))
-        return found
-
-    await wait_until(lambda: ours() == {_current(pool).pid}, timeout_s=scaled(60),
+    await wait_until(lambda: _pool_processes(pool) == {_current(pool).pid}, timeout_s=scaled(60),
                      what="no process of this pool but the live one")
+
+
+async def test_random_kills_among_concurrent_runs_never_hang_or_lose_the_process(
+        pool: SandboxPool) -> None:
+    """A seeded storm: runs of every kind in flight while the process is SIGKILLed, killed by
+    the host, or a run is cancelled, at random moments. Every run ends (with its result or an
+    infrastructure error), and the pool ends with one live process and nothing leaked."""
+    rng = random.Random(20261202)
+    sources = ["6 * 7", "import sdk\nsdk.ledger.get_balance(account='A1')['balance']",
+               "import time\ntime.sleep(0.3)\n'slept'", "sum(range(10**6))"]
+    outcomes: dict[str, int] = {}
+    for _ in range(16):
+        runs = [asyncio.create_task(pool.run(req(rng.choice(sources)), _host))
+                for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.5:  # now, or once a run is under way
+            await asyncio.sleep(rng.uniform(0, 0.3))
+        else:
+            with contextlib.suppress(AssertionError):
+                await wait_until(lambda: any(p is not None and p.active for p in pool._slots),
+                                 timeout_s=scaled(10), interval=0.01, what="a busy process")
+        live = [p for p in pool._slots if p is not None and not p.dead and p.pid]
+        what = rng.choice(["sigkill", "host kill", "cancel", "nothing"])
+        if what == "sigkill" and live:
+            _sigkill(live[0])
+        elif what == "host kill" and live:
+            await live[0].kill()
+        elif what == "cancel":
+            rng.choice(runs).cancel()
+        done, pending = await asyncio.wait(runs, timeout=scaled(240))
+        assert not pending, "a run hung"
+        for task in done:
+            if task.cancelled():
+                kind = "cancelled"
+            elif task.exception() is not None:
+                exc = task.exception()
+                assert isinstance(exc, SandboxError), repr(exc)
+                kind = type(exc).__name__
+            else:
+                res = task.result()
+                assert res.ok, res.error
+                kind = "ok"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert outcomes.get("ok", 0) > 0 and len(outcomes) > 1, outcomes  # the storm hit runs
+    await wait_until(lambda: any(p is not None and p.ready and not p.dead for p in pool._slots),
+                     timeout_s=scaled(120), what="a ready process after the storm")
+    res = await pool.run(req("6 * 7"), _host)
+    assert res.ok and res.result == 42, res.error
+    assert pool.stats()["alive"] == 1 and pool.stats()["active_runs"] == 0
+    assert all(fut.done() for fut in pool._waiters)
+    await wait_until(lambda: _pool_processes(pool) == {_current(pool).pid},
+                     timeout_s=scaled(60), what="no process of this pool but the live one")
