@@ -36,6 +36,7 @@ from gateway.mcp_limits import (
     REFUSED_WAIT_S,
     ConnectionLimits,
     RefusalAudit,
+    client_key,
     peer_address,
     refusal_response,
 )
@@ -411,7 +412,7 @@ class _HeaderDeadlineH11(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self.limits is not None:
-            address = peer_address(transport)
+            address = client_key(peer_address(transport))  # an IPv6 client: its /64
             refused = self.limits.admit(address)
             if refused is not None:
                 self._refused = refused

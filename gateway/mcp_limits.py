@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import math
 from collections import Counter
@@ -37,12 +38,14 @@ from gateway.mcp_errors import INVALID_REQUEST
 
 __all__ = [
     "AUDIT_INTERVAL_S",
+    "IPV6_PREFIX",
     "MAX_AUDITED_ADDRESSES",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_ADDRESS",
     "REFUSED_WAIT_S",
     "ConnectionLimits",
     "RefusalAudit",
+    "client_key",
     "peer_address",
     "refusal_response",
 ]
@@ -60,6 +63,9 @@ MAX_CONNECTIONS = 1024
 REFUSED_WAIT_S = 1.0
 AUDIT_INTERVAL_S = 1.0
 MAX_AUDITED_ADDRESSES = 64
+# IPv6 clients are counted per /64: one subscriber, host or VM is routinely given a whole /64
+# and can pick any of its 2**64 addresses for each connection.
+IPV6_PREFIX = 64
 
 
 def refusal_response(limit: str, maximum: int) -> bytes:
@@ -183,6 +189,21 @@ class ConnectionLimits:
     def __repr__(self) -> str:
         return (f"ConnectionLimits(per_address={self.per_address}, total={self.total}, "
                 f"open_total={self.open_total})")
+
+
+def client_key(address: str) -> str:
+    """What the per-address cap counts a peer IP as: an IPv4 address itself (also when it
+    arrives IPv4-mapped, ``::ffff:a.b.c.d``, on a dual-stack listener), an IPv6 address as its
+    /64 network (``2001:db8:1:2::/64``), anything else (no address: "") as it is."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop a zone id (fe80::1%eth0)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 def peer_address(transport: Any) -> str:

@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from waiting import scaled, wait_until
 
 from gateway import mcp_http
-from gateway.mcp_limits import ConnectionLimits, RefusalAudit
+from gateway.mcp_limits import ConnectionLimits, RefusalAudit, client_key
 from gateway.mcp_server import McpHandle, create_mcp_app, start_mcp_server
 
 PARTIAL_HEAD = b"POST /mcp HTTP/1.1\r\nHost: x\r\n"  # never completed: the holder's trick
@@ -304,3 +304,62 @@ async def test_a_401_closes_the_connection_without_reading_the_body(
                              b"Host: x\r\nContent-Length: 100000000\r\n\r\n")
         assert meta.startswith(b"HTTP/1.1 405 ") and b"connection: close" in meta.lower()
         await wait_until(lambda: _open(handle, "127.0.0.8") == 0, 60, what="released")
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("127.0.0.2", "127.0.0.2"),
+    ("::ffff:127.0.0.2", "127.0.0.2"),  # IPv4-mapped, as on a dual-stack listener
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("::1", "::/64"),
+    ("", ""),
+])
+def test_what_the_per_address_cap_counts_a_peer_as(address: str, key: str) -> None:
+    assert client_key(address) == key
+
+
+def test_an_ipv6_client_cannot_pass_the_cap_by_rotating_addresses_in_its_64() -> None:
+    """One host owns a /64: a new source address per connection is still the same client,
+    while the next /64 is another one; IPv4 and IPv4-mapped are the same client too."""
+    limits = ConnectionLimits(per_address=3, total=100)
+    own = [f"2001:db8:1:2::{i:x}" for i in range(1, 7)]
+    assert [limits.admit(client_key(a)) for a in own] == [None] * 3 + ["per_address"] * 3
+    assert limits.admit(client_key("2001:db8:1:3::1")) is None
+    assert limits.admit(client_key("127.0.0.9")) is None
+    assert limits.admit(client_key("::ffff:127.0.0.9")) is None
+    limits.admit(client_key("127.0.0.9"))
+    assert limits.admit(client_key("::ffff:127.0.0.9")) == "per_address"
+    limits.release(client_key(own[0]))
+    assert limits.admit(client_key(own[5])) is None  # the /64 got one slot back
+
+
+@pytest.mark.usefixtures("long_deadlines")
+async def test_an_ipv6_listener_counts_its_clients_per_64(gateway: RunningGateway) -> None:
+    """A real listener on [::1]: connections from ::1 hold the slots of ::/64, and one over
+    the cap is answered 503 (only ::1 can be a source here: other addresses of the /64 would
+    need the host's routes changed; the unit test above rotates them)."""
+    server = gateway.server
+    assert server is not None
+    limits = ConnectionLimits(per_address=2, total=64)
+    handle = await start_mcp_server(create_mcp_app(server.pipeline, server.authenticator),
+                                    "[::1]:0", limits=limits)
+    try:
+        held = []
+        for _ in range(2):
+            _, writer = await asyncio.open_connection("::1", handle.port)
+            writer.write(PARTIAL_HEAD)
+            await writer.drain()
+            held.append(writer)
+        await wait_until(lambda: limits.open_for("::/64") == 2, 60, what="2 held")
+        reader, writer = await asyncio.open_connection("::1", handle.port)
+        writer.write(_post(handle.port))
+        answer = await asyncio.wait_for(reader.read(65536), scaled(60))
+        writer.close()
+        _over_cap(answer, "per_address")
+        for w in held:
+            w.close()
+        await wait_until(lambda: limits.open_total == 0, 60, what="all released")
+    finally:
+        await handle.stop(grace=2.0)
