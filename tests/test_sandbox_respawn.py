@@ -25,7 +25,7 @@ pytest.register_assert_rewrite("tests.sandbox_support")
 import pytest_asyncio
 from waiting import scaled, wait_until
 
-from gateway.errors import SandboxError
+from gateway.errors import SandboxError, SessionLost
 from gateway.sandbox import SandboxPool, SandboxSettings
 from gateway.sandbox.process import DenoProcess
 from tests.sandbox_support import req
@@ -264,3 +264,41 @@ async def test_random_kills_among_concurrent_runs_never_hang_or_lose_the_process
     assert all(fut.done() for fut in pool._waiters)
     await wait_until(lambda: _pool_processes(pool) == {_current(pool).pid},
                      timeout_s=scaled(60), what="no process of this pool but the live one")
+
+
+async def test_a_session_whose_process_dies_between_runs_says_so_once(pool: SandboxPool) -> None:
+    """Nobody was running when the session's process ended, so nobody was told: its next run
+    fails with session_lost (not a silently fresh interpreter without the variables the
+    agent built), and the one after starts a fresh session."""
+    key = ("demo/agent-1", "dies-idle")
+    r = await pool.run(req("state = 41\nstate", session="dies-idle"), _host)
+    assert r.ok and r.result == 41
+    victim = pool._sessions[key].proc
+    _sigkill(victim)
+    await wait_until(lambda: key not in pool._sessions, timeout_s=scaled(60),
+                     what="the session dropped with its process")
+    with pytest.raises(SessionLost) as lost:
+        await pool.run(req("state", session="dies-idle"), _host)
+    assert lost.value.field == "session_id" and "between its runs" in lost.value.message
+    fresh = await pool.run(req("'state' in globals()", session="dies-idle"), _host)
+    assert fresh.ok and fresh.result is False
+    other = await pool.run(req("6 * 7"), _host)  # the isolated slot was never involved
+    assert other.ok and other.result == 42
+    await wait_until(lambda: _reaped(victim.pid or 0), timeout_s=scaled(60), what="reaped")
+
+
+async def test_a_session_whose_process_dies_during_a_run_tells_that_run(
+        pool: SandboxPool) -> None:
+    """The run in flight gets the crash; the session ended with it (docs/sandbox.md), so the
+    next run starts afresh without a second error."""
+    key = ("demo/agent-1", "dies-running")
+    await pool.run(req("state = 1", session="dies-running"), _host)
+    task = asyncio.create_task(pool.run(req("while True: pass", session="dies-running",
+                                            timeout_ms=600_000), _host))
+    await wait_until(lambda: key in pool._sessions and pool._sessions[key].proc.active,
+                     timeout_s=scaled(60), what="the session's run")
+    _sigkill(pool._sessions[key].proc)
+    with pytest.raises(SandboxError):
+        await task
+    fresh = await pool.run(req("'state' in globals()", session="dies-running"), _host)
+    assert fresh.ok and fresh.result is False

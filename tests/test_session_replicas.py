@@ -8,6 +8,8 @@ pods share PostgreSQL or Redis; the end-to-end gRPC mapping is checked through a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,3 +94,29 @@ async def test_a_session_whose_holder_vanished_is_reported_lost_once(
         await b.run(req("1", principal=WHO, session="orphan"), Host())
     r = await b.run(req("'fresh'", principal=WHO, session="orphan"), Host())
     assert r.ok and r.result == "fresh"
+
+
+async def test_a_session_whose_process_died_frees_its_id_after_saying_so(
+        replicas: tuple[SandboxPool, SandboxPool, SQLiteIdempotencyStore]) -> None:
+    """Its holder is alive but the session's process is not: the holder says session_lost
+    once, and the claim is given back, so the id is free on every replica."""
+    a, b, _ = replicas
+    r = await a.run(req("y = 1", principal=WHO, session="killed"), Host())
+    assert r.ok
+    proc = a._sessions[(WHO, "killed")].proc
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:  # the claim is released in the background once the death is seen
+        try:
+            r = await b.run(req("'y' in globals()", principal=WHO, session="killed"), Host())
+            break
+        except SessionElsewhere:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+    assert r.ok and r.result is False  # b's own fresh session
+    with pytest.raises(SessionLost):  # a tells its own caller once what happened...
+        await a.run(req("y", principal=WHO, session="killed"), Host())
+    with pytest.raises(SessionElsewhere):  # ...and then knows b holds the id now
+        await a.run(req("y", principal=WHO, session="killed"), Host())

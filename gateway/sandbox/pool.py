@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = ["SandboxPool", "default_runtime_dir", "start_sandbox", "stop_sandbox"
 log = logging.getLogger(__name__)
 _DISCOVERY = frozenset({"sdk.search", "sdk.describe"})
 _SESSION_ID_MAX = 128
+_LOST_SESSIONS_KEPT = 1024  # sessions whose process ended between runs, remembered to say so
 
 
 def default_runtime_dir() -> Path:
@@ -100,6 +101,9 @@ class SandboxPool:
         self._waiters: deque[asyncio.Future[DenoProcess]] = deque()
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._session_procs: set[DenoProcess] = set()
+        # Sessions whose process ended while no run of theirs was in flight: nobody was told,
+        # so their next run fails once with session_lost instead of silently starting afresh.
+        self._lost: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._pending: dict[str, int] = {}
         self._tmp: Path | None = None
         self._snapshot: Path | None = None
@@ -240,8 +244,15 @@ class SandboxPool:
             self._session_procs.discard(proc)
             for key, sess in list(self._sessions.items()):
                 if sess.proc is proc:
+                    if not sess.lock.locked():  # a run in flight gets the error itself
+                        self._lost[key] = str(proc.death or "the process exited")
+                        self._lost.move_to_end(key)
+                        while len(self._lost) > _LOST_SESSIONS_KEPT:
+                            self._lost.popitem(last=False)
                     sess.closed = True
                     self._sessions.pop(key, None)
+                    if self._registry is not None:
+                        self._bg(self._release_claim(key))
             return
         if self._slots[proc.index] is proc:
             self._slots[proc.index] = None
@@ -387,6 +398,11 @@ class SandboxPool:
         self._counters["sessions_evicted"] += 1
 
     async def _session(self, key: tuple[str, str]) -> _Session:
+        lost = self._lost.pop(key, None)
+        if lost is not None:
+            raise SessionLost(f"this code session's process ended between its runs ({lost}); "
+                              "its state is gone, and the next run with this session_id "
+                              "starts a fresh session", field="session_id")
         sess = self._sessions.get(key)
         if sess is not None and not sess.closed:
             if self._registry is not None:
