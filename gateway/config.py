@@ -135,6 +135,7 @@ SCHEMA: dict[str, Any] = {
                 "max_result_bytes": {"type": "integer", "minimum": 1024, "maximum": 2097152},
                 "start_timeout_s": {"type": "number", "exclusiveMinimum": 0},
                 "queue_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                "max_queued_per_principal": {"type": "integer", "minimum": 1},
                 "max_sessions": {"type": "integer", "minimum": 0},
                 "session_idle_s": {"type": "number", "exclusiveMinimum": 0},
                 "deno_path": _STR,

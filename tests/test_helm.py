@@ -250,7 +250,8 @@ def test_rendered_config_is_yaml_with_the_gateway_keys(chart: helm_python.Chart)
     assert config["audit"]["file"] == "/var/lib/switchboard/audit.jsonl"
     assert "otlp_endpoint" not in config["audit"]
     assert config["sandbox"] == {"workers": 2, "session_idle_s": 300, "max_sessions": 4,
-                                 "max_sessions_per_principal": 2}
+                                 "max_sessions_per_principal": 2,
+                                 "max_queued_per_principal": 64}
     assert yaml.safe_load(yaml.safe_dump(config)) == config
 
 

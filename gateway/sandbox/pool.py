@@ -98,7 +98,10 @@ class SandboxPool:
         self._deno = settings.deno_path or ""
         self._slots: list[DenoProcess | None] = [None] * max(1, settings.workers)
         self._idle: deque[DenoProcess] = deque()
-        self._waiters: deque[asyncio.Future[DenoProcess]] = deque()
+        # Runs waiting for a process, per principal key; a freed process goes to the principals
+        # in turn (the first in line, who then moves to the back), never first come first served:
+        # a principal with a hundred runs queued delays another's one run by one run, not 100.
+        self._waiters: OrderedDict[str, deque[asyncio.Future[DenoProcess]]] = OrderedDict()
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._session_procs: set[DenoProcess] = set()
         # Sessions whose process ended while no run of theirs was in flight: nobody was told,
@@ -197,9 +200,10 @@ class SandboxPool:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(SandboxError("the sandbox pool is closed"))
+        for queue in self._waiters.values():
+            for fut in queue:
+                if not fut.done():
+                    fut.set_exception(SandboxError("the sandbox pool is closed"))
         procs = {p for p in self._slots if p is not None} | self._session_procs
         for proc in procs:
             await proc.close()
@@ -311,31 +315,51 @@ class SandboxPool:
     # ---- idle processes ---------------------------------------------------------------------
 
     def _release(self, proc: DenoProcess) -> None:
-        """An idle process with a fresh interpreter: hand it to the first waiter, else park it."""
+        """An idle process with a fresh interpreter: hand it to the waiting principal whose
+        turn it is, else park it."""
         if proc.dead or not proc.ready:
             return
         while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
+            principal, queue = next(iter(self._waiters.items()))
+            fut = None
+            while queue:
+                head = queue.popleft()
+                if not head.done():
+                    fut = head
+                    break
+            if queue:
+                self._waiters.move_to_end(principal)  # the others come first next time
+            else:
+                del self._waiters[principal]
+            if fut is not None:
                 fut.set_result(proc)
                 return
         self._idle.append(proc)
 
-    async def _acquire(self) -> DenoProcess:
+    async def _acquire(self, principal: str) -> DenoProcess:
         while self._idle:
             proc = self._idle.popleft()
             if not proc.dead and proc.ready:
                 return proc
         if self._closing:
             raise SandboxError("the sandbox pool is closed")
+        queue = self._waiters.setdefault(principal, deque())
+        waiting = sum(1 for f in queue if not f.done())
+        if waiting >= self.settings.max_queued_per_principal:
+            if not queue:
+                del self._waiters[principal]
+            raise ResourceExhausted(
+                "too many of this principal's code runs are waiting for a sandbox process",
+                details={"max_queued_per_principal": self.settings.max_queued_per_principal})
         fut: asyncio.Future[DenoProcess] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        queue.append(fut)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.settings.queue_timeout_s)
         except TimeoutError:
             if _handed(fut):
                 return fut.result()
             fut.cancel()
+            self._forget(principal, fut)
             raise ResourceExhausted("no sandbox process became free in time",
                                     details={"queue_timeout_s": self.settings.queue_timeout_s}
                                     ) from None
@@ -343,7 +367,18 @@ class SandboxPool:
             if _handed(fut):
                 self._release(fut.result())  # handed over just as we gave up: pass it on
             fut.cancel()
+            self._forget(principal, fut)
             raise
+
+    def _forget(self, principal: str, fut: asyncio.Future[DenoProcess]) -> None:
+        """Drop a waiter that gave up (so a principal's queue holds only live waiters)."""
+        queue = self._waiters.get(principal)
+        if queue is None:
+            return
+        with contextlib.suppress(ValueError):
+            queue.remove(fut)
+        if not queue:
+            del self._waiters[principal]
 
     async def _recycle(self, proc: DenoProcess) -> None:
         """After an isolated run: a fresh interpreter in the same process, or a new process."""
@@ -418,7 +453,7 @@ class SandboxPool:
             await self._registry.claim(*key)
         self._pending[key[0]] = self._pending.get(key[0], 0) + 1  # counted until registered
         try:
-            proc = await self._acquire()
+            proc = await self._acquire(key[0])
         finally:
             self._pending[key[0]] -= 1
             if not self._pending[key[0]]:
@@ -459,7 +494,7 @@ class SandboxPool:
                      if req.output_schema is not None else None)
         self._counters["runs"] += 1
         if req.session_id is None:
-            proc = await self._acquire()
+            proc = await self._acquire(req.principal_key)
             try:
                 return await self._run_on(proc, None, req, inputs, host_call, on_event, validator)
             finally:

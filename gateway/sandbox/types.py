@@ -40,6 +40,9 @@ class SandboxSettings:
     max_result_bytes: int = 1 << 20  # JSON of the returned value (at most 2 MiB)
     start_timeout_s: float = 120.0  # process start: first interpreter (and the snapshot)
     queue_timeout_s: float = 30.0  # longest a run waits for an idle process before failing
+    # Runs of one principal waiting for a process at once; more fail at once (ResourceExhausted).
+    # Waiting principals are served in turn, so a flood from one cannot starve the others.
+    max_queued_per_principal: int = 64
     kill_grace_s: float = 2.0  # past the run's deadline, the host kills an unresponsive process
     recycle_timeout_s: float = 60.0  # a fresh interpreter after a run, else the process goes
     snapshot_dir: Path | None = None  # default: $SWITCHBOARD_CACHE_DIR or ~/.cache/switchboard

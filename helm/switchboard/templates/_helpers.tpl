@@ -203,7 +203,7 @@ checksum/policies rolls the pods on every change.
   "identity" $identity
   "policy" $policy
   "backends" $backends
-  "sandbox" (dict "workers" (int $v.sandbox.workers) "session_idle_s" $v.sandbox.sessionIdleSeconds "max_sessions" (int $v.sandbox.maxSessions) "max_sessions_per_principal" (int $v.sandbox.maxSessionsPerPrincipal))
+  "sandbox" (dict "workers" (int $v.sandbox.workers) "session_idle_s" $v.sandbox.sessionIdleSeconds "max_sessions" (int $v.sandbox.maxSessions) "max_sessions_per_principal" (int $v.sandbox.maxSessionsPerPrincipal) "max_queued_per_principal" (int $v.sandbox.maxQueuedPerPrincipal))
   "idempotency" (dict "dsn" $dsn)
   "audit" $audit
   "mcp" $mcp
