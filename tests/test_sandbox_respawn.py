@@ -302,3 +302,28 @@ async def test_a_session_whose_process_dies_during_a_run_tells_that_run(
         await task
     fresh = await pool.run(req("'state' in globals()", session="dies-running"), _host)
     assert fresh.ok and fresh.result is False
+
+
+async def test_a_run_that_waited_for_a_session_that_then_ended_is_told(
+        pool: SandboxPool) -> None:
+    """Runs in one session are serialised; if the session ends while one waits (here its
+    process dies under the run before it), the waiting run fails with session_lost instead
+    of running code that expects the session's state in a fresh interpreter."""
+    key = ("demo/agent-1", "ends-while-queued")
+    await pool.run(req("state = 1", session="ends-while-queued"), _host)
+    first = asyncio.create_task(pool.run(req("while True: pass", session="ends-while-queued",
+                                             timeout_ms=600_000), _host))
+    await wait_until(lambda: key in pool._sessions and pool._sessions[key].proc.active,
+                     timeout_s=scaled(60), what="the session's first run")
+    sess = pool._sessions[key]
+    queued = asyncio.create_task(pool.run(req("state + 1", session="ends-while-queued"), _host))
+    await wait_until(lambda: bool(getattr(sess.lock, "_waiters", None)), timeout_s=scaled(30),
+                     what="the second run waiting for the session")
+    _sigkill(sess.proc)
+    with pytest.raises(SandboxError):
+        await first
+    with pytest.raises(SessionLost) as lost:
+        await queued
+    assert "while this run waited" in lost.value.message
+    fresh = await pool.run(req("'state' in globals()", session="ends-while-queued"), _host)
+    assert fresh.ok and fresh.result is False

@@ -500,17 +500,22 @@ class SandboxPool:
             finally:
                 self._bg(self._recycle(proc))
         key = (req.principal_key, req.session_id)
-        while True:
-            sess = await self._session(key)
-            async with sess.lock:
-                if sess.closed:
-                    continue  # expired or its process died while we waited: start a new one
+        sess = await self._session(key)
+        async with sess.lock:
+            if sess.closed:
+                # It ended while this run waited for the run before it (that run failed,
+                # or the process died): this code expects its state, so say it is gone
+                # rather than run it in a fresh interpreter.
+                raise SessionLost(
+                    "this code session ended while this run waited for it (an earlier run "
+                    "of it failed, or its process ended); its state is gone, and the next "
+                    "run with this session_id starts a fresh session", field="session_id")
+            sess.last_used = time.monotonic()
+            try:
+                return await self._run_on(sess.proc, sess, req, inputs, host_call,
+                                          on_event, validator)
+            finally:
                 sess.last_used = time.monotonic()
-                try:
-                    return await self._run_on(sess.proc, sess, req, inputs, host_call,
-                                              on_event, validator)
-                finally:
-                    sess.last_used = time.monotonic()
 
     async def _run_on(
         self,

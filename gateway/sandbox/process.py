@@ -332,6 +332,7 @@ class DenoProcess:
         self.death = cause
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(cause)  # a start waiting for the child's connection
+            self._connected.exception()  # retrieved: a start that gave up must not log it
         for queue in self._queues.values():
             queue.put_nowait({"t": "_dead"})
         self._ready.put_nowait({"t": "init_failed", "reason": str(cause)})
