@@ -57,6 +57,7 @@ SCHEMA: dict[str, Any] = {
         "listen": {"type": "string", "pattern": r"^\[?[^\s\]]*\]?:\d{1,5}$"},
         "max_message_bytes": {"type": "integer", "minimum": 1024, "maximum": 67108864},
         "max_concurrent_rpcs": {"type": "integer", "minimum": 1},
+        "max_calls_in_flight_per_principal": {"type": "integer", "minimum": 1},
         "server": {
             "type": "object",
             "additionalProperties": False,
@@ -233,6 +234,8 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256
+    # Calls one principal may have in flight on a gateway process (both doors together).
+    max_calls_in_flight_per_principal: int = 64
     # server.processes: gateway processes sharing the port (gateway/supervisor.py)
     processes: int = 1
     tls: TlsSettings | None = None
@@ -388,6 +391,7 @@ def parse_settings(raw: Any, *, base_dir: Path | None = None) -> Settings:
         listen=raw.get("listen", DEFAULT_LISTEN),
         max_message_bytes=raw.get("max_message_bytes", 4 * 1024 * 1024),
         max_concurrent_rpcs=raw.get("max_concurrent_rpcs", 256),
+        max_calls_in_flight_per_principal=raw.get("max_calls_in_flight_per_principal", 64),
         processes=int(raw.get("server", {}).get("processes", 1)),
         tls=tls,
         identity=identity,

@@ -19,7 +19,13 @@ from opentelemetry import trace
 from gateway.audit import attributes as attr
 from gateway.audit import extract_trace_context
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.frontdoor import CallScope, call_scope, current_principal, recorded_request_id
+from gateway.frontdoor import (
+    CallScope,
+    PrincipalCalls,
+    call_scope,
+    current_principal,
+    recorded_request_id,
+)
 from gateway.grpc_status import grpc_status_for
 from gateway.identity import Authenticator, bearer_token
 
@@ -105,7 +111,7 @@ class _Call:
             attributes={attr.RPC_SYSTEM: "grpc", attr.RPC_SERVICE: service,
                         attr.RPC_METHOD: name},
             parent=extract_trace_context(metadata), log_fields={"rpc_method": name},
-            on_open=self.opened, on_end=on_end)
+            on_open=self.opened, on_end=on_end, in_flight=self.i.in_flight)
 
     def opened(self, scope: CallScope) -> None:
         self.trace_id = scope.trace_id
@@ -134,9 +140,11 @@ class _Call:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every non-public handler with :class:`_Call` bookkeeping."""
 
-    def __init__(self, authenticator: Authenticator, tracer: trace.Tracer) -> None:
+    def __init__(self, authenticator: Authenticator, tracer: trace.Tracer,
+                 in_flight: PrincipalCalls | None = None) -> None:
         self.authenticator = authenticator
         self.tracer = tracer
+        self.in_flight = in_flight  # the per-principal cap, shared with the MCP door
         # method -> (the servicer's handler, our wrapped one): the generic handlers return the
         # same handler object for a method on every call, so it is wrapped once, not per RPC.
         self._wrapped: dict[str, tuple[Any, Any]] = {}

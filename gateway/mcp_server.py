@@ -49,7 +49,14 @@ from opentelemetry.util.types import AttributeValue
 from gateway.audit import attributes as attr
 from gateway.audit import extract_trace_context
 from gateway.errors import GatewayError, InvalidRequest, SchemaInvalid, Unauthenticated
-from gateway.frontdoor import MCP, CallScope, call_scope, envelope, outcome_payload
+from gateway.frontdoor import (
+    MCP,
+    CallScope,
+    PrincipalCalls,
+    call_scope,
+    envelope,
+    outcome_payload,
+)
 from gateway.frontdoor.envelope import recorded_request_id
 from gateway.identity import Authenticator, bearer_token
 from gateway.manifest import (
@@ -207,9 +214,11 @@ def _principal_of(scope: CallScope) -> Principal:
 class _Handlers:
     """The MCP request handlers over one pipeline."""
 
-    def __init__(self, pipeline: Pipeline, authenticator: Authenticator) -> None:
+    def __init__(self, pipeline: Pipeline, authenticator: Authenticator,
+                 in_flight: PrincipalCalls | None = None) -> None:
         self.pipeline = pipeline
         self.authenticator = authenticator
+        self.in_flight = in_flight
         self.tracer = pipeline.tracer
         # Every operation's tool name, not only the caller's dedicated tools: calling one the
         # policy does not route to the tool channel gets the policy's denial and reasons.
@@ -277,7 +286,7 @@ class _Handlers:
                 token=bearer_token(headers), raw_request_id=recorded_request_id(None),
                 attributes={"mcp.method.name": method, **(attributes or {})},
                 parent=_trace_parent(headers), log_fields={"mcp_method": method},
-                on_open=opened.append,
+                on_open=opened.append, in_flight=self.in_flight,
             ) as scope:
                 yield scope
         except Exception as exc:
@@ -416,7 +425,7 @@ class _Handlers:
                             attr.GEN_AI_OPERATION_NAME: "execute_tool",
                             attr.GEN_AI_TOOL_NAME: recorded},
                 parent=parent, log_fields={"mcp_method": "tools/call", "tool": recorded},
-                on_open=opened.append,
+                on_open=opened.append, in_flight=self.in_flight,
             ) as scope:
                 request_id = envelope.request_id(raw_id, MCP, generate=True)
                 scope.span.set_attribute(attr.GEN_AI_TOOL_CALL_ID, request_id)
@@ -547,6 +556,7 @@ def create_mcp_app(
     authorization_servers: Sequence[str] = (),
     version: str = "",
     max_body_bytes: int = MAX_BODY_BYTES,
+    in_flight: PrincipalCalls | None = None,
 ) -> ASGIApp:
     """The MCP streamable-HTTP ASGI app at ``path``; run its lifespan (uvicorn does).
 
@@ -554,8 +564,9 @@ def create_mcp_app(
     protection); ``allowed_origins`` defaults to those hosts over http and https.
     ``resource_url`` is the public URL of the endpoint for the protected-resource metadata
     (default: from the request's Host); ``authorization_servers`` goes into it (the JWT
-    issuer); ``max_body_bytes`` is the largest request body read (413 above it)."""
-    handlers = _Handlers(pipeline, authenticator)
+    issuer); ``max_body_bytes`` is the largest request body read (413 above it);
+    ``in_flight`` is the per-principal cap on calls in flight, shared with the gRPC door."""
+    handlers = _Handlers(pipeline, authenticator, in_flight)
     with warnings.catch_warnings():
         # logging/setLevel is deprecated from 2026-07-28 on, but handshake-era clients use it.
         warnings.simplefilter("ignore", MCPDeprecationWarning)

@@ -28,6 +28,7 @@ from gateway.audit import AuditSettings, Telemetry, register_secret, setup_telem
 from gateway.audit.redact import load_digest_key
 from gateway.catalog import load_catalog
 from gateway.config import Settings
+from gateway.frontdoor import PrincipalCalls
 from gateway.grpc_services import HealthServicer, enable_reflection
 from gateway.identity import Authenticator
 from gateway.interceptors import CallInterceptor
@@ -70,6 +71,7 @@ class GatewayServer:
     mcp: McpHandle | None = None
     _stopped: bool = False
     audit: AuditSettings | None = None  # for the final signed checkpoint
+    in_flight: PrincipalCalls | None = None  # calls per principal, both doors
 
     @property
     def mcp_port(self) -> int | None:
@@ -263,8 +265,9 @@ async def create_server(
         settings.identity.tokens, jwks_url=settings.identity.jwks_url,
         issuer=settings.identity.issuer, audience=settings.identity.audience)
     limit = settings.max_message_bytes
+    in_flight = PrincipalCalls(settings.max_calls_in_flight_per_principal)  # both doors
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(authenticator, telemetry.tracer)],
+        interceptors=[CallInterceptor(authenticator, telemetry.tracer, in_flight)],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", limit),
                  # Shared only by the processes of one `serve --processes N` (supervisor.py):
@@ -309,7 +312,7 @@ async def create_server(
                     resource_url=settings.mcp.resource_url,
                     authorization_servers=[settings.identity.issuer]
                     if settings.identity.issuer else (),
-                    max_body_bytes=settings.max_message_bytes),
+                    max_body_bytes=settings.max_message_bytes, in_flight=in_flight),
                 settings.mcp.listen, limits=limits)
         except BaseException:
             await server.stop(None)
@@ -334,7 +337,7 @@ async def create_server(
     gw = GatewayServer(grpc_server=server, port=port, pipeline=pipeline,
                        authenticator=authenticator, telemetry=telemetry,
                        health=health_servicer, _closers=closers, mcp=mcp,
-                       audit=settings.audit)
+                       audit=settings.audit, in_flight=in_flight)
     log.info("serving", listen=settings.listen, port=port, operations=len(catalog.operations),
              policy_revision=policy.revision)
     return gw, port

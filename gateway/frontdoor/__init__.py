@@ -15,6 +15,7 @@ from gateway.frontdoor.envelope import GRPC, MCP, Fields, recorded_request_id
 from gateway.frontdoor.render import error_payload, outcome_payload
 from gateway.frontdoor.scope import (
     CallScope,
+    PrincipalCalls,
     call_scope,
     current_principal,
     returned,
@@ -26,6 +27,7 @@ __all__ = [
     "MCP",
     "CallScope",
     "Fields",
+    "PrincipalCalls",
     "call_scope",
     "current_principal",
     "error_payload",

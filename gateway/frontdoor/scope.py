@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,12 +30,12 @@ from opentelemetry.util.types import AttributeValue
 
 from gateway.audit import attributes as attr
 from gateway.audit import outcome_of, record_outcome
-from gateway.errors import GatewayError, Unauthenticated
+from gateway.errors import GatewayError, ResourceExhausted, Unauthenticated
 from gateway.identity import Authenticator
 from gateway.models import Outcome, Principal
 
-__all__ = ["CallScope", "authenticate", "call_scope", "current_principal", "returned",
-           "trace_id_of"]
+__all__ = ["CallScope", "PrincipalCalls", "authenticate", "call_scope", "current_principal",
+           "returned", "trace_id_of"]
 
 _scope: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
     "switchboard_call_scope", default=None)
@@ -84,6 +85,33 @@ class CallScope:
         return outcome
 
 
+class PrincipalCalls:
+    """The calls each principal has in flight on this gateway process, over both doors, and
+    the most it may have (``max_calls_in_flight_per_principal``). Without it one principal
+    could take every gRPC slot (``max_concurrent_rpcs``; HTTP/2 carries them all on one
+    connection) with slow calls — long code runs, a slow backend — and shut everyone else
+    out. A call over the cap is refused as soon as its caller is known, before any work."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[tuple[str, str]] = Counter()
+
+    def enter(self, principal: Principal) -> tuple[str, str]:
+        key = (principal.tenant, principal.id)
+        if self.open[key] >= self.limit:
+            raise ResourceExhausted(
+                f"this principal already has {self.limit} calls in flight, the most it may "
+                "have; retry when one has ended",
+                details={"max_calls_in_flight_per_principal": self.limit})
+        self.open[key] += 1
+        return key
+
+    def leave(self, key: tuple[str, str]) -> None:
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
 async def authenticate(authenticator: Authenticator, token: str | None) -> Principal:
     """The caller of ``token``, or :class:`Unauthenticated`: every door's verdict ends in one of
     the two, even if the authenticator breaks its own promise (an error that escaped would be
@@ -113,6 +141,7 @@ async def call_scope(
     on_open: Callable[[CallScope], None] | None = None,
     on_end: Callable[[trace.Span, BaseException | None], None] | None = None,
     refused: GatewayError | None = None,
+    in_flight: PrincipalCalls | None = None,
 ) -> AsyncIterator[CallScope]:
     """The bookkeeping of one call, the same for every door (see the module docstring).
 
@@ -124,6 +153,8 @@ async def call_scope(
     (``rpc.grpc.status_code``) before the span ends. ``refused`` is a verdict the door's own
     guard already reached on this token (MCP's 401 guard): the root records it
     instead of authenticating again, so a refused caller leaves the same record on every door.
+    ``in_flight`` counts the call against its principal's cap (a call over it is refused
+    ``resource_exhausted``, recorded with the principal).
     """
     started = time.perf_counter()
     opening: dict[str, AttributeValue] = {attr.TRANSPORT: transport}
@@ -139,6 +170,7 @@ async def call_scope(
             trace_id=scope.trace_id, request_id=raw_request_id, transport=transport,
             **dict(log_fields or {}))
         scope_token: contextvars.Token[CallScope | None] | None = None
+        held: tuple[str, str] | None = None
         escaped: BaseException | None = None
         try:
             if on_open is not None:
@@ -155,12 +187,16 @@ async def call_scope(
                                  attr.ROLES: list(principal.roles)})
             structlog.contextvars.bind_contextvars(principal=principal.id,
                                                    tenant=principal.tenant)
+            if in_flight is not None:
+                held = in_flight.enter(principal)
             scope_token = _scope.set(scope)
             yield scope
         except BaseException as exc:
             escaped = exc
             raise
         finally:
+            if held is not None and in_flight is not None:
+                in_flight.leave(held)
             error = scope.error if scope.error is not None else escaped
             if error is not None and outcome_of(error) == "internal":  # not a deadline/cancel
                 log.exception("internal error", exc_info=error)
