@@ -143,3 +143,26 @@ def test_local_file_tells_the_same_story(audited: RunningGateway, rx: OtlpReceiv
     assert verify_chain(audit_file).ok
     # The bearer token never reaches the trail.
     assert "dev-agent" not in audit_file.read_text()
+
+
+def test_a_card_number_in_free_text_never_reaches_the_trail(
+        audited: RunningGateway, rx: OtlpReceiver) -> None:
+    """A card number typed into the transfer's free-text memo (kept in the trail: no mask
+    covers it) reaches the backend as sent, but the exported spans and the local file carry
+    only its last four digits."""
+    card = "4111 1111 1111 1111"
+    resp = audited.stub.Execute(
+        tool_request("ledger.create_transfer", {**TRANSFER, "memo": f"refund card {card}"}),
+        metadata=md("dev-finance"), timeout=30)
+    assert not resp.error.code, resp.error
+    assert card in str(resp.result)  # the backend got it, and the caller gets its reply
+    spans = _tree(audited, rx, resp.trace_id, 4)
+    root = _root(rx, resp.trace_id)
+    assert "refund card [REDACTED:card-1111]" in root.attributes["switchboard.arguments"]
+    assert not any(card in str(s.attributes) or card.replace(" ", "") in str(s.attributes)
+                   for s in spans)
+    audit_file = audited.settings.audit.file
+    assert audit_file is not None
+    text = audit_file.read_text()
+    assert card not in text and card.replace(" ", "") not in text
+    assert "[REDACTED:card-1111]" in text

@@ -105,3 +105,28 @@ def test_scrubbing() -> None:
     assert scrub_value("cookie", ["a=b"]) == REDACTED
     assert scrub_value("nested", {"token": "x", "n": 1}) == {"token": REDACTED, "n": 1}
     assert scrub_value("x", float("nan")) == "nan"
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("refund to card 4111 1111 1111 1111 please", "refund to card [REDACTED:card-1111] please"),
+    ("4111-1111-1111-1111", "[REDACTED:card-1111]"),
+    ("amex 378282246310005.", "amex [REDACTED:card-0005]."),
+    ('{"memo":"5555555555554444"}', '{"memo":"[REDACTED:card-4444]"}'),
+    ("mc 2-series 2223003122003222", "mc 2-series [REDACTED:card-3222]"),
+    ("discover 6011111111111117", "discover [REDACTED:card-1117]"),
+    ("card 4111111111111111 7 typed on", "card [REDACTED:card-1111] typed on"),  # a digit after
+    ("4111111111111112", "4111111111111112"),  # the check digit is wrong: not a card
+    ("at 1764640000000 ms", "at 1764640000000 ms"),  # a timestamp: no card prefix
+    ("order 41111111111111111111111", "order 41111111111111111111111"),  # 23 digits: an id
+    ("x41234567890123456", "x41234567890123456"),  # 17 digits, no valid check digit at any cut
+    ("x41111111111111111", "x[REDACTED:card-1111]"),  # ...but here its first 16 are a card
+    ("trace a835ba995dc1a654a792e578a1d55d43", "trace a835ba995dc1a654a792e578a1d55d43"),
+    ("4111 1111", "4111 1111"),
+])
+def test_payment_card_numbers_are_scrubbed_from_free_text(text: str, scrubbed: str) -> None:
+    """PCI DSS: a card number typed into free text (a memo, a query, an error) is never
+    written readable to a span or a log line; only its last four digits are kept."""
+    assert scrub_text(text) == scrubbed
+    assert scrub_value("memo", text) == scrubbed
+    assert scrub_value("arguments", {"memo": text, "n": [text]}) == {"memo": scrubbed,
+                                                                     "n": [scrubbed]}
