@@ -267,11 +267,15 @@ _DIGITS = "0123456789"
 
 
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    # The run may carry a digit or two past the card (a reference typed after it).
-    for n in range(len(digits), _MIN_PAN_LEN - 1, -1):
-        if _luhn(digits[:n]):
-            return f"[REDACTED:card-{digits[n - 4:n]}]"
+    groups = re.split(r"[ -]", match.group(0))
+    # A grouped run may carry a group past the card (a reference typed after it): drop whole
+    # trailing groups, never single digits (each cut would be another 1-in-10 false match).
+    for end in range(len(groups), 0, -1):
+        digits = "".join(groups[:end])
+        if len(digits) < _MIN_PAN_LEN:
+            break
+        if _luhn(digits):
+            return f"[REDACTED:card-{digits[-4:]}]"
     return match.group(0)
 
 
