@@ -249,8 +249,8 @@ _MIN_SECRET_LEN = 6
 # digit; shown as their last four digits. Prefixes and the check keep ordinary ids, amounts
 # and millisecond timestamps (which start with 1) out of it.
 _PAN = re.compile(r"(?<![0-9])(?=3[47]|4|5[1-5]|2[2-7]|6011|65|35|30[0-5]|36|38)"
-                  r"[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
-_MIN_PAN_LEN = 13
+                  r"[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
+_MIN_PAN_LEN, _MAX_PAN_LEN = 13, 19
 
 
 def _luhn(digits: str) -> bool:
@@ -267,15 +267,20 @@ _DIGITS = "0123456789"
 
 
 def _card(match: re.Match[str]) -> str:
-    groups = re.split(r"[ -]", match.group(0))
     # A grouped run may carry a group past the card (a reference typed after it): drop whole
     # trailing groups, never single digits (each cut would be another 1-in-10 false match).
-    for end in range(len(groups), 0, -1):
-        digits = "".join(groups[:end])
-        if len(digits) < _MIN_PAN_LEN:
+    # Only the leading groups up to 19 digits can hold the card, so a long run costs no more.
+    digits, ends = "", []
+    for group in re.split(r"[ -]", match.group(0)):
+        if len(digits) + len(group) > _MAX_PAN_LEN:
             break
-        if _luhn(digits):
-            return f"[REDACTED:card-{digits[-4:]}]"
+        digits += group
+        ends.append(len(digits))
+    for n in reversed(ends):
+        if n < _MIN_PAN_LEN:
+            break
+        if _luhn(digits[:n]):
+            return f"[REDACTED:card-{digits[n - 4:n]}]"
     return match.group(0)
 
 
