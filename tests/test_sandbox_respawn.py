@@ -287,16 +287,23 @@ async def test_a_session_whose_process_dies_between_runs_says_so_once(pool: Sand
     await wait_until(lambda: _reaped(victim.pid or 0), timeout_s=scaled(60), what="reaped")
 
 
+async def _spinning_session(pool: SandboxPool, name: str
+                            ) -> tuple[tuple[str, str], asyncio.Task[Any]]:
+    """A session ``name`` holding ``state = 1``, and a run of it under way that never ends."""
+    key = ("demo/agent-1", name)
+    await pool.run(req("state = 1", session=name), _host)
+    task = asyncio.create_task(pool.run(req("while True: pass", session=name,
+                                            timeout_ms=600_000), _host))
+    await wait_until(lambda: key in pool._sessions and pool._sessions[key].proc.active,
+                     timeout_s=scaled(60), what="the session's run")
+    return key, task
+
+
 async def test_a_session_whose_process_dies_during_a_run_tells_that_run(
         pool: SandboxPool) -> None:
     """The run in flight gets the crash; the session ended with it (docs/sandbox.md), so the
     next run starts afresh without a second error."""
-    key = ("demo/agent-1", "dies-running")
-    await pool.run(req("state = 1", session="dies-running"), _host)
-    task = asyncio.create_task(pool.run(req("while True: pass", session="dies-running",
-                                            timeout_ms=600_000), _host))
-    await wait_until(lambda: key in pool._sessions and pool._sessions[key].proc.active,
-                     timeout_s=scaled(60), what="the session's run")
+    key, task = await _spinning_session(pool, "dies-running")
     _sigkill(pool._sessions[key].proc)
     with pytest.raises(SandboxError):
         await task
@@ -309,12 +316,7 @@ async def test_a_run_that_waited_for_a_session_that_then_ended_is_told(
     """Runs in one session are serialised; if the session ends while one waits (here its
     process dies under the run before it), the waiting run fails with session_lost instead
     of running code that expects the session's state in a fresh interpreter."""
-    key = ("demo/agent-1", "ends-while-queued")
-    await pool.run(req("state = 1", session="ends-while-queued"), _host)
-    first = asyncio.create_task(pool.run(req("while True: pass", session="ends-while-queued",
-                                             timeout_ms=600_000), _host))
-    await wait_until(lambda: key in pool._sessions and pool._sessions[key].proc.active,
-                     timeout_s=scaled(60), what="the session's first run")
+    key, first = await _spinning_session(pool, "ends-while-queued")
     sess = pool._sessions[key]
     queued = asyncio.create_task(pool.run(req("state + 1", session="ends-while-queued"), _host))
     await wait_until(lambda: bool(getattr(sess.lock, "_waiters", None)), timeout_s=scaled(30),

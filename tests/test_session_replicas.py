@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from gateway.errors import SessionElsewhere, SessionLost
 from gateway.grpc_status import grpc_status_for
-from gateway.sandbox import SandboxPool, SandboxSettings, principal_key
+from gateway.sandbox import RunResult, SandboxPool, SandboxSettings, principal_key
 from gateway.sandbox.registry import SessionRegistry
 from gateway.tools.idempotency import new_owner_id
 from gateway.tools.sqlite_store import SQLiteIdempotencyStore
@@ -40,6 +40,19 @@ async def replicas(tmp_path_factory: pytest.TempPathFactory
     await asyncio.gather(a.close(), b.close())
     await store_a.aclose()
     await store_b.aclose()
+
+
+async def _once_free(pool: SandboxPool, source: str, session: str) -> RunResult:
+    """Run ``source`` in ``session`` on ``pool`` once the session's id is free there (its
+    claim is released in the background): SessionElsewhere until then, for at most 60 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        try:
+            return await pool.run(req(source, principal=WHO, session=session), Host())
+        except SessionElsewhere:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
 
 
 async def test_a_misrouted_session_run_names_the_problem(
@@ -68,15 +81,7 @@ async def test_an_ended_session_frees_its_id(
     assert r.ok
     sess = a._sessions[(WHO, "short")]
     a._drop_session(sess)  # what expiry and eviction do
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:  # the claim is released in the background
-        try:
-            r = await b.run(req("'x' in globals()", principal=WHO, session="short"), Host())
-            break
-        except SessionElsewhere:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
+    r = await _once_free(b, "'x' in globals()", "short")
     assert r.ok and r.result is False  # a fresh session, legitimately: the old one had ended
 
 
@@ -106,15 +111,7 @@ async def test_a_session_whose_process_died_frees_its_id_after_saying_so(
     proc = a._sessions[(WHO, "killed")].proc
     assert proc.pid is not None
     os.kill(proc.pid, signal.SIGKILL)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:  # the claim is released in the background once the death is seen
-        try:
-            r = await b.run(req("'y' in globals()", principal=WHO, session="killed"), Host())
-            break
-        except SessionElsewhere:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
+    r = await _once_free(b, "'y' in globals()", "killed")  # released once the death is seen
     assert r.ok and r.result is False  # b's own fresh session
     with pytest.raises(SessionLost):  # a tells its own caller once what happened...
         await a.run(req("y", principal=WHO, session="killed"), Host())
