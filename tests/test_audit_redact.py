@@ -114,7 +114,12 @@ def test_scrubbing() -> None:
     ('{"memo":"5555555555554444"}', '{"memo":"[REDACTED:card-4444]"}'),
     ("mc 2-series 2223003122003222", "mc 2-series [REDACTED:card-3222]"),
     ("discover 6011111111111117", "discover [REDACTED:card-1117]"),
-    ("card 4111111111111111 7 typed on", "card [REDACTED:card-1111] typed on"),  # a digit after
+    ("card 4111111111111111 7 typed on", "card [REDACTED:card-1111] 7 typed on"),
+    ("4111 1111 1111 1111 111", "[REDACTED:card-1111]"),  # 19 digits, 4-4-4-4-3... cut to 16
+    ("amex 3782 822463 10005", "amex [REDACTED:card-0005]"),  # printed 4-6-5
+    ("request a5231649-4626-42c1-8e1b-362943028344", "request a5231649-4626-42c1-8e1b-362943028344"),
+    ("52316494-4626-4215-8462-462642155231", "52316494-4626-4215-8462-462642155231"),  # a UUID
+    ("4111-1111 1111-1111", "4111-1111 1111-1111"),  # mixed separators: not how cards print
     ("4111111111111112", "4111111111111112"),  # the check digit is wrong: not a card
     ("at 1764640000000 ms", "at 1764640000000 ms"),  # a timestamp: no card prefix
     ("order 41111111111111111111111", "order 41111111111111111111111"),  # 23 digits: an id
@@ -131,3 +136,11 @@ def test_payment_card_numbers_are_scrubbed_from_free_text(text: str, scrubbed: s
     assert scrub_value("memo", text) == scrubbed
     assert scrub_value("arguments", {"memo": text, "n": [text]}) == {"memo": scrubbed,
                                                                      "n": [scrubbed]}
+
+
+def test_the_gateways_own_ids_are_never_taken_for_cards() -> None:
+    """Request ids, decision ids and digests are facts: recorded as they are, even when one
+    looks like a card number (a correlation id is worth more than a guess)."""
+    assert scrub_value("switchboard.request_id", "4111 1111 1111 1111") == "4111 1111 1111 1111"
+    assert scrub_value("request_id", "4111111111111111") == "4111111111111111"
+    assert scrub_value("memo", "4111111111111111") == "[REDACTED:card-1111]"

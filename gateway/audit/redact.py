@@ -244,12 +244,16 @@ _SECRET_KEY = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}")
 _MIN_SECRET_LEN = 6
-# Payment card numbers (PCI DSS: a PAN is never stored readable): 13-19 digits, optionally
-# grouped by single spaces or dashes, with a card network's prefix and a valid Luhn check
-# digit; shown as their last four digits. Prefixes and the check keep ordinary ids, amounts
-# and millisecond timestamps (which start with 1) out of it.
-_PAN = re.compile(r"(?<![0-9])(?=3[47]|4|5[1-5]|2[2-7]|6011|65|35|30[0-5]|36|38)"
-                  r"[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
+# Payment card numbers (PCI DSS: a PAN is never stored readable): a card network's prefix,
+# 13-19 digits as one word or grouped the ways cards are printed (fours, the last group 1-4
+# digits; Amex's 4-6-5), one separator throughout, and a valid Luhn check digit; shown as
+# their last four digits. The prefixes, the word bounds, the grouping and the check keep ids
+# out of it: millisecond timestamps (they start with 1), UUIDs (hex and 8-4-4-4-12), hashes.
+_PAN = re.compile(
+    r"(?<![0-9A-Za-z_])(?=3[47]|4|5[1-5]|2[2-7]|6011|65|35|30[0-5]|36|38)"
+    r"(?:[0-9]{13,19}|[0-9]{4}([ -])[0-9]{4}(?:\1[0-9]{4}){1,2}(?:\1[0-9]{1,4})*"
+    r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{4,5})"
+    r"(?![0-9A-Za-z_])")
 _MIN_PAN_LEN, _MAX_PAN_LEN = 13, 19
 
 
@@ -489,7 +493,7 @@ def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> Gate
     return error
 
 
-def scrub_text(text: str, call: CallSecrets | None = None) -> str:
+def scrub_text(text: str, call: CallSecrets | None = None, *, cards: bool = True) -> str:
     """Remove the call's masked values, registered secrets, ``Bearer``/``Basic`` credentials
     and payment card numbers (:func:`scrub_cards`).
 
@@ -504,7 +508,7 @@ def scrub_text(text: str, call: CallSecrets | None = None) -> str:
         text = pattern.sub(REDACTED, text)
     if "earer" in text or "asic" in text:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return scrub_cards(text)
+    return scrub_cards(text) if cards else text
 
 
 def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
@@ -515,7 +519,8 @@ def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
     every log line, so the plain JSON types are dispatched on their exact type first (no ABC
     ``isinstance``); anything else takes the general branches below, with the same result.
     """
-    if call is not None and key in FACT_KEYS:
+    fact = key in FACT_KEYS  # the gateway's own ids and digests: no masked value, no card
+    if fact:
         call = None
     if is_secret_key(key):
         if value is not None and value != "":
@@ -523,7 +528,7 @@ def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
     else:
         kind = type(value)
         if kind is str:
-            return scrub_text(value, call)
+            return scrub_text(value, call, cards=not fact)
         if kind is int or kind is bool:
             return value
         if kind is dict:
