@@ -117,7 +117,7 @@ def test_scrubbing() -> None:
     ("card 4111111111111111 7 typed on", "card [REDACTED:card-1111] 7 typed on"),
     ("4111 1111 1111 1111 111", "[REDACTED:card-1111]"),  # 19 digits, 4-4-4-4-3... cut to 16
     ("amex 3782 822463 10005", "amex [REDACTED:card-0005]"),  # printed 4-6-5
-    ("request a5231649-4626-42c1-8e1b-362943028344", "request a5231649-4626-42c1-8e1b-362943028344"),
+    ("id a5231649-4626-42c1-8e1b-362943028344", "id a5231649-4626-42c1-8e1b-362943028344"),
     ("52316494-4626-4215-8462-462642155231", "52316494-4626-4215-8462-462642155231"),  # a UUID
     ("4111-1111 1111-1111", "4111-1111 1111-1111"),  # mixed separators: not how cards print
     ("4111111111111112", "4111111111111112"),  # the check digit is wrong: not a card
