@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_eval as se
-from minilm_eval import CACHE, HEAD, RANKERS, TEXTS, _embed_ops, _tuned_queries
+from minilm_eval import HEAD, RANKERS, TEXTS, _embed_ops, _tuned_queries
 from minilm_model import MiniLM, model_zip
 from minilm_onnx import build
 
@@ -81,6 +81,10 @@ class Encoder:
         ids = np.array([self._tok.encode(text).ids], dtype=np.int64)
         return self._sess.run(["emb"], {"ids": ids,
                                         "pos_ids": np.arange(ids.shape[1])[None]})[0][0]
+
+    def encode(self, texts: list[str]) -> Any:
+        """One row per text (batch 1 each), as minilm_eval's cache helper asks of a model."""
+        return np.stack([self(t) for t in texts])
 
 
 def quantised(proto: Any, per_channel: bool, reduce_range: bool = False) -> Any:
@@ -198,19 +202,6 @@ def latency(model: MiniLM, proto: Any, rounds: int = 3) -> int:
     return 0
 
 
-def _embed_int8(enc: Encoder, name: str, variant: str, texts: list[str]) -> tuple[Any, float]:
-    key = hashlib.sha256("\n".join([enc.digest, *texts]).encode()).hexdigest()[:16]
-    path = CACHE / f"int8-{name}-{variant}-{key}.npy"
-    if path.is_file():
-        return np.load(path), 0.0
-    start = time.process_time()
-    m = np.stack([enc(t) for t in texts])
-    spent = time.process_time() - start
-    CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, m)
-    return m, spent
-
-
 def quality(model: MiniLM, proto: Any) -> int:
     fp32 = Encoder(model, proto, "fp32")
     q8 = Encoder(model, quantised(proto, PER_CHANNEL, REDUCE_RANGE), "int8")
@@ -227,7 +218,7 @@ def quality(model: MiniLM, proto: Any) -> int:
         for v in variants:
             texts = [TEXTS[v](op) for op in ops]
             mats[(v, "fp32")], _ = _embed_ops(model, name, v, texts)
-            mats[(v, "int8")], spent = _embed_int8(q8, name, v, texts)
+            mats[(v, "int8")], spent = _embed_ops(q8, f"int8-{name}", v, texts)
             if spent:
                 n, s = built.get(v, (0, 0.0))
                 built[v] = (n + len(ops), s + spent)
