@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import httpx2
 import pytest
-from gateway_support import RunningGateway, gateway_settings
+from gateway_support import RunningGateway, gateway_settings, mcp_endpoint
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from waiting import scaled, wait_until_sync
@@ -43,9 +43,9 @@ def capped(backends: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def mcp_url(capped: RunningGateway) -> str:
-    assert capped.server is not None and capped.server.mcp_port
-    return f"http://127.0.0.1:{capped.server.mcp_port}/mcp"
+def mcp_url(capped: RunningGateway) -> Iterator[str]:
+    assert capped.server is not None and capped.server.mcp_port  # serve's own door
+    yield from mcp_endpoint(capped)
 
 
 class Gate:
