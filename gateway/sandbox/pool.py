@@ -344,10 +344,7 @@ class SandboxPool:
         if self._closing:
             raise SandboxError("the sandbox pool is closed")
         queue = self._waiters.setdefault(principal, deque())
-        waiting = sum(1 for f in queue if not f.done())
-        if waiting >= self.settings.max_queued_per_principal:
-            if not queue:
-                del self._waiters[principal]
+        if len(queue) >= self.settings.max_queued_per_principal:  # live waiters only (_forget)
             raise ResourceExhausted(
                 "too many of this principal's code runs are waiting for a sandbox process",
                 details={"max_queued_per_principal": self.settings.max_queued_per_principal})

@@ -300,7 +300,6 @@ class DenoProcess:
         assert self._proc is not None
         await self._proc.wait()
         await asyncio.sleep(0.05)  # let the drains catch the last stderr lines
-        self._settle(None)
         self._gone()
 
     def stderr_tail(self) -> str:
