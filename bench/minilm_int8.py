@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 quantised to int8 (onnxruntime dynamic quantisation of the graph that
 bench/minilm_onnx.py builds), against the same graph in fp32: cost and quality on the tuned
-splits (docs/catalog.md, "Round 5 re-check: an int8 encoder (dev only)").
+splits (docs/search-quality.md, "Round 5 re-check: an int8 encoder (dev only)").
 
 Usage (bench only; onnxruntime and onnx are not project dependencies):
 
@@ -54,9 +54,9 @@ from minilm_onnx import build
 
 from gateway.catalog import load_catalog_sync
 
-PER_CHANNEL = True  # fixed by --fidelity (docs/catalog.md): closest to fp32 of the four
+PER_CHANNEL = True  # fixed by --fidelity (docs/search-quality.md): closest to fp32 of the four
 REDUCE_RANGE = False
-# The earlier round-5 table's configurations (docs/catalog.md "Round 5 re-check on unseen
+# The earlier round-5 table's configurations (docs/search-quality.md "Round 5 re-check on unseen
 # vendors"), nothing else.
 CONFIGS = ("mult0.5/sd", "mult2/sd", "lin1/sd", "mult2/nsd", "lin1/nsd", "lin0.5/nsd",
            "mult8/nsd")

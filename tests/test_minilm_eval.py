@@ -2,7 +2,7 @@
 without the model package. The encoder's own checks (the model's published reference vector,
 padding invariance, paraphrase ordering) need the hand-installed wheel and numpy, which are
 not project dependencies, so they are not in the suite: they were run by hand and are recorded
-in docs/catalog.md ("Semantic stage (all-MiniLM-L6-v2)")."""
+in docs/search-quality.md ("Semantic stage (all-MiniLM-L6-v2)")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Search quality over labelled intents on fifteen real specs from thirteen vendors,
 recomputed on every run against a plain BM25 baseline (bench/search_eval.py).
 
-Two kinds of set (docs/catalog.md, "Round 5"):
+Two kinds of set (docs/search-quality.md, "Round 5"):
 - tuned on: the earlier seven specs' ``dev``, ``train`` and ``retired`` splits (GitHub's three
   specs, rclone, Dialogporten, Twilio, Figma; ``retired`` is the held-out half of rounds 1-4,
   read too often to stay a check);
@@ -32,7 +32,7 @@ from gateway.catalog import load_catalog_sync
 
 REAL = tuple(se.REAL)
 # hit@5 over every labelled query of a spec (all splits, train and retired included), measured
-# in round 5 (2026-12-01 22:24 UTC, docs/catalog.md) and rounded down to 0.05.
+# in round 5 (2026-12-01 22:24 UTC, docs/search-quality.md) and rounded down to 0.05.
 HIT5_FLOOR = {"github": 0.90, "ghec": 0.95, "ghes": 0.95, "rclone": 0.90,
               "dialogporten": 1.0, "twilio": 0.90, "figma": 0.95,
               "stripe": 0.80, "square": 0.85, "slack": 0.80, "asana": 0.85, "box": 0.80,

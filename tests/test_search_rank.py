@@ -174,7 +174,7 @@ def test_everyday_words_reach_the_words_specs_use() -> None:
     assert first(ops, "how much did we spend this month") == "list_usage_record"
 
 
-# Round 4 (docs/catalog.md): multi-word verbs, on / off, questions and noun phrases, halves.
+# Round 4 (docs/search-quality.md): multi-word verbs, on / off, questions and noun phrases, halves.
 WIDGETS = [
     op("list_widgets", "GET", "/widgets", "List widgets"),
     op("get_widget", "GET", "/widgets/{id}", "Get a widget"),

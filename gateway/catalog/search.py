@@ -312,7 +312,7 @@ def _query_head(query: str) -> str:
 # are adjacent, in either order, in the name or summary), and by (1 + _W_ONE) for a query about
 # one item and an operation on one. The factors only raise a score, so the tail keeps its order
 # below the head. The weights were fit by coordinate ascent over every tuned split in round 5
-# (docs/catalog.md); the head-noun factor of round 3 fit to 0 there and was dropped.
+# (docs/search-quality.md); the head-noun factor of round 3 fit to 0 there and was dropped.
 _RERANK_DEPTH = 40
 _W_NAME = 2.0
 _W_ACTION = 0.75
