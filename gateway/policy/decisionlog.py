@@ -104,7 +104,7 @@ def finish(
     # masked account, a key spelled as one) are the call's secrets, scrubbed from this line by
     # scrub_event like from every other line of the call (docs/audit.md, "Masked values in
     # free text") — registered here, as the pipeline registers them only once decide returns.
-    action = input.get("action")
+    action = input.get("action") if isinstance(input, dict) else None
     arguments = action.get("arguments") if isinstance(action, dict) else None
     if isinstance(arguments, dict):
         register_masked(arguments, mask, "action.arguments")
