@@ -6,13 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
+import policy_support as ps
 import pytest
 import structlog
-from gateway_support import error_of, md, tool_request
+from gateway_support import (
+    RunningGateway,
+    code_request,
+    error_of,
+    gateway_settings,
+    md,
+    tool_request,
+)
 from google.protobuf import json_format
 from waiting import scaled
 
@@ -20,6 +30,9 @@ import gateway.audit.logs
 from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway.audit.logs import add_trace_context, scrub_event
+from gateway.errors import PolicyError
+from gateway.policy import PolicySettings
+from gateway.policy.base import parse_decision
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -85,3 +98,115 @@ def test_a_masked_value_spelled_as_a_key_stays_out_of_the_decision_log(
     assert decided, "no policy.decision line for the call"
     text = json.dumps(logs, default=str)
     assert secret not in text, f"a log line carries the masked value as a key: {text}"
+
+
+# -- a decision the gateway does not fully understand fails closed ----------------------------
+
+def _gateway_with_policy(backends: dict[str, Any], state: Path,
+                         edit: Callable[[Path], None]) -> RunningGateway:
+    policies = ps.copy_policies(state)
+    edit(policies / "switchboard")
+    return RunningGateway(gateway_settings(
+        state, backends, policy=PolicySettings(path=policies, reload=False)))
+
+
+def _misspell_require_approval(folder: Path) -> None:
+    rego = folder / "routing.rego"
+    text = rego.read_text()
+    assert '"require_approval": require_approval,' in text
+    rego.write_text(text.replace('"require_approval": require_approval,',
+                                 '"require_aproval": require_approval,'))
+
+
+def _huge_approver_timeout(folder: Path) -> None:
+    data_file = folder / "data.json"
+    data = json.loads(data_file.read_text())
+    data["limits"]["roles"]["approver"] = {"timeout_ms": 2**40}
+    data_file.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def typo_gateway(backends: dict[str, Any],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """The shipped policy with the decision's `require_approval` key misspelt."""
+    gw = _gateway_with_policy(backends, tmp_path_factory.mktemp("typo"),
+                              _misspell_require_approval)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def huge_limit_gateway(backends: dict[str, Any],
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """The shipped policy giving role `approver` a 2**40 ms timeout (the wire has uint32)."""
+    gw = _gateway_with_policy(backends, tmp_path_factory.mktemp("huge"),
+                              _huge_approver_timeout)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _ledger_memos(backends: dict[str, Any], memo: str) -> int:
+    with httpx.Client(base_url=backends["ledger"].url, timeout=scaled(30)) as client:
+        answer = client.get("/transfers").json()
+    items = answer.get("items", answer) if isinstance(answer, dict) else answer
+    return sum(1 for t in items if isinstance(t, dict) and t.get("memo") == memo)
+
+
+def test_a_misspelt_require_approval_fails_closed_instead_of_dropping_the_approval(
+        typo_gateway: RunningGateway, backends: dict[str, Any]) -> None:
+    """A transfer above the approval threshold under a decision whose `require_approval` key
+    is misspelt: the gateway must not read that as "no approval needed" and move the money."""
+    memo = f"r4-typo-{uuid.uuid4().hex[:8]}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 1500, "currency": "USD",
+            "memo": memo}
+    with pytest.raises(grpc.RpcError) as info:
+        typo_gateway.stub.Execute(
+            tool_request("ledger.create_transfer", args, f"r4-{uuid.uuid4().hex}"),
+            metadata=md("dev-finance"), timeout=scaled(120))
+    err = error_of(info.value)
+    assert err["code"] == "policy_error", err
+    assert "require_aproval" in err["message"]
+    assert _ledger_memos(backends, memo) == 0
+
+
+def test_a_limit_past_the_wire_type_fails_closed_not_internal(
+        huge_limit_gateway: RunningGateway) -> None:
+    """Explain for a principal whose decision carries a 2**40 ms timeout: a policy_error
+    deny, not an internal error while rendering the decision."""
+    d = huge_limit_gateway.stub.Explain(code_request("print(1)"), metadata=md("dev-approver"),
+                                        timeout=scaled(120))
+    assert d.route == "deny"
+    assert any("limits.timeout_ms" in r for r in d.reasons), list(d.reasons)
+
+
+@pytest.mark.parametrize(("decision", "field"), [
+    ({"route": "tool", "obligations": ["require_approval"]}, "require_approval"),
+    ({"route": "tool", "require_aproval": {"roles": ["approver"]}}, "require_aproval"),
+    ({"route": "tool", "Route": "deny"}, "Route"),
+    ({"route": "tool", "require_approval": {"roles": ["approver"], "expire_s": 5}},
+     "require_approval.expire_s"),
+    ({"route": "code", "limits": {"timout_ms": 1}}, "limits.timout_ms"),
+    ({"route": "code", "limits": {"max_host_calls": 2**32}}, "limits.max_host_calls"),
+    ({"route": "code", "limits": {"memory_mb": 1e300}}, "limits.memory_mb"),
+    ({"route": "tool", "obligations": ["encrypt.at_rest"]}, "obligations"),
+    ({"route": "code", "obligations": ["idempotency.required"]}, "obligations"),
+])
+def test_a_decision_the_gateway_cannot_keep_in_full_is_a_policy_error(
+        decision: dict[str, Any], field: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_decision(decision)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("decision", [
+    {"route": "tool", "obligations": ["audit.full", "idempotency.required", "schema.strict"],
+     "validation": "strict"},
+    {"route": "deny", "obligations": ["require_approval"]},
+    {"route": "code", "limits": {"timeout_ms": 2**32 - 1}},
+])
+def test_decisions_the_gateway_keeps_still_parse(decision: dict[str, Any]) -> None:
+    assert parse_decision(decision).route == decision["route"]
