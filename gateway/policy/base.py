@@ -7,6 +7,7 @@ importing regorus or aiohttp.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -151,6 +152,23 @@ def _str_list(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+# A mask path (gateway/maskpath.py): dot-separated segments, each optionally followed by
+# ``[index]`` groups. Anything else ("" , ".", "a..b", "x]y", a blank segment) would be read as
+# a different path or as none at all, and a mask that silently masks nothing is a leak.
+_MASK_SEGMENT = r"[^.\[\]]+(?:\[[^.\[\]]+\])*"
+_MASK_PATH = re.compile(rf"{_MASK_SEGMENT}(?:\.{_MASK_SEGMENT})*")
+
+
+def _mask(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value, "mask")
+    for path in paths:
+        if _MASK_PATH.fullmatch(path) is None or any(
+                not part.strip() for part in re.split(r"[.\[\]]+", path.strip("]"))):
+            raise PolicyError(f"decision.mask has a malformed path {path[:200]!r} (dot-separated "
+                              "keys, `*`, `**` or `[index]`)", field="mask")
+    return paths
+
+
 def _limits(value: Any) -> Limits:
     if value is None:
         return Limits()
@@ -283,7 +301,7 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         reasons=reasons,
         limits=_limits(result.get("limits")),
         obligations=obligations,
-        mask=_str_list(result.get("mask"), "mask"),
+        mask=_mask(result.get("mask")),
         approval=approval,
         validation="strict" if validation == "strict" else "standard",
     )

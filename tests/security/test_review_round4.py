@@ -210,3 +210,20 @@ def test_a_decision_the_gateway_cannot_keep_in_full_is_a_policy_error(
 ])
 def test_decisions_the_gateway_keeps_still_parse(decision: dict[str, Any]) -> None:
     assert parse_decision(decision).route == decision["route"]
+
+
+@pytest.mark.parametrize("path", ["", " ", ".", "action.arguments.x]y", "action.arguments. .x",
+                                  "action.arguments..card_number", "action.arguments.x[",
+                                  "action.arguments[card_number"])
+def test_a_malformed_mask_path_is_a_policy_error(path: str) -> None:
+    """"", "." and "x]y" masked nothing at all (the value stayed in clear in the trail): a
+    mask the gateway cannot read as the policy meant it fails closed."""
+    with pytest.raises(PolicyError) as info:
+        parse_decision({"route": "tool", "mask": ["action.arguments.cvv", path]})
+    assert info.value.field == "mask"
+
+
+@pytest.mark.parametrize("path", ["action.arguments.**.card_number", "arguments.lines[1].qty",
+                                  "action.arguments.*token", "action.arguments.card number"])
+def test_well_formed_mask_paths_still_parse(path: str) -> None:
+    assert parse_decision({"route": "tool", "mask": [path]}).mask == (path,)
