@@ -20,6 +20,7 @@ from gateway_support import (
     code_request,
     error_of,
     gateway_settings,
+    mcp_endpoint,
     md,
     tool_request,
 )
@@ -31,6 +32,8 @@ from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
 from gateway.audit.logs import add_trace_context, scrub_event
 from gateway.errors import PolicyError
+from gateway.frontdoor import MCP
+from gateway.mcp_server import REQUEST_ID_META_KEY
 from gateway.policy import PolicySettings
 from gateway.policy.base import parse_decision
 
@@ -227,3 +230,56 @@ def test_a_malformed_mask_path_is_a_policy_error(path: str) -> None:
                                   "action.arguments.*token", "action.arguments.card number"])
 def test_well_formed_mask_paths_still_parse(path: str) -> None:
     assert parse_decision({"route": "tool", "mask": [path]}).mask == (path,)
+
+
+# -- the two doors answer a compliance tool call without a request id alike -------------------
+
+@pytest.fixture(scope="module")
+def mcp_url(gateway: Any) -> Iterator[str]:
+    yield from mcp_endpoint(gateway)
+
+
+def _mcp_call(url: str, token: str, tool: str, arguments: dict[str, Any],
+              request_id: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if request_id is not None:
+        params["_meta"] = {REQUEST_ID_META_KEY: request_id}
+    resp = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                 "params": params},
+                      headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
+                      timeout=scaled(120))
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()["result"]
+    return result
+
+
+def test_a_compliance_tool_call_without_a_request_id_is_refused_on_both_doors(
+        gateway: Any, mcp_url: str, backends: dict[str, Any]) -> None:
+    """Its decision carries `idempotency.required`; gRPC refuses the call without a request id,
+    MCP made one up, so a client resending the call after a lost reply moved the money twice.
+    Both doors now refuse it (each naming its own field) and nothing reaches the ledger."""
+    memo = f"r4-noid-{uuid.uuid4().hex[:8]}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 5, "currency": "USD",
+            "memo": memo}
+    req = tool_request("ledger.create_transfer", args)
+    req.request_id = ""
+    with pytest.raises(grpc.RpcError) as info:
+        gateway.stub.Execute(req, metadata=md("dev-finance"), timeout=scaled(120))
+    assert error_of(info.value)["code"] == "invalid_request"
+    for _ in range(2):  # the model resends the same call
+        result = _mcp_call(mcp_url, "dev-finance", "ledger__create_transfer", args)
+        assert result.get("isError"), result
+        err = result["structuredContent"]["error"]
+        assert (err["code"], err["field"]) == ("invalid_request", MCP.request_id), err
+    assert _ledger_memos(backends, memo) == 0
+    # With one, the call runs once however often it is sent.
+    rid = f"r4-{uuid.uuid4().hex}"
+    for _ in range(2):
+        ok = _mcp_call(mcp_url, "dev-finance", "ledger__create_transfer", args, rid)
+        assert not ok.get("isError"), ok
+    assert _ledger_memos(backends, memo) == 1
+
+
+def test_an_ordinary_tool_call_over_mcp_still_needs_no_request_id(mcp_url: str) -> None:
+    result = _mcp_call(mcp_url, "dev-agent", "ledger__get_balance", {"account": "A1"})
+    assert not result.get("isError"), result
