@@ -489,6 +489,9 @@ def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> Gate
         return error
     error.message = found.scrub(error.message)
     error.args = (error.message, *error.args[1:])
+    # The field path names the caller's keys, and a key may spell a masked value (an
+    # undeclared field named after the account): it goes to the trailer and the span too.
+    error.field = found.scrub(error.field)
     error.details = scrub_data(error.details, found)
     reasons = getattr(error, "reasons", None)
     if isinstance(reasons, list):

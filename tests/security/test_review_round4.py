@@ -283,3 +283,22 @@ def test_a_compliance_tool_call_without_a_request_id_is_refused_on_both_doors(
 def test_an_ordinary_tool_call_over_mcp_still_needs_no_request_id(mcp_url: str) -> None:
     result = _mcp_call(mcp_url, "dev-agent", "ledger__get_balance", {"account": "A1"})
     assert not result.get("isError"), result
+
+
+def test_a_masked_value_used_as_an_unknown_field_name_is_not_echoed(gateway: Any) -> None:
+    """A strict compliance tool: an undeclared field whose *name* is the masked account. The
+    schema error names the field — the client's trailer (`field`, message, details) and the
+    audit file must not carry the masked value."""
+    secret = f"ACCT-{uuid.uuid4().hex[:12]}"
+    args = {"from_account": secret, "to_account": "A2", "amount": 5, "currency": "USD",
+            secret: 1}
+    with pytest.raises(grpc.RpcError) as info:
+        gateway.stub.Execute(tool_request("ledger.create_transfer", args),
+                             metadata=md("dev-finance"), timeout=scaled(120))
+    err = error_of(info.value)
+    assert err["code"] == "schema_invalid", err
+    client = json.dumps([err, info.value.details()])  # type: ignore[attr-defined]
+    assert secret not in client, client
+    assert err["field"].startswith("arguments."), err
+    gateway.server.telemetry.force_flush()
+    assert secret not in gateway.settings.audit.file.read_text()
