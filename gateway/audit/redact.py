@@ -518,9 +518,10 @@ def scrub_text(text: str, call: CallSecrets | None = None, *, cards: bool = True
 
 
 def _scrub_key(key: Any, call: CallSecrets | None) -> Any:
-    """An object key as recorded: the call's masked values and registered secrets removed
-    (credential *keys* name what they hide and are kept; their values are redacted)."""
-    return scrub_text(key, call, cards=False) if type(key) is str else key
+    """An object key as recorded: the call's masked values, registered secrets and card
+    numbers removed (credential *keys* name what they hide and are kept; their values are
+    redacted)."""
+    return scrub_text(key, call) if type(key) is str else key
 
 
 def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
