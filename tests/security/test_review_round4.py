@@ -30,6 +30,7 @@ from waiting import scaled
 import gateway.audit.logs
 from gateway._proto.switchboard.v1 import approvals_pb2 as apb
 from gateway._proto.switchboard.v1 import approvals_pb2_grpc as apb_grpc
+from gateway._proto.switchboard.v1 import gateway_pb2 as pb
 from gateway.audit.logs import add_trace_context, scrub_event
 from gateway.errors import PolicyError
 from gateway.frontdoor import MCP
@@ -302,3 +303,51 @@ def test_a_masked_value_used_as_an_unknown_field_name_is_not_echoed(gateway: Any
     assert err["field"].startswith("arguments."), err
     gateway.server.telemetry.force_flush()
     assert secret not in gateway.settings.audit.file.read_text()
+
+
+# -- a field the server does not know is refused, not dropped --------------------------------
+
+def _with_unknown_field(message_bytes: bytes, number: int = 99) -> bytes:
+    """``message_bytes`` plus a varint field ``number`` = 1 (what a newer client's extra
+    flag, e.g. a dry run, looks like on the wire to this server)."""
+    key = (number << 3) | 0
+    varint = bytearray()
+    while True:
+        byte, key = key & 0x7F, key >> 7
+        varint.append(byte | (0x80 if key else 0))
+        if not key:
+            break
+    return message_bytes + bytes(varint) + b"\x01"
+
+
+def test_an_execute_request_with_an_unknown_field_runs_nothing(
+        gateway: Any, backends: dict[str, Any]) -> None:
+    """An unknown field in ExecuteRequest or inside its tool_call is invalid_request (field
+    naming where) and the transfer does not happen; the same request without it runs."""
+    memo = f"r4-unknown-{uuid.uuid4().hex[:8]}"
+    args = {"from_account": "A1", "to_account": "A2", "amount": 5, "currency": "USD",
+            "memo": memo}
+    req = tool_request("ledger.create_transfer", args, f"r4-{uuid.uuid4().hex}")
+    call = gateway.channel.unary_unary("/switchboard.v1.Gateway/Execute",
+                                       request_serializer=None, response_deserializer=None)
+    inner = _with_unknown_field(req.tool_call.SerializeToString())
+    nested = pb.ExecuteRequest(request_id=req.request_id).SerializeToString()
+    nested += b"\x12" + _varint(len(inner)) + inner  # field 2 (tool_call), length-delimited
+    for raw, field in ((_with_unknown_field(req.SerializeToString()), ""),
+                       (nested, "tool_call")):
+        with pytest.raises(grpc.RpcError) as info:
+            call(raw, metadata=md("dev-finance"), timeout=scaled(120))
+        err = error_of(info.value)
+        assert (err["code"], err.get("field", "")) == ("invalid_request", field), err
+    assert _ledger_memos(backends, memo) == 0
+    gateway.stub.Execute(req, metadata=md("dev-finance"), timeout=scaled(120))
+    assert _ledger_memos(backends, memo) == 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
