@@ -1,5 +1,11 @@
 """Findings of the fourth security review round (front doors, policy, tools, approvals, audit),
-against the real in-process gateway over real gRPC and the real demo backends."""
+against the real in-process gateway over real gRPC/MCP and the real demo backends.
+
+Each test failed before its fix: a masked value quoted elsewhere in the arguments reached the
+decision log and the approval listing, and one spelt as a field name reached the error's
+`field`; a decision with a misspelt `require_approval` (or an unknown obligation, or a limit
+past uint32, or a mask path that masks nothing) was acted on instead of failing closed; MCP made
+up the request id of a compliance tool call; an unknown protobuf field was silently dropped."""
 
 from __future__ import annotations
 
