@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
+from google.protobuf import unknown_fields
 from opentelemetry import trace
 
 from gateway.audit import attributes as attr
@@ -64,8 +65,35 @@ class _Undecodable:
 
     request_id = ""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, field: str = "") -> None:
         self.error = error
+        self.field = field
+
+
+# JSON carried as protobuf: its contents are data, not the envelope.
+_JSON_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.Value",
+                         "google.protobuf.ListValue"})
+
+
+def _unknown_field(message: Any, path: str = "") -> str | None:
+    """The path of the first envelope message holding fields this server's schema does not
+    know (``tool_call`` for one inside ``ExecuteRequest.tool_call``; ``""`` for the request
+    itself), or None. A field a newer client relies on (say, a dry-run flag) must not be
+    dropped silently and the action run as if it had not been sent."""
+    if message.DESCRIPTOR.full_name in _JSON_TYPES:
+        return None
+    if len(unknown_fields.UnknownFieldSet(message)):
+        return path
+    for fd, value in message.ListFields():
+        if fd.message_type is None or fd.message_type.GetOptions().map_entry:
+            continue
+        name = f"{path}.{fd.name}" if path else fd.name
+        items = value if fd.is_repeated else (value,)
+        for item in items:
+            found = _unknown_field(item, name)
+            if found is not None:
+                return found
+    return None
 
 
 def _safe_deserializer(deserialize: Any) -> Any:
@@ -74,9 +102,18 @@ def _safe_deserializer(deserialize: Any) -> Any:
 
     def run(data: bytes) -> Any:
         try:
-            return deserialize(data)
+            request = deserialize(data)
         except Exception as exc:  # DecodeError, invalid UTF-8, nesting too deep
             return _Undecodable(exc)
+        try:
+            where = _unknown_field(request)
+        except Exception as exc:  # a message this check cannot walk: refuse it too
+            return _Undecodable(exc)
+        if where is not None:
+            return _Undecodable(ValueError(
+                f"{where or 'the request'} has fields this gateway does not know (a newer "
+                "client's?); nothing was executed"), field=where)
+        return request
 
     return run
 
@@ -120,7 +157,7 @@ class _Call:
         if isinstance(request, _Undecodable):
             raise InvalidRequest(
                 f"the request is not a valid {self.method.lstrip('/').split('/')[0]} message: "
-                f"{_clip(str(request.error), 200)}", field="")
+                f"{_clip(str(request.error), 200)}", field=request.field)
 
     def fail(self, exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
         """Map an exception to the status, message and trailers the client gets."""

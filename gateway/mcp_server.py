@@ -411,7 +411,8 @@ class _Handlers:
         meta: Any = params.meta or {}
         recorded = _bounded_name(name)
         raw_id = meta.get(REQUEST_ID_META_KEY) if isinstance(meta, dict) else None
-        if raw_id is None or raw_id == "":
+        supplied_id = raw_id is not None and raw_id != ""
+        if not supplied_id:
             raw_id = str(uuid.uuid4())  # MCP clients rarely send one: a fresh key per call
         headers = _request_headers(ctx)
         parent = _trace_parent(headers)
@@ -432,7 +433,8 @@ class _Handlers:
                 scope.span.set_attribute(attr.REQUEST_ID, request_id)
                 assert scope.principal is not None
                 payload, is_error = await self._dispatch(
-                    scope, scope.principal, name, arguments, request_id, _Notifier(ctx))
+                    scope, scope.principal, name, arguments, request_id, _Notifier(ctx),
+                    generated_id=not supplied_id)
                 return tool_result(payload, is_error=is_error)
         except UnknownTool as exc:
             # Neither a meta-tool nor any operation's name: a protocol error (-32602), as the
@@ -447,7 +449,7 @@ class _Handlers:
 
     async def _dispatch(
         self, scope: CallScope, principal: Principal, name: str, arguments: dict[str, Any],
-        request_id: str, notifier: _Notifier,
+        request_id: str, notifier: _Notifier, *, generated_id: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         p = self.pipeline
         # Plain, finite, bounded JSON first: the schema validator, the audit digest and the
@@ -494,7 +496,8 @@ class _Handlers:
             if operation is None:
                 raise UnknownTool(_bounded_name(name))
             action = envelope.tool_action(MCP, request_id=request_id, name=operation,
-                                          arguments=arguments, labels={"transport": "mcp"})
+                                          arguments=arguments, labels={"transport": "mcp"},
+                                          generated_id=generated_id)
         on_event = notifier.on_event if isinstance(action, CodeAction) else None
         outcome = scope.returned(await p.execute(principal, action, on_event=on_event))
         return outcome_payload(outcome), outcome.error is not None

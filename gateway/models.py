@@ -143,6 +143,10 @@ class ToolAction:
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # Set when the door made the request id up (MCP without one): where the caller's own
+    # would go. A decision with ``idempotency.required`` then refuses the call (a made-up key
+    # deduplicates nothing across the caller's retries).
+    generated_id_field: str = ""
 
 
 @dataclass(frozen=True)

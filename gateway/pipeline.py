@@ -68,6 +68,7 @@ from gateway.models import (  # the action/outcome types are the front door's (r
     ToolAction,
 )
 from gateway.policy import Discovery, PolicyEngine, build_input
+from gateway.policy.base import IDEMPOTENCY_OBLIGATION
 from gateway.sandbox import RunRequest, SandboxEvent, SandboxPool, SdkFunction, principal_key
 from gateway.tools import BackendClient, ToolChannel, idempotency_key, validate_arguments
 from gateway.tools.channel import fingerprint
@@ -244,6 +245,13 @@ class Pipeline:
                     "execute_code", reasons=list(decision.reasons) or ["route is code"],
                     details={"decision_id": decision.decision_id},
                 )
+            if action.generated_id_field and IDEMPOTENCY_OBLIGATION in decision.obligations:
+                # The door made the request id up: the caller's retry would get another one,
+                # so the exactly-once promise the decision asks for cannot be kept.
+                raise InvalidRequest(
+                    f"{action.generated_id_field} is required: {op.name} must be called with "
+                    f"a request id (obligation {IDEMPOTENCY_OBLIGATION}); send the same one on "
+                    "every retry", field=action.generated_id_field)
             if decision.approval is not None:
                 # Nobody is asked to approve arguments the schema rejects; nothing reaches the
                 # idempotency store or the backend before the approval is there.

@@ -31,7 +31,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from gateway.approvals.store import ApprovalRecord, ApprovalStore, SQLiteApprovalStore
 from gateway.audit import attributes as attr
 from gateway.audit import audited, redact
-from gateway.audit.redact import DigestKey
+from gateway.audit.redact import DigestKey, register_masked, scrub_data
 from gateway.audit.tracing import contextual_tracer
 from gateway.errors import (
     ApprovalConsumed,
@@ -219,15 +219,23 @@ class ApprovalService:
                 rec = await self.store.by_key(key)
             if rec is None:
                 current = outer.get_span_context()
+                # What approvers see: the masked paths redacted, and their values scrubbed
+                # from every other string and key of the action and the policy's reasons (a
+                # memo may quote a masked account; docs/audit.md, "Masked values in free
+                # text").
+                masked = register_masked(arguments, decision.mask, "action.arguments")
+                shown = scrub_data(redact({"arguments": dict(arguments)},
+                                          [m.removeprefix("action.") for m in decision.mask]),
+                                   masked)
                 rec = await self.store.create(ApprovalRecord(
                     id="apr-" + secrets.token_hex(10), key=key, tenant=principal.tenant,
                     requester_id=principal.id, request_id=request_id, kind=kind,
                     operation=operation, digest=digest,
                     action={"kind": kind, "operation": operation,
                             **({"source_sha256": source_sha256} if source_sha256 else {}),
-                            **redact({"arguments": dict(arguments)},
-                                     [m.removeprefix("action.") for m in decision.mask])},
-                    reasons=tuple(need.reasons), roles=tuple(need.roles), state="pending",
+                            **shown},
+                    reasons=tuple(scrub_data(list(need.reasons), masked)),
+                    roles=tuple(need.roles), state="pending",
                     created_at=now, expires_at=now + need.expires_s,
                     trace_id=format(current.trace_id, "032x"),
                     span_id=format(current.span_id, "016x"),

@@ -469,11 +469,14 @@ def register_masked(value: Any, mask: Sequence[str], prefix: str = "") -> CallSe
 
 
 def scrub_data(value: Any, secrets: CallSecrets) -> Any:
-    """A copy of JSON-like ``value`` with the masked values scrubbed from every string."""
+    """A copy of JSON-like ``value`` with the masked values scrubbed from every string, the
+    keys of objects included (a key may spell a masked value; scrubbed keys that collide
+    keep one of their values, which only hides more)."""
     if isinstance(value, str):
         return secrets.scrub(value)
     if isinstance(value, Mapping):
-        return {k: scrub_data(v, secrets) for k, v in value.items()}
+        return {secrets.scrub(k) if isinstance(k, str) else k: scrub_data(v, secrets)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub_data(v, secrets) for v in value]
     return value
@@ -486,6 +489,9 @@ def scrub_error(error: GatewayError, secrets: CallSecrets | None = None) -> Gate
         return error
     error.message = found.scrub(error.message)
     error.args = (error.message, *error.args[1:])
+    # The field path names the caller's keys, and a key may spell a masked value (an
+    # undeclared field named after the account): it goes to the trailer and the span too.
+    error.field = found.scrub(error.field)
     error.details = scrub_data(error.details, found)
     reasons = getattr(error, "reasons", None)
     if isinstance(reasons, list):
@@ -511,6 +517,13 @@ def scrub_text(text: str, call: CallSecrets | None = None, *, cards: bool = True
     return scrub_cards(text) if cards else text
 
 
+def _scrub_key(key: Any, call: CallSecrets | None) -> Any:
+    """An object key as recorded: the call's masked values, registered secrets and card
+    numbers removed (credential *keys* name what they hide and are kept; their values are
+    redacted)."""
+    return scrub_text(key, call) if type(key) is str else key
+
+
 def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
     """Scrub one attribute or log value (strings, and sequences/mappings of them).
 
@@ -531,8 +544,8 @@ def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
             return scrub_text(value, call, cards=not fact)
         if kind is int or kind is bool:
             return value
-        if kind is dict:
-            return {k: scrub_value(k if type(k) is str else str(k), v, call)
+        if kind is dict:  # keys too: a key may spell a masked value
+            return {_scrub_key(k, call): scrub_value(k if type(k) is str else str(k), v, call)
                     for k, v in value.items()}
         if kind is list:
             return [scrub_value("", v, call) for v in value]
@@ -545,7 +558,7 @@ def scrub_value(key: str, value: Any, call: CallSecrets | None = None) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(scrub_value("", v, call) for v in value)
     if isinstance(value, Mapping):
-        return {k: scrub_value(str(k), v, call) for k, v in value.items()}
+        return {_scrub_key(k, call): scrub_value(str(k), v, call) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value

@@ -104,13 +104,16 @@ def check_search_query(query: str, fields: Fields) -> str:
 
 
 def tool_action(fields: Fields, *, request_id: str, name: str, arguments: dict[str, Any],
-                labels: dict[str, str] | None = None) -> ToolAction:
+                labels: dict[str, str] | None = None, generated_id: bool = False) -> ToolAction:
     """A dedicated-tool call: a bounded name and plain, finite, bounded JSON arguments (the
-    operation's schema is checked later, by the tool channel)."""
+    operation's schema is checked later, by the tool channel). ``generated_id``: the door
+    made ``request_id`` up (the pipeline refuses that where the decision requires
+    idempotency)."""
     check_operation_name(name, fields)
     check_input(arguments, fields.arguments)
     return ToolAction(request_id=request_id, name=name, arguments=arguments,
-                      labels=dict(labels or {}))
+                      labels=dict(labels or {}),
+                      generated_id_field=fields.request_id if generated_id else "")
 
 
 def check_source(source: str, fields: Fields) -> str:

@@ -7,6 +7,7 @@ importing regorus or aiohttp.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -57,6 +58,13 @@ PROBE_INPUT: dict[str, Any] = {"principal": {}, "action": {}, "operation": {}, "
 
 _ROUTES = ("tool", "code", "deny")
 _LIMIT_FIELDS = ("timeout_ms", "memory_mb", "max_host_calls", "max_output_bytes")
+# The largest limit the gateway can honour: its wire type (uint32 in switchboard.v1.Limits).
+MAX_LIMIT = 2**32 - 1
+# Every key a decision may carry; any other is a policy bug (a misspelt `require_approval`
+# must not silently drop the approval), so the decision fails closed.
+_DECISION_KEYS = frozenset({"route", "reasons", "limits", "obligations", "mask",
+                            "require_approval", "validation"})
+_APPROVAL_KEYS = frozenset({"reasons", "roles", "expires_s"})
 
 
 class NoPolicy(PolicyError):
@@ -144,11 +152,32 @@ def _str_list(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+# A mask path (gateway/maskpath.py): dot-separated segments, each optionally followed by
+# ``[index]`` groups. Anything else ("" , ".", "a..b", "x]y", a blank segment) would be read as
+# a different path or as none at all, and a mask that silently masks nothing is a leak.
+_MASK_SEGMENT = r"[^.\[\]]+(?:\[[^.\[\]]+\])*"
+_MASK_PATH = re.compile(rf"{_MASK_SEGMENT}(?:\.{_MASK_SEGMENT})*")
+
+
+def _mask(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value, "mask")
+    for path in paths:
+        if _MASK_PATH.fullmatch(path) is None or any(
+                not part.strip() for part in re.split(r"[.\[\]]+", path.strip("]"))):
+            raise PolicyError(f"decision.mask has a malformed path {path[:200]!r} (dot-separated "
+                              "keys, `*`, `**` or `[index]`)", field="mask")
+    return paths
+
+
 def _limits(value: Any) -> Limits:
     if value is None:
         return Limits()
     if not isinstance(value, dict):
         raise PolicyError("decision.limits must be an object", field="limits")
+    unknown = sorted(str(k) for k in value if k not in _LIMIT_FIELDS)
+    if unknown:
+        raise PolicyError(f"decision.limits has an unknown field {unknown[0]!r} (known: "
+                          f"{', '.join(_LIMIT_FIELDS)})", field=f"limits.{unknown[0]}")
     kwargs: dict[str, int] = {}
     for name in _LIMIT_FIELDS:
         if name not in value:
@@ -157,9 +186,10 @@ def _limits(value: Any) -> Limits:
         # bool is an int in Python; a policy returning true for a limit is a bug, not a limit.
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > MAX_LIMIT:
             raise PolicyError(
-                f"decision.limits.{name} must be a non-negative integer", field=f"limits.{name}"
+                f"decision.limits.{name} must be an integer from 0 to {MAX_LIMIT}",
+                field=f"limits.{name}"
             )
         kwargs[name] = v
     return Limits(**kwargs)
@@ -175,6 +205,10 @@ def _approval(value: Any, route: str) -> ApprovalRequirement | None:
         return None
     if not isinstance(value, dict):
         raise PolicyError("decision.require_approval must be an object", field="require_approval")
+    unknown = sorted(str(k) for k in value if k not in _APPROVAL_KEYS)
+    if unknown:
+        raise PolicyError(f"decision.require_approval has an unknown field {unknown[0]!r}",
+                          field=f"require_approval.{unknown[0]}")
     roles = _str_list(value.get("roles"), "require_approval.roles")
     if not roles:
         raise PolicyError("decision.require_approval.roles must name at least one role",
@@ -195,6 +229,27 @@ def _approval(value: Any, route: str) -> ApprovalRequirement | None:
 # strict while `validation` says otherwise contradicts itself (a policy error, so a deny).
 STRICT_OBLIGATION = "schema.strict"
 _VALIDATIONS = ("standard", "strict")
+# The obligations the gateway knows how to honour. ``audit.full``: every call is audited in
+# full anyway; ``idempotency.required``: the tool channel refuses a call without a request_id
+# and runs it at most once — only on the tool route (a code run and its host calls have no
+# idempotency record). Any other obligation is one the gateway would silently not keep: the
+# decision fails closed instead.
+IDEMPOTENCY_OBLIGATION = "idempotency.required"
+KNOWN_OBLIGATIONS = frozenset({APPROVAL_OBLIGATION, STRICT_OBLIGATION, IDEMPOTENCY_OBLIGATION,
+                               "audit.full"})
+
+
+def _obligations(value: Any, route: str) -> tuple[str, ...]:
+    obligations = _str_list(value, "obligations")
+    unknown = sorted(set(obligations) - KNOWN_OBLIGATIONS)
+    if unknown:
+        raise PolicyError(f"decision.obligations lists {unknown[0]!r}, which the gateway does "
+                          f"not understand (known: {', '.join(sorted(KNOWN_OBLIGATIONS))})",
+                          field="obligations")
+    if route == "code" and IDEMPOTENCY_OBLIGATION in obligations:
+        raise PolicyError(f"decision.obligations lists {IDEMPOTENCY_OBLIGATION!r} on route "
+                          "'code', which keeps no idempotency record", field="obligations")
+    return obligations
 
 
 def _validation(value: Any, obligations: tuple[str, ...], route: str) -> str:
@@ -218,6 +273,10 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         raise PolicyError(f"{ENTRYPOINT} is undefined for this input")
     if not isinstance(result, dict):
         raise PolicyError(f"{ENTRYPOINT} must be an object, got {type(result).__name__}")
+    unknown = sorted(str(k) for k in result if k not in _DECISION_KEYS)
+    if unknown:
+        raise PolicyError(f"decision has an unknown field {unknown[0]!r} (known: "
+                          f"{', '.join(sorted(_DECISION_KEYS))})", field=unknown[0])
     route = result.get("route")
     if route not in _ROUTES:
         raise PolicyError(f"decision.route must be one of {_ROUTES}, got {route!r}", field="route")
@@ -225,9 +284,15 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         raise PolicyError(f"decision.route 'tool' is not valid for a {kind} action", field="route")
     reasons = _str_list(result.get("reasons"), "reasons")
     approval = _approval(result.get("require_approval"), route)
-    obligations = _str_list(result.get("obligations"), "obligations")
+    obligations = _obligations(result.get("obligations"), route)
     if approval is not None and APPROVAL_OBLIGATION not in obligations:
         obligations = (*obligations, APPROVAL_OBLIGATION)
+    if approval is None and route != "deny" and APPROVAL_OBLIGATION in obligations:
+        # The obligation without its requirement (roles, expiry): the action would run
+        # unapproved while its decision says it needs approval.
+        raise PolicyError(f"decision.obligations lists {APPROVAL_OBLIGATION!r} but "
+                          "decision.require_approval names no requirement",
+                          field="require_approval")
     validation = _validation(result.get("validation"), obligations, route)
     if validation == "strict" and STRICT_OBLIGATION not in obligations:
         obligations = (*obligations, STRICT_OBLIGATION)
@@ -236,7 +301,7 @@ def parse_decision(result: Any, *, kind: str = "") -> Decision:
         reasons=reasons,
         limits=_limits(result.get("limits")),
         obligations=obligations,
-        mask=_str_list(result.get("mask"), "mask"),
+        mask=_mask(result.get("mask")),
         approval=approval,
         validation="strict" if validation == "strict" else "standard",
     )

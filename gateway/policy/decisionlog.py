@@ -10,6 +10,7 @@ import structlog
 from opentelemetry import trace
 
 from gateway.audit.logs import decision_log_level
+from gateway.audit.redact import register_masked
 from gateway.audit.tracing import contextual_tracer
 from gateway.models import Decision, Limits
 
@@ -99,6 +100,14 @@ def finish(
     if hasattr(type(log), "is_enabled_for") and not log.is_enabled_for(level):
         return decision  # the usual case: an ordinary decision at debug, the gateway at info
     mask = decision.mask if not decision.error_code else FAIL_CLOSED_MASK
+    # The mask hides its paths; the same values elsewhere in the input (a memo quoting a
+    # masked account, a key spelled as one) are the call's secrets, scrubbed from this line by
+    # scrub_event like from every other line of the call (docs/audit.md, "Masked values in
+    # free text") — registered here, as the pipeline registers them only once decide returns.
+    action = input.get("action") if isinstance(input, dict) else None
+    arguments = action.get("arguments") if isinstance(action, dict) else None
+    if isinstance(arguments, dict):
+        register_masked(arguments, mask, "action.arguments")
     getattr(log, logging.getLevelName(level).lower())(
         "policy.decision",
         decision_id=decision.decision_id,
