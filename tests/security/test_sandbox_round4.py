@@ -1,0 +1,217 @@
+"""Containment, round 4: what a run's own objects can do to the code channel's bookkeeping.
+
+Everything here is ordinary user code — no reach into ``pyodide_js`` or the runner's internals —
+so every failure must come back as the run's own data (docs/sandbox.md: "user-code errors come
+back as data, infrastructure errors raise"), and a session must survive it. Before round 4:
+
+* an exception whose ``__str__`` raises, whose class's metaclass redefines ``__name__``, or an
+  ``SdkError`` subclass with a non-string ``code`` made the runner's own error report raise:
+  the interpreter was declared fatal, the run raised ``SandboxCrashed`` and its session ended;
+  so did a ``sys.stdout`` whose ``flush`` raises ``SystemExit`` (the runner only caught
+  ``Exception`` there);
+* a result nested deeper than the host's parser accepts (513+ levels), or holding an integer
+  past Python's digit limit (after ``sys.set_int_max_str_digits(0)``), was serialised by the
+  runner as is, refused by the host as a malformed frame: ``SandboxCrashed``, session ended;
+
+Each test also checks the promise around it: the session's state is intact afterwards, and
+the runs are counted as user errors, not crashes.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+pytest.register_assert_rewrite("tests.sandbox_support")
+
+from waiting import scaled
+
+from gateway.sandbox import RunResult, SandboxPool, SandboxSettings, principal_key
+from tests.sandbox_support import Events, Host, req
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
+
+ATTACKER = principal_key("demo", "round4-attacker")
+OTHER = principal_key("demo", "round4-other")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pool() -> AsyncIterator[SandboxPool]:
+    p = SandboxPool(SandboxSettings(workers=2, max_sessions=8, max_sessions_per_principal=4,
+                                    session_idle_s=600, queue_timeout_s=240))
+    await p.start()
+    await p.wait_full(scaled(300))
+    yield p
+    await p.close()
+
+
+async def _in_a_session(pool: SandboxPool, source: str, **kw: object) -> RunResult:
+    """Run ``source`` in a fresh session that holds a secret, then check the session lived."""
+    session = f"r4-{uuid.uuid4().hex[:12]}"
+    first = await pool.run(req("secret = 'kept-41'\n1", principal=ATTACKER, session=session),
+                           Host())
+    assert first.ok, first.error
+    crashes = pool.stats()["crashes"]
+    r = await pool.run(req(source, principal=ATTACKER, session=session, **kw),  # type: ignore[arg-type]
+                       Host())
+    assert pool.stats()["crashes"] == crashes, "a user-code failure was counted as a crash"
+    after = await pool.run(req("secret", principal=ATTACKER, session=session), Host())
+    assert after.ok and after.result == "kept-41", (after.result, after.error)
+    return r
+
+
+# ---- the runner's error report runs the code's own methods --------------------------------------
+
+HOSTILE_ERRORS = {
+    "str-raises": (
+        "class E(Exception):\n"
+        "    def __str__(self):\n"
+        "        raise ValueError('no str for you')\n"
+        "raise E()", "E"),
+    "str-returns-a-non-string": (
+        "class E(Exception):\n"
+        "    def __str__(self):\n"
+        "        return 42\n"
+        "raise E()", "E"),
+    "metaclass-name": (
+        "class M(type):\n"
+        "    @property\n"
+        "    def __name__(cls):\n"
+        "        return object()\n"
+        "class E(Exception, metaclass=M):\n"
+        "    pass\n"
+        "raise E('x')", "E"),
+    "metaclass-name-raises": (
+        "class M(type):\n"
+        "    @property\n"
+        "    def __name__(cls):\n"
+        "        raise SystemExit('from __name__')\n"
+        "class E(Exception, metaclass=M):\n"
+        "    pass\n"
+        "raise E('x')", "E"),
+    "sdk-error-code-object": (
+        "import sdk\n"
+        "e = sdk.SdkError('c', 'm')\n"
+        "e.code = object()\n"
+        "raise e", "SdkError"),
+    "traceback-property": (
+        "class E(Exception):\n"
+        "    @property\n"
+        "    def __traceback__(self):\n"
+        "        raise KeyboardInterrupt\n"
+        "raise E('x')", "E"),
+    "class-claims-memory-error": (
+        "class E(Exception):\n"
+        "    @property\n"
+        "    def __class__(self):\n"
+        "        raise SystemExit('from __class__')\n"
+        "raise E('x')", "E"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ERRORS))
+async def test_an_exception_that_fights_its_own_report_is_a_user_error(
+        pool: SandboxPool, name: str) -> None:
+    source, type_name = HOSTILE_ERRORS[name]
+    r = await _in_a_session(pool, source)
+    assert not r.ok and r.error is not None, r
+    assert r.error["type"] == type_name, r.error
+    assert all(isinstance(r.error[k], str) for k in ("type", "message", "traceback"))
+    if "code" in r.error:
+        assert isinstance(r.error["code"], str)
+
+
+async def test_a_stream_whose_flush_raises_system_exit_is_not_fatal(pool: SandboxPool) -> None:
+    source = ("import sys\n"
+              "class W:\n"
+              "    def write(self, s):\n"
+              "        return len(s)\n"
+              "    def flush(self):\n"
+              "        raise SystemExit(3)\n"
+              "sys.stdout = W()\n"
+              "sys.stderr = W()\n"
+              "'returned'")
+    r = await _in_a_session(pool, source)
+    assert r.ok and r.result == "returned", (r.result, r.error)
+
+
+# ---- results the host's parser would refuse -----------------------------------------------------
+
+async def test_a_result_nested_past_the_wire_bound_comes_back_as_repr(pool: SandboxPool) -> None:
+    r = await _in_a_session(pool, "x = []\nfor _ in range(600):\n    x = [x]\nx")
+    assert r.ok, r.error
+    assert isinstance(r.result, dict) and r.result["type"] == "list"
+    assert r.result["repr"].startswith("[" * 600)
+
+
+async def test_a_result_nested_objects_past_the_wire_bound_comes_back_as_repr(
+        pool: SandboxPool) -> None:
+    # Mixed objects and arrays: each level counts once (not twice for "{[" nor zero times).
+    r = await _in_a_session(
+        pool, "x = 1\nfor i in range(513):\n    x = {'a': x} if i % 2 else [x]\nx")
+    assert r.ok, r.error
+    assert isinstance(r.result, dict) and r.result["type"] == "list", r.result  # i = 512: a list
+    assert r.result["repr"].startswith("[{'a': [{'a': ")
+
+
+async def test_a_result_just_within_the_wire_bound_is_json(pool: SandboxPool) -> None:
+    r = await pool.run(req("x = 1\nfor i in range(511):\n    x = {'a': x} if i % 2 else [x]\nx",
+                           principal=OTHER), Host())
+    assert r.ok, r.error
+    depth, value = 0, r.result
+    while isinstance(value, dict | list):
+        value = value["a"] if isinstance(value, dict) else value[0]
+        depth += 1
+    assert depth == 511 and value == 1
+
+
+async def test_strings_full_of_brackets_are_not_nesting(pool: SandboxPool) -> None:
+    r = await pool.run(req("['[' * 5000, '{' * 5000, '\"' + '[' * 600]", principal=OTHER), Host())
+    assert r.ok and r.result == ["[" * 5000, "{" * 5000, '"' + "[" * 600], r.error
+
+
+async def test_an_integer_past_the_host_digit_limit_is_not_a_crash(pool: SandboxPool) -> None:
+    # The code lifts its own interpreter's digit limit; the host's stays: the value comes back
+    # as its repr (a string), and the code's own setting is left as it was.
+    source = ("import sys\n"
+              "sys.set_int_max_str_digits(0)\n"
+              "big = 10 ** 5000\n"
+              "result = {'n': big}\n")
+    r = await _in_a_session(pool, source)
+    assert r.ok, r.error
+    assert isinstance(r.result, dict) and r.result["type"] == "dict"
+    assert "1" + "0" * 5000 in r.result["repr"]
+    session = f"r4-{uuid.uuid4().hex[:12]}"
+    await pool.run(req("import sys\nsys.set_int_max_str_digits(0)\n10 ** 5000\nNone",
+                       principal=ATTACKER, session=session), Host())
+    kept = await pool.run(req("import sys\nsys.get_int_max_str_digits()", principal=ATTACKER,
+                              session=session), Host())
+    assert kept.ok and kept.result == 0, (kept.result, kept.error)
+
+
+async def test_an_integer_within_the_digit_limit_is_still_json(pool: SandboxPool) -> None:
+    r = await pool.run(req("10 ** 4000", principal=OTHER), Host())
+    assert r.ok and r.result == 10 ** 4000, r.error
+
+
+async def test_rebinding_sys_does_not_defeat_the_digit_limit(pool: SandboxPool) -> None:
+    source = ("import sys\n"
+              "sys.set_int_max_str_digits(0)\n"
+              "sys.set_int_max_str_digits = lambda n: None\n"
+              "sys.get_int_max_str_digits = lambda: 0\n"
+              "[10 ** 6000]")
+    r = await _in_a_session(pool, source)
+    assert r.ok and isinstance(r.result, dict) and r.result["type"] == "list", r.result
+
+
+# ---- the gateway keeps serving, and other principals never notice -------------------------------
+
+async def test_other_principals_are_served_throughout(pool: SandboxPool) -> None:
+    events = Events()
+    r = await pool.run(req("print('hello')\n6 * 7", principal=OTHER), Host(), events)
+    assert r.ok and r.result == 42 and r.stdout == "hello\n"
+    assert [e.data["line"] for e in events.items] == ["hello"]
