@@ -12,6 +12,8 @@ back as data, infrastructure errors raise"), and a session must survive it. Befo
 * a result nested deeper than the host's parser accepts (513+ levels), or holding an integer
   past Python's digit limit (after ``sys.set_int_max_str_digits(0)``), was serialised by the
   runner as is, refused by the host as a malformed frame: ``SandboxCrashed``, session ended;
+* output within ``max_output_bytes`` whose JSON escaping is larger than the channel's frame
+  (control characters are 6 bytes each as ``\\u0001``) was a protocol violation.
 
 Each test also checks the promise around it: the session's state is intact afterwards, and
 the runs are counted as user errors, not crashes.
@@ -206,6 +208,62 @@ async def test_rebinding_sys_does_not_defeat_the_digit_limit(pool: SandboxPool) 
               "[10 ** 6000]")
     r = await _in_a_session(pool, source)
     assert r.ok and isinstance(r.result, dict) and r.result["type"] == "list", r.result
+
+
+# ---- output within budget, whatever its JSON escaping costs ------------------------------------
+
+async def test_output_that_escapes_six_fold_is_delivered_whole(pool: SandboxPool) -> None:
+    # 3 MB of control characters is 18 MB as JSON (\u0001 each): past the channel's 8 MiB
+    # frame if sent as one event. Within max_output_bytes, it must arrive, byte for byte.
+    events = Events()
+    session = f"r4-{uuid.uuid4().hex[:12]}"
+    await pool.run(req("secret = 'kept-41'", principal=ATTACKER, session=session), Host())
+    r = await pool.run(req("print('\\x01' * 3_000_000)\n'printed'", principal=ATTACKER,
+                           session=session, max_output_bytes=3_200_000), Host(), events)
+    assert r.ok and r.result == "printed", (r.result, r.error)
+    assert not r.output_truncated
+    assert r.stdout == "\x01" * 3_000_000 + "\n"
+    # Streamed as one line, as before: pieces are joined before the consumer sees them.
+    assert [len(e.data["line"]) for e in events.items if e.kind == "stdout"] == [3_000_000]
+    after = await pool.run(req("secret", principal=ATTACKER, session=session), Host())
+    assert after.ok and after.result == "kept-41", after.error
+
+
+async def test_a_long_line_of_surrogate_pairs_is_never_split_inside_a_character(
+        pool: SandboxPool) -> None:
+    # 300,000 emoji are 600,000 UTF-16 units: more than one piece, and every piece boundary
+    # falls where a pair could be split.
+    r = await pool.run(req("import sys\nprint('\\U0001F600' * 300_000, file=sys.stderr)",
+                           principal=OTHER, max_output_bytes=1_300_000), Host())
+    assert r.ok, r.error
+    assert not r.output_truncated
+    assert r.stderr == "\U0001F600" * 300_000 + "\n"
+
+
+@pytest.mark.parametrize(("budget", "truncated"), [(300_001, False), (300_000, True)])
+async def test_the_byte_budget_is_exact_across_pieces(
+        pool: SandboxPool, budget: int, truncated: bool) -> None:
+    r = await pool.run(req("print('a' * 300_000)\nprint('b')", principal=OTHER,
+                           max_output_bytes=budget), Host())
+    assert r.ok, r.error
+    assert r.output_truncated is True  # 'b' never fits
+    assert len(r.stdout.encode()) <= budget
+    if truncated:
+        assert r.stdout == "a" * 299_999 + "\n"
+    else:
+        assert r.stdout == "a" * 300_000 + "\n"
+
+
+async def test_interleaved_streams_keep_their_own_lines(pool: SandboxPool) -> None:
+    source = ("import sys\n"
+              "sys.stdout.write('x' * 400_000)\n"
+              "print('err-line', file=sys.stderr)\n"
+              "sys.stdout.write('y' * 10 + '\\n')\n"
+              "print('tail')")
+    r = await pool.run(req(source, principal=OTHER, max_output_bytes=1_000_000), Host())
+    assert r.ok, r.error
+    assert r.stdout == "x" * 400_000 + "y" * 10 + "\ntail\n"
+    assert r.stderr == "err-line\n"
 
 
 # ---- the gateway keeps serving, and other principals never notice -------------------------------
