@@ -22,6 +22,9 @@ the runs are counted as user errors, not crashes.
 # ruff: noqa: E402
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -32,8 +35,9 @@ pytest.register_assert_rewrite("tests.sandbox_support")
 
 from waiting import scaled
 
+from gateway.errors import SandboxCrashed, SandboxError, SandboxMemory
 from gateway.sandbox import RunResult, SandboxPool, SandboxSettings, principal_key
-from tests.sandbox_support import Events, Host, req
+from tests.sandbox_support import JS_PRELUDE, Events, Host, req
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
@@ -264,6 +268,58 @@ async def test_interleaved_streams_keep_their_own_lines(pool: SandboxPool) -> No
     assert r.ok, r.error
     assert r.stdout == "x" * 400_000 + "y" * 10 + "\ntail\n"
     assert r.stderr == "err-line\n"
+
+
+# ---- memory outside the JS heap and wasm, and whose stderr decides the verdict -----------------
+
+BLOB_BOMB = JS_PRELUDE + """
+JS('const chunk = new Uint8Array(16 << 20).fill(7); const a = [];'
+   'for (let i = 0; i < 4096; i++) a.push(new Blob([chunk])); return a.length')()
+"""
+
+
+async def test_a_blob_bomb_is_capped_and_reported_as_memory(pool: SandboxPool) -> None:
+    # Blob bytes live in Deno's own (Rust) heap: RLIMIT_DATA refuses them too, and Rust's
+    # allocator then aborts the process with "memory allocation of N bytes failed" — which
+    # was reported as a plain crash ("the sandbox process exited"), not as the memory limit.
+    memory = pool.stats()["memory"]
+    with pytest.raises(SandboxMemory):
+        await pool.run(req(BLOB_BOMB, principal=ATTACKER, memory_mb=256), Host())
+    assert pool.stats()["memory"] == memory + 1
+    r = await pool.run(req("6 * 7", principal=OTHER), Host())
+    assert r.ok and r.result == 42
+
+
+FAKE_OOM = JS_PRELUDE + """
+JS('console.error("Fatal JavaScript out of memory: heap limit; allocation failed"); return 1')()
+"""
+
+
+async def test_an_earlier_runs_stderr_does_not_decide_a_later_runs_error() -> None:
+    """One process (so both runs land on it): the attacker writes V8's out-of-memory words to
+    the process's stderr; the victim's next run on that process dies for another reason (its
+    process is killed during a host call). Before round 4 the victim got SandboxMemory: the
+    stderr tail that classifies a death spanned every run the process had served."""
+    p = SandboxPool(SandboxSettings(workers=1, queue_timeout_s=240))
+    await p.start()
+    try:
+        r = await p.run(req(FAKE_OOM, principal=ATTACKER), Host())
+        assert r.ok, r.error
+
+        async def kill_mid_call(operation: str, args: dict[str, object]) -> object:
+            proc = p._slots[0]
+            assert proc is not None and proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            return {"balance": 1}
+
+        with pytest.raises(SandboxError) as info:
+            await p.run(req("import sdk\nsdk.ledger.get_balance(account='A1')",
+                            principal=OTHER), kill_mid_call)
+        assert not isinstance(info.value, SandboxMemory), info.value
+        assert isinstance(info.value, SandboxCrashed), info.value
+    finally:
+        await p.close()
 
 
 # ---- the gateway keeps serving, and other principals never notice -------------------------------
