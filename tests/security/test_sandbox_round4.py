@@ -1,6 +1,6 @@
 """Containment, round 4: what a run's own objects can do to the code channel's bookkeeping.
 
-Everything here is ordinary user code — no reach into ``pyodide_js`` or the runner's internals —
+Most of it is ordinary user code — no reach into ``pyodide_js`` or the runner's internals —
 so every failure must come back as the run's own data (docs/sandbox.md: "user-code errors come
 back as data, infrastructure errors raise"), and a session must survive it. Before round 4:
 
@@ -13,7 +13,14 @@ back as data, infrastructure errors raise"), and a session must survive it. Befo
   past Python's digit limit (after ``sys.set_int_max_str_digits(0)``), was serialised by the
   runner as is, refused by the host as a malformed frame: ``SandboxCrashed``, session ended;
 * output within ``max_output_bytes`` whose JSON escaping is larger than the channel's frame
-  (control characters are 6 bytes each as ``\\u0001``) was a protocol violation.
+  (control characters are 6 bytes each as ``\\u0001``) was a protocol violation;
+* a Blob bomb (Deno's own Rust heap) was capped but reported as a plain crash, and the stderr
+  tail that classifies a process's death spanned every run the process served: one
+  principal's ``console.error("out of memory")`` made another's later crash SandboxMemory.
+
+Held, pinned here: interpreter hooks (``sys.monitoring``, ``sys.setprofile``) that break the
+runner fail only their own run and session; an asyncio task left running in a session never
+reaches the host between runs.
 
 Each test also checks the promise around it: the session's state is intact afterwards, and
 the runs are counted as user errors, not crashes.
@@ -320,6 +327,94 @@ async def test_an_earlier_runs_stderr_does_not_decide_a_later_runs_error() -> No
         assert isinstance(info.value, SandboxCrashed), info.value
     finally:
         await p.close()
+
+
+# ---- interpreter hooks, and tasks left behind in a session -------------------------------------
+
+# Hooks that fire in the runner's own frames after the code is done. The code owns its
+# interpreter, so it can break the runner this way (like os._exit): that run raises and its
+# session ends. The promise held here is the blast radius: nobody else notices.
+HOOKS = {
+    "sys.monitoring": (
+        "import sys\n"
+        "m = sys.monitoring\n"
+        "m.use_tool_id(3, 'sabotage')\n"
+        "def cb(code, offset):\n"
+        "    if code.co_filename != '<code>':\n"
+        "        raise RuntimeError('sabotage')\n"
+        "m.register_callback(3, m.events.PY_START, cb)\n"
+        "m.set_events(3, m.events.PY_START)\n"
+        "x = 1"),
+    "setprofile-on-return": (
+        "import sys\n"
+        "def p(frame, event, arg):\n"
+        "    if event == 'return' and frame.f_code.co_name == 'run':\n"
+        "        raise RuntimeError('sabotage')\n"
+        "sys.setprofile(p)\n"
+        "x = 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+async def test_hooks_that_break_the_runner_fail_only_their_own_run(
+        pool: SandboxPool, name: str) -> None:
+    victim = f"r4-victim-{uuid.uuid4().hex[:8]}"
+    attacker = f"r4-hooks-{uuid.uuid4().hex[:8]}"
+    for principal, session in ((OTHER, victim), (ATTACKER, attacker)):
+        r = await pool.run(req("secret = 'kept-41'", principal=principal, session=session),
+                           Host())
+        assert r.ok, r.error
+    with pytest.raises(SandboxCrashed):
+        await pool.run(req(HOOKS[name], principal=ATTACKER, session=attacker), Host())
+    # Its session ended (the next run with the id starts afresh, without the hooks) ...
+    fresh = await pool.run(req("'secret' in globals()", principal=ATTACKER, session=attacker),
+                           Host())
+    assert fresh.ok and fresh.result is False, (fresh.result, fresh.error)
+    # ... and the other principal's session and isolated runs never noticed.
+    kept = await pool.run(req("secret", principal=OTHER, session=victim), Host())
+    assert kept.ok and kept.result == "kept-41", kept.error
+    r = await pool.run(req("6 * 7", principal=OTHER), Host())
+    assert r.ok and r.result == 42
+
+
+LEAVE_A_TASK = """
+import asyncio, sdk
+tries = []
+async def keep_calling():
+    for _ in range(20):
+        await asyncio.sleep(0.02)
+        try:
+            sdk.ledger.get_balance(account='A1')
+            tries.append('reached')
+        except BaseException as exc:
+            tries.append(type(exc).__name__)
+task = asyncio.ensure_future(keep_calling())
+'left running'
+"""
+
+
+async def test_a_task_left_running_in_a_session_never_calls_the_host_between_runs(
+        pool: SandboxPool) -> None:
+    """The task's calls while no run is active find no host channel (an SdkError it can
+    catch) and reach nobody; the session is not ended by an idle worker speaking."""
+    session = f"r4-task-{uuid.uuid4().hex[:8]}"
+    host = Host()
+    r = await pool.run(req(LEAVE_A_TASK, principal=ATTACKER, session=session), host)
+    assert r.ok and r.result == "left running", r.error
+    calls_by_runs = len(host.calls)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(120)
+    while True:  # poll with runs of the session itself until the task has finished
+        poll = await pool.run(req("[task.done(), list(tries)]", principal=ATTACKER,
+                                  session=session), Host())
+        assert poll.ok, poll.error
+        done, tries = poll.result
+        if done:
+            break
+        assert loop.time() < deadline, tries
+    assert len(tries) == 20
+    # No call ever reached the run's host handler after that run returned.
+    assert len(host.calls) == calls_by_runs == 0
 
 
 # ---- the gateway keeps serving, and other principals never notice -------------------------------
