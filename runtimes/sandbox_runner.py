@@ -15,6 +15,7 @@ import inspect
 import json
 import keyword
 import pydoc  # imported before the snapshot so help() is fast
+import re
 import sys
 import textwrap
 import traceback
@@ -240,12 +241,81 @@ def _help(*args: Any, **kwargs: Any) -> None:
 builtins.help = _help
 
 
-def _result_json(value: Any) -> str:
-    """The value as JSON, or ``{repr, type}`` for a value JSON cannot hold (serialised once)."""
+# What the host's parser accepts of a result (gateway/values.py, ``loads_bounded``): nesting of
+# at most MAX_WIRE_DEPTH, integers within Python's default digit limit. A value past either is
+# a value the wire cannot hold, so it comes back as ``{repr, type}`` like any other; honest code
+# never gets a protocol violation (a crash, its session ended) for what it returned.
+MAX_WIRE_DEPTH = 512
+MAX_INT_DIGITS = 4300
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_LONG_NUMBER = re.compile(f"[0-9]{{{MAX_INT_DIGITS + 1}}}")
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")  # one scan removes exactly one level
+# Captured before any user code runs: code that rebinds sys's functions changes nothing here.
+_get_int_digits = sys.get_int_max_str_digits
+_set_int_digits = sys.set_int_max_str_digits
+
+
+def _wire_safe(text: str) -> bool:
+    """Whether the host's bounded parser accepts ``text`` (JSON from ``json.dumps``)."""
+    deep = text.count("[") + text.count("{") > MAX_WIRE_DEPTH
+    if not deep and _LONG_NUMBER.search(text) is None:
+        return True  # the common case: two C-speed scans
+    bare = _STRING.sub('""', text)
+    if _LONG_NUMBER.search(bare) is not None:
+        return False
+    if deep:
+        nest = _NOT_BRACKET.sub("", bare)
+        for _ in range(MAX_WIRE_DEPTH):  # each pass removes the innermost level
+            if not nest:
+                return True
+            nest = _INNERMOST.sub("", nest)
+        return not nest
+    return True
+
+
+def _dumps_for_wire(value: Any) -> str:
+    """``json.dumps`` under the host's integer digit limit; ValueError for what the host's
+    parser would refuse."""
+    digits = _get_int_digits()
+    _set_int_digits(MAX_INT_DIGITS)
     try:
-        return json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
+    finally:
+        _set_int_digits(digits)
+    if not _wire_safe(text):
+        raise ValueError("the value is nested too deep or holds too large a number for JSON")
+    return text
+
+
+def _result_json(value: Any) -> str:
+    """The value as JSON, or ``{repr, type}`` for a value JSON (as the host reads it) cannot
+    hold (serialised once)."""
+    try:
+        return _dumps_for_wire(value)
     except (TypeError, ValueError):
-        return json.dumps({"repr": repr(value), "type": type(value).__name__})
+        return _dumps_for_wire({"repr": repr(value), "type": _type_name(value)})
+
+
+def _type_name(value: Any) -> str:
+    # type's own __name__: a metaclass can redefine the attribute to return anything.
+    name = _TYPE_NAME.__get__(type(value))
+    return name if isinstance(name, str) else "object"
+
+
+_TYPE_NAME = type.__dict__["__name__"]
+
+
+def _text(make: Any, default: str, limit: int) -> str:
+    """``make()`` as a plain str of at most ``limit`` characters, or ``default`` if user code
+    it runs (``__str__``, properties) raises anything or returns something else."""
+    try:
+        value = make()
+        if not isinstance(value, str):
+            return default
+        return str.__str__(value)[:limit]  # a plain str, never a subclass's slicing
+    except BaseException:
+        return default
 
 
 def _ok_text(result_json: str) -> str:
@@ -253,17 +323,25 @@ def _ok_text(result_json: str) -> str:
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
-        tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb if tb is not None else None)
-    text = "".join(lines)
-    if len(text) > 16384:
-        text = text[:8192] + "\n...\n" + text[-8192:]
+    """The report of a user-code exception: plain, bounded strings only. Every part of it may
+    run the code's own methods (``__str__``, a metaclass's ``__name__``, properties), which may
+    raise or return anything: that must still be a user error, never an interpreter fatal."""
+
+    def trace() -> str:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        if len(text) > 16384:
+            text = text[:8192] + "\n...\n" + text[-8192:]
+        return text
+
     out: dict[str, Any] = {
-        "type": type(exc).__name__, "message": str(exc)[:4096], "traceback": text}
-    if isinstance(exc, SdkError):
-        out["code"] = exc.code
+        "type": _text(lambda: _type_name(exc), "BaseException", 256),
+        "message": _text(lambda: str(exc), "<the exception's str() failed>", 4096),
+        "traceback": _text(trace, "", 16384 + 8)}
+    if issubclass(type(exc), SdkError):  # type(): isinstance would ask exc.__class__
+        out["code"] = _text(lambda: str(exc.code), "internal", 256)
     return out
 
 
@@ -342,11 +420,13 @@ def run(source: str, inputs_json: str, sdk_json: str | None, sdk_rev: str, host:
         text = _ok_text(_result_json(value))
     except BaseException as exc:  # user code may raise anything, SystemExit included
         failed = {"ok": False, "result": None, "error": _error(exc),
-                  "memory_error": isinstance(exc, MemoryError)}
+                  # type(): the real class (an exception's __class__ can claim anything)
+                  "memory_error": issubclass(type(exc), MemoryError)}
     finally:
         _state["host"] = None
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            # The code's own stream object may raise anything here, SystemExit included.
+            with contextlib.suppress(BaseException):
                 stream.flush()
     if text is None:
         text = json.dumps(failed, allow_nan=False)

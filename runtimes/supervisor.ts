@@ -159,13 +159,17 @@ function onWorkerMessage(m: Any) {
     return violation(run, "a message that is not a frame");
   }
   if (m.t === "out") {
-    if (!isStr(m.line, Math.max(1, run.budget)) || (m.stream !== "stdout" && m.stream !== "stderr")) {
+    if (!isStr(m.line, Math.max(1, run.budget)) || (m.stream !== "stdout" && m.stream !== "stderr") ||
+        (m.more !== undefined && typeof m.more !== "boolean")) {
       return violation(run, "a malformed output frame");
     }
     if (run.used >= run.budget) return; // over budget: dropped here, counted on the host
     const line = m.line.slice(0, run.budget - run.used);
-    run.used += line.length + 1;
-    send({ t: "event", id: run.id, stream: m.stream, line });
+    // A piece of a longer line (`more`: the rest follows) ends no line: no newline to count.
+    const more = m.more === true && line.length === m.line.length;
+    run.used += line.length + (more ? 0 : 1);
+    send(more ? { t: "event", id: run.id, stream: m.stream, line, more: true }
+              : { t: "event", id: run.id, stream: m.stream, line });
   } else if (m.t === "call") {
     if (!Number.isSafeInteger(m.call) || m.call < 1 || !isStr(m.op, MAX_OP) || !isStr(m.args, MAX_ARGS)) {
       return violation(run, "a malformed or oversized host call");

@@ -45,6 +45,26 @@ function resetOutput(budget: number) {
 
 const encoder = new TextEncoder();
 
+// One `out` message carries at most this many UTF-16 units of a line. Its frame to the host is
+// then at most 6 bytes per unit (JSON escapes a control character as \u0001), 1.5 MiB whatever
+// the run's maxOut, far below the channel's 8 MiB frame: output within budget is never a
+// protocol violation however it escapes. A longer line goes as pieces, all but the last `more`.
+const OUT_PIECE = 256 * 1024;
+
+function postLine(stream: string, line: string, cut: boolean) {
+  let at = 0;
+  do {
+    let end = Math.min(line.length, at + OUT_PIECE);
+    const last = line.charCodeAt(end - 1);
+    if (end < line.length && last >= 0xd800 && last <= 0xdbff) end--; // keep a pair whole
+    const piece = line.slice(at, end);
+    if (end < line.length) post({ t: "out", stream, line: piece, more: true });
+    else if (cut) post({ t: "out", stream, line: piece, cut: true });
+    else post({ t: "out", stream, line: piece });
+    at = end;
+  } while (at < line.length);
+}
+
 function emit(stream: string, line: string) {
   if (out.truncated) return;
   const room = out.budget - out.used;
@@ -52,12 +72,12 @@ function emit(stream: string, line: string) {
   if (bytes + 1 > room) {
     out.truncated = true;
     // Keep what fits; the host trims to exact bytes again.
-    if (room > 1) post({ t: "out", stream, line: line.slice(0, room - 1), cut: true });
+    if (room > 1) postLine(stream, line.slice(0, room - 1), true);
     out.used = out.budget;
     return;
   }
   out.used += bytes + 1;
-  post({ t: "out", stream, line });
+  postLine(stream, line, false);
 }
 
 function writer(stream: string) {

@@ -536,6 +536,7 @@ class SandboxPool:
         # The memory this run may allocate, enforced by the kernel: baseline + memory_mb.
         base = sess.base if sess is not None else proc.vm_data()
         proc.set_data_limit(base + max(1, limits.memory_mb) * MIB)
+        proc.forget_stderr()  # only this run's stderr may say it ran out of memory
         queue = proc.register(run_id)
         try:
             try:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import struct
@@ -41,7 +42,11 @@ __all__ = ["DenoProcess", "deno_command", "sealed_deno_dir", "snapshot_command"]
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
-_OOM_MARKERS = ("out of memory", "heap limit", "allocation failed")
+# How a process that ran out of memory says so on stderr: V8 ("Fatal JavaScript out of memory",
+# "heap limit", "allocation failed") and Rust's allocator, which aborts the process with
+# "memory allocation of N bytes failed" (a Blob, a structured clone: Deno's own buffers).
+_OOM_MARKERS = re.compile(r"out of memory|heap limit|allocation failed"
+                          r"|memory allocation of \d+ bytes failed")
 _BASE_FLAGS = ("run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
                "--unstable-worker-options")
 # A serving process keeps no V8 code cache (it would be written to DENO_DIR, which is sealed).
@@ -302,6 +307,12 @@ class DenoProcess:
         await asyncio.sleep(0.05)  # let the drains catch the last stderr lines
         self._gone()
 
+    def forget_stderr(self) -> None:
+        """A run starts: what earlier runs wrote to stderr must not decide how this one's end
+        is reported (sandboxed code writes there: console.error("out of memory") in one
+        principal's run made a later crash of another's, on the same process, SandboxMemory)."""
+        self._stderr_tail.clear()
+
     def stderr_tail(self) -> str:
         return b"".join(self._stderr_tail)[-4096:].decode("utf-8", "replace")
 
@@ -320,7 +331,7 @@ class DenoProcess:
         self.ready = False
         tail = self.stderr_tail()
         if cause is None:
-            if any(marker in tail.lower() for marker in _OOM_MARKERS):
+            if _OOM_MARKERS.search(tail.lower()):
                 cause = SandboxMemory("the sandbox process ran out of memory")
             else:
                 # The tail is for the operator's log only, never for the caller: sandboxed code

@@ -62,7 +62,9 @@ PROCESS_FRAMES: dict[str, tuple[str, ...]] = {
     "hello": ("pid", "snapshotBytes"),  # first frame after connecting
     "ready": ("startMs",),  # an interpreter is restored and idle (after start or recycle)
     "init_failed": ("reason",),  # the interpreter could not start
-    "event": ("id", "stream", "line"),  # one line of stdout/stderr (stream: "stdout"|"stderr")
+    # one line of stdout/stderr (stream: "stdout"|"stderr"), or a piece of one: optional
+    # `more` (true: the line goes on in the stream's next event; a frame holds ≤ 256 Ki chars)
+    "event": ("id", "stream", "line"),
     "host_call": ("id", "call", "op", "args"),  # call: int ≥ 1, unique per run
     # status: ok | fatal | timeout | cancelled | crashed | violation; reply (ok/fatal): the
     # runner's JSON {ok, result, error, memory_error}; dropped: a session lost its interpreter
@@ -100,6 +102,7 @@ def check_inbound(msg: dict[str, Any]) -> dict[str, Any]:
     if kind == "host_call" and (type(msg["call"]) is not int or msg["call"] < 1):
         raise SandboxCrashed("sandbox host call has a bad call id")
     if kind == "event" and (msg["stream"] not in ("stdout", "stderr")
-                            or not isinstance(msg["line"], str)):
+                            or not isinstance(msg["line"], str)
+                            or not isinstance(msg.get("more", False), bool)):
         raise SandboxCrashed("malformed output event from the sandbox")
     return msg

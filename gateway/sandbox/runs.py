@@ -54,23 +54,41 @@ class Output:
     truncated: bool = False
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    # Per stream, the pieces of a line still arriving (events with ``more``).
+    pieces: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, stream: str, line: str) -> str | None:
-        """Append a line within the byte budget; returns what was kept (None if nothing)."""
+    def add(self, stream: str, line: str, more: bool = False) -> str | None:
+        """Add a line, or a piece of one (``more``: the line goes on in the stream's next
+        event), within the byte budget; returns the whole line once it is complete and kept
+        (None while it is not, or if nothing of it was kept)."""
         if self.truncated:
             return None
-        size = len(line.encode("utf-8", "replace")) + 1
-        if self.used + size > self.budget:
+        data = line.encode("utf-8", "replace")
+        pieces = self.pieces.setdefault(stream, [])
+        # Room for the line's newline is kept while a line is open, so it always fits.
+        if self.used + len(data) + 1 > self.budget:
             self.truncated = True
             room = self.budget - self.used - 1
             self.used = self.budget
-            if room <= 0:
-                return None
-            line = line.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-        else:
-            self.used += size
+            if room > 0:
+                pieces.append(data[:room].decode("utf-8", "ignore"))
+            return self._complete(stream)
+        self.used += len(data) + (0 if more else 1)
+        pieces.append(line)
+        return None if more else self._complete(stream)
+
+    def _complete(self, stream: str) -> str | None:
+        pieces = self.pieces.pop(stream, None)
+        if not pieces:
+            return None
+        line = "".join(pieces)
         (self.stderr if stream == "stderr" else self.stdout).append(line)
         return line
+
+    def finish(self) -> None:
+        """A line whose last piece never came (the run ended first) is kept as it is."""
+        for stream in list(self.pieces):
+            self._complete(stream)
 
 
 @dataclass
@@ -144,7 +162,7 @@ async def _on_output(msg: dict[str, Any], out: Output, on_event: EventCallback |
     line = msg["line"]
     if len(line) > max(1, out.budget):
         raise SandboxCrashed("an output line larger than the run's output budget")
-    kept = out.add(stream, line)
+    kept = out.add(stream, line, msg.get("more") is True)
     if kept is not None and on_event is not None:
         await on_event(SandboxEvent(kind=stream, data={"line": kept}))
 
@@ -298,6 +316,7 @@ async def result_of(
                      "message": f"result does not match output_schema: {first.message}",
                      "path": "/".join(str(p) for p in first.absolute_path)}
     counters["ok" if ok else "user_errors"] += 1
+    out.finish()
     return RunResult(
         ok=ok, result=result,
         stdout="".join(line + "\n" for line in out.stdout),
