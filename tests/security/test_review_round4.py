@@ -135,28 +135,28 @@ def _huge_approver_timeout(folder: Path) -> None:
     data_file.write_text(json.dumps(data))
 
 
-@pytest.fixture(scope="module")
-def typo_gateway(backends: dict[str, Any],
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """The shipped policy with the decision's `require_approval` key misspelt."""
-    gw = _gateway_with_policy(backends, tmp_path_factory.mktemp("typo"),
-                              _misspell_require_approval)
+def _serving(gw: RunningGateway) -> Iterator[RunningGateway]:
+    """A module fixture's body: the gateway until the module is done, then stopped."""
     try:
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def typo_gateway(backends: dict[str, Any],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """The shipped policy with the decision's `require_approval` key misspelt."""
+    yield from _serving(_gateway_with_policy(backends, tmp_path_factory.mktemp("typo"),
+                                             _misspell_require_approval))
 
 
 @pytest.fixture(scope="module")
 def huge_limit_gateway(backends: dict[str, Any],
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """The shipped policy giving role `approver` a 2**40 ms timeout (the wire has uint32)."""
-    gw = _gateway_with_policy(backends, tmp_path_factory.mktemp("huge"),
-                              _huge_approver_timeout)
-    try:
-        yield gw
-    finally:
-        gw.stop()
+    yield from _serving(_gateway_with_policy(backends, tmp_path_factory.mktemp("huge"),
+                                             _huge_approver_timeout))
 
 
 def _ledger_memos(backends: dict[str, Any], memo: str) -> int:
